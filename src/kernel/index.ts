@@ -1,0 +1,7 @@
+// The kernel layer: the only code that talks to the kernel (through koffi).
+export * as uapi from './constants.js';
+export * from './errors.js';
+export * from './messages.js';
+export * from './userfaultfd.js';
+export * from './memory.js';
+export { addressOf, viewOf, errnoName, ERRNO } from './libc.js';

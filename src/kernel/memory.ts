@@ -1,0 +1,178 @@
+// Memory and file helpers the engine serves and tests use: mmap, memfd, madvise,
+// fallocate, pread/pwrite, eventfd, poll, and views of native memory.
+import * as C from './constants.js';
+import { UffdError, hintFor } from './errors.js';
+import { addressOf, errno, errnoName, libc, viewOf } from './libc.js';
+
+function fail(op: string, start?: number, len?: number): never {
+  const e = errno();
+  throw new UffdError({ op, errno: e, start, len, hint: hintFor(op, errnoName(e)) });
+}
+
+const MAP_FAILED = 2 ** 64 - 1; // (void *)-1 as an unsigned number
+
+export function mmap(len: number, prot: number, flags: number, fd = -1, offset = 0, addr = 0): number {
+  const p = libc.mmap(addr, len, prot, flags, fd, offset);
+  if (p === MAP_FAILED || p < 0) fail('mmap', addr, len);
+  return p;
+}
+export function munmap(addr: number, len: number): void {
+  if (libc.munmap(addr, len) < 0) fail('munmap', addr, len);
+}
+export function mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): number {
+  const p = libc.mremap(addr, oldLen, newLen, flags, newAddr);
+  if (p === MAP_FAILED || p < 0) fail('mremap', addr, oldLen);
+  return p;
+}
+export const MREMAP_MAYMOVE = 1;
+export const MREMAP_FIXED = 2;
+export const MREMAP_DONTUNMAP = 4;
+
+export function mprotect(addr: number, len: number, prot: number): void {
+  if (libc.mprotect(addr, len, prot) < 0) fail('mprotect', addr, len);
+}
+export function madvise(addr: number, len: number, advice: number): void {
+  if (libc.madvise(addr, len, advice) < 0) fail('madvise', addr, len);
+}
+/** madvise returning the errno instead of throwing (0 on success). */
+export function tryMadvise(addr: number, len: number, advice: number): number {
+  return libc.madvise(addr, len, advice) < 0 ? errno() : 0;
+}
+
+export function memfdCreate(name: string, flags = C.MFD_CLOEXEC): number {
+  const fd = libc.syscall2s(C.SYS_memfd_create, name, flags);
+  if (fd < 0) fail('memfd_create');
+  return fd;
+}
+export function ftruncate(fd: number, len: number): void {
+  if (libc.ftruncate(fd, len) < 0) fail('ftruncate', 0, len);
+}
+export function fallocate(fd: number, mode: number, offset: number, len: number): void {
+  if (libc.fallocate(fd, mode, offset, len) < 0) fail('fallocate', offset, len);
+}
+/** Frees the backing pages of [offset, offset+len) of a file (memfd, hugetlbfs, tmpfs). */
+export function punchHole(fd: number, offset: number, len: number): void {
+  fallocate(fd, C.FALLOC_FL_PUNCH_HOLE | C.FALLOC_FL_KEEP_SIZE, offset, len);
+}
+export function openFile(path: string, flags: number, mode = 0o600): number {
+  const fd = libc.open(path, flags | C.O_CLOEXEC, mode);
+  if (fd < 0) fail(`open ${path}`);
+  return fd;
+}
+export function close(fd: number): void {
+  libc.close(fd);
+}
+/** pread into native memory at addr; returns bytes read. */
+export function preadTo(fd: number, addr: number, len: number, offset: number): number {
+  const n = libc.pread(fd, addr, len, offset);
+  if (n < 0) fail('pread', offset, len);
+  return n;
+}
+/** pwrite from native memory at addr; returns bytes written. */
+export function pwriteFrom(fd: number, addr: number, len: number, offset: number): number {
+  const n = libc.pwrite(fd, addr, len, offset);
+  if (n < 0) fail('pwrite', offset, len);
+  return n;
+}
+/** pwrite a JS buffer, all of it. */
+export function pwriteAll(fd: number, data: Uint8Array, offset: number): void {
+  const base = addressOf(data);
+  let done = 0;
+  while (done < data.length) done += pwriteFrom(fd, base + done, data.length - done, offset + done);
+}
+export function memcpy(dst: number, src: number, len: number): void {
+  libc.memcpy(dst, src, len);
+}
+export function memset(dst: number, c: number, len: number): void {
+  libc.memset(dst, c, len);
+}
+export function memcmp(a: number, b: number, len: number): number {
+  return libc.memcmp(a, b, len);
+}
+
+/** A Uint8Array over native memory (no copy). */
+export function bytesAt(addr: number, len: number): Uint8Array {
+  return new Uint8Array(viewOf(addr, len));
+}
+
+/** An anonymous private mapping (the memory of most processes). */
+export function mapAnonymous(len: number, extraFlags = 0, prot = C.PROT_READ | C.PROT_WRITE): number {
+  return mmap(len, prot, C.MAP_PRIVATE | C.MAP_ANONYMOUS | extraFlags);
+}
+
+export function eventfd(flags = C.EFD_CLOEXEC | C.EFD_NONBLOCK): number {
+  const fd = libc.eventfd(0, flags);
+  if (fd < 0) fail('eventfd');
+  return fd;
+}
+
+/** poll(2) over a fixed set of fds with a preallocated pollfd array. */
+export class Poller {
+  private readonly buf: Uint8Array;
+  private readonly dv: DataView;
+  private readonly addr: number;
+  readonly count: number;
+  constructor(fds: number[]) {
+    this.count = fds.length;
+    this.buf = new Uint8Array(8 * fds.length);
+    this.dv = new DataView(this.buf.buffer);
+    this.addr = addressOf(this.buf);
+    fds.forEach((fd, i) => {
+      this.dv.setInt32(i * 8, fd, true);
+      this.dv.setInt16(i * 8 + 4, C.POLLIN, true);
+    });
+  }
+  /** Waits up to timeoutMs (-1: forever); returns the number of ready fds (0 on timeout or EINTR). */
+  wait(timeoutMs: number): number {
+    for (let i = 0; i < this.count; i++) this.dv.setInt16(i * 8 + 6, 0, true);
+    const n = libc.poll(this.addr, this.count, timeoutMs);
+    if (n < 0) {
+      if (errno() === 4 /* EINTR */) return 0;
+      fail('poll');
+    }
+    return n;
+  }
+  revents(i: number): number {
+    return this.dv.getInt16(i * 8 + 6, true);
+  }
+}
+
+const efdBuf = new BigUint64Array(1);
+const efdAddr = addressOf(efdBuf);
+export function eventfdSignal(fd: number): void {
+  efdBuf[0] = 1n;
+  libc.write(fd, efdAddr, 8);
+}
+export function eventfdDrain(fd: number): void {
+  libc.read(fd, efdAddr, 8);
+}
+
+export function getpid(): number {
+  return libc.getpid();
+}
+export function gettid(): number {
+  return libc.gettid();
+}
+export function getuid(): number {
+  return libc.getuid();
+}
+
+/** Hugetlb pages of the given size reserved and free right now. */
+export function hugetlbPages(sizeKiB = 2048): { total: number; free: number } {
+  const fs = require('node:fs') as typeof import('node:fs');
+  const dir = `/sys/kernel/mm/hugepages/hugepages-${sizeKiB}kB`;
+  try {
+    return {
+      total: Number(fs.readFileSync(`${dir}/nr_hugepages`, 'utf8')),
+      free: Number(fs.readFileSync(`${dir}/free_hugepages`, 'utf8')),
+    };
+  } catch {
+    return { total: 0, free: 0 };
+  }
+}
+
+/** Kernel release string (uname -r). */
+export function kernelRelease(): string {
+  const fs = require('node:fs') as typeof import('node:fs');
+  return fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+}

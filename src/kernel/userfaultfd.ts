@@ -1,0 +1,342 @@
+// A userfaultfd: creation, feature negotiation, registration and every resolve ioctl.
+// Each call writes its struct into one preallocated buffer owned by the instance and
+// passes the buffer's address, so an operation on the hot path allocates nothing.
+// An instance is used by one thread; other threads wrap the same fd with fromFd().
+import * as C from './constants.js';
+import { FeatureName, FEATURE_BITS, FEATURE_NAMES } from './constants.js';
+import { ConfigError, UffdError, UnsupportedError, hintFor } from './errors.js';
+import { addressOf, errno, errnoName, libc, ERRNO } from './libc.js';
+import { s64, u64, writeU64 } from './messages.js';
+
+export interface UserfaultfdOptions {
+  closeOnExec?: boolean; // default true
+  nonBlocking?: boolean; // default true: the dispatcher polls
+  userModeOnly?: boolean; // default false: faults taken in the kernel (KVM, read(2)) are reported too
+  /** Features that must be granted; creation fails with a clear error if the kernel lacks one. */
+  features?: FeatureName[];
+  /** Features taken when the kernel offers them. */
+  optionalFeatures?: FeatureName[];
+}
+
+export type RegisterMode = 'missing' | 'wp' | 'minor' | 'rwp';
+export const REGISTER_MODE_BITS: Record<RegisterMode, number> = {
+  missing: C.UFFDIO_REGISTER_MODE_MISSING,
+  wp: C.UFFDIO_REGISTER_MODE_WP,
+  minor: C.UFFDIO_REGISTER_MODE_MINOR,
+  rwp: C.UFFDIO_REGISTER_MODE_RWP,
+};
+
+export type IoctlName = 'register' | 'unregister' | 'wake' | 'copy' | 'zeropage' | 'move' | 'writeprotect'
+  | 'continue' | 'poison' | 'rwprotect' | 'set_mode' | 'api';
+export const IOCTL_NR: Record<IoctlName, number> = {
+  register: C._UFFDIO_REGISTER, unregister: C._UFFDIO_UNREGISTER, wake: C._UFFDIO_WAKE,
+  copy: C._UFFDIO_COPY, zeropage: C._UFFDIO_ZEROPAGE, move: C._UFFDIO_MOVE,
+  writeprotect: C._UFFDIO_WRITEPROTECT, continue: C._UFFDIO_CONTINUE, poison: C._UFFDIO_POISON,
+  rwprotect: C._UFFDIO_RWPROTECT, set_mode: C._UFFDIO_SET_MODE, api: C._UFFDIO_API,
+};
+
+/** Names of the bits set in a features mask. */
+export function featureNames(mask: bigint): FeatureName[] {
+  return FEATURE_NAMES.filter((n) => (mask >> BigInt(FEATURE_BITS[n])) & 1n);
+}
+export function featureMask(names: readonly FeatureName[]): bigint {
+  let m = 0n;
+  for (const n of names) {
+    if (!(n in FEATURE_BITS)) throw new ConfigError(`unknown userfaultfd feature "${n}"; known: ${FEATURE_NAMES.join(', ')}`);
+    m |= 1n << BigInt(FEATURE_BITS[n]);
+  }
+  return m;
+}
+/** Names of the ioctls whose bit is set in an `ioctls` mask from UFFDIO_API or UFFDIO_REGISTER. */
+export function ioctlNames(mask: bigint): IoctlName[] {
+  return (Object.keys(IOCTL_NR) as IoctlName[]).filter((n) => (mask >> BigInt(IOCTL_NR[n])) & 1n);
+}
+
+function fail(op: string, start?: number, len?: number, done?: number): never {
+  const e = errno();
+  throw new UffdError({ op, errno: e, start, len, done, hint: hintFor(op, errnoName(e)) });
+}
+
+let offeredCache: { features: bigint; ioctls: bigint } | undefined;
+
+function openFd(flags: number): number {
+  let fd = libc.syscall1(C.SYS_userfaultfd, flags);
+  if (fd >= 0) return fd;
+  const sysErr = errno();
+  // Fall back to /dev/userfaultfd (Linux 6.1+), which works where the syscall is refused
+  // to unprivileged users but the device node is accessible.
+  const dev = libc.open('/dev/userfaultfd', C.O_RDWR | C.O_CLOEXEC, 0);
+  if (dev >= 0) {
+    fd = libc.ioctl(dev, C.USERFAULTFD_IOC_NEW, flags);
+    const devErr = errno();
+    libc.close(dev);
+    if (fd >= 0) return fd;
+    throw new UffdError({ op: 'userfaultfd', errno: devErr, hint: hintFor('userfaultfd', errnoName(devErr)) });
+  }
+  throw new UffdError({ op: 'userfaultfd', errno: sysErr, hint: hintFor('userfaultfd', errnoName(sysErr)) });
+}
+
+export class Userfaultfd {
+  readonly fd: number;
+  /** Features granted by UFFDIO_API (for fromFd: what the caller says was negotiated). */
+  readonly features: bigint;
+  /** Ioctls the API call advertised (bit nr per ioctl). */
+  readonly ioctls: bigint;
+  readonly nonBlocking: boolean;
+  /** Errno of the last range operation that stopped early: 0, EEXIST or EAGAIN. */
+  lastErrno = 0;
+
+  private readonly arg = new ArrayBuffer(128);
+  private readonly dv = new DataView(this.arg);
+  private readonly argAddr: number;
+  private closed = false;
+
+  private constructor(fd: number, features: bigint, ioctls: bigint, nonBlocking: boolean) {
+    this.fd = fd;
+    this.features = features;
+    this.ioctls = ioctls;
+    this.nonBlocking = nonBlocking;
+    this.argAddr = addressOf(new Uint8Array(this.arg));
+  }
+
+  /** What this kernel offers (asked once on a throw-away userfaultfd, then cached). */
+  static offered(): { features: bigint; ioctls: bigint } {
+    if (offeredCache) return offeredCache;
+    const fd = openFd(C.O_CLOEXEC | C.O_NONBLOCK);
+    try {
+      const buf = new ArrayBuffer(C.SIZEOF_UFFDIO_API);
+      const dv = new DataView(buf);
+      writeU64(dv, 0, C.UFFD_API);
+      if (libc.ioctl(fd, C.UFFDIO_API, addressOf(new Uint8Array(buf))) < 0) fail('api');
+      offeredCache = { features: dv.getBigUint64(8, true), ioctls: dv.getBigUint64(16, true) };
+      return offeredCache;
+    } finally {
+      libc.close(fd);
+    }
+  }
+
+  static hasFeature(name: FeatureName): boolean {
+    return (Userfaultfd.offered().features & C.featureBit(name)) !== 0n;
+  }
+
+  static create(opts: UserfaultfdOptions = {}): Userfaultfd {
+    const required = featureMask(opts.features ?? []);
+    const offered = Userfaultfd.offered().features;
+    const missing = required & ~offered;
+    if (missing) {
+      throw new UnsupportedError(`this kernel does not offer userfaultfd feature(s) ${featureNames(missing).join(', ')}` +
+        (featureNames(missing).some((n) => n.startsWith('RWP')) ? ' (RWP needs Linux 7.2 with the RWP series)' : '') +
+        `; it offers ${featureNames(offered).join(', ')}`);
+    }
+    let wanted = required | (featureMask(opts.optionalFeatures ?? []) & offered);
+    if ((wanted & C.featureBit('RWP_ASYNC')) && !(wanted & C.featureBit('RWP'))) {
+      throw new ConfigError('RWP_ASYNC needs RWP too (the kernel answers EINVAL otherwise)');
+    }
+    if ((wanted & C.featureBit('WP_ASYNC')) && !(offered & C.featureBit('WP_ASYNC'))) wanted &= ~C.featureBit('WP_ASYNC');
+    const nonBlocking = opts.nonBlocking ?? true;
+    const flags = ((opts.closeOnExec ?? true) ? C.O_CLOEXEC : 0) | (nonBlocking ? C.O_NONBLOCK : 0)
+      | (opts.userModeOnly ? C.UFFD_USER_MODE_ONLY : 0);
+    const fd = openFd(flags);
+    const buf = new ArrayBuffer(C.SIZEOF_UFFDIO_API);
+    const dv = new DataView(buf);
+    writeU64(dv, 0, C.UFFD_API);
+    dv.setBigUint64(8, wanted, true);
+    if (libc.ioctl(fd, C.UFFDIO_API, addressOf(new Uint8Array(buf))) < 0) {
+      const e = errno();
+      libc.close(fd);
+      throw new UffdError({ op: 'api', errno: e, hint: hintFor('api', errnoName(e)) });
+    }
+    // The kernel writes back every feature it supports, not what it enabled: what it
+    // enabled is exactly what we asked for.
+    return new Userfaultfd(fd, wanted, dv.getBigUint64(16, true), nonBlocking);
+  }
+
+  /**
+   * Wraps a userfaultfd that is already open and negotiated (another thread's, or one
+   * received over a socket). features: what was negotiated, when known.
+   */
+  static fromFd(fd: number, features = 0n, ioctls = 0n, nonBlocking = true): Userfaultfd {
+    return new Userfaultfd(fd, features, ioctls, nonBlocking);
+  }
+
+  has(feature: FeatureName): boolean {
+    return (this.features & C.featureBit(feature)) !== 0n;
+  }
+  get featureNames(): FeatureName[] {
+    return featureNames(this.features);
+  }
+
+  private range(start: number, len: number): void {
+    writeU64(this.dv, 0, start);
+    writeU64(this.dv, 8, len);
+  }
+
+  private checkRange(op: string, start: number, len: number, align: number): void {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(len) || start < 0 || len <= 0) {
+      throw new UffdError({ op, errno: ERRNO.EINVAL, start, len },
+        `${op}: start and length must be non-negative integers and the length above zero (got start=${start}, len=${len})`);
+    }
+    if (start % align || len % align) {
+      throw new UffdError({ op, errno: ERRNO.EINVAL, start, len },
+        `${op}: [0x${start.toString(16)}, +0x${len.toString(16)}) is not aligned to the page size 0x${align.toString(16)}; round start down and length up to a page multiple`);
+    }
+  }
+
+  /** Registers a range; returns the ioctls the kernel advertises for it (bit nr each). */
+  register(start: number, len: number, modes: readonly RegisterMode[] | number, align = C.PAGE_SIZE): bigint {
+    this.checkRange('register', start, len, align);
+    let mode = 0;
+    if (typeof modes === 'number') mode = modes;
+    else for (const m of modes) {
+      if (!(m in REGISTER_MODE_BITS)) throw new ConfigError(`unknown register mode "${m}"; use missing, wp, minor or rwp`);
+      mode |= REGISTER_MODE_BITS[m];
+    }
+    if ((mode & C.UFFDIO_REGISTER_MODE_WP) && (mode & C.UFFDIO_REGISTER_MODE_RWP)) {
+      throw new ConfigError('register: modes wp and rwp exclude each other (the kernel answers EINVAL)');
+    }
+    this.range(start, len);
+    writeU64(this.dv, 16, mode);
+    writeU64(this.dv, 24, 0);
+    if (libc.ioctl(this.fd, C.UFFDIO_REGISTER, this.argAddr) < 0) fail('register', start, len);
+    return this.dv.getBigUint64(24, true);
+  }
+
+  unregister(start: number, len: number, align = C.PAGE_SIZE): void {
+    this.checkRange('unregister', start, len, align);
+    this.range(start, len);
+    if (libc.ioctl(this.fd, C.UFFDIO_UNREGISTER, this.argAddr) < 0) fail('unregister', start, len);
+  }
+
+  /** Wakes threads waiting on faults in the range (after a DONTWAKE resolve, or to let them retry). */
+  wake(start: number, len: number): void {
+    this.range(start, len);
+    if (libc.ioctl(this.fd, C.UFFDIO_WAKE, this.argAddr) < 0) fail('wake', start, len);
+  }
+
+  // A range operation with an s64 out field: returns the bytes done; on partial or no
+  // progress sets lastErrno to EEXIST or EAGAIN; any other errno throws.
+  private rangeOp(op: string, req: number, outOff: number, start: number, len: number): number {
+    this.dv.setUint32(outOff, 0, true);
+    this.dv.setUint32(outOff + 4, 0, true);
+    if (libc.ioctl(this.fd, req, this.argAddr) === 0) {
+      this.lastErrno = 0;
+      return len;
+    }
+    const e = errno();
+    const out = s64(this.dv, outOff);
+    if (out > 0) {
+      // Partial progress: the kernel reports bytes done and answers EAGAIN.
+      this.lastErrno = ERRNO.EAGAIN;
+      return out;
+    }
+    if (e === ERRNO.EEXIST || e === ERRNO.EAGAIN) {
+      this.lastErrno = e;
+      return 0;
+    }
+    throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
+  }
+
+  /** UFFDIO_COPY len bytes from src to dst (mode: COPY_MODE_DONTWAKE | COPY_MODE_WP). */
+  copy(dst: number, src: number, len: number, mode = 0): number {
+    const dv = this.dv;
+    writeU64(dv, 0, dst);
+    writeU64(dv, 8, src);
+    writeU64(dv, 16, len);
+    writeU64(dv, 24, mode);
+    return this.rangeOp('copy', C.UFFDIO_COPY, 32, dst, len);
+  }
+
+  zeropage(start: number, len: number, mode = 0): number {
+    this.range(start, len);
+    writeU64(this.dv, 16, mode);
+    return this.rangeOp('zeropage', C.UFFDIO_ZEROPAGE, 24, start, len);
+  }
+
+  /** UFFDIO_CONTINUE: maps pages already in the page cache (minor faults). */
+  continue(start: number, len: number, mode = 0): number {
+    this.range(start, len);
+    writeU64(this.dv, 16, mode);
+    return this.rangeOp('continue', C.UFFDIO_CONTINUE, 24, start, len);
+  }
+
+  poison(start: number, len: number, mode = 0): number {
+    this.range(start, len);
+    writeU64(this.dv, 16, mode);
+    return this.rangeOp('poison', C.UFFDIO_POISON, 24, start, len);
+  }
+
+  /** UFFDIO_MOVE: moves pages from src to dst (anon), leaving src empty. */
+  move(dst: number, src: number, len: number, mode = 0): number {
+    const dv = this.dv;
+    writeU64(dv, 0, dst);
+    writeU64(dv, 8, src);
+    writeU64(dv, 16, len);
+    writeU64(dv, 24, mode);
+    return this.rangeOp('move', C.UFFDIO_MOVE, 32, dst, len);
+  }
+
+  /** Write-protects (protect = true) or un-protects the range (un-protect wakes unless DONTWAKE). */
+  writeprotect(start: number, len: number, protect: boolean, dontWake = false): void {
+    this.range(start, len);
+    writeU64(this.dv, 16, (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
+    if (libc.ioctl(this.fd, C.UFFDIO_WRITEPROTECT, this.argAddr) < 0) fail('writeprotect', start, len);
+  }
+
+  /** Read-write-protects (Linux 7.2 RWP) or restores access to the range. */
+  rwprotect(start: number, len: number, protect: boolean, dontWake = false): void {
+    if (!this.has('RWP')) {
+      throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.2 read-write-protect), which this userfaultfd was not granted; ' +
+        'use WP_ASYNC write tracking or the access-tracking fallbacks instead');
+    }
+    this.range(start, len);
+    writeU64(this.dv, 16, (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
+    if (libc.ioctl(this.fd, C.UFFDIO_RWPROTECT, this.argAddr) < 0) fail('rwprotect', start, len);
+  }
+
+  /** UFFDIO_SET_MODE (7.2): toggles features such as RWP_ASYNC at run time. */
+  setMode(enable: FeatureName[], disable: FeatureName[]): void {
+    const en = featureMask(enable);
+    const dis = featureMask(disable);
+    if (en & dis) throw new ConfigError(`setMode: ${featureNames(en & dis).join(', ')} cannot be both enabled and disabled`);
+    if (!this.has('RWP')) {
+      throw new UnsupportedError('setMode (UFFDIO_SET_MODE) needs Linux 7.2 with UFFD_FEATURE_RWP; this userfaultfd lacks it');
+    }
+    this.dv.setBigUint64(0, en, true);
+    this.dv.setBigUint64(8, dis, true);
+    if (libc.ioctl(this.fd, C.UFFDIO_SET_MODE, this.argAddr) < 0) fail('set_mode');
+  }
+
+  /**
+   * Reads up to buf.capacity messages with one read(2); returns how many arrived
+   * (0 when the fd is non-blocking and nothing is pending).
+   */
+  read(buf: MessageBuffer): number {
+    const n = libc.read(this.fd, buf.address, buf.capacity * C.SIZEOF_UFFD_MSG);
+    if (n >= 0) return n / C.SIZEOF_UFFD_MSG;
+    const e = errno();
+    if (e === ERRNO.EAGAIN || e === ERRNO.EINTR) return 0;
+    return fail('read');
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    libc.close(this.fd);
+  }
+}
+
+/** A reusable buffer for batched read(2) of uffd_msg records. */
+export class MessageBuffer {
+  readonly capacity: number;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  readonly address: number;
+  constructor(capacity = 256) {
+    this.capacity = capacity;
+    this.bytes = new Uint8Array(capacity * C.SIZEOF_UFFD_MSG);
+    this.view = new DataView(this.bytes.buffer);
+    this.address = addressOf(this.bytes);
+  }
+}
+
+export { u64 };
