@@ -1,0 +1,51 @@
+// A small, strict option parser shared by the commands: --name value, --flag, --no-flag.
+export type OptionSpec = Record<string, { type: 'string' | 'number' | 'boolean' | 'size'; default?: unknown; help: string }>;
+
+/** Parses sizes like 4096, 64K, 2M, 1G, 1T (binary units). */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?$/.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a size (use e.g. 4096, 64K, 2M, 1G)`);
+  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  return Math.round(Number(m[1]) * mult);
+}
+
+export function parseArgs<T extends Record<string, unknown>>(args: string[], spec: OptionSpec): T & { _: string[] } {
+  const out: Record<string, unknown> = { _: [] };
+  for (const [k, v] of Object.entries(spec)) if (v.default !== undefined) out[k] = v.default;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (!a.startsWith('--')) { (out._ as string[]).push(a); continue; }
+    let key = a.slice(2);
+    let value: string | undefined;
+    const eq = key.indexOf('=');
+    if (eq >= 0) { value = key.slice(eq + 1); key = key.slice(0, eq); }
+    const camel = key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+    if (camel.startsWith('no') && spec[camel[2]?.toLowerCase() + camel.slice(3)]?.type === 'boolean') {
+      out[camel[2].toLowerCase() + camel.slice(3)] = false;
+      continue;
+    }
+    const s = spec[camel];
+    if (!s) throw new Error(`unknown option --${key}; options: ${Object.keys(spec).map((k) => '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())).join(' ')}`);
+    if (s.type === 'boolean') { out[camel] = value === undefined ? true : value !== 'false'; continue; }
+    if (value === undefined) {
+      value = args[++i];
+      if (value === undefined) throw new Error(`option --${key} needs a value`);
+    }
+    if (s.type === 'number') {
+      const n = Number(value);
+      if (!Number.isFinite(n)) throw new Error(`option --${key} needs a number, got "${value}"`);
+      out[camel] = n;
+    } else if (s.type === 'size') out[camel] = parseSize(value);
+    else out[camel] = value;
+  }
+  return out as T & { _: string[] };
+}
+
+export function helpText(command: string, summary: string, spec: OptionSpec): string {
+  const rows = Object.entries(spec).map(([k, v]) => {
+    const flag = '--' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()) + (v.type === 'boolean' ? '' : ` <${v.type}>`);
+    const def = v.default !== undefined ? ` (default ${String(v.default)})` : '';
+    return `  ${flag.padEnd(28)} ${v.help}${def}`;
+  });
+  return `usage: uffd-engine ${command} [options]\n\n${summary}\n\noptions:\n${rows.join('\n')}`;
+}
