@@ -7,7 +7,8 @@ import type { RegisterMode } from '../kernel/userfaultfd.js';
 export type ResolveOp = 'copy' | 'zeropage' | 'continue' | 'writeprotect' | 'poison' | 'move' | 'rwprotect';
 export const RESOLVE_OPS: readonly ResolveOp[] = ['copy', 'zeropage', 'continue', 'writeprotect', 'poison', 'move', 'rwprotect'];
 
-export type MemoryTypeName = 'anon' | 'shmem' | 'hugetlbfs' | 'guest_memfd' | 'file';
+// The built-in names, open to more: a new memory type is one new module (see index.ts).
+export type MemoryTypeName = 'anon' | 'shmem' | 'hugetlbfs' | 'guest_memfd' | 'file' | (string & {});
 
 export interface RegionOptions {
   /** Bytes; rounded up to the page size by nobody: must be a multiple of it. */
@@ -56,6 +57,16 @@ export interface MemoryType {
   readonly modeFeatures: Partial<Record<RegisterMode, readonly FeatureName[]>>;
   /** The operation that resolves each fault kind on this type (undefined: that kind cannot happen). */
   readonly resolveOp: Readonly<Record<FaultKind, ResolveOp | undefined>>;
+  /**
+   * Optional: why a mode this type does not declare is impossible, and what to use instead
+   * (check.ts puts it in the error, e.g. anon minor: "it has no page cache; use shmem or hugetlbfs").
+   */
+  readonly modeNotes?: Partial<Record<RegisterMode, string>>;
+  /**
+   * Optional: what it means when the running kernel refuses (EINVAL) a registration this type
+   * declares, e.g. guest_memfd before the userfaultfd series for it is merged.
+   */
+  readonly registerRefusal?: string;
   /** Whether a region can be created on this machine now. */
   available(pageSize?: number): Availability;
   create(opts: RegionOptions): Region;

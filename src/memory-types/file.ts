@@ -1,0 +1,130 @@
+// A regular file (ext4, xfs, ...) mapped MAP_SHARED. The kernel lets userfaultfd track such
+// a mapping only for write-protection, and only with UFFD_FEATURE_WP_ASYNC (the kernel
+// resolves the write in place and PAGEMAP_SCAN reports PAGE_IS_WRITTEN): no missing or minor
+// faults, so no serving. Without a path, create() makes an unlinked temporary file in a
+// directory that is not tmpfs (a tmpfs file would be shmem).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as C from '../kernel/constants.js';
+import { ConfigError } from '../kernel/errors.js';
+import { close, ftruncate, mmap, munmap, openFile } from '../kernel/memory.js';
+import { checkRegionOptions } from './check.js';
+import type { Availability, MemoryType, Region, RegionOptions } from './types.js';
+
+const MEMORY_FILESYSTEMS = new Set(['tmpfs', 'hugetlbfs', 'ramfs', 'devtmpfs', 'shm']);
+
+/** The filesystem type of the mount a path lives on ("ext4"), from /proc/self/mounts. */
+export function filesystemOf(p: string): string | undefined {
+  let real: string;
+  try {
+    real = fs.realpathSync(p);
+  } catch {
+    return undefined;
+  }
+  let best = '';
+  let type: string | undefined;
+  for (const line of fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+    const [, mnt, fstype] = line.split(' ');
+    if (!mnt) continue;
+    const m = mnt.replace(/\\040/g, ' ');
+    const inside = m === '/' || real === m || real.startsWith(m + '/');
+    if (inside && m.length >= best.length) {
+      best = m;
+      type = fstype;
+    }
+  }
+  return type;
+}
+
+/** A writable directory on a disk filesystem for temporary files, or why there is none. */
+function tempDir(): { dir?: string; reason?: string } {
+  const candidates = [process.env.UFFD_ENGINE_FILE_DIR, os.tmpdir(), '/var/tmp', process.cwd()].filter(Boolean) as string[];
+  const seen: string[] = [];
+  for (const dir of candidates) {
+    try {
+      fs.accessSync(dir, fs.constants.W_OK);
+    } catch {
+      seen.push(`${dir} (not writable)`);
+      continue;
+    }
+    const t = filesystemOf(dir);
+    if (t && MEMORY_FILESYSTEMS.has(t)) {
+      seen.push(`${dir} (${t})`);
+      continue;
+    }
+    return { dir };
+  }
+  return { reason: `no writable directory on a disk filesystem for a temporary file (tried ${seen.join(', ')}); ` +
+    'set UFFD_ENGINE_FILE_DIR or pass path' };
+}
+
+let counter = 0;
+
+export const memoryType: MemoryType = {
+  name: 'file',
+  description: 'a regular file (not tmpfs) mapped MAP_SHARED: write-protect tracking with WP_ASYNC only',
+  modes: ['wp'],
+  ops: ['writeprotect'],
+  pageSizes: [C.PAGE_SIZE],
+  modeFeatures: { wp: ['WP_ASYNC'] },
+  resolveOp: { missing: undefined, wp: 'writeprotect', minor: undefined, rwp: undefined },
+  modeNotes: {
+    missing: 'userfaultfd serves missing pages only for anon, shmem and hugetlbfs; a file mapping fills from its file',
+    minor: 'minor faults exist only for shmem and hugetlbfs page caches',
+    rwp: 'the RWP series covers anon, shmem and hugetlbfs only',
+  },
+  available(): Availability {
+    const t = tempDir();
+    return t.dir ? { ok: true } : { ok: false, reason: t.reason };
+  },
+  create(opts: RegionOptions): Region {
+    const pageSize = checkRegionOptions(memoryType, opts);
+    const size = opts.size;
+    let fd: number;
+    if (opts.path) {
+      fd = openFile(opts.path, C.O_RDWR);
+      const have = fs.fstatSync(fd).size;
+      if (have < size) {
+        close(fd);
+        throw new ConfigError(`file ${opts.path} has ${have} bytes, fewer than the region size ${size}`);
+      }
+    } else {
+      const t = tempDir();
+      if (!t.dir) throw new ConfigError(t.reason ?? 'no directory for a temporary file');
+      const p = path.join(t.dir, `uffd-engine-file-${process.pid}-${++counter}-${Date.now().toString(36)}`);
+      fd = openFile(p, C.O_RDWR | C.O_CREAT | C.O_TRUNC);
+      fs.unlinkSync(p); // the mapping keeps the inode; nothing is left behind
+      try {
+        ftruncate(fd, size);
+      } catch (e) {
+        close(fd);
+        throw e;
+      }
+    }
+    let addr = 0;
+    let aliasAddr = 0;
+    try {
+      const flags = C.MAP_SHARED | (opts.noReserve ? C.MAP_NORESERVE : 0);
+      addr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
+      aliasAddr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
+    } catch (e) {
+      if (addr) munmap(addr, size);
+      close(fd);
+      throw e;
+    }
+    let closed = false;
+    return {
+      type: 'file', addr, size, pageSize, fd, aliasAddr,
+      close() {
+        if (closed) return;
+        closed = true;
+        munmap(addr, size);
+        munmap(aliasAddr, size);
+        close(fd);
+      },
+    };
+  },
+};
+
+export default memoryType;
