@@ -5,3 +5,4 @@ export * from './messages.js';
 export * from './userfaultfd.js';
 export * from './memory.js';
 export { addressOf, viewOf, errnoName, ERRNO } from './libc.js';
+export * from './time.js';

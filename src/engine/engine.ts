@@ -1,0 +1,543 @@
+// The Engine: the main-thread face of the parallel fault engine. It registers the
+// regions, builds the shared tables, starts the dispatcher thread and one long-lived
+// piscina task per shard, answers callback sources, replaces workers that die, reports
+// live statistics and events, and stops deterministically.
+import { EventEmitter } from 'node:events';
+import * as path from 'node:path';
+import { MessageChannel, Worker } from 'node:worker_threads';
+import { Piscina } from 'piscina';
+import { FeatureName, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
+import { ConfigError, UnsupportedError } from '../kernel/errors.js';
+import { close as closeFd, eventfd, eventfdSignal, mmap, munmap } from '../kernel/memory.js';
+import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
+import { checkResolve, registerChecked } from '../memory-types/check.js';
+import { memoryType } from '../memory-types/index.js';
+import type { MemoryTypeName, Region } from '../memory-types/types.js';
+import { OpenedSource, openSource, PageSource } from '../sources/index.js';
+import * as L from './layout.js';
+import {
+  C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
+  C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
+  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_FILLING,
+  PAGE_MISSING, PageStates, Ring,
+} from './shared.js';
+
+export interface EngineRegion {
+  /** A region made by a memory type; the engine registers it. */
+  region?: Region;
+  /** Or a range its owner registered already (e.g. a VMM's memory, uffd received over a socket). */
+  start?: number;
+  size?: number;
+  pageSize?: number;
+  type?: MemoryTypeName;
+  source: PageSource;
+  /** Modes to register (own regions). Default: missing, plus minor for pageCache sources. */
+  modes?: RegisterMode[];
+}
+
+export interface PrefetchOptions {
+  /** Largest read-ahead window around a demand fault, in bytes (0: none). */
+  readAhead?: number;
+  /** Smallest window, in bytes; the window doubles on sequential faults up to readAhead. */
+  readAheadMin?: number;
+  /** Idle workers populate the rest of the regions, demand faults first. */
+  background?: boolean;
+  /** Global page indices to populate first (a recorded working set), before address order. */
+  order?: ArrayLike<number>;
+  /** Pages per background step, in bytes. */
+  chunk?: number;
+}
+
+export interface EngineOptions {
+  regions: EngineRegion[];
+  /** A userfaultfd to serve (received, or made by the caller). Default: one is created. */
+  uffd?: Userfaultfd;
+  /** Close the userfaultfd on stop (default: only if the engine created it). */
+  ownsUffd?: boolean;
+  workers?: number;
+  /** Bytes of address space per shard stripe (a multiple of the page size). */
+  stripe?: number;
+  prefetch?: boolean | PrefetchOptions;
+  /** 'auto': the dispatcher resolves a lone fault itself when its worker sleeps. */
+  inline?: 'auto' | 'never';
+  /** How long an idle worker spins on its ring before sleeping. */
+  spinMicros?: number;
+  /** When a source fails for a page: poison it (the faulting thread gets SIGBUS) or serve zeros. */
+  onSourceError?: 'poison' | 'zero';
+  /** What a fault after madvise(DONTNEED/REMOVE) gets: zeros, as the kernel would, or the source again. */
+  afterRemove?: 'zero' | 'source';
+  /** A module whose export sees each write-protected page before it is un-protected (live snapshots). */
+  wpHook?: { module: string; export?: string };
+  ringCapacity?: number;
+  callbackTimeoutMs?: number;
+  /** Extra userfaultfd features to request when the engine creates the uffd (e.g. EVENT_FORK). */
+  features?: FeatureName[];
+}
+
+export interface StopOptions {
+  /**
+   * 'complete' (default): every page not yet filled is filled from its source, then the
+   * regions are unregistered: every faulting thread returns with the right bytes.
+   * 'abandon': the regions are unregistered at once; waiting threads are woken and see
+   * what the kernel gives an unregistered page (zeros for anon, the page cache for shmem).
+   */
+  mode?: 'complete' | 'abandon';
+  /** 'complete' falls back to 'abandon' after this long (default 60 s). */
+  timeoutMs?: number;
+}
+
+export interface LatencySummary { p50: number; p90: number; p99: number; max: number; histogram: number[] }
+
+export interface EngineStats {
+  elapsedSec: number;
+  faults: { missing: number; minor: number; wp: number; rwp: number; total: number };
+  pages: { demand: number; readahead: number; background: number; total: number; zeroFilled: number };
+  bytes: number;
+  ioctls: number;
+  retries: number;
+  eexist: number;
+  wakes: number;
+  errors: number;
+  spurious: number;
+  inline: number;
+  handoffs: number;
+  events: number;
+  reads: number;
+  incidents: number;
+  workers: { faults: number; pages: number; cpuSec: number }[];
+  dispatcher: { faults: number; cpuSec: number };
+  /** Engine-side latency: from the dispatcher's read to the resolving ioctl, µs (bucket upper edges). */
+  latencyUs: LatencySummary;
+}
+
+export interface Incident { time: number; shard: number; message: string }
+
+const SHARD_WORKER = path.resolve(__dirname, '../../workers/shard-worker.js');
+const DISPATCHER = path.resolve(__dirname, '../../workers/dispatcher.js');
+
+const DEFAULT_FEATURES: FeatureName[] = [
+  'EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP', 'THREAD_ID', 'MISSING_SHMEM', 'MISSING_HUGETLBFS', 'MINOR_SHMEM',
+  'MINOR_HUGETLBFS', 'PAGEFAULT_FLAG_WP', 'WP_HUGETLBFS_SHMEM', 'WP_UNPOPULATED', 'POISON',
+];
+
+interface RegionRow {
+  start: number;
+  size: number;
+  pageSize: number;
+  type: MemoryTypeName;
+  source: OpenedSource;
+  missingOp: number;
+  stateBase: number;
+  own: boolean;
+}
+
+export class Engine extends EventEmitter {
+  readonly uffd: Userfaultfd;
+  readonly workers: number;
+  readonly setup: L.EngineSetup;
+  readonly incidents: Incident[] = [];
+  private readonly rows: RegionRow[];
+  private readonly ownsUffd: boolean;
+  private readonly control: Int32Array;
+  private readonly counters: Counters;
+  private readonly states: PageStates;
+  private readonly rings: Ring[];
+  private pool: Piscina | null = null;
+  private dispatcher: Worker | null = null;
+  private readonly tasks: Promise<void>[] = [];
+  private stopping = false;
+  private stopped = false;
+  private readonly startTime = Date.now();
+  private zeroLen = 0;
+  private readonly failures: number[];
+  private dispatcherExit: Promise<void> = Promise.resolve();
+
+  private constructor(opts: EngineOptions) {
+    super();
+    const workers = opts.workers ?? 2;
+    if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
+      throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
+    }
+    if (!opts.regions || opts.regions.length === 0) throw new ConfigError('an engine needs at least one region to serve');
+    this.workers = workers;
+    this.failures = new Array<number>(workers).fill(0);
+    const created = !opts.uffd;
+    this.uffd = opts.uffd ?? Userfaultfd.create({ optionalFeatures: [...DEFAULT_FEATURES, ...(opts.features ?? [])] });
+    this.ownsUffd = opts.ownsUffd ?? created;
+    const opened: OpenedSource[] = [];
+    try {
+      this.rows = this.buildRows(opts, opened);
+    } catch (e) {
+      for (const s of opened) s.close();
+      if (created) this.uffd.close();
+      throw e;
+    }
+    const minPage = Math.min(...this.rows.map((r) => r.pageSize));
+    const maxPage = Math.max(...this.rows.map((r) => r.pageSize));
+    const stripe = opts.stripe ?? Math.max(64 * 1024, maxPage);
+    if (!Number.isInteger(stripe) || stripe <= 0 || stripe % minPage) {
+      throw new ConfigError(`stripe must be a positive multiple of the page size ${minPage} (got ${stripe})`);
+    }
+    const totalPages = this.rows.reduce((n, r) => n + r.size / r.pageSize, 0);
+    const pf = normalizePrefetch(opts.prefetch, minPage);
+    const ringCapacity = opts.ringCapacity ?? 4096;
+    const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
+    const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
+    this.zeroLen = maxPage;
+    const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
+    let order: SharedArrayBuffer | null = null;
+    if (pf.order && pf.order.length) {
+      order = new SharedArrayBuffer(pf.order.length * 8);
+      const o = new Float64Array(order);
+      for (let i = 0; i < pf.order.length; i++) {
+        const g = Number(pf.order[i]);
+        if (!Number.isInteger(g) || g < 0 || g >= totalPages) throw new ConfigError(`prefetch.order[${i}] = ${pf.order[i]} is not a page index below ${totalPages}`);
+        o[i] = g;
+      }
+    }
+    this.setup = {
+      uffdFd: this.uffd.fd,
+      features: this.uffd.features.toString(),
+      workers,
+      stripePages: stripe / minPage,
+      regionTable: new SharedArrayBuffer(L.MAX_REGION_ROWS * L.RT_WORDS * 8),
+      states: PageStates.allocate(totalPages),
+      totalPages,
+      counters: Counters.allocate(workers + 1),
+      control: new SharedArrayBuffer(L.CT_WORDS * 4),
+      claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
+      rings: Array.from({ length: workers }, () => Ring.allocate(ringCapacity)),
+      order,
+      prefetch: {
+        readAheadMin: pf.readAheadMin, readAheadMax: pf.readAheadMax, background: pf.background,
+        chunkPages: pf.chunkPages, orderLength: pf.order?.length ?? 0,
+      },
+      zeroAddr,
+      onSourceError: opts.onSourceError ?? 'poison',
+      afterRemove: opts.afterRemove ?? 'zero',
+      inline: opts.inline ?? 'auto',
+      spinMicros: opts.spinMicros ?? 30,
+      wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
+      callbackStaging: hasCallback ? new SharedArrayBuffer(callbackRunBytes * workers) : null,
+      callbackControl: hasCallback ? new SharedArrayBuffer(L.CB_WORDS * 4 * workers) : null,
+      callbackRunBytes,
+      callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
+      eventFd: eventfd(),
+    };
+    this.control = new Int32Array(this.setup.control);
+    this.counters = new Counters(this.setup.counters);
+    this.states = new PageStates(this.setup.states, totalPages);
+    this.rings = this.setup.rings.map((b) => new Ring(b));
+    const table = new Float64Array(this.setup.regionTable);
+    this.rows.forEach((r, i) => {
+      const b = i * L.RT_WORDS;
+      table[b + L.RT_START] = r.start;
+      table[b + L.RT_SIZE] = r.size;
+      table[b + L.RT_PAGE_SIZE] = r.pageSize;
+      table[b + L.RT_STATE_BASE] = r.stateBase;
+      table[b + L.RT_MISSING_OP] = r.missingOp;
+      table[b + L.RT_SRC_ADDR] = r.source.addr;
+      table[b + L.RT_SOURCE] = i;
+      table[b + L.RT_ALIVE] = 1;
+      table[b + L.RT_SRC_OFFSET] = 0;
+    });
+    Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
+  }
+
+  /** Validates and registers the regions; opens their sources. */
+  private buildRows(opts: EngineOptions, opened: OpenedSource[]): RegionRow[] {
+    const rows: RegionRow[] = [];
+    let stateBase = 0;
+    opts.regions.forEach((spec, i) => {
+      const what = `region ${i}`;
+      const own = !!spec.region;
+      const start = spec.region?.addr ?? spec.start;
+      const size = spec.region?.size ?? spec.size;
+      const pageSize = spec.region?.pageSize ?? spec.pageSize ?? PAGE_SIZE;
+      const typeName: MemoryTypeName = spec.region?.type ?? spec.type ?? (pageSize > PAGE_SIZE ? 'hugetlbfs' : 'anon');
+      if (start === undefined || size === undefined) throw new ConfigError(`${what}: give either region (from a memory type) or start and size`);
+      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || size <= 0 || start % pageSize || size % pageSize) {
+        throw new ConfigError(`${what}: [0x${start.toString(16)}, +0x${size.toString(16)}) must be non-empty and aligned to its page size ${pageSize}`);
+      }
+      for (const r of rows) {
+        if (start < r.start + r.size && r.start < start + size) throw new ConfigError(`${what} overlaps another region`);
+      }
+      if (!spec.source) throw new ConfigError(`${what}: no source given (use sources.zero(), buffer(), file(), pageCache() or callback())`);
+      const source = openSource(spec.source, size, what);
+      opened.push(source);
+      const type = memoryType(typeName);
+      const noZeropage = !type.ops.includes('zeropage');
+      const missingOp = source.mode === 'copy' ? L.MISS_COPY : source.mode === 'callback' ? L.MISS_CALLBACK
+        : noZeropage ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE;
+      if (own) {
+        const region = spec.region as Region;
+        const modes = spec.modes ?? (source.minor ? ['missing', 'minor'] as RegisterMode[] : ['missing'] as RegisterMode[]);
+        if (source.minor && !modes.includes('minor')) throw new ConfigError(`${what}: a pageCache source needs the minor mode`);
+        if (source.minor && !region.aliasAddr) throw new UnsupportedError(`${what}: a pageCache source needs a memory type with a page cache (shmem or hugetlbfs), not ${region.type}`);
+        const ioctls = registerChecked(this.uffd, region, modes);
+        if (modes.includes('missing')) checkResolve(type, missingOp === L.MISS_ZEROPAGE ? 'zeropage' : 'copy', ioctls);
+        if (modes.includes('minor')) checkResolve(type, 'continue', ioctls);
+        if (modes.includes('wp')) checkResolve(type, 'writeprotect', ioctls);
+      }
+      rows.push({ start, size, pageSize, type: typeName, source, missingOp, stateBase, own });
+      stateBase += size / pageSize;
+    });
+    return rows;
+  }
+
+  /** Creates, registers and starts an engine; resolves when every thread is serving. */
+  static async start(opts: EngineOptions): Promise<Engine> {
+    const e = new Engine(opts);
+    try {
+      await e.launch();
+    } catch (err) {
+      await e.stop({ mode: 'abandon' }).catch(() => undefined);
+      throw err;
+    }
+    return e;
+  }
+
+  private async launch(): Promise<void> {
+    this.pool = new Piscina({
+      filename: SHARD_WORKER,
+      minThreads: this.workers,
+      maxThreads: this.workers,
+      concurrentTasksPerWorker: 1,
+      idleTimeout: 2 ** 31 - 1,
+    });
+    for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
+    this.startDispatcher();
+    const deadline = Date.now() + 20_000;
+    while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
+      if (Date.now() > deadline) throw new Error('engine threads did not start within 20 s');
+      await sleep(2);
+    }
+  }
+
+  private startDispatcher(): void {
+    const w = new Worker(DISPATCHER, { workerData: this.setup });
+    this.dispatcher = w;
+    w.on('message', (m: { type: string; ufd?: number; message?: string }) => {
+      if (m.type === 'exit') return;
+      if (m.type === 'incident') { this.incident(-1, m.message ?? 'dispatcher incident'); return; }
+      if (m.type === 'fork' && m.ufd !== undefined) {
+        const child = Userfaultfd.fromFd(m.ufd, this.uffd.features);
+        if (this.listenerCount('fork') === 0) child.close(); // nobody serves the child: its ranges fall back to the kernel
+        else this.emit('fork', { uffd: child });
+        return;
+      }
+      this.emit('event', m);
+      this.emit(m.type, m);
+    });
+    this.dispatcherExit = new Promise((resolve) => {
+      w.on('error', (err) => this.incident(-1, `dispatcher failed: ${err.message}`));
+      w.on('exit', () => {
+        if (!this.stopping) {
+          // Never leave faults unread: start a new dispatcher.
+          this.incident(-1, 'dispatcher thread exited; restarting it');
+          this.startDispatcher();
+        }
+        resolve();
+      });
+    });
+  }
+
+  private async runShard(shard: number): Promise<void> {
+    while (!this.stopping) {
+      let port = null;
+      if (this.setup.callbackControl) {
+        const ch = new MessageChannel();
+        ch.port1.on('message', (m: { shard: number; id: number; source: number; offset: number; len: number }) => this.answerCallback(m));
+        ch.port1.unref();
+        port = ch.port2;
+      }
+      try {
+        await (this.pool as Piscina).run({ setup: this.setup, shard, port }, port ? { transferList: [port] } : undefined);
+        return;
+      } catch (err) {
+        if (this.stopping) return;
+        this.failures[shard]++;
+        this.incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
+        if (this.failures[shard] > 3) await sleep(Math.min(1000, 10 * this.failures[shard]));
+      }
+    }
+  }
+
+  private answerCallback(m: { shard: number; id: number; source: number; offset: number; len: number }): void {
+    const ctl = new Int32Array(this.setup.callbackControl as SharedArrayBuffer, m.shard * L.CB_WORDS * 4, L.CB_WORDS);
+    const staging = new Uint8Array(this.setup.callbackStaging as SharedArrayBuffer, m.shard * this.setup.callbackRunBytes, this.setup.callbackRunBytes);
+    const fetch = this.rows[m.source].source.fetch;
+    const done = (ok: boolean) => {
+      if (Atomics.load(ctl, L.CB_ID) !== m.id || Atomics.load(ctl, L.CB_STATE) !== 1) return; // abandoned
+      Atomics.store(ctl, L.CB_STATE, ok ? 2 : 3);
+      Atomics.notify(ctl, L.CB_STATE);
+    };
+    Promise.resolve()
+      .then(() => (fetch as (o: number, l: number) => Uint8Array | Promise<Uint8Array>)(m.offset, m.len))
+      .then((bytes) => {
+        if (!(bytes instanceof Uint8Array) || bytes.byteLength !== m.len) {
+          throw new Error(`returned ${bytes instanceof Uint8Array ? bytes.byteLength + ' bytes' : typeof bytes}, expected a Uint8Array of ${m.len} bytes`);
+        }
+        if (Atomics.load(ctl, L.CB_ID) === m.id) staging.set(bytes);
+        done(true);
+      })
+      .catch((err: unknown) => {
+        this.incident(m.shard, `callback source failed for offset ${m.offset} (+${m.len}): ${(err as Error)?.message ?? String(err)}`);
+        done(false);
+      });
+  }
+
+  private incident(shard: number, message: string): void {
+    const inc = { time: Date.now(), shard, message };
+    this.incidents.push(inc);
+    if (this.incidents.length > 1000) this.incidents.shift();
+    this.emit('incident', inc);
+  }
+
+  /** Total pages the engine serves (all regions). */
+  get totalPages(): number {
+    return this.setup.totalPages;
+  }
+
+  /** Pages not yet filled (MISSING or being filled). Scans the table: not for the hot path. */
+  pagesMissing(): number {
+    let n = 0;
+    const total = this.setup.totalPages;
+    for (let g = 0; g < total;) {
+      g = this.states.nextMissing(g, total);
+      if (g < 0) break;
+      n++;
+      g++;
+    }
+    for (let g = 0; g < total; g++) if (this.states.get(g) === PAGE_FILLING) n++;
+    return n;
+  }
+
+  /** The state of global page g (0 missing, 1 filling, 2 present, 3 dropped). */
+  pageState(g: number): number {
+    return this.states.get(g);
+  }
+
+  stats(): EngineStats {
+    const c = this.counters;
+    const sum = (f: number) => c.sum(f);
+    const hist = new Array<number>(HIST_BUCKETS).fill(0);
+    for (let t = 0; t < c.threads; t++) for (let b = 0; b < HIST_BUCKETS; b++) hist[b] += c.all[t * COUNTER_WORDS + C_HIST + b];
+    let maxBucket = 0;
+    hist.forEach((v, i) => { if (v) maxBucket = i; });
+    const faults = (t: number) => c.all[t * COUNTER_WORDS + C_FAULTS_MISSING] + c.all[t * COUNTER_WORDS + C_FAULTS_MINOR]
+      + c.all[t * COUNTER_WORDS + C_FAULTS_WP] + c.all[t * COUNTER_WORDS + C_FAULTS_RWP];
+    const missing = sum(C_FAULTS_MISSING), minor = sum(C_FAULTS_MINOR), wp = sum(C_FAULTS_WP), rwp = sum(C_FAULTS_RWP);
+    const demand = sum(C_PAGES_DEMAND), ra = sum(C_PAGES_READAHEAD), bg = sum(C_PAGES_BACKGROUND);
+    return {
+      elapsedSec: (Date.now() - this.startTime) / 1000,
+      faults: { missing, minor, wp, rwp, total: missing + minor + wp + rwp },
+      pages: { demand, readahead: ra, background: bg, total: demand + ra + bg, zeroFilled: sum(C_ZERO_FILLS) },
+      bytes: sum(C_BYTES),
+      ioctls: sum(C_IOCTLS),
+      retries: sum(C_RETRIES),
+      eexist: sum(C_EEXIST),
+      wakes: sum(C_WAKES),
+      errors: sum(C_ERRORS),
+      spurious: sum(C_SPURIOUS),
+      inline: sum(C_INLINE),
+      handoffs: sum(C_HANDOFFS),
+      events: sum(C_EVENTS),
+      reads: sum(C_READS),
+      incidents: this.incidents.length,
+      workers: Array.from({ length: this.workers }, (_, t) => ({
+        faults: faults(t),
+        pages: c.all[t * COUNTER_WORDS + C_PAGES_DEMAND] + c.all[t * COUNTER_WORDS + C_PAGES_READAHEAD] + c.all[t * COUNTER_WORDS + C_PAGES_BACKGROUND],
+        cpuSec: c.all[t * COUNTER_WORDS + C_CPU_SEC],
+      })),
+      dispatcher: { faults: faults(this.workers), cpuSec: c.all[this.workers * COUNTER_WORDS + C_CPU_SEC] },
+      latencyUs: {
+        p50: histogramPercentile(hist, 0.5), p90: histogramPercentile(hist, 0.9), p99: histogramPercentile(hist, 0.99),
+        max: hist.some((v) => v) ? 2 ** (maxBucket + 1) : 0, histogram: hist,
+      },
+    };
+  }
+
+  /** True once background population has passed over every page. */
+  get populated(): boolean {
+    return Atomics.load(this.control, L.CT_BG_DONE) === 1 && this.pagesMissing() === 0;
+  }
+
+  /** Write-protects [start, start+len) of a region registered with mode wp. */
+  writeProtect(start: number, len: number, protect = true): void {
+    this.uffd.writeprotect(start, len, protect);
+  }
+
+  /** Test hook: make worker `shard` die — 'throw' in the middle of a fill, or 'terminate' its thread. */
+  async killWorker(shard: number, how: 'throw' | 'terminate'): Promise<void> {
+    if (how === 'throw') {
+      Atomics.store(this.control, L.CT_KILL + shard, 1);
+      return;
+    }
+    const tid = Atomics.load(this.control, L.CT_THREAD_IDS + shard);
+    const w = (this.pool as Piscina).threads.find((t) => t.threadId === tid);
+    if (!w) throw new Error(`no thread found for worker ${shard}`);
+    await w.terminate();
+  }
+
+  /**
+   * Stops serving. See StopOptions for what happens to pages not yet filled; either
+   * way no faulting thread is left waiting.
+   */
+  async stop(opts: StopOptions = {}): Promise<EngineStats> {
+    if (this.stopped) return this.stats();
+    const mode = opts.mode ?? 'complete';
+    if (mode === 'complete' && !this.stopping && this.pool) {
+      const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
+      Atomics.store(this.control, L.CT_COMPLETE, 1);
+      for (const r of this.rings) r.kick();
+      // Workers populate everything left, demand faults first; sweep until nothing is missing.
+      for (;;) {
+        await sleep(5);
+        if (Atomics.load(this.control, L.CT_BG_DONE) !== 1) {
+          if (Date.now() > deadline) break;
+          continue;
+        }
+        if (this.pagesMissing() === 0 || Date.now() > deadline || Atomics.load(this.control, L.CT_PEER_GONE)) break;
+        Atomics.store(this.control, L.CT_BG_CURSOR, 0);
+        Atomics.store(this.control, L.CT_BG_DONE, 0);
+        for (const r of this.rings) r.kick();
+      }
+      if (Date.now() > deadline) this.incident(-1, `stop: pages still missing after ${opts.timeoutMs ?? 60_000} ms; abandoning them`);
+    }
+    this.stopping = true;
+    // Unregistering wakes every thread still waiting in these ranges.
+    for (const r of this.rows) {
+      try {
+        this.uffd.unregister(r.start, r.size, r.pageSize);
+      } catch {
+        // Already gone (unmapped, or the owner exited).
+      }
+    }
+    Atomics.store(this.control, L.CT_STOP, 1);
+    for (const r of this.rings) r.kick();
+    eventfdSignal(this.setup.eventFd);
+    await Promise.all(this.tasks);
+    await this.dispatcherExit;
+    await this.pool?.destroy();
+    const stats = this.stats();
+    closeFd(this.setup.eventFd);
+    if (this.ownsUffd) this.uffd.close();
+    for (const r of this.rows) r.source.close();
+    munmap(this.setup.zeroAddr, this.zeroLen);
+    this.stopped = true;
+    return stats;
+  }
+}
+
+function normalizePrefetch(p: EngineOptions['prefetch'], page: number) {
+  const o: PrefetchOptions = p === true ? { readAhead: 1024 * 1024, background: true } : p ? p : {};
+  const readAheadMax = Math.floor((o.readAhead ?? 0) / page);
+  const readAheadMin = Math.min(readAheadMax, Math.floor((o.readAheadMin ?? Math.min(o.readAhead ?? 0, 16 * 1024)) / page));
+  const chunkPages = Math.max(1, Math.floor((o.chunk ?? 256 * 1024) / page));
+  return { readAheadMax, readAheadMin, background: !!o.background, chunkPages, order: o.order };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

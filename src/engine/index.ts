@@ -1,0 +1,2 @@
+export * from './engine.js';
+export { PAGE_MISSING, PAGE_FILLING, PAGE_PRESENT, PAGE_DROPPED } from './shared.js';

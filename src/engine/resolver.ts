@@ -1,0 +1,433 @@
+// How a fault becomes resolved: claim the page(s) in the page-state table, fill them
+// with the region's operation, publish the new state. Used by every worker and by the
+// dispatcher when it resolves a fault itself. One Resolver per thread; nothing on the
+// per-fault path allocates.
+import { UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP } from '../kernel/constants.js';
+import { UffdError } from '../kernel/errors.js';
+import { ERRNO } from '../kernel/libc.js';
+import { bytesAt } from '../kernel/memory.js';
+import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
+import { Userfaultfd } from '../kernel/userfaultfd.js';
+import * as L from './layout.js';
+import {
+  C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
+  C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
+  COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
+} from './shared.js';
+
+export const CAUSE_DEMAND = 0;
+export const CAUSE_READAHEAD = 1;
+export const CAUSE_BACKGROUND = 2;
+
+const EAGAIN_LIMIT = 2000; // then give the fault back to the kernel (wake: it re-faults)
+
+/** Wall-clock ms, comparable across threads (each thread has its own performance.timeOrigin). */
+export function nowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+export type CallbackFetch = (sourceIndex: number, offset: number, len: number, stagingAddr: number) => boolean;
+
+export class Resolver {
+  readonly uffd: Userfaultfd;
+  readonly states: PageStates;
+  readonly table: Float64Array;
+  readonly control: Int32Array;
+  readonly counters: Float64Array;
+  readonly claim: Float64Array;
+  readonly thread: number;
+  private readonly setup: L.EngineSetup;
+  private readonly zeroAddr: number;
+  private readonly order: Float64Array | null;
+  private wpHook: ((addr: number, len: number, bytes: Uint8Array) => void) | null = null;
+  /** Set by a worker that can fetch callback bytes; the dispatcher has none. */
+  fetchCallback: CallbackFetch | null = null;
+  callbackStagingAddr = 0;
+  /** True in the dispatcher: it must never spin on EAGAIN (it is the one that reads the events). */
+  readonly mayRetry: boolean;
+  // Read-ahead window (pages), grown on sequential access.
+  private window: number;
+  private lastEnd = -1;
+  private lastCpuUpdate = 0;
+  /** Set when the last fill gave up on EAGAIN (dispatcher: hand the fault to a worker). */
+  deferred = false;
+  /** Pages the last fill made present, counted from its first page without a gap. */
+  lastFilled = 0;
+
+  constructor(setup: L.EngineSetup, thread: number, mayRetry: boolean) {
+    this.setup = setup;
+    this.thread = thread;
+    this.mayRetry = mayRetry;
+    this.uffd = Userfaultfd.fromFd(setup.uffdFd, BigInt(setup.features));
+    this.states = new PageStates(setup.states, setup.totalPages);
+    this.table = new Float64Array(setup.regionTable);
+    this.control = new Int32Array(setup.control);
+    this.counters = new Counters(setup.counters).block(thread);
+    this.claim = new Float64Array(setup.claims, thread * L.CL_WORDS * 8, L.CL_WORDS);
+    this.zeroAddr = setup.zeroAddr;
+    this.order = setup.order ? new Float64Array(setup.order) : null;
+    this.window = setup.prefetch.readAheadMin;
+    if (setup.wpHook) {
+      const mod = require(setup.wpHook.module) as Record<string, unknown>;
+      const fn = mod[setup.wpHook.export];
+      if (typeof fn !== 'function') throw new Error(`wpHook: ${setup.wpHook.module} has no function export "${setup.wpHook.export}"`);
+      this.wpHook = fn as (addr: number, len: number, bytes: Uint8Array) => void;
+    }
+  }
+
+  rows(): number {
+    return Atomics.load(this.control, L.CT_REGION_ROWS);
+  }
+
+  /** The region-table row holding addr, or -1. */
+  findRow(addr: number): number {
+    const t = this.table;
+    const n = this.rows();
+    for (let r = 0; r < n; r++) {
+      const b = r * L.RT_WORDS;
+      const start = t[b + L.RT_START];
+      if (addr >= start && addr < start + t[b + L.RT_SIZE] && t[b + L.RT_ALIVE] !== 0) return r;
+    }
+    return -1;
+  }
+
+  /** The row whose page-state range holds global page g, or -1. */
+  rowOfPage(g: number): number {
+    const t = this.table;
+    const n = this.rows();
+    for (let r = 0; r < n; r++) {
+      const b = r * L.RT_WORDS;
+      const base = t[b + L.RT_STATE_BASE];
+      if (g >= base && g < base + t[b + L.RT_SIZE] / t[b + L.RT_PAGE_SIZE] && t[b + L.RT_ALIVE] !== 0) return r;
+    }
+    return -1;
+  }
+
+  /** Global page index of the first page of the stripe holding addr (for sharding). */
+  globalPage(row: number, addr: number): number {
+    const b = row * L.RT_WORDS;
+    return this.table[b + L.RT_STATE_BASE] + Math.floor((addr - this.table[b + L.RT_START]) / this.table[b + L.RT_PAGE_SIZE]);
+  }
+
+  /**
+   * Resolves one fault. `more` = how many directly following pages are also faulting
+   * (from the ring), so they are served by the same ioctl.
+   */
+  handleFault(addr: number, flags: number, tRead: number, more: number): number {
+    const c = this.counters;
+    const row = this.findRow(addr);
+    if (row < 0) {
+      // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
+      c[C_SPURIOUS]++;
+      this.safeWake(addr - (addr % 4096), 4096);
+      return 0;
+    }
+    const b = row * L.RT_WORDS;
+    const t = this.table;
+    const ps = t[b + L.RT_PAGE_SIZE];
+    const start = t[b + L.RT_START];
+    const local = Math.floor((addr - start) / ps);
+    const g = t[b + L.RT_STATE_BASE] + local;
+    const pageAddr = start + local * ps;
+    if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+      c[C_FAULTS_WP]++;
+      if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
+      this.uffd.writeprotect(pageAddr, ps, false);
+      c[C_IOCTLS]++;
+      this.latency(tRead);
+      return 0;
+    }
+    if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
+      c[C_FAULTS_RWP]++;
+      this.uffd.rwprotect(pageAddr, ps, false);
+      c[C_IOCTLS]++;
+      this.latency(tRead);
+      return 0;
+    }
+    if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+      c[C_FAULTS_MINOR]++;
+      // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
+      const n = Math.min(1 + more, (t[b + L.RT_SIZE] / ps) - local);
+      this.continueRun(row, g, local, n);
+      this.latency(tRead);
+      return n - 1;
+    }
+    c[C_FAULTS_MISSING]++;
+    const state = this.states.get(g);
+    if (state === PAGE_MISSING && this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) {
+      // Sequential access grows the read-ahead window; anything else resets it.
+      if (this.setup.prefetch.readAheadMax > 0) {
+        this.window = g === this.lastEnd ? Math.min(this.window * 2 || 1, this.setup.prefetch.readAheadMax)
+          : this.setup.prefetch.readAheadMin;
+      }
+      const maxPages = Math.max(1 + more, 1 + this.window);
+      const n = this.extendClaim(row, g, local, maxPages);
+      this.lastEnd = g + n;
+      this.fill(row, local, n, 1 + Math.min(more, n - 1), false);
+      this.latency(tRead);
+      return this.lastFilled > 0 ? Math.min(more, this.lastFilled - 1) : 0;
+    }
+    if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
+      // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
+      // as the kernel would, unless configured to serve the source again.
+      this.fill(row, local, 1, 1, this.setup.afterRemove === 'zero');
+      this.latency(tRead);
+      return 0;
+    }
+    // Being filled by another thread (its ioctl wakes this one) or already present (a
+    // race, or a REMOVE not yet read: waking lets the thread fault again).
+    c[C_SPURIOUS]++;
+    if (this.states.get(g) === PAGE_PRESENT) this.safeWake(pageAddr, ps);
+    this.latency(tRead);
+    return 0;
+  }
+
+  /** Claims up to maxPages contiguous MISSING pages after an already claimed first page. */
+  private extendClaim(row: number, g: number, local: number, maxPages: number): number {
+    const b = row * L.RT_WORDS;
+    const limit = Math.min(maxPages, this.table[b + L.RT_SIZE] / this.table[b + L.RT_PAGE_SIZE] - local,
+      this.table[b + L.RT_MISSING_OP] === L.MISS_CALLBACK ? Math.max(1, this.setup.callbackRunBytes / this.table[b + L.RT_PAGE_SIZE]) : Infinity);
+    let n = 1;
+    while (n < limit && this.states.transition(g + n, PAGE_MISSING, PAGE_FILLING)) n++;
+    return n;
+  }
+
+  /**
+   * Fills pages [local, local+n) of a row, all claimed (FILLING) by this thread.
+   * The first `demand` pages count as demand, the rest as read-ahead.
+   */
+  fill(row: number, local: number, n: number, demand: number, zero: boolean, cause = CAUSE_DEMAND): void {
+    const c = this.counters;
+    const t = this.table;
+    const b = row * L.RT_WORDS;
+    const ps = t[b + L.RT_PAGE_SIZE];
+    const g = t[b + L.RT_STATE_BASE] + local;
+    const dst = t[b + L.RT_START] + local * ps;
+    const len = n * ps;
+    let op = zero ? (t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO || ps > 4096 ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE) : t[b + L.RT_MISSING_OP];
+    const claim = this.claim;
+    claim[L.CL_ROW] = row;
+    claim[L.CL_FIRST] = local;
+    claim[L.CL_COUNT] = n;
+    if (Atomics.load(this.control, L.CT_KILL + this.thread) === 1) {
+      // Test hook: die holding a claim, as a crashed worker would.
+      Atomics.store(this.control, L.CT_KILL + this.thread, 2);
+      throw new Error(`worker ${this.thread} killed by test hook`);
+    }
+    let src = t[b + L.RT_SRC_ADDR] + local * ps;
+    if (op === L.MISS_CALLBACK) {
+      const fetch = this.fetchCallback;
+      if (!fetch || !fetch(t[b + L.RT_SOURCE], t[b + L.RT_SRC_OFFSET] + local * ps, len, this.callbackStagingAddr)) {
+        this.failPages(row, local, n);
+        return;
+      }
+      src = this.callbackStagingAddr;
+    }
+    let done = 0;
+    let retries = 0;
+    let filled = 0;
+    this.deferred = false;
+    this.lastFilled = 0;
+    try {
+      while (done < len) {
+        let got: number;
+        if (op === L.MISS_COPY || op === L.MISS_CALLBACK) got = this.uffd.copy(dst + done, src + done, len - done);
+        else if (op === L.MISS_ZEROPAGE) got = this.uffd.zeropage(dst + done, len - done);
+        else got = this.uffd.copy(dst + done, this.zeroAddr, ps); // one zero page at a time
+        c[C_IOCTLS]++;
+        done += got;
+        filled += got;
+        if (op === L.MISS_COPY_ZERO && got === ps) continue;
+        const e = this.uffd.lastErrno;
+        if (e === 0) break;
+        if (e === ERRNO.EEXIST) {
+          // That page is already there: someone outside our claims filled it (a racing
+          // path, or memory touched before registration). Skip it.
+          c[C_EEXIST]++;
+          done += ps;
+          continue;
+        }
+        if (got > 0) continue; // partial progress: go on from there
+        // EAGAIN with nothing done: the mappings are changing under an unread event.
+        c[C_RETRIES]++;
+        if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
+          this.releaseFrom(row, local, n, done, PAGE_MISSING);
+          this.deferred = !this.mayRetry;
+          if (this.mayRetry) this.safeWake(dst + done, len - done);
+          this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
+          return;
+        }
+        yieldCpu();
+      }
+    } catch (err) {
+      const e = err instanceof UffdError ? err.errno : 0;
+      if (e === ERRNO.ESRCH) Atomics.store(this.control, L.CT_PEER_GONE, 1);
+      c[C_ERRORS]++;
+      // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again.
+      this.releaseFrom(row, local, n, done, e === ERRNO.ENOENT || e === ERRNO.ESRCH ? PAGE_DROPPED : PAGE_MISSING);
+      this.safeWake(dst + done, len - done);
+      this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
+      if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH && e !== ERRNO.EFAULT) throw err;
+      return;
+    }
+    this.finish(row, local, n, n, demand, cause, op, filled);
+  }
+
+  private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number): void {
+    const c = this.counters;
+    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    for (let i = 0; i < ok; i++) this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT);
+    this.claim[L.CL_COUNT] = 0;
+    this.lastFilled = ok;
+    c[C_BYTES] += bytes;
+    if (op === L.MISS_ZEROPAGE || op === L.MISS_COPY_ZERO) c[C_ZERO_FILLS] += ok;
+    if (cause === CAUSE_BACKGROUND) c[C_PAGES_BACKGROUND] += ok;
+    else {
+      const d = Math.min(demand, ok);
+      c[C_PAGES_DEMAND] += d;
+      c[C_PAGES_READAHEAD] += ok - d;
+    }
+  }
+
+  /** Pages from byte `done` on were not filled: give them back. */
+  private releaseFrom(row: number, local: number, n: number, done: number, to: number): void {
+    const ps = this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    for (let i = Math.ceil(done / ps); i < n; i++) this.states.transition(g + i, PAGE_FILLING, to);
+    this.claim[L.CL_COUNT] = 0;
+  }
+
+  /** A source failure: poison the pages (the faulting thread gets SIGBUS) or zero them. */
+  private failPages(row: number, local: number, n: number): void {
+    const c = this.counters;
+    const b = row * L.RT_WORDS;
+    const ps = this.table[b + L.RT_PAGE_SIZE];
+    const dst = this.table[b + L.RT_START] + local * ps;
+    c[C_ERRORS] += n;
+    try {
+      if (this.setup.onSourceError === 'poison') {
+        let done = 0;
+        while (done < n * ps) {
+          done += this.uffd.poison(dst + done, n * ps - done);
+          if (this.uffd.lastErrno === ERRNO.EEXIST) done += ps;
+          else if (this.uffd.lastErrno === ERRNO.EAGAIN) yieldCpu();
+        }
+        this.finish(row, local, n, n, 0, CAUSE_DEMAND, -1, 0);
+      } else {
+        this.fill(row, local, n, n, true);
+      }
+    } catch {
+      this.releaseFrom(row, local, n, 0, PAGE_MISSING);
+      this.safeWake(dst, n * ps);
+    }
+  }
+
+  private continueRun(row: number, g: number, local: number, n: number): void {
+    const b = row * L.RT_WORDS;
+    const ps = this.table[b + L.RT_PAGE_SIZE];
+    const dst = this.table[b + L.RT_START] + local * ps;
+    let done = 0;
+    let retries = 0;
+    while (done < n * ps) {
+      done += this.uffd.continue(dst + done, n * ps - done);
+      this.counters[C_IOCTLS]++;
+      const e = this.uffd.lastErrno;
+      if (e === 0) break;
+      if (e === ERRNO.EEXIST) { this.counters[C_EEXIST]++; done += ps; continue; }
+      this.counters[C_RETRIES]++;
+      if (!this.mayRetry || ++retries > EAGAIN_LIMIT) { this.safeWake(dst + done, n * ps - done); break; }
+      yieldCpu();
+    }
+    for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
+    this.counters[C_PAGES_DEMAND] += n;
+    this.counters[C_BYTES] += done;
+  }
+
+  safeWake(addr: number, len: number): void {
+    if (len <= 0) return;
+    try {
+      this.uffd.wake(addr, len);
+      this.counters[C_WAKES]++;
+    } catch {
+      // The range is gone: nobody can be waiting there.
+    }
+  }
+
+  private latency(tRead: number): void {
+    recordLatency(this.counters, (nowMs() - tRead) * 1000);
+  }
+
+  /**
+   * Background population: claims the next chunk of pages (hot-first order, then
+   * address order) and fills its missing runs. Returns false when nothing is left.
+   */
+  backgroundStep(): boolean {
+    const ctl = this.control;
+    const chunk = this.setup.prefetch.chunkPages;
+    const order = this.order;
+    if (order) {
+      const i = Atomics.add(ctl, L.CT_ORDER_CURSOR, 16);
+      if (i < this.setup.prefetch.orderLength) {
+        const end = Math.min(i + 16, this.setup.prefetch.orderLength);
+        for (let k = i; k < end; k++) this.fillMissingAround(order[k], 1);
+        return true;
+      }
+    }
+    const first = Atomics.add(ctl, L.CT_BG_CURSOR, chunk);
+    if (first >= this.setup.totalPages) {
+      Atomics.store(ctl, L.CT_BG_DONE, 1);
+      return false;
+    }
+    let g = first;
+    const end = Math.min(first + chunk, this.setup.totalPages);
+    while (g < end) {
+      g = this.states.nextMissing(g, end);
+      if (g < 0) break;
+      g += this.fillMissingAround(g, end - g);
+    }
+    return true;
+  }
+
+  /** Claims and fills up to max MISSING pages from global page g (stays in one row). Returns pages consumed. */
+  private fillMissingAround(g: number, max: number): number {
+    const row = this.rowOfPage(g);
+    if (row < 0) return 1;
+    const b = row * L.RT_WORDS;
+    if (this.table[b + L.RT_MISSING_OP] === L.MISS_CALLBACK && !this.fetchCallback) return max;
+    if (!this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) return 1;
+    const local = g - this.table[b + L.RT_STATE_BASE];
+    const n = this.extendClaim(row, g, local, max);
+    this.fill(row, local, n, 0, false, CAUSE_BACKGROUND);
+    return n;
+  }
+
+  /** Finishes the claims a dead thread left: fill what it held (EEXIST is fine), then wake. */
+  recoverClaims(deadThread: number): void {
+    const cl = new Float64Array(this.setup.claims, deadThread * L.CL_WORDS * 8, L.CL_WORDS);
+    const n = cl[L.CL_COUNT];
+    if (n <= 0) return;
+    const row = cl[L.CL_ROW];
+    const local = cl[L.CL_FIRST];
+    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    cl[L.CL_COUNT] = 0;
+    // Take over the pages still marked FILLING; a page another live thread holds is
+    // filled twice at most, and the kernel keeps the first (EEXIST for the second).
+    let i = 0;
+    while (i < n) {
+      if (this.states.get(g + i) !== PAGE_FILLING) { i++; continue; }
+      let k = 1;
+      while (i + k < n && this.states.get(g + i + k) === PAGE_FILLING) k++;
+      this.fill(row, local + i, k, k, false);
+      i += k;
+    }
+  }
+
+  updateCpu(force = false): void {
+    const now = performance.now();
+    if (!force && now - this.lastCpuUpdate < 50) return;
+    this.lastCpuUpdate = now;
+    this.counters[C_CPU_SEC] = threadCpuSeconds();
+  }
+}
+
+export { COUNTER_WORDS };

@@ -1,0 +1,240 @@
+// Shared-memory structures of the engine, all in SharedArrayBuffers so every thread
+// sees the same bytes: the fault ring (one per worker), the page-state table and the
+// per-thread counters. Threads rebuild the views from the buffers they are handed.
+// Nothing here allocates after construction.
+
+// ---------------------------------------------------------------------------
+// Ring: single producer (the dispatcher), single consumer (one worker).
+// Each entry is ENTRY_WORDS float64: fault address, fault flags, time read (ms).
+// Indices only grow; slot = index & mask. The consumer advances `head` only after it
+// has resolved an entry, so a worker that dies leaves its entries for its replacement.
+// ---------------------------------------------------------------------------
+export const ENTRY_WORDS = 3;
+// Control words, 64 bytes apart so head, tail and the sleep flag sit in separate cache lines.
+const R_HEAD = 0; // next entry to consume
+const R_TAIL = 16; // next entry to produce
+const R_SLEEPING = 32; // consumer is (about to be) in Atomics.wait
+const R_WORDS = 48;
+
+export interface RingBuffers {
+  control: SharedArrayBuffer;
+  entries: SharedArrayBuffer;
+}
+
+export class Ring {
+  readonly control: Int32Array;
+  readonly entries: Float64Array;
+  readonly capacity: number;
+  private readonly mask: number;
+
+  constructor(buffers: RingBuffers) {
+    this.control = new Int32Array(buffers.control);
+    this.entries = new Float64Array(buffers.entries);
+    this.capacity = this.entries.length / ENTRY_WORDS;
+    this.mask = this.capacity - 1;
+  }
+
+  static allocate(capacity: number): RingBuffers {
+    if (capacity < 2 || (capacity & (capacity - 1)) !== 0) throw new RangeError('ring capacity must be a power of two');
+    return {
+      control: new SharedArrayBuffer(R_WORDS * 4),
+      entries: new SharedArrayBuffer(capacity * ENTRY_WORDS * 8),
+    };
+  }
+
+  get head(): number { return Atomics.load(this.control, R_HEAD); }
+  get tail(): number { return Atomics.load(this.control, R_TAIL); }
+  size(): number { return (this.tail - this.head) | 0; }
+  free(): number { return this.capacity - this.size(); }
+
+  // Producer side -----------------------------------------------------------
+  /** Writes an entry without publishing it; returns false when the ring is full. */
+  stage(pending: number, addr: number, flags: number, t: number): boolean {
+    const tail = Atomics.load(this.control, R_TAIL);
+    if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return false;
+    const i = ((tail + pending) & this.mask) * ENTRY_WORDS;
+    this.entries[i] = addr;
+    this.entries[i + 1] = flags;
+    this.entries[i + 2] = t;
+    return true;
+  }
+  /** Publishes n staged entries; wakes the consumer if it sleeps. Returns true if it woke it. */
+  publish(n: number): boolean {
+    Atomics.add(this.control, R_TAIL, n);
+    if (Atomics.load(this.control, R_SLEEPING) !== 0) {
+      Atomics.notify(this.control, R_TAIL, 1);
+      return true;
+    }
+    return false;
+  }
+  consumerSleeping(): boolean { return Atomics.load(this.control, R_SLEEPING) !== 0; }
+  /** Wakes the consumer regardless (shutdown, or work that is not in the ring). */
+  kick(): void {
+    Atomics.notify(this.control, R_TAIL, 1);
+  }
+
+  // Consumer side -----------------------------------------------------------
+  addrAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS]; }
+  flagsAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 1]; }
+  timeAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 2]; }
+  /** Marks entries up to (not including) index as done. */
+  commit(index: number): void { Atomics.store(this.control, R_HEAD, index); }
+  /**
+   * Sleeps until the producer publishes past `seenTail` or timeoutMs passes.
+   * The sleeping flag is raised before the tail is re-checked, so a publish cannot be missed.
+   */
+  sleep(seenTail: number, timeoutMs: number): void {
+    Atomics.store(this.control, R_SLEEPING, 1);
+    if (Atomics.load(this.control, R_TAIL) === seenTail) {
+      Atomics.wait(this.control, R_TAIL, seenTail, timeoutMs);
+    }
+    Atomics.store(this.control, R_SLEEPING, 0);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Page-state table: 2 bits per page, 16 pages per Int32 word. A 1 TiB region of 4 KiB
+// pages needs 64 MiB of address space, and only the words of touched pages become
+// resident. Transitions are compare-and-swap on the word, so a page is claimed by
+// exactly one filler.
+// ---------------------------------------------------------------------------
+export const PAGE_MISSING = 0; // never filled: a fault or prefetch may claim it
+export const PAGE_FILLING = 1; // claimed by one thread, being filled
+export const PAGE_PRESENT = 2; // filled
+export const PAGE_DROPPED = 3; // removed or unmapped by the application: zero on fault, never prefetched
+
+export class PageStates {
+  readonly words: Int32Array;
+  readonly pages: number;
+  constructor(buffer: SharedArrayBuffer, pages: number) {
+    this.words = new Int32Array(buffer);
+    this.pages = pages;
+  }
+  static allocate(pages: number): SharedArrayBuffer {
+    return new SharedArrayBuffer(Math.max(4, Math.ceil(pages / 16) * 4));
+  }
+  get(page: number): number {
+    return (Atomics.load(this.words, page >>> 4) >>> ((page & 15) << 1)) & 3;
+  }
+  /** Atomically moves a page from `from` to `to`; false if it was not in `from`. */
+  transition(page: number, from: number, to: number): boolean {
+    const w = page >>> 4;
+    const shift = (page & 15) << 1;
+    const mask = 3 << shift;
+    for (;;) {
+      const old = Atomics.load(this.words, w);
+      if (((old >>> shift) & 3) !== from) return false;
+      const next = (old & ~mask) | (to << shift);
+      if (Atomics.compareExchange(this.words, w, old, next) === old) return true;
+    }
+  }
+  /** Sets a page's state whatever it was; returns the previous state. */
+  set(page: number, to: number): number {
+    const w = page >>> 4;
+    const shift = (page & 15) << 1;
+    const mask = 3 << shift;
+    for (;;) {
+      const old = Atomics.load(this.words, w);
+      const next = (old & ~mask) | (to << shift);
+      if (Atomics.compareExchange(this.words, w, old, next) === old) return (old >>> shift) & 3;
+    }
+  }
+  /** Counts pages in each state over [first, first+count). */
+  count(first: number, count: number, out: Float64Array): void {
+    out.fill(0);
+    for (let p = first; p < first + count; p++) out[this.get(p)]++;
+  }
+  /** First page at or after `from` (below `end`) in state MISSING, or -1. Skips whole words. */
+  nextMissing(from: number, end: number): number {
+    let p = from;
+    while (p < end) {
+      if ((p & 15) === 0 && p + 16 <= end) {
+        // A word with no MISSING page: every 2-bit field non-zero.
+        const v = Atomics.load(this.words, p >>> 4);
+        const nonzero = (v | (v >>> 1)) & 0x55555555;
+        if (nonzero === 0x55555555) { p += 16; continue; }
+      }
+      if (this.get(p) === PAGE_MISSING) return p;
+      p++;
+    }
+    return -1;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Counters: one block of float64 per thread (workers, then the dispatcher). Each block
+// has a single writer, so plain stores suffice; readers may see a value one update old.
+// ---------------------------------------------------------------------------
+export const C_FAULTS_MISSING = 0;
+export const C_FAULTS_MINOR = 1;
+export const C_FAULTS_WP = 2;
+export const C_FAULTS_RWP = 3;
+export const C_PAGES_DEMAND = 4; // pages filled because a thread faulted on them
+export const C_PAGES_READAHEAD = 5; // pages filled around a fault
+export const C_PAGES_BACKGROUND = 6; // pages filled by background population
+export const C_BYTES = 7;
+export const C_IOCTLS = 8;
+export const C_RETRIES = 9; // EAGAIN retries
+export const C_EEXIST = 10; // another path filled the page first
+export const C_WAKES = 11; // UFFDIO_WAKE issued
+export const C_ERRORS = 12; // pages failed (poisoned or zero-filled after a source error)
+export const C_INLINE = 13; // faults the dispatcher resolved itself
+export const C_HANDOFFS = 14; // faults handed to a worker ring
+export const C_CPU_SEC = 15; // thread CPU time (seconds)
+export const C_READS = 16; // read(2) calls that returned messages (dispatcher)
+export const C_EVENTS = 17; // non-fault events (dispatcher)
+export const C_ZERO_FILLS = 18; // pages zero-filled (zero source, or after REMOVE)
+export const C_SPURIOUS = 19; // faults on a page already present or being filled elsewhere
+export const C_HIST = 24; // latency histogram: bucket b counts [2^b, 2^(b+1)) µs, bucket 0 also < 1 µs
+export const HIST_BUCKETS = 32;
+export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
+
+export const COUNTER_NAMES = [
+  'faultsMissing', 'faultsMinor', 'faultsWp', 'faultsRwp', 'pagesDemand', 'pagesReadahead', 'pagesBackground',
+  'bytes', 'ioctls', 'retries', 'eexist', 'wakes', 'errors', 'inline', 'handoffs', 'cpuSec', 'reads', 'events',
+  'zeroFills', 'spurious',
+] as const;
+export type CounterName = typeof COUNTER_NAMES[number];
+
+export class Counters {
+  readonly all: Float64Array;
+  readonly threads: number;
+  constructor(buffer: SharedArrayBuffer) {
+    this.all = new Float64Array(buffer);
+    this.threads = this.all.length / COUNTER_WORDS;
+  }
+  static allocate(threads: number): SharedArrayBuffer {
+    return new SharedArrayBuffer(threads * COUNTER_WORDS * 8);
+  }
+  /** The block of one thread (a subarray view: create once per thread). */
+  block(thread: number): Float64Array {
+    return this.all.subarray(thread * COUNTER_WORDS, (thread + 1) * COUNTER_WORDS);
+  }
+  sum(field: number): number {
+    let s = 0;
+    for (let t = 0; t < this.threads; t++) s += this.all[t * COUNTER_WORDS + field];
+    return s;
+  }
+}
+
+/** Adds one latency sample (µs) to a counter block's histogram. */
+export function recordLatency(block: Float64Array, micros: number): void {
+  let b = 0;
+  let v = micros;
+  while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
+  block[C_HIST + b]++;
+}
+
+/** Percentile (0..1) of a log2 histogram, reported as the upper edge of its bucket, in µs. */
+export function histogramPercentile(hist: ArrayLike<number>, q: number): number {
+  let total = 0;
+  for (let i = 0; i < hist.length; i++) total += hist[i];
+  if (total === 0) return 0;
+  const target = q * total;
+  let acc = 0;
+  for (let i = 0; i < hist.length; i++) {
+    acc += hist[i];
+    if (acc >= target) return 2 ** (i + 1);
+  }
+  return 2 ** hist.length;
+}

@@ -1,0 +1,68 @@
+// Runs faulting threads (workers/toucher.js) over a region and gathers their results.
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { TouchJob, TouchResult } from '../../workers/toucher.js';
+
+export type { TouchJob, TouchResult };
+const TOUCHER = path.resolve(__dirname, '../../workers/toucher.js');
+
+/** Starts one thread per job, all released at once; resolves with their results. */
+export async function runTouchers(jobs: TouchJob[], timeoutMs = 120_000): Promise<TouchResult[]> {
+  const go = new SharedArrayBuffer(4);
+  const ready: Promise<TouchResult>[] = [];
+  const workers: Worker[] = [];
+  for (const job of jobs) {
+    const w = new Worker(TOUCHER, { workerData: { toucher: true, job: { ...job, go } } });
+    workers.push(w);
+    ready.push(new Promise((resolve, reject) => {
+      w.once('message', resolve);
+      w.once('error', reject);
+      w.once('exit', (code) => reject(new Error(`faulting thread exited with code ${code} before reporting`)));
+    }));
+  }
+  // Give the threads a moment to load, then release them together.
+  await new Promise((r) => setTimeout(r, 20));
+  Atomics.store(new Int32Array(go), 0, 1);
+  Atomics.notify(new Int32Array(go), 0);
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`faulting threads did not finish within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([Promise.all(ready), timeout]);
+  } finally {
+    clearTimeout(timer);
+    for (const w of workers) void w.terminate();
+  }
+}
+
+/** Splits page indices 0..pages-1 among `threads` by an access pattern. */
+export function assignPages(pages: number, threads: number, pattern: 'sequential' | 'random' | 'strided' | 'interleaved',
+  seed = 1, stride = 16): Float64Array[] {
+  const order = new Float64Array(pages);
+  for (let i = 0; i < pages; i++) order[i] = i;
+  if (pattern === 'random') {
+    let s = seed >>> 0 || 1;
+    for (let i = pages - 1; i > 0; i--) {
+      s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+      const j = s % (i + 1);
+      const t = order[i]; order[i] = order[j]; order[j] = t;
+    }
+  } else if (pattern === 'strided') {
+    let k = 0;
+    for (let r = 0; r < stride; r++) for (let i = r; i < pages; i += stride) order[k++] = i;
+  }
+  const out: Float64Array[] = [];
+  if (pattern === 'interleaved') {
+    // Thread t touches pages t, t+threads, ...: neighbours fault from different threads.
+    for (let t = 0; t < threads; t++) {
+      const mine: number[] = [];
+      for (let i = t; i < pages; i += threads) mine.push(i);
+      out.push(Float64Array.from(mine));
+    }
+    return out;
+  }
+  const per = Math.ceil(pages / threads);
+  for (let t = 0; t < threads; t++) out.push(order.slice(t * per, Math.min(pages, (t + 1) * per)));
+  return out;
+}

@@ -1,0 +1,94 @@
+// A piscina task that serves one shard for the life of the engine: a loop over the
+// shard's ring. Faults first; when the ring is empty, background population; then a
+// short spin and a sleep on the ring. If the thread dies, the engine starts this task
+// again on a fresh thread and it resumes where the ring's head stands.
+import { threadId, type MessagePort } from 'node:worker_threads';
+import * as L from '../src/engine/layout.js';
+import { Resolver } from '../src/engine/resolver.js';
+import { Ring } from '../src/engine/shared.js';
+
+export interface ShardTask {
+  setup: L.EngineSetup;
+  shard: number;
+  /** For callback sources: where to ask the main thread for bytes. */
+  port: MessagePort | null;
+}
+
+export default function runShard(task: ShardTask): { shard: number } {
+  const { setup, shard, port } = task;
+  const r = new Resolver(setup, shard, true);
+  const ring = new Ring(setup.rings[shard]);
+  const ctl = r.control;
+  Atomics.store(ctl, L.CT_THREAD_IDS + shard, threadId);
+  if (port && setup.callbackStaging && setup.callbackControl) installCallbackFetch(r, setup, shard, port);
+  // A predecessor may have died holding claims: finish them first.
+  r.recoverClaims(shard);
+  Atomics.add(ctl, L.CT_READY, 1);
+  const spinMs = setup.spinMicros / 1000;
+  const background = setup.prefetch.background;
+  for (;;) {
+    if (Atomics.load(ctl, L.CT_STOP) !== 0) break;
+    const head = ring.head;
+    const tail = ring.tail;
+    if (head !== tail) {
+      let i = head;
+      while (i !== tail) {
+        const addr = ring.addrAt(i);
+        const flags = ring.flagsAt(i);
+        // Count the directly following faults on the next pages: one ioctl serves them all.
+        let more = 0;
+        const ps = pageSizeAt(r, addr);
+        while (i + more + 1 !== tail && ring.flagsAt(i + more + 1) === flags
+          && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
+        const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more);
+        i += 1 + absorbed;
+        ring.commit(i);
+      }
+      continue;
+    }
+    if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && Atomics.load(ctl, L.CT_BG_DONE) === 0) {
+      r.backgroundStep();
+      continue;
+    }
+    // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine.
+    if (spinMs > 0) {
+      const until = performance.now() + spinMs;
+      while (ring.tail === tail && performance.now() < until) { /* spin */ }
+      if (ring.tail !== tail) continue;
+    }
+    r.updateCpu(true);
+    ring.sleep(tail, 200);
+  }
+  r.updateCpu(true);
+  return { shard };
+}
+
+function pageSizeAt(r: Resolver, addr: number): number {
+  const row = r.findRow(addr);
+  return row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+}
+
+// Callback sources run on the main thread: ask it for the bytes over the port, wait on
+// this worker's staging slot, then copy from the staging buffer.
+function installCallbackFetch(r: Resolver, setup: L.EngineSetup, shard: number, port: MessagePort): void {
+  const { addressOf } = require('../src/kernel/libc.js') as typeof import('../src/kernel/libc.js');
+  const ctl = new Int32Array(setup.callbackControl as SharedArrayBuffer, shard * L.CB_WORDS * 4, L.CB_WORDS);
+  const staging = new Uint8Array(setup.callbackStaging as SharedArrayBuffer, shard * setup.callbackRunBytes, setup.callbackRunBytes);
+  r.callbackStagingAddr = addressOf(staging);
+  let seq = 0;
+  r.fetchCallback = (source, offset, len) => {
+    const id = ++seq;
+    Atomics.store(ctl, L.CB_ID, id);
+    Atomics.store(ctl, L.CB_STATE, 1);
+    port.postMessage({ shard, id, source, offset, len });
+    const deadline = performance.now() + setup.callbackTimeoutMs;
+    while (Atomics.load(ctl, L.CB_STATE) === 1) {
+      const left = deadline - performance.now();
+      if (left <= 0 || Atomics.load(r.control, L.CT_STOP) !== 0) break;
+      Atomics.wait(ctl, L.CB_STATE, 1, Math.min(left, 100));
+    }
+    const ok = Atomics.load(ctl, L.CB_STATE) === 2;
+    Atomics.store(ctl, L.CB_STATE, 0);
+    return ok;
+  };
+}
