@@ -9,11 +9,15 @@ function fail(op: string, start?: number, len?: number): never {
   throw new UffdError({ op, errno: e, start, len, hint: hintFor(op, errnoName(e)) });
 }
 
-const MAP_FAILED = 2 ** 64 - 1; // (void *)-1 as an unsigned number
+// (void *)-1. koffi hands a uint64_t above 2^53 back as a BigInt, so MAP_FAILED arrives as
+// 18446744073709551615n, not as a number: anything that is not a plain number is a failure.
+function mapFailed(p: number | bigint): boolean {
+  return typeof p !== 'number' || p < 0 || p >= 2 ** 53;
+}
 
 export function mmap(len: number, prot: number, flags: number, fd = -1, offset = 0, addr = 0): number {
   const p = libc.mmap(addr, len, prot, flags, fd, offset);
-  if (p === MAP_FAILED || p < 0) fail('mmap', addr, len);
+  if (mapFailed(p)) fail('mmap', addr, len);
   return p;
 }
 export function munmap(addr: number, len: number): void {
@@ -21,7 +25,7 @@ export function munmap(addr: number, len: number): void {
 }
 export function mremap(addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): number {
   const p = libc.mremap(addr, oldLen, newLen, flags, newAddr);
-  if (p === MAP_FAILED || p < 0) fail('mremap', addr, oldLen);
+  if (mapFailed(p)) fail('mremap', addr, oldLen);
   return p;
 }
 export const MREMAP_MAYMOVE = 1;
