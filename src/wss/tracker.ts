@@ -1,0 +1,712 @@
+// Working-set tracking of one registered region: arm, let an interval pass, sample (scan and
+// re-arm), repeat. Each sample reports the pages written and the pages accessed in the
+// interval, the working-set size, and a hot/warm/cold classification from a per-page access
+// history (one byte per page: the last 7 intervals as bits, in sparse chunks).
+//
+// Methods (see methods.ts for costs and exactness):
+//   write  wp-async  UFFD_FEATURE_WP_ASYNC, MODE_WP; PAGEMAP_SCAN with PM_SCAN_WP_MATCHING
+//                    re-arms what it reports in the same walk
+//   access rwp       RWP + RWP_ASYNC; PAGE_IS_ACCESSED, re-armed with UFFDIO_RWPROTECT while
+//                    the uffd is switched to sync (7.2 series)
+//          zap       memfd/hugetlbfs: MADV_DONTNEED of the pages seen present; PAGE_IS_PRESENT
+//                    later says which were touched again
+//          minor     like zap, registered MINOR: each first touch is a fault served by the
+//                    handler thread (UFFDIO_CONTINUE); safe for eviction
+//          move      anon: pages seen present are moved to a holding area (UFFDIO_MOVE); the
+//                    first touch is a missing fault and the handler moves the page back
+// The memory manager part (evictCold / restoreAll) saves cold pages to a store and frees them;
+// the handler serves them back, byte-exact, on the next touch.
+import * as C from '../kernel/constants.js';
+import { ConfigError, UnsupportedError } from '../kernel/errors.js';
+import {
+  close as closeFd, ftruncate, madvise, mapAnonymous, memcpy, memfdCreate, mmap, munmap, openFile, preadTo, punchHole,
+} from '../kernel/memory.js';
+import { Scanner } from '../kernel/pagemap.js';
+import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
+import type { FeatureName } from '../kernel/constants.js';
+import { featuresFor } from '../memory-types/check.js';
+import { memoryType } from '../memory-types/index.js';
+import { TrapHandler } from './handler.js';
+import { AccessMethod, chooseMethods, MethodChoice, WriteMethod } from './methods.js';
+import {
+  CHUNK_PAGES, CHUNK_SHIFT, PS_EVICTED, PS_EVICTING, PS_HELD, PS_NONE, PS_SERVING, SharedPageStates, SparseBytes,
+} from './pages.js';
+import type { CounterName } from './serve.js';
+
+/** What the tracker needs of a region (memory-types' Region has all of it). */
+export interface TrackedRegion {
+  readonly type: string;
+  readonly addr: number;
+  readonly size: number;
+  readonly pageSize: number;
+  /** The backing file (memfd, hugetlbfs) or -1 for anon. */
+  readonly fd: number;
+}
+
+export interface TrackerOptions {
+  /** Write tracking: true, false or 'auto' (on when possible and not excluded by rwp). */
+  write?: boolean | 'auto';
+  /** Access tracking method, or 'auto': rwp when the kernel has it, else move (anon) / zap or minor (files). */
+  access?: AccessMethod | 'auto';
+  /** Prepare for evictCold('store'): a store for saved bytes and a handler that serves them back. */
+  evict?: boolean;
+  /** File for evicted bytes (default: an anonymous memfd). */
+  storePath?: string;
+  /** A page is hot when accessed in at least hotMin of the last hotWindow intervals (defaults 2 of 4). */
+  hotMin?: number;
+  hotWindow?: number;
+  /** A known page is cold when not accessed in the last coldAfter intervals (default 3). */
+  coldAfter?: number;
+  /** Regions per PAGEMAP_SCAN call (default 4096). */
+  vecLen?: number;
+  /** Handler spin before sleeping, microseconds (default 50). */
+  spinMicros?: number;
+}
+
+export interface IntervalStats {
+  interval: number;
+  /** Length of the interval that ended with this sample. */
+  elapsedMs: number;
+  /** Pages written in the interval (null: writes are not tracked). */
+  written: number | null;
+  /** Pages accessed (read or written) in the interval (null: the method sees only writes). */
+  accessed: number | null;
+  /** Working-set size: accessed (or, with writes only, written) pages times the page size. */
+  wssBytes: number;
+  /** Classification of the pages seen so far. */
+  hot: number;
+  warm: number;
+  cold: number;
+  known: number;
+  /** Pages in the store / in the holding area right now. */
+  evicted: number;
+  held: number;
+  /** Time in PAGEMAP_SCAN ioctls, and in re-arming (zap, move, rwprotect, mode switches). */
+  scanMs: number;
+  rearmMs: number;
+  scanCalls: number;
+  regions: number;
+  /** Scan speed over the whole region (its pages per second of scan time) and per GiB. */
+  pagesPerSec: number;
+  msPerGiB: number;
+  /** Faults the handler served in the interval (trap methods). */
+  faults: number;
+  faultReads: number;
+  faultWrites: number;
+}
+
+export interface EvictResult {
+  how: 'store' | 'pageout' | 'cold';
+  pages: number;
+  bytes: number;
+  ms: number;
+}
+
+export interface Range { start: number; end: number }
+
+const GiB = 1024 ** 3;
+// History byte: bit 7 = accessed in the newest interval ... bit 1 = six intervals before;
+// bit 0 = known (seen present at least once).
+const KNOWN = 0x01;
+const NEWEST = 0x80;
+
+function popcount8(x: number): number {
+  let n = 0;
+  for (; x; x &= x - 1) n++;
+  return n;
+}
+
+export class WssTracker {
+  readonly region: TrackedRegion;
+  readonly pageSize: number;
+  readonly pages: number;
+  readonly methods: MethodChoice;
+  readonly uffd?: Userfaultfd;
+  readonly scanner: Scanner;
+  /** Access (or, with writes only, write) history per page. */
+  readonly hist: SparseBytes;
+  /** Write history per page (bit 7 newest). */
+  readonly whist: SparseBytes;
+  readonly states?: SharedPageStates;
+  readonly handler?: TrapHandler;
+  readonly holdingAddr: number = 0;
+  readonly storeFd: number = -1;
+  readonly storeAddr: number = 0;
+  readonly hotMin: number;
+  readonly hotWindow: number;
+  readonly coldAfter: number;
+  /** Intervals sampled since arm(). */
+  intervals = 0;
+  private armed = false;
+  private closed = false;
+  private lastSampleAt = 0;
+  private lastFaults = { faults: 0, reads: 0, writes: 0 };
+  private readonly classOf = new Uint8Array(256); // 0 unknown, 1 hot, 2 warm, 3 cold
+  private readonly modes: RegisterMode[];
+  private readonly isAnon: boolean;
+  private readonly isHugetlb: boolean;
+
+  private constructor(region: TrackedRegion, methods: MethodChoice, opts: TrackerOptions, parts: {
+    uffd?: Userfaultfd; states?: SharedPageStates; handler?: TrapHandler; holdingAddr: number; storeFd: number; storeAddr: number; modes: RegisterMode[];
+  }) {
+    this.region = region;
+    this.pageSize = region.pageSize;
+    this.pages = region.size / region.pageSize;
+    this.methods = methods;
+    this.uffd = parts.uffd;
+    this.states = parts.states;
+    this.handler = parts.handler;
+    this.holdingAddr = parts.holdingAddr;
+    this.storeFd = parts.storeFd;
+    this.storeAddr = parts.storeAddr;
+    this.modes = parts.modes;
+    this.isAnon = region.type === 'anon';
+    this.isHugetlb = region.type === 'hugetlbfs';
+    this.scanner = new Scanner({ vecLen: opts.vecLen });
+    this.hist = new SparseBytes(this.pages);
+    this.whist = new SparseBytes(this.pages);
+    this.hotMin = opts.hotMin ?? 2;
+    this.hotWindow = opts.hotWindow ?? 4;
+    this.coldAfter = opts.coldAfter ?? 3;
+    if (this.hotWindow < 1 || this.hotWindow > 7 || this.hotMin < 1 || this.hotMin > this.hotWindow) {
+      throw new ConfigError(`hotMin (${this.hotMin}) must be in 1..hotWindow and hotWindow (${this.hotWindow}) in 1..7`);
+    }
+    if (this.coldAfter < 1 || this.coldAfter > 7) throw new ConfigError(`coldAfter must be in 1..7, got ${this.coldAfter}`);
+    const hotMask = (0xff << (8 - this.hotWindow)) & 0xfe;
+    const coldMask = (0xff << (8 - this.coldAfter)) & 0xfe;
+    for (let b = 0; b < 256; b++) {
+      if (!(b & KNOWN)) this.classOf[b] = 0;
+      else if (popcount8(b & hotMask) >= this.hotMin) this.classOf[b] = 1;
+      else if ((b & coldMask) === 0) this.classOf[b] = 3;
+      else this.classOf[b] = 2;
+    }
+  }
+
+  /** Sets up tracking of a region: negotiates, registers, starts the handler when the method needs one. */
+  static async create(region: TrackedRegion, opts: TrackerOptions = {}): Promise<WssTracker> {
+    const P = region.pageSize;
+    if (region.size % P || region.addr % P) throw new ConfigError(`region [0x${region.addr.toString(16)}, +${region.size}) is not aligned to its page size ${P}`);
+    const methods = chooseMethods(region.type, { write: opts.write, access: opts.access, evict: opts.evict });
+    const { write, access } = methods;
+    if (opts.evict && access === 'rwp' && region.type === 'anon') {
+      throw new UnsupportedError("store eviction of anon memory under RWP is not possible (the VMM cannot read a protected anon page " +
+        "without faulting on it); use evictCold('pageout'|'cold') or access 'move'");
+    }
+    const modes: RegisterMode[] = [];
+    const features = new Set<FeatureName>();
+    if (write === 'wp-async') { modes.push('wp'); features.add('WP_ASYNC').add('WP_UNPOPULATED'); }
+    if (access === 'rwp') { modes.push('rwp'); features.add('RWP').add('RWP_ASYNC'); }
+    if (access === 'move') { modes.push('missing'); features.add('MOVE'); }
+    if (access === 'minor') modes.push('minor', 'missing');
+    if (opts.evict && !modes.includes('missing')) modes.push('missing');
+    const needsHandler = access === 'move' || access === 'minor' || !!opts.evict;
+    let uffd: Userfaultfd | undefined;
+    let handler: TrapHandler | undefined;
+    let states: SharedPageStates | undefined;
+    let holdingAddr = 0;
+    let storeFd = -1;
+    let storeAddr = 0;
+    try {
+      if (modes.length) {
+        for (const f of featuresFor(memoryType(region.type), modes)) features.add(f);
+        if (access === 'move') features.add('PAGEFAULT_FLAG_WP'); // the holding area is registered wp
+        uffd = Userfaultfd.create({ features: [...features] });
+      }
+      // Page granularity: a THP would be tracked (and, for RWP on files, lose its marks) as a whole.
+      if (region.type !== 'hugetlbfs') madvise(region.addr, region.size, C.MADV_NOHUGEPAGE);
+      if (uffd) uffd.register(region.addr, region.size, modes, P);
+      if (access === 'move') {
+        // UFFDIO_MOVE needs its destination registered with the same uffd. wp mode never
+        // raises a missing fault, so reading the holding area cannot fault.
+        holdingAddr = mapAnonymous(region.size, C.MAP_NORESERVE);
+        madvise(holdingAddr, region.size, C.MADV_NOHUGEPAGE);
+        uffd!.register(holdingAddr, region.size, ['wp']);
+      }
+      if (opts.evict) {
+        storeFd = opts.storePath ? openFile(opts.storePath, C.O_RDWR | C.O_CREAT | C.O_TRUNC) : memfdCreate('uffd-engine-wss-store');
+        ftruncate(storeFd, region.size);
+        storeAddr = mmap(region.size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED | C.MAP_NORESERVE, storeFd, 0);
+      }
+      if (needsHandler) {
+        states = new SharedPageStates(SharedPageStates.allocate(region.size / P));
+        handler = await TrapHandler.start({
+          uffdFd: uffd!.fd, features: uffd!.features.toString(), regionAddr: region.addr, regionSize: region.size,
+          pageSize: P, anon: region.type === 'anon', hugetlb: region.type === 'hugetlbfs', holdingAddr, storeAddr, storeFd,
+          protectReads: write === 'wp-async', states: states.init, spinMicros: opts.spinMicros,
+        });
+      }
+    } catch (e) {
+      if (handler) await handler.stop();
+      uffd?.close();
+      if (holdingAddr) munmap(holdingAddr, region.size);
+      if (storeAddr) munmap(storeAddr, region.size);
+      if (storeFd >= 0) closeFd(storeFd);
+      throw e;
+    }
+    return new WssTracker(region, methods, opts, { uffd, states, handler, holdingAddr, storeFd, storeAddr, modes });
+  }
+
+  get write(): WriteMethod { return this.methods.write; }
+  get access(): AccessMethod { return this.methods.access; }
+  /** Whether per-interval reads are visible (an access method is on). */
+  get seesReads(): boolean { return this.methods.access !== 'none'; }
+
+  // ---- marking ---------------------------------------------------------------------------
+  private pageRange(s: number, e: number): [number, number] {
+    const a = this.region.addr;
+    const P = this.pageSize;
+    return [Math.floor((s - a) / P), Math.ceil((e - a) / P)];
+  }
+
+  /** Marks pages known and (when `activity`) active in the newest interval; returns pages newly marked active. */
+  private mark(h: SparseBytes, first: number, last: number, activity: boolean): number {
+    let added = 0;
+    h.forRange(first, last, (idx, _page, n) => {
+      const b = h.bytes; // length-tracking: valid after the pool grew
+      if (activity) {
+        for (let i = idx; i < idx + n; i++) {
+          if (!(b[i] & NEWEST)) added++;
+          b[i] |= NEWEST | KNOWN;
+        }
+      } else {
+        for (let i = idx; i < idx + n; i++) b[i] |= KNOWN;
+      }
+    });
+    return added;
+  }
+
+  private age(h: SparseBytes): void {
+    const w = h.words;
+    const n = (h.used * CHUNK_PAGES) >>> 2;
+    for (let i = 0; i < n; i++) {
+      const x = w[i];
+      w[i] = ((x >>> 1) & 0x7e7e7e7e) | (x & 0x01010101);
+    }
+  }
+
+  // ---- arm / sample ----------------------------------------------------------------------
+  /** Starts the first interval: protects (or zaps, or moves aside) what is present now. */
+  arm(): void {
+    if (this.armed) throw new ConfigError('arm() was already called; call sample() to end an interval');
+    const { region } = this;
+    if (this.write === 'wp-async' && !this.isAnon) {
+      // Files: put a write-protect marker on every page, present or not, so that a page read
+      // in later (from the page cache) comes in protected and reads are not taken for writes.
+      this.uffd!.writeprotect(region.addr, region.size, true);
+    }
+    if (this.access === 'rwp') {
+      this.scanner.scan(region.addr, region.addr + region.size, { categoryAnyof: C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED },
+        (s, e) => { const [f, l] = this.pageRange(s, e); this.mark(this.hist, f, l, false); });
+      this.uffd!.rwprotect(region.addr, region.size, true);
+    } else {
+      this.scanAndRearm(true);
+    }
+    this.armed = true;
+    this.intervals = 0;
+    this.lastSampleAt = performance.now();
+    if (this.handler) {
+      const s = this.handler.stats();
+      this.lastFaults = { faults: s.faults, reads: s.reads, writes: s.writes };
+    }
+  }
+
+  // One PAGEMAP_SCAN over the region; each reported run is marked and re-armed at once.
+  private scanAndRearm(initial: boolean): { accessed: number; written: number; rearmMs: number; regions: number; calls: number } {
+    const { region, uffd } = this;
+    const access = this.access;
+    const tracksWrites = this.write === 'wp-async';
+    const present = C.PAGE_IS_PRESENT | (this.isAnon ? C.PAGE_IS_SWAPPED : 0);
+    const flags = tracksWrites && access !== 'move' ? C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC : 0;
+    let accessed = 0;
+    let written = 0;
+    let rearm = 0;
+    const activityIsAccess = access !== 'none';
+    const sum = this.scanner.scan(region.addr, region.addr + region.size, {
+      flags, categoryAnyof: present, returnMask: present | C.PAGE_IS_WRITTEN | C.PAGE_IS_PFNZERO,
+    }, (s, e, cats) => {
+      const [first, last] = this.pageRange(s, e);
+      const isWritten = tracksWrites && (cats & C.PAGE_IS_WRITTEN) !== 0 && (cats & C.PAGE_IS_PFNZERO) === 0;
+      if (initial) {
+        this.mark(this.hist, first, last, false);
+      } else {
+        if (activityIsAccess) accessed += this.mark(this.hist, first, last, true);
+        else this.mark(this.hist, first, last, isWritten);
+        if (isWritten) written += this.mark(this.whist, first, last, true);
+      }
+      if (access === 'none' || access === 'rwp') return;
+      const t0 = performance.now();
+      if (access === 'zap' || access === 'minor') {
+        madvise(s, e - s, C.MADV_DONTNEED);
+      } else if (access === 'move') {
+        this.moveAside(first, last, s, e, tracksWrites);
+      }
+      rearm += performance.now() - t0;
+    });
+    return { accessed, written, rearmMs: rearm, regions: sum.regions, calls: sum.calls };
+  }
+
+  private moveAside(first: number, last: number, s: number, e: number, tracksWrites: boolean): void {
+    const uffd = this.uffd!;
+    const states = this.states!;
+    // Mark held before moving: a touch right after the move faults and the handler must
+    // find the page in the holding area.
+    states.setRange(first, last, PS_HELD);
+    const dst = this.holdingAddr + (s - this.region.addr);
+    let done = 0;
+    for (let tries = 0; done < e - s && tries < 100; tries++) {
+      try {
+        done += uffd.move(dst + done, s + done, e - s - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+      } catch (err) {
+        // EBUSY: a page that cannot move (pinned, KSM, shared). Leave the rest of the run in
+        // place, protected so a later write still shows.
+        const firstLeft = first + Math.floor(done / this.pageSize);
+        for (let p = firstLeft; p < last; p++) states.cas(p, PS_HELD, PS_NONE);
+        if (tracksWrites) uffd.writeprotect(s + done, e - s - done, true);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Ends the current interval: scans, re-arms, classifies. Returns what happened in the
+   * interval since arm() or the previous sample().
+   */
+  sample(): IntervalStats {
+    if (!this.armed) throw new ConfigError('call arm() before sample()');
+    if (this.closed) throw new ConfigError('the tracker is closed');
+    const now = performance.now();
+    const elapsedMs = now - this.lastSampleAt;
+    this.lastSampleAt = now;
+    this.age(this.hist);
+    this.age(this.whist);
+    const scanNanos0 = this.scanner.nanos;
+    let accessed = 0;
+    let written = 0;
+    let rearmMs = 0;
+    let regions = 0;
+    let calls = 0;
+    if (this.access === 'rwp') {
+      const r = this.sampleRwp();
+      accessed = r.accessed; rearmMs = r.rearmMs; regions = r.regions; calls = r.calls;
+    } else {
+      const r = this.scanAndRearm(false);
+      accessed = r.accessed; written = r.written; rearmMs = r.rearmMs; regions = r.regions; calls = r.calls;
+    }
+    this.intervals++;
+    const scanMs = Number(this.scanner.nanos - scanNanos0) / 1e6;
+    const cls = this.classify();
+    let faults = 0, faultReads = 0, faultWrites = 0;
+    if (this.handler) {
+      const s = this.handler.stats();
+      faults = s.faults - this.lastFaults.faults;
+      faultReads = s.reads - this.lastFaults.reads;
+      faultWrites = s.writes - this.lastFaults.writes;
+      this.lastFaults = { faults: s.faults, reads: s.reads, writes: s.writes };
+    }
+    const st = this.states?.counts();
+    const scanSec = scanMs / 1000;
+    const tracksWrites = this.write === 'wp-async';
+    return {
+      interval: this.intervals,
+      elapsedMs,
+      written: tracksWrites ? written : null,
+      accessed: this.seesReads ? accessed : null,
+      wssBytes: (this.seesReads ? accessed : written) * this.pageSize,
+      hot: cls[1], warm: cls[2], cold: cls[3], known: cls[1] + cls[2] + cls[3],
+      evicted: st ? st[PS_EVICTED] : 0,
+      held: st ? st[PS_HELD] : 0,
+      scanMs, rearmMs, scanCalls: calls, regions,
+      pagesPerSec: scanSec > 0 ? (this.region.size / C.PAGE_SIZE) / scanSec : 0,
+      msPerGiB: scanMs / (this.region.size / GiB),
+      faults, faultReads, faultWrites,
+    };
+  }
+
+  // RWP: freeze (sync mode), scan the hot set, re-protect everything, thaw. Accesses in the
+  // window block and resume once async mode is back, counted in the next interval.
+  private sampleRwp(): { accessed: number; rearmMs: number; regions: number; calls: number } {
+    const { region } = this;
+    const uffd = this.uffd!;
+    const t0 = performance.now();
+    const scan0 = this.scanner.nanos;
+    uffd.setMode([], ['RWP_ASYNC']);
+    let accessed = 0;
+    let sum;
+    try {
+      sum = this.scanner.scan(region.addr, region.addr + region.size, {
+        categoryMask: C.PAGE_IS_ACCESSED, returnMask: C.PAGE_IS_ACCESSED,
+      }, (s, e) => {
+        // The scan reports exactly this interval's accesses (everything was re-protected at
+        // the previous sample); pages an eviction window already marked count as well.
+        const [f, l] = this.pageRange(s, e);
+        this.mark(this.hist, f, l, true);
+        accessed += l - f;
+      });
+      uffd.rwprotect(region.addr, region.size, true);
+    } finally {
+      uffd.setMode(['RWP_ASYNC'], []);
+    }
+    // Re-arm cost: the mode switches and the RWPROTECT, i.e. the window minus the scan.
+    return { accessed, rearmMs: (performance.now() - t0) - Number(this.scanner.nanos - scan0) / 1e6, regions: sum.regions, calls: sum.calls };
+  }
+
+  private classify(): number[] {
+    const out = [0, 0, 0, 0];
+    const b = this.hist.bytes;
+    const n = this.hist.used * CHUNK_PAGES;
+    const cls = this.classOf;
+    for (let i = 0; i < n; i++) out[cls[b[i]]]++;
+    return out;
+  }
+
+  // ---- queries ---------------------------------------------------------------------------
+  /**
+   * Address ranges of the pages that are `kind` now: accessed / written in the last interval,
+   * hot, cold, or idle for at least `minIdle` intervals ('idle'), in address order.
+   */
+  ranges(kind: 'accessed' | 'written' | 'hot' | 'warm' | 'cold' | 'known', max = Infinity): Range[] {
+    const out: Range[] = [];
+    const h = kind === 'written' ? this.whist : this.hist;
+    const test = (b: number): boolean => {
+      switch (kind) {
+        case 'accessed': case 'written': return (b & NEWEST) !== 0;
+        case 'hot': return this.classOf[b] === 1;
+        case 'warm': return this.classOf[b] === 2;
+        case 'cold': return this.classOf[b] === 3;
+        default: return (b & KNOWN) !== 0;
+      }
+    };
+    this.forPages(h, test, (first, last) => {
+      const s = this.region.addr + first * this.pageSize;
+      const e = this.region.addr + last * this.pageSize;
+      const prev = out[out.length - 1];
+      if (prev && prev.end === s) prev.end = e;
+      else out.push({ start: s, end: e });
+      return out.length < max;
+    });
+    return out;
+  }
+
+  /** Page runs [first, last) in address order whose history byte passes test; fn returns false to stop. */
+  private forPages(h: SparseBytes, test: (b: number) => boolean, fn: (first: number, last: number) => boolean): void {
+    const bytes = h.bytes;
+    for (let c = 0; c < h.chunks; c++) {
+      const d = h.dir[c];
+      if (!d) continue;
+      const base = (d - 1) << CHUNK_SHIFT;
+      const pageBase = c << CHUNK_SHIFT;
+      const n = Math.min(CHUNK_PAGES, this.pages - pageBase);
+      let runStart = -1;
+      for (let k = 0; k <= n; k++) {
+        const hit = k < n && test(bytes[base + k]);
+        if (hit && runStart < 0) runStart = k;
+        else if (!hit && runStart >= 0) {
+          if (!fn(pageBase + runStart, pageBase + k)) return;
+          runStart = -1;
+        }
+      }
+    }
+  }
+
+  /** Cold address ranges (not accessed in the last coldAfter intervals and not evicted). */
+  coldRanges(): Range[] {
+    if (!this.states) return this.ranges('cold');
+    const out: Range[] = [];
+    for (const r of this.ranges('cold')) {
+      const [f, l] = this.pageRange(r.start, r.end);
+      let runStart = -1;
+      for (let p = f; p <= l; p++) {
+        const ok = p < l && this.states.get(p) !== PS_EVICTED;
+        if (ok && runStart < 0) runStart = p;
+        else if (!ok && runStart >= 0) {
+          out.push({ start: this.region.addr + runStart * this.pageSize, end: this.region.addr + p * this.pageSize });
+          runStart = -1;
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Heat of the newest interval over `buckets` equal address slices: the fraction of each
+   * slice's pages accessed (and written). For heatmaps; allocation-free when given arrays.
+   */
+  heat(buckets: number, accessed = new Float32Array(buckets), written = new Float32Array(buckets)): { accessed: Float32Array; written: Float32Array } {
+    accessed.fill(0);
+    written.fill(0);
+    const perBucket = this.pages / buckets;
+    for (const [h, out] of [[this.hist, accessed], [this.whist, written]] as const) {
+      const bytes = h.bytes;
+      for (let s = 0; s < h.used; s++) {
+        const pageBase = h.slotChunk[s] << CHUNK_SHIFT;
+        const base = s << CHUNK_SHIFT;
+        for (let k = 0; k < CHUNK_PAGES; k++) {
+          if (bytes[base + k] & NEWEST) out[Math.min(buckets - 1, Math.floor((pageBase + k) / perBucket))] += 1;
+        }
+      }
+      for (let i = 0; i < buckets; i++) out[i] /= perBucket;
+    }
+    return { accessed, written };
+  }
+
+  /** Bytes the tracker itself holds for per-page state (histories, shared states, scan vector). */
+  footprint(): number {
+    return this.hist.footprint + this.whist.footprint + (this.states?.footprint ?? 0) + this.scanner.vecLen * C.SIZEOF_PAGE_REGION + C.SIZEOF_PM_SCAN_ARG;
+  }
+
+  handlerStats(): Record<CounterName, number> | undefined {
+    return this.handler?.stats();
+  }
+
+  // ---- memory manager --------------------------------------------------------------------
+  /**
+   * Evicts cold pages (idle for at least minIdle intervals). 'store' saves the bytes to the
+   * store and frees the memory (anon: the holding-area copy; files: a hole punched in the
+   * backing file); the handler serves them back byte-exact on the next touch. 'pageout' and
+   * 'cold' only advise the kernel (MADV_PAGEOUT / MADV_COLD; anon needs swap to gain anything).
+   */
+  evictCold(opts: { how?: 'store' | 'pageout' | 'cold'; minIdle?: number; maxPages?: number } = {}): EvictResult {
+    const how = opts.how ?? 'store';
+    const minIdle = opts.minIdle ?? this.coldAfter;
+    const maxPages = opts.maxPages ?? Infinity;
+    if (minIdle < 1 || minIdle > 7) throw new ConfigError(`minIdle must be in 1..7, got ${minIdle}`);
+    if (!this.armed) throw new ConfigError('evictCold needs an armed tracker with at least minIdle sampled intervals');
+    if (this.intervals < minIdle) return { how, pages: 0, bytes: 0, ms: 0 };
+    const t0 = performance.now();
+    const idleMask = (0xff << (8 - minIdle)) & 0xfe;
+    const isIdle = (b: number) => (b & KNOWN) !== 0 && (b & idleMask) === 0;
+    let pages = 0;
+    if (how !== 'store') {
+      const advice = how === 'pageout' ? C.MADV_PAGEOUT : C.MADV_COLD;
+      const base = this.access === 'move' ? this.holdingAddr : this.region.addr;
+      this.forPages(this.hist, isIdle, (f, l) => {
+        const n = Math.min(l - f, maxPages - pages);
+        madvise(base + f * this.pageSize, n * this.pageSize, advice);
+        pages += n;
+        return pages < maxPages;
+      });
+      return { how, pages, bytes: pages * this.pageSize, ms: performance.now() - t0 };
+    }
+    if (!this.states || this.storeAddr === 0) {
+      throw new ConfigError("evictCold('store') needs a tracker created with { evict: true }");
+    }
+    if (this.access === 'rwp') {
+      this.uffd!.setMode([], ['RWP_ASYNC']);
+      try {
+        // In the frozen window: whatever was touched since the last sample is hot now.
+        this.scanner.scan(this.region.addr, this.region.addr + this.region.size,
+          { categoryMask: C.PAGE_IS_ACCESSED, returnMask: C.PAGE_IS_ACCESSED },
+          (s, e) => { const [f, l] = this.pageRange(s, e); this.mark(this.hist, f, l, true); });
+        pages = this.evictRuns(isIdle, maxPages);
+      } finally {
+        this.uffd!.setMode(['RWP_ASYNC'], []);
+      }
+    } else {
+      pages = this.evictRuns(isIdle, maxPages);
+    }
+    return { how, pages, bytes: pages * this.pageSize, ms: performance.now() - t0 };
+  }
+
+  // Claims idle pages page by page (compareExchange against the handler), then saves and
+  // frees each claimed run with one call per step.
+  private evictRuns(isIdle: (b: number) => boolean, maxPages: number): number {
+    const states = this.states!;
+    const P = this.pageSize;
+    const from = this.access === 'move' ? PS_HELD : PS_NONE;
+    let pages = 0;
+    const flush = (first: number, last: number) => {
+      if (last <= first) return;
+      const off = first * P;
+      const len = (last - first) * P;
+      if (this.access === 'move') {
+        memcpy(this.storeAddr + off, this.holdingAddr + off, len);
+        madvise(this.holdingAddr + off, len, C.MADV_DONTNEED);
+      } else {
+        // Unmap first: from here on a touch faults (minor/missing) and waits for the state to change.
+        if (this.access !== 'rwp') madvise(this.region.addr + off, len, C.MADV_DONTNEED);
+        let done = 0;
+        while (done < len) done += preadTo(this.region.fd, this.storeAddr + off + done, len - done, off + done) || len;
+        punchHole(this.region.fd, off, len);
+      }
+      for (let p = first; p < last; p++) states.set(p, PS_EVICTED);
+      if (this.access === 'rwp') this.uffd!.wake(this.region.addr + off, len);
+      pages += last - first;
+    };
+    this.forPages(this.hist, isIdle, (f, l) => {
+      let runStart = -1;
+      for (let p = f; p <= l; p++) {
+        const claimed = p < l && pages + (runStart < 0 ? 0 : p - runStart) < maxPages && states.cas(p, from, PS_EVICTING) === from;
+        if (claimed && runStart < 0) runStart = p;
+        else if (!claimed && runStart >= 0) { flush(runStart, p); runStart = -1; }
+      }
+      return pages < maxPages;
+    });
+    return pages;
+  }
+
+  /**
+   * Puts every page back in the region: held pages moved back, evicted pages copied from the
+   * store. Safe while the workload runs (each page is claimed against the handler first).
+   */
+  restoreAll(): { moved: number; copied: number } {
+    if (!this.states || !this.uffd) return { moved: 0, copied: 0 };
+    const P = this.pageSize;
+    const uffd = this.uffd;
+    let moved = 0;
+    let copied = 0;
+    const protect = this.write === 'wp-async';
+    const pending: number[] = [];
+    this.states.forEachIn(PS_HELD, (p) => pending.push(p));
+    for (const p of pending) {
+      if (this.states.cas(p, PS_HELD, PS_SERVING) !== PS_HELD) continue;
+      const off = p * P;
+      try {
+        uffd.move(this.region.addr + off, this.holdingAddr + off, P, 0);
+        if (uffd.lastErrno === 0) {
+          moved++;
+          if (protect) uffd.writeprotect(this.region.addr + off, P, true);
+        }
+      } catch {
+        // ENOENT: a hole was held: nothing to bring back
+      }
+      this.states.set(p, PS_NONE);
+    }
+    pending.length = 0;
+    this.states.forEachIn(PS_EVICTED, (p) => pending.push(p));
+    for (const p of pending) {
+      if (this.states.cas(p, PS_EVICTED, PS_SERVING) !== PS_EVICTED) continue;
+      const off = p * P;
+      uffd.copy(this.region.addr + off, this.storeAddr + off, P, protect ? C.UFFDIO_COPY_MODE_WP : 0);
+      if (uffd.lastErrno === 0) copied++;
+      punchHole(this.storeFd, off, P);
+      this.states.set(p, PS_NONE);
+    }
+    return { moved, copied };
+  }
+
+  /** Restores every page, stops the handler, unregisters and frees what the tracker made. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.restoreAll();
+    } finally {
+      if (this.handler) await this.handler.stop();
+      if (this.uffd) {
+        try { this.uffd.unregister(this.region.addr, this.region.size, this.pageSize); } catch { /* region gone */ }
+        if (this.holdingAddr) try { this.uffd.unregister(this.holdingAddr, this.region.size); } catch { /* */ }
+        this.uffd.close();
+      }
+      if (this.holdingAddr) munmap(this.holdingAddr, this.region.size);
+      if (this.storeAddr) munmap(this.storeAddr, this.region.size);
+      if (this.storeFd >= 0) closeFd(this.storeFd);
+      this.scanner.close();
+    }
+  }
+
+  /** A one-line description of the methods in use. */
+  describe(): string {
+    return `write=${this.write} access=${this.access} type=${this.region.type} page=${this.pageSize}` +
+      (this.modes.length ? ` registered=${this.modes.join('+')}` : '');
+  }
+}
