@@ -398,17 +398,25 @@ export function closeSocket(fd: number): void {
 
 /**
  * Resolves when fd becomes readable (or the peer hangs up) without blocking the event
- * loop (a libuv poll handle through koffi); false on timeout. timeoutMs < 0: no timeout.
+ * loop (a libuv poll handle through koffi); false on timeout or when `signal` aborts.
+ * timeoutMs < 0: no timeout. Stop waiting (abort) before closing the fd: libuv must not
+ * watch a closed descriptor.
  */
-export function whenReadable(fd: number, timeoutMs: number): Promise<boolean> {
+export function whenReadable(fd: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      resolve(false);
+      return;
+    }
     let done = false;
     let timer: NodeJS.Timeout | undefined;
     let handle: { stop(): void; close(): void } | undefined;
+    const onAbort = (): void => finish(false);
     const finish = (v: boolean | Error): void => {
       if (done) return;
       done = true;
       if (timer) clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       if (handle) { handle.stop(); handle.close(); }
       if (v instanceof Error) reject(v); else resolve(v);
     };
@@ -419,17 +427,19 @@ export function whenReadable(fd: number, timeoutMs: number): Promise<boolean> {
       return;
     }
     if (timeoutMs >= 0) timer = setTimeout(() => finish(false), timeoutMs);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
-/** Waits without blocking the event loop for a connection; its fd, or -1 on timeout. */
-export async function acceptAsync(listenFd: number, timeoutMs: number): Promise<number> {
+/** Waits without blocking the event loop for a connection; its fd, or -1 on timeout or abort. */
+export async function acceptAsync(listenFd: number, timeoutMs: number, signal?: AbortSignal): Promise<number> {
   const deadline = timeoutMs < 0 ? Infinity : Date.now() + timeoutMs;
   for (;;) {
+    if (signal?.aborted) return -1;
     const fd = acceptNonBlocking(listenFd);
     if (fd >= 0) return fd;
     const left = deadline === Infinity ? -1 : deadline - Date.now();
     if (deadline !== Infinity && left <= 0) return -1;
-    if (!(await whenReadable(listenFd, left))) return -1;
+    if (!(await whenReadable(listenFd, left, signal))) return -1;
   }
 }

@@ -1,0 +1,351 @@
+// A test client that restores "guest memory" the way Firecracker does, so a handler can
+// be tested end to end without Firecracker. It runs as its own process:
+//
+//   node dist/src/restore/fc-client.js --socket /run/h.sock --mem-file snap.mem \
+//        [--regions 2] [--region-size 64M] [--page-size-field v1.12] [--hugetlb] \
+//        [--threads 4] [--remove 0:1M:256K] [--timeout-ms 30000]
+//
+// 1. creates a userfaultfd (O_NONBLOCK, close-on-exec, EVENT_REMOVE, not user-mode-only),
+// 2. maps anonymous memory for each region (or 2 MiB hugetlb) and registers it MISSING,
+// 3. connects to the handler's socket and sends, in one sendmsg, the JSON region array
+//    plus the uffd as SCM_RIGHTS — the payload fields chosen by --page-size-field
+//    (v1.1: three fields; v1.7: + page_size_kib; v1.12: page_size and page_size_kib;
+//    page_size_only) — and keeps the socket open until it exits, as Firecracker does,
+// 4. reads its memory page by page from --threads worker threads and checks every byte
+//    against the memory file; optionally madvise(DONTNEED)s a range during the restore
+//    (a balloon) — the handler gets UFFD_EVENT_REMOVE — and then checks that range reads
+//    zeros,
+// 5. prints one JSON line and exits 0, or prints the first mismatch and exits 1
+//    (2: error or timeout).
+import * as fs from 'node:fs';
+import { spawn, ChildProcess } from 'node:child_process';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import * as C from '../kernel/constants.js';
+import { bytesAt, madvise, mapAnonymous, memcmp, mmap, openFile } from '../kernel/memory.js';
+import { connectUnix, sendWithFds } from '../kernel/socket.js';
+import { Userfaultfd } from '../kernel/userfaultfd.js';
+import { encodeHandshake, HandshakeVariant } from './handshake.js';
+import { parseArgs, parseSize, OptionSpec, helpText } from '../cli/args.js';
+
+export type PageSizeField = HandshakeVariant | 'page_size_only';
+
+export interface FcClientOptions {
+  socket: string;
+  memFile: string;
+  /** Number of regions (packed back to back in the file from fileOffset). */
+  regions?: number;
+  /** Bytes per region; default: the file (after fileOffset) split evenly, rounded down to the page size. */
+  regionSize?: number;
+  fileOffset?: number;
+  pageSizeField?: PageSizeField;
+  /** Back the regions with 2 MiB hugetlb pages (page size 2 MiB). */
+  hugetlb?: boolean;
+  /** Reader worker threads (at least 1). */
+  threads?: number;
+  /** "region:offset:length" to madvise(DONTNEED) during the restore; it must then read zeros. */
+  remove?: string;
+  timeoutMs?: number;
+  /** Pages each reader takes in turn (interleaves the threads). */
+  stripePages?: number;
+}
+
+export interface Mismatch {
+  region: number;
+  /** Byte offset inside the region. */
+  regionOffset: number;
+  fileOffset: number;
+  expected: number;
+  got: number;
+  expectation: 'file' | 'zero';
+}
+
+export interface FcClientResult {
+  ok: boolean;
+  regions: number;
+  pageSize: number;
+  pagesChecked: number;
+  bytesChecked: number;
+  removed?: { region: number; offset: number; length: number };
+  ms: number;
+  mismatch?: Mismatch;
+}
+
+interface ReadTask {
+  region: number;
+  addr: number;
+  fileAddr: number;
+  /** Offset of addr inside the region. */
+  regionOffset: number;
+  fileOffset: number;
+  len: number;
+}
+interface ReaderData {
+  role: 'fc-client-reader';
+  tasks: ReadTask[];
+  pageSize: number;
+  index: number;
+  threads: number;
+  stripePages: number;
+  expectation: 'file' | 'zero';
+}
+interface ReaderResult { pages: number; mismatch?: Mismatch }
+
+/** Checks this reader's share of the pages (page-granular stripes across the threads). */
+function readPages(d: ReaderData): ReaderResult {
+  const ps = d.pageSize;
+  // An untouched private anonymous mapping reads as zeros (and is never freed under us).
+  const zero = d.expectation === 'zero' ? mapAnonymous(ps, 0, C.PROT_READ) : 0;
+  let global = 0;
+  let pages = 0;
+  for (const t of d.tasks) {
+    const n = t.len / ps;
+    for (let p = 0; p < n; p++, global++) {
+      if (Math.floor(global / d.stripePages) % d.threads !== d.index) continue;
+      const addr = t.addr + p * ps;
+      const ref = d.expectation === 'zero' ? zero : t.fileAddr + p * ps;
+      // The first access to the page faults; the handler serves it; then compare.
+      if (memcmp(addr, ref, ps) !== 0) {
+        const got = bytesAt(addr, ps);
+        const want = bytesAt(ref, ps);
+        let i = 0;
+        while (i < ps && got[i] === want[i]) i++;
+        return {
+          pages,
+          mismatch: {
+            region: t.region, regionOffset: t.regionOffset + p * ps + i, fileOffset: t.fileOffset + p * ps + i,
+            expected: want[i], got: got[i], expectation: d.expectation,
+          },
+        };
+      }
+      pages++;
+    }
+  }
+  return { pages };
+}
+
+function runReaders(tasks: ReadTask[], pageSize: number, threads: number, stripePages: number,
+  expectation: 'file' | 'zero'): Promise<ReaderResult> {
+  const jobs = Array.from({ length: threads }, (_, index) => new Promise<ReaderResult>((resolve, reject) => {
+    const data: ReaderData = { role: 'fc-client-reader', tasks, pageSize, index, threads, stripePages, expectation };
+    const w = new Worker(__filename, { workerData: data });
+    w.once('message', (r: ReaderResult) => resolve(r));
+    w.once('error', reject);
+    w.once('exit', (code) => { if (code !== 0) reject(new Error(`reader ${index} exited with ${code}`)); });
+  }));
+  return Promise.all(jobs).then((rs) => ({
+    pages: rs.reduce((s, r) => s + r.pages, 0),
+    mismatch: rs.find((r) => r.mismatch)?.mismatch,
+  }));
+}
+
+/**
+ * A thread that ends the whole process (_exit) if the restore does not finish in time:
+ * a fault nobody serves blocks its thread in the kernel, so only another thread can.
+ */
+function startWatchdog(timeoutMs: number): { cancel(): void } {
+  const sab = new SharedArrayBuffer(4);
+  const w = new Worker(`
+    const { workerData } = require('node:worker_threads');
+    const fs = require('node:fs');
+    let exit;
+    try { exit = require(workerData.libc).libc._exit; } catch (e) { fs.writeSync(2, 'fc-client watchdog: ' + e + '\\n'); }
+    const flag = new Int32Array(workerData.sab);
+    if (Atomics.wait(flag, 0, 0, workerData.timeoutMs) === 'timed-out') {
+      fs.writeSync(2, 'fc-client: timed out after ' + workerData.timeoutMs + ' ms (faults not served?)\\n');
+      if (exit) exit(2);
+      process.kill(process.pid, 'SIGKILL');
+    }`, { eval: true, workerData: { sab, timeoutMs, libc: require.resolve('../kernel/libc.js') } });
+  w.unref();
+  return {
+    cancel() {
+      Atomics.store(new Int32Array(sab), 0, 1);
+      Atomics.notify(new Int32Array(sab), 0);
+    },
+  };
+}
+
+function parseRemove(spec: string): { region: number; offset: number; length: number } {
+  const parts = spec.split(':');
+  if (parts.length !== 3) throw new Error(`--remove wants region:offset:length, got "${spec}"`);
+  return { region: Number(parts[0]), offset: parseSize(parts[1]), length: parseSize(parts[2]) };
+}
+
+/** The restore itself (runs in the client process). */
+export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
+  const pageSize = o.hugetlb ? C.HUGE_PAGE_2M : C.PAGE_SIZE;
+  const fileSize = fs.statSync(o.memFile).size;
+  const fileOffset = o.fileOffset ?? 0;
+  const count = o.regions ?? 1;
+  const regionSize = o.regionSize ?? Math.floor((fileSize - fileOffset) / count / pageSize) * pageSize;
+  const threads = Math.max(1, o.threads ?? 1);
+  const stripePages = o.stripePages ?? (o.hugetlb ? 1 : 8);
+  if (!(count >= 1) || !(regionSize > 0)) throw new Error(`no room for ${count} region(s) in a ${fileSize}-byte memory file`);
+  if (regionSize % pageSize) throw new Error(`region size ${regionSize} is not a multiple of the page size ${pageSize}`);
+  if (fileOffset + count * regionSize > fileSize) throw new Error('the regions extend past the end of the memory file');
+
+  // The memory file as the reference the pages are checked against.
+  const fileFd = openFile(o.memFile, C.O_RDONLY);
+  const fileMap = mmap(fileSize, C.PROT_READ, C.MAP_PRIVATE, fileFd, 0);
+
+  const uffd = Userfaultfd.create({ nonBlocking: true, closeOnExec: true, userModeOnly: false, features: ['EVENT_REMOVE'] });
+  const regions: { base: number; size: number; offset: number }[] = [];
+  for (let i = 0; i < count; i++) {
+    const base = mapAnonymous(regionSize, o.hugetlb ? C.MAP_HUGETLB | C.MAP_HUGE_2MB | C.MAP_NORESERVE : 0);
+    // THP would make one fault fill 2 MiB of a 4 KiB-page region; Firecracker's UFFD path has none.
+    if (!o.hugetlb) madvise(base, regionSize, C.MADV_NOHUGEPAGE);
+    uffd.register(base, regionSize, ['missing'], pageSize);
+    regions.push({ base, size: regionSize, offset: fileOffset + i * regionSize });
+  }
+
+  const t0 = performance.now();
+  const sock = connectUnix(o.socket);
+  const payload = encodeHandshake(regions.map((r) => ({ baseHostVirtAddr: r.base, size: r.size, offset: r.offset, pageSize })),
+    { variant: o.pageSizeField ?? 'v1.12' });
+  sendWithFds(sock, Buffer.from(payload), [uffd.fd]);
+  // Like Firecracker, keep our uffd and the socket open until we exit: the handler takes
+  // the hang-up as the end of the session.
+
+  const removed = o.remove ? parseRemove(o.remove) : undefined;
+  if (removed) {
+    const r = regions[removed.region];
+    if (!r || removed.offset % pageSize || removed.length % pageSize || removed.length <= 0 || removed.offset + removed.length > r.size) {
+      throw new Error(`--remove ${o.remove}: not a page-aligned range inside a region`);
+    }
+  }
+  const task = (i: number, from: number, len: number): ReadTask => ({
+    region: i, addr: regions[i].base + from, fileAddr: fileMap + regions[i].offset + from,
+    regionOffset: from, fileOffset: regions[i].offset + from, len,
+  });
+  const all: ReadTask[] = [];
+  let removeTask: ReadTask | undefined;
+  regions.forEach((r, i) => {
+    if (removed && removed.region === i) {
+      if (removed.offset > 0) all.push(task(i, 0, removed.offset));
+      removeTask = task(i, removed.offset, removed.length);
+      const end = removed.offset + removed.length;
+      if (end < r.size) all.push(task(i, end, r.size - end));
+    } else all.push(task(i, 0, r.size));
+  });
+
+  let pages = 0;
+  let mismatch: Mismatch | undefined;
+  if (removeTask) {
+    // Phase 1: fault the range in from the file and check it.
+    const r1 = await runReaders([removeTask], pageSize, threads, stripePages, 'file');
+    pages += r1.pages;
+    mismatch = r1.mismatch;
+  }
+  if (!mismatch) {
+    // Phase 2: the rest of memory, while (if asked) the balloon range is dropped.
+    const readers = all.length ? runReaders(all, pageSize, threads, stripePages, 'file') : Promise.resolve({ pages: 0 } as ReaderResult);
+    if (removeTask) {
+      // With EVENT_REMOVE this blocks until the handler has read the REMOVE message.
+      madvise(removeTask.addr, removeTask.len, C.MADV_DONTNEED);
+    }
+    const r2 = await readers;
+    pages += r2.pages;
+    mismatch = r2.mismatch;
+  }
+  if (!mismatch && removeTask) {
+    // Phase 3: after REMOVE the range must read zeros (a handler must not refill it from the file).
+    const r3 = await runReaders([removeTask], pageSize, threads, stripePages, 'zero');
+    pages += r3.pages;
+    mismatch = r3.mismatch;
+  }
+  const ms = performance.now() - t0;
+  return {
+    ok: !mismatch, regions: count, pageSize, pagesChecked: pages, bytesChecked: pages * pageSize,
+    removed, ms: Math.round(ms * 1000) / 1000, mismatch,
+  };
+}
+
+export const FC_CLIENT_OPTIONS: OptionSpec = {
+  socket: { type: 'string', help: 'Unix socket the handler listens on' },
+  memFile: { type: 'string', help: 'snapshot memory file the pages are checked against' },
+  regions: { type: 'number', default: 1, help: 'number of guest memory regions' },
+  regionSize: { type: 'size', help: 'bytes per region (default: the file split evenly)' },
+  fileOffset: { type: 'size', default: 0, help: 'where the first region starts in the file' },
+  pageSizeField: { type: 'string', default: 'v1.12', help: 'payload fields: v1.1 | v1.7 (page_size_kib) | v1.12 (both) | page_size_only' },
+  hugetlb: { type: 'boolean', default: false, help: 'back the regions with 2 MiB hugetlb pages' },
+  threads: { type: 'number', default: 1, help: 'reader threads' },
+  stripePages: { type: 'number', help: 'pages each reader takes in turn' },
+  remove: { type: 'string', help: 'region:offset:length to madvise(DONTNEED) during the restore; must then read zeros' },
+  timeoutMs: { type: 'number', default: 30000, help: 'give up (exit 2) after this long' },
+};
+
+/** The argv that runs the client with these options. */
+export function fcClientArgs(o: FcClientOptions): string[] {
+  const args = [__filename, '--socket', o.socket, '--mem-file', o.memFile];
+  const add = (k: string, v: unknown): void => { if (v !== undefined && v !== false) args.push(`--${k}`, ...(v === true ? [] : [String(v)])); };
+  add('regions', o.regions);
+  add('region-size', o.regionSize);
+  add('file-offset', o.fileOffset);
+  add('page-size-field', o.pageSizeField);
+  add('hugetlb', o.hugetlb);
+  add('threads', o.threads);
+  add('stripe-pages', o.stripePages);
+  add('remove', o.remove);
+  add('timeout-ms', o.timeoutMs);
+  return args;
+}
+
+export interface FcClientRun { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; result?: FcClientResult }
+
+/** Starts the client as a child process; resolves when it exits (killed after timeoutMs + 5 s). */
+export function spawnFcClient(o: FcClientOptions): { child: ChildProcess; done: Promise<FcClientRun> } {
+  const child = spawn(process.execPath, fcClientArgs(o), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (b: Buffer) => { stdout += b.toString(); });
+  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const killer = setTimeout(() => child.kill('SIGKILL'), (o.timeoutMs ?? 30000) + 5000);
+  const done = new Promise<FcClientRun>((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(killer);
+      let result: FcClientResult | undefined;
+      const line = stdout.trim().split('\n').pop();
+      try { result = line ? JSON.parse(line) as FcClientResult : undefined; } catch { /* not JSON */ }
+      resolve({ code, signal, stdout, stderr, result });
+    });
+  });
+  return { child, done };
+}
+
+function describeMismatch(m: Mismatch): string {
+  return `mismatch in region ${m.region} at offset 0x${m.regionOffset.toString(16)} (file offset 0x${m.fileOffset.toString(16)}): ` +
+    `got 0x${m.got.toString(16).padStart(2, '0')}, expected 0x${m.expected.toString(16).padStart(2, '0')}` +
+    (m.expectation === 'zero' ? ' (a removed range must read zeros)' : ' (from the memory file)');
+}
+
+async function cliMain(argv: string[]): Promise<number> {
+  if (argv.includes('--help')) {
+    console.log(helpText('fc-client (node dist/src/restore/fc-client.js)', 'Restore guest memory through a Firecracker-style UFFD handshake and verify it.', FC_CLIENT_OPTIONS));
+    return 0;
+  }
+  const o = parseArgs<FcClientOptions & Record<string, unknown>>(argv, FC_CLIENT_OPTIONS);
+  if (!o.socket || !o.memFile) throw new Error('--socket and --mem-file are required');
+  if (!['v1.1', 'v1.7', 'v1.12', 'page_size_only'].includes(o.pageSizeField ?? 'v1.12')) {
+    throw new Error(`--page-size-field must be v1.1, v1.7, v1.12 or page_size_only, got "${o.pageSizeField}"`);
+  }
+  const watchdog = startWatchdog(o.timeoutMs ?? 30000);
+  const r = await runFcClient(o);
+  watchdog.cancel();
+  console.log(JSON.stringify(r));
+  if (r.mismatch) {
+    console.error(`fc-client: ${describeMismatch(r.mismatch)}`);
+    return 1;
+  }
+  return 0;
+}
+
+if (!isMainThread && (workerData as ReaderData | undefined)?.role === 'fc-client-reader') {
+  parentPort!.postMessage(readPages(workerData as ReaderData));
+} else if (isMainThread && require.main === module) {
+  cliMain(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      console.error(`fc-client: ${e instanceof Error ? e.message : String(e)}`);
+      process.exit(2);
+    },
+  );
+}
