@@ -1,7 +1,8 @@
 // How the access trap and the memory manager put a page back when it is touched.
 // TrapServer.serve(address, flags) resolves one page fault on a tracked region from the
 // shared page states:
-//   held     (anon access trap)   UFFDIO_MOVE the page back from the holding area
+//   held     (anon access trap)   UFFDIO_MOVE the page back from the holding area (a read with
+//                                  write tracking on: UFFDIO_COPY with MODE_WP, then drop the copy)
 //   evicted  (memory manager)     UFFDIO_COPY the saved bytes from the store, free the store page
 //   evicting                      wait until the evictor is done, then as evicted
 //   none + minor fault            UFFDIO_CONTINUE (page cache page, memfd/hugetlbfs)
@@ -15,7 +16,7 @@
 import * as C from '../kernel/constants.js';
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO, addressOf } from '../kernel/libc.js';
-import { punchHole } from '../kernel/memory.js';
+import { madvise, punchHole } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import {
   PS_EVICTED, PS_EVICTING, PS_HELD, PS_NONE, PS_SERVING, SharedPageStates, SharedPageStatesInit,
@@ -148,23 +149,26 @@ export class TrapServer {
 
   private moveBack(dst: number, off: number, write: boolean, protect: boolean): void {
     const { P, cfg } = this;
-    let moved = false;
-    try {
-      const e = this.retry(() => this.uffd.move(dst, cfg.holdingAddr + off, P, protect ? C.UFFDIO_MOVE_MODE_DONTWAKE : 0), dst);
-      if (e === ERRNO.EEXIST) { this.count(K.errors); return; } // a page is already there: nothing to move into
-      moved = e === 0;
-    } catch (e) {
-      // ENOENT: nothing at the holding offset (the page was a hole when moved aside).
-      if (!(e instanceof UffdError && e.errno === ERRNO.ENOENT)) { this.fail(e); return; }
+    const src = cfg.holdingAddr + off;
+    if (protect) {
+      // A read with write tracking on: install the page write-protected in one step (COPY
+      // with MODE_WP), so no write can slip in unseen, then drop the held copy.
+      let e: number;
+      try {
+        e = this.retry(() => this.uffd.copy(dst, src, P, C.UFFDIO_COPY_MODE_WP), dst);
+      } catch (err) { this.fail(err); return; }
+      if (e === 0) this.count(K.movedBack);
+      madvise(src, P, C.MADV_DONTNEED);
+      return;
     }
-    if (moved) {
-      this.count(K.movedBack);
-      if (protect) {
-        this.uffd.writeprotect(dst, P, true);
-        this.uffd.wake(dst, P);
-      }
-    } else {
-      this.zeroFill(dst, write, protect);
+    try {
+      const e = this.retry(() => this.uffd.move(dst, src, P, 0), dst);
+      if (e === 0) this.count(K.movedBack);
+      else if (e === ERRNO.EEXIST) this.count(K.errors); // a page is already there: nothing to move into
+    } catch (err) {
+      // ENOENT: nothing at the holding offset (the page was a hole when moved aside).
+      if (err instanceof UffdError && err.errno === ERRNO.ENOENT) this.zeroFill(dst, write, protect);
+      else this.fail(err);
     }
   }
 

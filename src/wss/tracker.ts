@@ -349,8 +349,15 @@ export class WssTracker {
     const uffd = this.uffd!;
     const states = this.states!;
     // Mark held before moving: a touch right after the move faults and the handler must
-    // find the page in the holding area.
-    states.setRange(first, last, PS_HELD);
+    // find the page in the holding area. A page the handler is still installing (serving)
+    // is claimed once it is done.
+    for (let p = first; p < last; p++) {
+      for (;;) {
+        const prev = states.cas(p, PS_NONE, PS_HELD);
+        if (prev !== PS_SERVING) break;
+        states.waitWhile(p, PS_SERVING, 5);
+      }
+    }
     const dst = this.holdingAddr + (s - this.region.addr);
     let done = 0;
     for (let tries = 0; done < e - s && tries < 100; tries++) {

@@ -1,0 +1,9 @@
+// Working-set scanning and access tracking (see docs/wss.md).
+export * from './methods.js';
+export * from './tracker.js';
+export * from './pages.js';
+export { TrapHandler } from './handler.js';
+export { TrapServer, type TrapConfig } from './serve.js';
+export * from './workload.js';
+export * from './heatmap.js';
+export { Scanner, type ScanOptions, type PageRegion, categoryNames } from '../kernel/pagemap.js';
