@@ -4,9 +4,9 @@
 // runs on its own worker thread. The checksum the guest computed must equal the one
 // computed on the host from the file, and guest RAM must equal the file page by page.
 //
-// On this machine KVM is kvm_pvm, which emulates this (non-PVM) guest instruction by
-// instruction (~3.5 us each): guests here read every byte of small RAM, or one u32 per
-// page of larger RAM, to keep the run short.
+// On this machine KVM is kvm_pvm, which runs this (non-PVM) guest slowly (~3.5 us per
+// loop iteration, as if emulated): guests here read every byte of small RAM, or one u32
+// per page of larger RAM, to keep the run short.
 import assert from 'node:assert/strict';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
