@@ -162,22 +162,26 @@ export class Engine extends EventEmitter {
     this.workers = workers;
     this.failures = new Array<number>(workers).fill(0);
     const created = !opts.uffd;
+    let stripe = 0;
     this.uffd = opts.uffd ?? Userfaultfd.create({ optionalFeatures: [...DEFAULT_FEATURES, ...(opts.features ?? [])] });
     this.ownsUffd = opts.ownsUffd ?? created;
     const opened: OpenedSource[] = [];
     try {
+      // Everything that can be refused is checked before anything is registered.
+      const pageSizes = opts.regions.map((r) => r.region?.pageSize ?? r.pageSize ?? PAGE_SIZE);
+      const minPage = Math.min(...pageSizes);
+      const maxPage = Math.max(...pageSizes);
+      stripe = opts.stripe ?? Math.max(64 * 1024, maxPage);
+      if (!Number.isInteger(stripe) || stripe <= 0 || stripe % minPage) {
+        throw new ConfigError(`stripe must be a positive multiple of the page size ${minPage} (got ${stripe})`);
+      }
       this.rows = this.buildRows(opts, opened);
     } catch (e) {
-      for (const s of opened) s.close();
-      if (created) this.uffd.close();
+      this.release(opened, created);
       throw e;
     }
     const minPage = Math.min(...this.rows.map((r) => r.pageSize));
     const maxPage = Math.max(...this.rows.map((r) => r.pageSize));
-    const stripe = opts.stripe ?? Math.max(64 * 1024, maxPage);
-    if (!Number.isInteger(stripe) || stripe <= 0 || stripe % minPage) {
-      throw new ConfigError(`stripe must be a positive multiple of the page size ${minPage} (got ${stripe})`);
-    }
     const totalPages = this.rows.reduce((n, r) => n + r.size / r.pageSize, 0);
     const pf = normalizePrefetch(opts.prefetch, minPage);
     const ringCapacity = opts.ringCapacity ?? 4096;
@@ -244,6 +248,16 @@ export class Engine extends EventEmitter {
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
   }
 
+  /** Undoes a half-made engine: unregisters what it registered, closes what it opened. */
+  private release(opened: OpenedSource[], closeUffd: boolean): void {
+    for (const r of this.registered) {
+      try { this.uffd.unregister(r.start, r.len); } catch { /* gone */ }
+    }
+    for (const s of opened) s.close();
+    if (closeUffd) this.uffd.close();
+  }
+  private readonly registered: { start: number; len: number }[] = [];
+
   /** Validates and registers the regions; opens their sources. */
   private buildRows(opts: EngineOptions, opened: OpenedSource[]): RegionRow[] {
     const rows: RegionRow[] = [];
@@ -275,6 +289,7 @@ export class Engine extends EventEmitter {
         if (source.minor && !modes.includes('minor')) throw new ConfigError(`${what}: a pageCache source needs the minor mode`);
         if (source.minor && !region.aliasAddr) throw new UnsupportedError(`${what}: a pageCache source needs a memory type with a page cache (shmem or hugetlbfs), not ${region.type}`);
         const ioctls = registerChecked(this.uffd, region, modes);
+        this.registered.push({ start: region.addr, len: region.size });
         if (modes.includes('missing')) checkResolve(type, missingOp === L.MISS_ZEROPAGE ? 'zeropage' : 'copy', ioctls);
         if (modes.includes('minor')) checkResolve(type, 'continue', ioctls);
         if (modes.includes('wp')) checkResolve(type, 'writeprotect', ioctls);

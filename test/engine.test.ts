@@ -1,0 +1,398 @@
+// The parallel fault engine against the real kernel: every page the faulting side sees
+// is compared byte for byte with what it should be.
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Engine, EngineStats, PAGE_DROPPED } from '../src/engine/index.js';
+import { ConfigError } from '../src/kernel/errors.js';
+import { addressOf } from '../src/kernel/libc.js';
+import {
+  bytesAt, madvise, memcmp, mremap, MREMAP_FIXED, MREMAP_MAYMOVE, mapAnonymous, munmap, memcpy,
+} from '../src/kernel/memory.js';
+import { MADV_DONTNEED, MAP_NORESERVE } from '../src/kernel/constants.js';
+import { memoryType } from '../src/memory-types/index.js';
+import type { Region } from '../src/memory-types/types.js';
+import { sources } from '../src/sources/index.js';
+import { makeSnapshot, writeSnapshotFile } from '../src/workload/snapshot.js';
+import { assignPages, runTouchers, TouchResult } from '../src/workload/threads.js';
+import { useHugePages } from './helpers/hugetlb.js';
+
+const MiB = 1024 * 1024;
+const PAGE = 4096;
+
+function noMismatch(results: TouchResult[]): void {
+  const bad = results.filter((r) => r.mismatches > 0);
+  assert.equal(bad.length, 0, `pages with wrong bytes: first at page ${bad[0]?.firstMismatch} (${bad.map((r) => r.mismatches).join(', ')} mismatches)`);
+}
+
+async function touchAll(region: Region, expectAddr: number, threads: number, pattern: 'random' | 'sequential' | 'interleaved' = 'random', write = false) {
+  const pages = region.size / region.pageSize;
+  const jobs = assignPages(pages, threads, pattern).map((p) => ({ addr: region.addr, pageSize: region.pageSize, pages: p, expectAddr, write }));
+  const results = await runTouchers(jobs);
+  noMismatch(results);
+  assert.equal(results.reduce((n, r) => n + r.touched, 0), pages);
+  return results;
+}
+
+function assertFilledOnce(st: EngineStats, pages: number): void {
+  assert.equal(st.pages.total, pages, `pages filled: ${JSON.stringify(st.pages)}`);
+  assert.equal(st.errors, 0, 'no fill errors');
+}
+
+describe('engine: byte-exact serving', function () {
+  this.timeout(120_000);
+  const size = 32 * MiB;
+  let snap: Uint8Array;
+  before(() => { snap = makeSnapshot(size, 7); });
+
+  for (const threads of [1, 4, 16]) {
+    it(`anon, missing, buffer source, ${threads} faulting thread(s)`, async () => {
+      const region = memoryType('anon').create({ size });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+      try {
+        await touchAll(region, addressOf(snap), threads, threads === 16 ? 'interleaved' : 'random');
+        const st = await engine.stop();
+        assertFilledOnce(st, size / PAGE);
+        assert.equal(st.faults.missing + st.pages.background + st.pages.readahead >= 1, true);
+        assert.equal(st.incidents, 0);
+      } finally {
+        await engine.stop();
+        region.close();
+      }
+    });
+  }
+
+  it('memfd (shmem), missing, snapshot file source, 4 threads', async () => {
+    const file = writeSnapshotFile(path.join(os.tmpdir(), `uffd-engine-snap-${process.pid}`), size, 3);
+    const expect = makeSnapshot(size, 3);
+    const region = memoryType('shmem').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.file(file) }], workers: 2 });
+    try {
+      await touchAll(region, addressOf(expect), 4);
+      assertFilledOnce(await engine.stop(), size / PAGE);
+    } finally {
+      await engine.stop();
+      region.close();
+      fs.rmSync(file, { force: true });
+    }
+  });
+
+  it('memfd (shmem), minor faults: page cache filled ahead, mapped with CONTINUE, 4 threads', async () => {
+    const region = memoryType('shmem').create({ size });
+    memcpy(region.aliasAddr, addressOf(snap), size); // fill the page cache through the unregistered alias
+    const engine = await Engine.start({ regions: [{ region, source: sources.pageCache() }], workers: 2 });
+    try {
+      await touchAll(region, addressOf(snap), 4);
+      const st = await engine.stop({ mode: 'abandon' });
+      assert.equal(st.faults.minor > 0, true, 'minor faults were served');
+      assert.equal(st.faults.missing, 0);
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
+  it('zero source: every page reads zeros', async () => {
+    const region = memoryType('anon').create({ size: 8 * MiB });
+    const engine = await Engine.start({ regions: [{ region, source: sources.zero() }], workers: 2 });
+    try {
+      await touchAll(region, 0, 4);
+      const st = await engine.stop();
+      assertFilledOnce(st, 8 * MiB / PAGE);
+      assert.equal(st.pages.zeroFilled, 8 * MiB / PAGE);
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
+  it('callback source (async), 4 threads', async () => {
+    const region = memoryType('anon').create({ size: 4 * MiB });
+    let calls = 0;
+    const engine = await Engine.start({
+      regions: [{
+        region,
+        source: sources.callback(async (offset, length) => {
+          calls++;
+          await new Promise((r) => setImmediate(r));
+          return snap.slice(offset, offset + length);
+        }),
+      }],
+      workers: 2,
+    });
+    try {
+      await touchAll(region, addressOf(snap), 4);
+      assertFilledOnce(await engine.stop(), 4 * MiB / PAGE);
+      assert.ok(calls > 0);
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
+  it('prefetch: read-ahead and background population fill everything exactly once', async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({
+      regions: [{ region, source: sources.buffer(snap) }], workers: 2,
+      prefetch: { readAhead: 256 * 1024, background: true },
+    });
+    try {
+      await touchAll(region, addressOf(snap), 4, 'sequential');
+      const deadline = Date.now() + 30_000;
+      while (!engine.populated && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      assert.ok(engine.populated, 'background population finished');
+      const st = await engine.stop();
+      assertFilledOnce(st, size / PAGE);
+      assert.ok(st.pages.readahead + st.pages.background > 0, 'prefetch filled pages');
+      assert.equal(memcmp(region.addr, addressOf(snap), size), 0, 'whole region equals the snapshot');
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
+  describe('hugetlbfs (2 MiB pages)', () => {
+    const huge = useHugePages(24);
+    it('missing faults served with whole huge pages, 4 threads', async function () {
+      if (!huge.ok) { console.log(`      skipped: ${huge.reason}`); this.skip(); }
+      const hsize = 16 * 2 * MiB;
+      const hsnap = makeSnapshot(hsize, 11);
+      const region = memoryType('hugetlbfs').create({ size: hsize, pageSize: 2 * MiB });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(hsnap) }], workers: 2 });
+      try {
+        await touchAll(region, addressOf(hsnap), 4);
+        assertFilledOnce(await engine.stop(), 16);
+      } finally {
+        await engine.stop();
+        region.close();
+      }
+    });
+    it('zero source on hugetlbfs (no ZEROPAGE: copies a zero page)', async function () {
+      if (!huge.ok) { console.log(`      skipped: ${huge.reason}`); this.skip(); }
+      const region = memoryType('hugetlbfs').create({ size: 4 * 2 * MiB, pageSize: 2 * MiB });
+      const engine = await Engine.start({ regions: [{ region, source: sources.zero() }], workers: 2 });
+      try {
+        await touchAll(region, 0, 2);
+        assertFilledOnce(await engine.stop(), 4);
+      } finally {
+        await engine.stop();
+        region.close();
+      }
+    });
+  });
+});
+
+describe('engine: concurrency and failures', function () {
+  this.timeout(120_000);
+  const size = 16 * MiB;
+  let snap: Uint8Array;
+  before(() => { snap = makeSnapshot(size, 5); });
+
+  it('16 threads faulting the same pages at once: each page served once, all see the same bytes', async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+    try {
+      const same = Float64Array.from([0, 1, 2, 3, 100, 101, 1000, 4095]);
+      const results = await runTouchers(Array.from({ length: 16 }, () => ({
+        addr: region.addr, pageSize: PAGE, pages: same, expectAddr: addressOf(snap), write: false,
+      })));
+      noMismatch(results);
+      const st = engine.stats();
+      assert.equal(st.pages.total, same.length, 'each page filled exactly once');
+      assert.equal(st.errors, 0);
+    } finally {
+      await engine.stop({ mode: 'abandon' });
+      region.close();
+    }
+  });
+
+  for (const how of ['throw', 'terminate'] as const) {
+    it(`a worker killed mid-run (${how}): no fault lost, run completes verified`, async () => {
+      const region = memoryType('anon').create({ size });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline: 'never' });
+      const incidents: string[] = [];
+      engine.on('incident', (i: { message: string }) => incidents.push(i.message));
+      try {
+        const run = touchAll(region, addressOf(snap), 4);
+        await new Promise((r) => setTimeout(r, 30));
+        await engine.killWorker(0, how);
+        await run;
+        const st = await engine.stop();
+        assertFilledOnce(st, size / PAGE);
+        if (how === 'throw') assert.ok(incidents.some((m) => /worker 0 died/.test(m)), `incident reported: ${incidents.join('; ')}`);
+      } finally {
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    });
+  }
+
+  it("stop() with faults in flight ('complete'): every thread returns with the right bytes", async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+    try {
+      const run = touchAll(region, addressOf(snap), 4);
+      await new Promise((r) => setTimeout(r, 20));
+      const t0 = Date.now();
+      const st = await engine.stop();
+      await run;
+      assert.ok(Date.now() - t0 < 30_000);
+      assertFilledOnce(st, size / PAGE);
+      assert.equal(memcmp(region.addr, addressOf(snap), size), 0);
+    } finally {
+      region.close();
+    }
+  });
+
+  it("stop({ mode: 'abandon' }) with faults in flight: threads return in bounded time; pages are right or zero", async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+    try {
+      const pages = size / PAGE;
+      const jobs = assignPages(pages, 4, 'random').map((p) => ({ addr: region.addr, pageSize: PAGE, pages: p, expectAddr: 0, write: false, verify: false }));
+      const run = runTouchers(jobs, 30_000);
+      await new Promise((r) => setTimeout(r, 20));
+      await engine.stop({ mode: 'abandon' });
+      await run; // bounded: runTouchers rejects after 30 s
+      const view = bytesAt(region.addr, size);
+      const zero = new Uint8Array(PAGE);
+      for (let p = 0; p < pages; p++) {
+        const got = view.subarray(p * PAGE, (p + 1) * PAGE);
+        const ok = Buffer.compare(got, snap.subarray(p * PAGE, (p + 1) * PAGE)) === 0 || Buffer.compare(got, zero) === 0;
+        assert.ok(ok, `page ${p} is neither the snapshot page nor zeros`);
+      }
+    } finally {
+      region.close();
+    }
+  });
+
+  it('REMOVE (madvise DONTNEED) while serving: state stays true and a re-fault is served again (zeros)', async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+    const removes: unknown[] = [];
+    engine.on('remove', (e) => removes.push(e));
+    try {
+      await touchAll(region, addressOf(snap), 2);
+      madvise(region.addr + 64 * PAGE, 32 * PAGE, MADV_DONTNEED); // blocks until the dispatcher read REMOVE
+      for (let p = 64; p < 96; p++) assert.equal(engine.pageState(p), PAGE_DROPPED);
+      const results = await runTouchers([{ addr: region.addr + 64 * PAGE, pageSize: PAGE, pages: Float64Array.from({ length: 32 }, (_, i) => i), expectAddr: 0, write: false }]);
+      noMismatch(results);
+      // Pages outside the removed range still hold the snapshot.
+      assert.equal(memcmp(region.addr, addressOf(snap), 64 * PAGE), 0);
+      assert.equal(memcmp(region.addr + 96 * PAGE, addressOf(snap) + 96 * PAGE, size - 96 * PAGE), 0);
+      const st = await engine.stop({ mode: 'abandon' });
+      assert.ok(st.pages.zeroFilled >= 32, 're-faults were served with zeros by the engine');
+      assert.equal(removes.length, 1);
+    } finally {
+      region.close();
+    }
+  });
+
+  it("REMOVE with afterRemove: 'source' serves the source again", async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, afterRemove: 'source' });
+    try {
+      await touchAll(region, addressOf(snap), 2);
+      madvise(region.addr, 16 * PAGE, MADV_DONTNEED);
+      await touchAll(region, addressOf(snap), 2);
+    } finally {
+      await engine.stop({ mode: 'abandon' });
+      region.close();
+    }
+  });
+
+  it('UNMAP and REMAP while serving: the moved pages are served at their new address', async () => {
+    const len = 8 * MiB;
+    const addr = mapAnonymous(len, MAP_NORESERVE);
+    const engine = await Engine.start({ regions: [{ start: addr, size: len, type: 'anon', source: sources.buffer(snap) }], workers: 2 });
+    const events: string[] = [];
+    engine.on('event', (e: { type: string }) => events.push(e.type));
+    try {
+      engine.uffd.register(addr, len, ['missing']);
+      // Touch the first MiB, then move the second half elsewhere and unmap the last MiB of the first half.
+      await runTouchers([{ addr, pageSize: PAGE, pages: Float64Array.from({ length: 256 }, (_, i) => i), expectAddr: addressOf(snap), write: false }]);
+      const target = mapAnonymous(len / 2);
+      const moved = mremap(addr + len / 2, len / 2, len / 2, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+      munmap(addr + len / 2 - MiB, MiB);
+      const half = (len / 2) / PAGE;
+      const res = await runTouchers([{
+        addr: moved, pageSize: PAGE, pages: Float64Array.from({ length: half }, (_, i) => i), expectAddr: addressOf(snap) + len / 2, write: false,
+      }, {
+        addr, pageSize: PAGE, pages: Float64Array.from({ length: half - 256 }, (_, i) => i), expectAddr: addressOf(snap), write: false,
+      }]);
+      noMismatch(res);
+      assert.ok(events.includes('remap') && events.includes('unmap'), `events seen: ${events.join(', ')}`);
+      await engine.stop({ mode: 'abandon' });
+      munmap(moved, len / 2);
+      munmap(addr, len / 2 - MiB);
+    } finally {
+      await engine.stop({ mode: 'abandon' });
+    }
+  });
+});
+
+describe('engine: bad configuration and source failures', function () {
+  this.timeout(60_000);
+  const snap = new Uint8Array(new SharedArrayBuffer(MiB));
+
+  it('refuses zero workers, a stripe that is not a page multiple, a source smaller than the region', async () => {
+    const region = memoryType('anon').create({ size: 2 * MiB });
+    try {
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.zero() }], workers: 0 }), (e: Error) => e instanceof ConfigError && /workers/.test(e.message));
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.zero() }], stripe: 5000 }), (e: Error) => e instanceof ConfigError && /stripe/.test(e.message));
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.buffer(snap) }] }), (e: Error) => e instanceof ConfigError && /less than the region/.test(e.message));
+      const file = path.join(os.tmpdir(), `uffd-engine-small-${process.pid}`);
+      fs.writeFileSync(file, Buffer.alloc(4096));
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.file(file) }] }), (e: Error) => /smaller than the region/.test(e.message));
+      fs.rmSync(file);
+      await assert.rejects(Engine.start({ regions: [] }), /at least one region/);
+    } finally {
+      region.close();
+    }
+  });
+
+  for (const fault of ['throws', 'wrong size'] as const) {
+    it(`a callback that ${fault} fails that page visibly (zeros + incident with onSourceError 'zero'), never hangs`, async () => {
+      const region = memoryType('anon').create({ size: 256 * PAGE });
+      const engine = await Engine.start({
+        regions: [{
+          region,
+          source: sources.callback((offset, length) => {
+            if (offset === 10 * PAGE || (offset <= 10 * PAGE && offset + length > 10 * PAGE)) {
+              if (fault === 'throws') throw new Error('disk on fire');
+              return new Uint8Array(length - 1);
+            }
+            return new Uint8Array(length).fill(0xab);
+          }),
+        }],
+        workers: 2, onSourceError: 'zero',
+      });
+      try {
+        const res = await runTouchers([{ addr: region.addr, pageSize: PAGE, pages: Float64Array.from([10, 11]), expectAddr: 0, write: false, verify: false }], 20_000);
+        assert.equal(res[0].touched, 2);
+        assert.equal(bytesAt(region.addr + 10 * PAGE, PAGE).every((b) => b === 0), true, 'the failed page reads zeros');
+        const st = await engine.stop({ mode: 'abandon' });
+        assert.ok(st.errors >= 1);
+        assert.ok(engine.incidents.some((i) => /callback source failed/.test(i.message)), 'incident names the callback');
+      } finally {
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    });
+  }
+
+  it("with onSourceError 'poison' (default) the faulting process gets SIGBUS (child process)", async () => {
+    const { spawnSync } = await import('node:child_process');
+    const script = `
+      const { Engine, sources, memoryType, bytesAt } = require(${JSON.stringify(path.resolve(__dirname, '../src/index.js'))});
+      (async () => {
+        const region = memoryType('anon').create({ size: 64 * 4096 });
+        await Engine.start({ regions: [{ region, source: sources.callback(() => { throw new Error('gone'); }) }], workers: 1 });
+        const { Worker } = require('node:worker_threads');
+        new Worker('const k=require(' + JSON.stringify(${JSON.stringify(path.resolve(__dirname, '../src/kernel/memory.js'))}) + '); k.bytesAt(' + region.addr + ', 4096)[0];', { eval: true });
+      })();`;
+    const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+    assert.equal(r.signal, 'SIGBUS', `child ended with ${r.signal ?? 'code ' + r.status}: ${r.stderr}`);
+  });
+});
