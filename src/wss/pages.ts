@@ -1,8 +1,8 @@
 // Sparse per-page arrays for huge, mostly empty regions. A region is cut into chunks of
 // CHUNK_PAGES pages; a directory (one Int32 per chunk) maps a chunk to a slot in a pool
 // that grows only when a page of a new chunk is first recorded. Memory is therefore
-// proportional to the chunks ever touched, not to the region: a 1 TiB region costs a 1 MiB
-// directory plus CHUNK_PAGES elements per touched 2 MiB (4 KiB pages).
+// proportional to the chunks ever touched, not to the region: a 1 TiB region costs a 2 MiB
+// directory (4 bytes per 2 MiB chunk) plus CHUNK_PAGES elements per touched chunk (4 KiB pages).
 //
 // SharedPageStates puts both in SharedArrayBuffers (the pool is growable), so a fault
 // handler on another thread sees the same states; only the owning thread allocates chunks.

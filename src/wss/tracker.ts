@@ -194,7 +194,13 @@ export class WssTracker {
     }
     const modes: RegisterMode[] = [];
     const features = new Set<FeatureName>();
-    if (write === 'wp-async') { modes.push('wp'); features.add('WP_ASYNC').add('WP_UNPOPULATED'); }
+    if (write === 'wp-async' || access === 'zap') {
+      // zap without write tracking registers wp too (never armed): a uffd-wp (or minor) VMA
+      // has the kernel's fault-around switched off, which would otherwise map up to 16
+      // neighbouring page-cache pages on every read fault and report them as accessed.
+      modes.push('wp');
+      features.add('WP_ASYNC').add('WP_UNPOPULATED');
+    }
     if (access === 'rwp') { modes.push('rwp'); features.add('RWP').add('RWP_ASYNC'); }
     if (access === 'move') { modes.push('missing'); features.add('MOVE'); }
     if (access === 'minor') modes.push('minor', 'missing');

@@ -56,6 +56,8 @@ function split(r: Range, n: number, P: number): [number, number][] {
 export class Workload {
   readonly sets: WorkloadSets;
   readonly threads: number;
+  /** Per thread: the [start, end) it writes and the one it reads. */
+  readonly slices: { write: [number, number]; read: [number, number] }[] = [];
   private readonly control: Int32Array;
   private readonly stats: Float64Array;
   private readonly workers: Worker[] = [];
@@ -83,6 +85,7 @@ export class Workload {
     const rs = split(sets.read, threads, o.pageSize);
     const ready: Promise<void>[] = [];
     for (let id = 0; id < threads; id++) {
+      wl.slices.push({ write: ws[id], read: rs[id] });
       const w = new Worker(Workload.workerPath(), {
         workerData: { writes: [ws[id]], reads: [rs[id]], pageSize: o.pageSize, control: sab, stats, id, passes: o.passes ?? 0 },
       });
@@ -95,6 +98,17 @@ export class Workload {
     }
     await Promise.all(ready);
     return wl;
+  }
+
+  /**
+   * The byte a thread's last pass left at offset k*8 (k < 64) of each page of its write
+   * slice: pass p writes (p & 0xff) at offset (p & 63) * 8. undefined: never written.
+   */
+  static expectedByte(passes: number, k: number): number | undefined {
+    // the last pass p <= passes with (p & 63) === k, p >= 1
+    let p = passes - ((passes - k) & 63);
+    if (p > passes) p -= 64;
+    return p >= 1 ? p & 0xff : undefined;
   }
 
   /** Passes completed and pages touched so far, summed over threads, and passes per thread. */
