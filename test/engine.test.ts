@@ -396,3 +396,41 @@ describe('engine: bad configuration and source failures', function () {
     assert.equal(r.signal, 'SIGBUS', `child ended with ${r.signal ?? 'code ' + r.status}: ${r.stderr}`);
   });
 });
+
+describe('engine: write-protect faults and the live-snapshot hook', function () {
+  this.timeout(60_000);
+  it('WP faults are resolved by un-protecting, after the hook saw each page as it was before the write', async () => {
+    const size = 1 * MiB;
+    const snap = makeSnapshot(size, 9);
+    const log = path.join(os.tmpdir(), `uffd-engine-wp-${process.pid}.log`);
+    fs.rmSync(log, { force: true });
+    process.env.UFFD_TEST_WP_LOG = log;
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({
+      regions: [{ region, source: sources.buffer(snap), modes: ['missing', 'wp'] }],
+      workers: 2,
+      wpHook: { module: path.resolve(__dirname, 'helpers/wp-hook.js') },
+    });
+    try {
+      await touchAll(region, addressOf(snap), 2); // missing faults: pages arrive writable
+      engine.writeProtect(region.addr, size);
+      await touchAll(region, addressOf(snap), 4, 'random', true); // every write now takes a WP fault
+      const st = engine.stats();
+      const pages = size / PAGE;
+      assert.equal(st.faults.wp, pages, 'one WP fault per page');
+      const lines = fs.readFileSync(log, 'utf8').trim().split('\n');
+      assert.equal(lines.length, pages, 'the hook saw every page once');
+      for (const line of lines) {
+        const [addr, sum] = line.split(' ').map(Number);
+        const p = (addr - region.addr) / PAGE;
+        let want = 0;
+        for (let i = 0; i < PAGE; i += 64) want = (want * 31 + snap[p * PAGE + i]) >>> 0;
+        assert.equal(sum, want, `hook saw page ${p} with its snapshot bytes`);
+      }
+    } finally {
+      await engine.stop({ mode: 'abandon' });
+      region.close();
+      fs.rmSync(log, { force: true });
+    }
+  });
+});

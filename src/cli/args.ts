@@ -11,7 +11,10 @@ export function parseSize(text: string): number {
 
 export function parseArgs<T extends Record<string, unknown>>(args: string[], spec: OptionSpec): T & { _: string[] } {
   const out: Record<string, unknown> = { _: [] };
-  for (const [k, v] of Object.entries(spec)) if (v.default !== undefined) out[k] = v.default;
+  for (const [k, v] of Object.entries(spec)) {
+    if (v.default === undefined) continue;
+    out[k] = v.type === 'size' && typeof v.default === 'string' ? parseSize(v.default) : v.default;
+  }
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (!a.startsWith('--')) { (out._ as string[]).push(a); continue; }
