@@ -4,14 +4,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { memfdCreate, close } from '../src/kernel/memory.js';
+import { openFdCount } from './helpers/restore-fixtures.js';
 import {
   accept, acceptAsync, acceptNonBlocking, closeFds, closeSocket, connectUnix, listenUnix, peerCredentials,
   recvWithFds, sendWithFds, whenReadable, SUN_PATH_MAX,
 } from '../src/kernel/socket.js';
 
-export function openFdCount(): number {
-  return fs.readdirSync('/proc/self/fd').length;
-}
 function fdTarget(fd: number): string {
   return fs.readlinkSync(`/proc/self/fd/${fd}`);
 }
