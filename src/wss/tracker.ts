@@ -267,17 +267,20 @@ export class WssTracker {
   /** Marks pages known and (when `activity`) active in the newest interval; returns pages newly marked active. */
   private mark(h: SparseBytes, first: number, last: number, activity: boolean): number {
     let added = 0;
-    h.forRange(first, last, (idx, _page, n) => {
+    const set = activity ? NEWEST | KNOWN : KNOWN;
+    let p = first;
+    while (p < last) {
+      const chunk = p >>> CHUNK_SHIFT;
+      const end = Math.min((chunk + 1) << CHUNK_SHIFT, last);
+      const base = (h.slot(chunk) << CHUNK_SHIFT) - (chunk << CHUNK_SHIFT);
       const b = h.bytes; // length-tracking: valid after the pool grew
-      if (activity) {
-        for (let i = idx; i < idx + n; i++) {
-          if (!(b[i] & NEWEST)) added++;
-          b[i] |= NEWEST | KNOWN;
-        }
-      } else {
-        for (let i = idx; i < idx + n; i++) b[i] |= KNOWN;
+      for (let i = base + p, n = base + end; i < n; i++) {
+        const x = b[i];
+        if (activity && !(x & NEWEST)) added++;
+        b[i] = x | set;
       }
-    });
+      p = end;
+    }
     return added;
   }
 
@@ -323,14 +326,22 @@ export class WssTracker {
     const tracksWrites = this.write === 'wp-async';
     const present = C.PAGE_IS_PRESENT | (this.isAnon ? C.PAGE_IS_SWAPPED : 0);
     const flags = tracksWrites && access !== 'move' ? C.PM_SCAN_WP_MATCHING | C.PM_SCAN_CHECK_WPASYNC : 0;
+    const base = region.addr;
+    const P = this.pageSize;
     let accessed = 0;
     let written = 0;
     let rearm = 0;
     const activityIsAccess = access !== 'none';
-    const sum = this.scanner.scan(region.addr, region.addr + region.size, {
-      flags, categoryAnyof: present, returnMask: present | C.PAGE_IS_WRITTEN | C.PAGE_IS_PFNZERO,
-    }, (s, e, cats) => {
-      const [first, last] = this.pageRange(s, e);
+    // With writes only, an interval asks for the written pages alone (written, not the zero
+    // page, present or swapped): fewer regions than reporting every present run. The known
+    // set is then what was present at arm() plus what was written since.
+    const writesOnly = !initial && access === 'none';
+    const opts = writesOnly
+      ? { flags, categoryMask: C.PAGE_IS_WRITTEN | C.PAGE_IS_PFNZERO, categoryInverted: C.PAGE_IS_PFNZERO, categoryAnyof: present, returnMask: C.PAGE_IS_WRITTEN }
+      : { flags, categoryAnyof: present, returnMask: present | C.PAGE_IS_WRITTEN | C.PAGE_IS_PFNZERO };
+    const sum = this.scanner.scan(region.addr, region.addr + region.size, opts, (s, e, cats) => {
+      const first = Math.floor((s - base) / P);
+      const last = Math.ceil((e - base) / P);
       const isWritten = tracksWrites && (cats & C.PAGE_IS_WRITTEN) !== 0 && (cats & C.PAGE_IS_PFNZERO) === 0;
       if (initial) {
         this.mark(this.hist, first, last, false);
