@@ -18,8 +18,8 @@ import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
-  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_FILLING,
-  PAGE_MISSING, PageStates, Ring,
+  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_PRESENT,
+  PageStates, Ring,
 } from './shared.js';
 
 export interface EngineRegion {
@@ -277,7 +277,11 @@ export class Engine extends EventEmitter {
         if (start < r.start + r.size && r.start < start + size) throw new ConfigError(`${what} overlaps another region`);
       }
       if (!spec.source) throw new ConfigError(`${what}: no source given (use sources.zero(), buffer(), file(), pageCache() or callback())`);
-      const source = openSource(spec.source, size, what);
+      // A huge-page UFFDIO_COPY whose source page is not mapped yet needs a spare huge page
+      // (the kernel copies through a temporary one) and fails ENOMEM when exactly enough are
+      // reserved: map file sources of hugetlb regions populated.
+      const src = spec.source.kind === 'file' && pageSize > PAGE_SIZE ? { ...spec.source, populate: true } : spec.source;
+      const source = openSource(src, size, what);
       opened.push(source);
       const type = memoryType(typeName);
       const noZeropage = !type.ops.includes('zeropage');
@@ -416,16 +420,7 @@ export class Engine extends EventEmitter {
 
   /** Pages not yet filled (MISSING or being filled). Scans the table: not for the hot path. */
   pagesMissing(): number {
-    let n = 0;
-    const total = this.setup.totalPages;
-    for (let g = 0; g < total;) {
-      g = this.states.nextMissing(g, total);
-      if (g < 0) break;
-      n++;
-      g++;
-    }
-    for (let g = 0; g < total; g++) if (this.states.get(g) === PAGE_FILLING) n++;
-    return n;
+    return this.states.countBelow(PAGE_PRESENT);
   }
 
   /** The state of global page g (0 missing, 1 filling, 2 present, 3 dropped). */

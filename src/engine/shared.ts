@@ -144,6 +144,23 @@ export class PageStates {
     out.fill(0);
     for (let p = first; p < first + count; p++) out[this.get(p)]++;
   }
+  /** Pages whose state is below `limit` (limit PRESENT: MISSING or FILLING), a word at a time. */
+  countBelow(limit: number): number {
+    let n = 0;
+    const full = this.pages >>> 4;
+    for (let w = 0; w < full; w++) {
+      const v = Atomics.load(this.words, w);
+      if (v === -1) continue; // all DROPPED
+      if (limit === PAGE_PRESENT) {
+        // A field is below PRESENT when its high bit is clear.
+        n += 16 - popcount((v >>> 1) & 0x55555555);
+      } else {
+        for (let i = 0; i < 16; i++) if (((v >>> (i << 1)) & 3) < limit) n++;
+      }
+    }
+    for (let p = full << 4; p < this.pages; p++) if (this.get(p) < limit) n++;
+    return n;
+  }
   /** First page at or after `from` (below `end`) in state MISSING, or -1. Skips whole words. */
   nextMissing(from: number, end: number): number {
     let p = from;
@@ -237,4 +254,10 @@ export function histogramPercentile(hist: ArrayLike<number>, q: number): number 
     if (acc >= target) return 2 ** (i + 1);
   }
   return 2 ** hist.length;
+}
+
+function popcount(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return (Math.imul((x + (x >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24);
 }
