@@ -392,6 +392,16 @@ export async function runNative(options: NativeOptions, run: RunOptions = {}): P
   return launch<NativeResult>(bin, nativeArgs(options), run.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'uffd-bench').result;
 }
 
+/**
+ * runNative, but returning the process as soon as it is spawned (its pid lets a caller
+ * sample /proc/PID while it runs; `result` settles as runNative's promise would).
+ */
+export async function startNative(options: NativeOptions, run: RunOptions = {}): Promise<NativeProcess<NativeResult>> {
+  if (options.handler === 'external') throw new Error('startNative: use startExternal for handler "external"');
+  const bin = run.binary ?? await nativeBinary();
+  return launch<NativeResult>(bin, nativeArgs(options), run.timeoutMs ?? DEFAULT_TIMEOUT_MS, 'uffd-bench');
+}
+
 /** Plain kernel page faults without userfaultfd, on the same workload: the ceiling. */
 export async function runPlainFaults(options: NativeWorkload, run: RunOptions = {}): Promise<NativeResult> {
   return runNative({ ...options, handler: 'none' }, run);
