@@ -18,6 +18,7 @@
 // the handler serves them back, byte-exact, on the next touch.
 import * as C from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
+import { ERRNO } from '../kernel/libc.js';
 import {
   close as closeFd, ftruncate, madvise, mapAnonymous, memcpy, memfdCreate, mmap, munmap, openFile, preadTo, punchHole,
 } from '../kernel/memory.js';
@@ -676,35 +677,54 @@ export class WssTracker {
     if (!this.states || !this.uffd) return { moved: 0, copied: 0 };
     const P = this.pageSize;
     const uffd = this.uffd;
+    const states = this.states;
+    const protect = this.write === 'wp-async';
     let moved = 0;
     let copied = 0;
-    const protect = this.write === 'wp-async';
-    const pending: number[] = [];
-    this.states.forEachIn(PS_HELD, (p) => pending.push(p));
-    for (const p of pending) {
-      if (this.states.cas(p, PS_HELD, PS_SERVING) !== PS_HELD) continue;
-      const off = p * P;
-      try {
-        uffd.move(this.region.addr + off, this.holdingAddr + off, P, 0);
-        if (uffd.lastErrno === 0) {
-          moved++;
-          if (protect) uffd.writeprotect(this.region.addr + off, P, true);
-        }
-      } catch {
-        // ENOENT: a hole was held: nothing to bring back
+    // Claim pages in address order and put each contiguous run back with one ioctl.
+    const each = (state: number, put: (first: number, last: number) => void) => {
+      const pages: number[] = [];
+      states.forEachIn(state, (p) => pages.push(p));
+      pages.sort((a, b) => a - b);
+      let runStart = -1;
+      let prev = -2;
+      for (let i = 0; i <= pages.length; i++) {
+        const p = i < pages.length ? pages[i] : -1;
+        const claimed = p >= 0 && states.cas(p, state, PS_SERVING) === state;
+        if (claimed && p === prev + 1 && runStart >= 0) { prev = p; continue; }
+        if (runStart >= 0) put(runStart, prev + 1);
+        runStart = claimed ? p : -1;
+        prev = claimed ? p : -2;
       }
-      this.states.set(p, PS_NONE);
-    }
-    pending.length = 0;
-    this.states.forEachIn(PS_EVICTED, (p) => pending.push(p));
-    for (const p of pending) {
-      if (this.states.cas(p, PS_EVICTED, PS_SERVING) !== PS_EVICTED) continue;
-      const off = p * P;
-      uffd.copy(this.region.addr + off, this.storeAddr + off, P, protect ? C.UFFDIO_COPY_MODE_WP : 0);
-      if (uffd.lastErrno === 0) copied++;
-      punchHole(this.storeFd, off, P);
-      this.states.set(p, PS_NONE);
-    }
+    };
+    each(PS_HELD, (first, last) => {
+      const off = first * P;
+      const len = (last - first) * P;
+      let done = 0;
+      for (let tries = 0; done < len && tries < 100; tries++) {
+        try {
+          done += uffd.move(this.region.addr + off + done, this.holdingAddr + off + done, len - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+          if (uffd.lastErrno === ERRNO.EEXIST) done += P; // cannot happen while states are consistent
+        } catch {
+          break; // a page already present at the destination: leave the rest to the faults
+        }
+      }
+      if (protect) uffd.writeprotect(this.region.addr + off, len, true);
+      moved += done / P;
+      for (let p = first; p < last; p++) states.set(p, PS_NONE);
+    });
+    each(PS_EVICTED, (first, last) => {
+      const off = first * P;
+      const len = (last - first) * P;
+      let done = 0;
+      for (let tries = 0; done < len && tries < 100; tries++) {
+        done += uffd.copy(this.region.addr + off + done, this.storeAddr + off + done, len - done, protect ? C.UFFDIO_COPY_MODE_WP : 0);
+        if (uffd.lastErrno === ERRNO.EEXIST) done += P; // filled meanwhile: skip that page
+      }
+      copied += last - first;
+      punchHole(this.storeFd, off, len);
+      for (let p = first; p < last; p++) states.set(p, PS_NONE);
+    });
     return { moved, copied };
   }
 
