@@ -108,7 +108,7 @@ export async function run(args: string[]): Promise<number> {
     const head = ' int    ms   written  accessed  WSS MiB    hot   warm    cold  evicted  scan ms  rearm ms  faults  guest Mpg/s  exact';
     log(head);
     const frames: HeatFrame[] = [];
-    const rows: (IntervalStats & { guestPagesPerSec: number; exact: boolean | null; evictedNow: number })[] = [];
+    const rows: (IntervalStats & { guestPagesPerSec: number; exact: boolean | null; evictedNow: number; evictMs: number })[] = [];
     const expectedWritten = [sets.write];
     const expectedAccessed = [sets.write, sets.read].sort((a, b) => a.start - b.start);
     const t0 = performance.now();
@@ -131,8 +131,9 @@ export async function run(args: string[]): Promise<number> {
       prevThread = prog.perThread;
       const exact = (tracker.write === 'none' && !tracker.seesReads) || !fullPass ? null : wOk && aOk;
       let evictedNow = 0;
-      if (o.evict) evictedNow = tracker.evictCold({ how: 'store' }).pages;
-      rows.push({ ...st, guestPagesPerSec: guest, exact, evictedNow });
+      let evictMs = 0;
+      if (o.evict) ({ pages: evictedNow, ms: evictMs } = tracker.evictCold({ how: 'store' }));
+      rows.push({ ...st, guestPagesPerSec: guest, exact, evictedNow, evictMs });
       log(`${String(st.interval).padStart(4)} ${st.elapsedMs.toFixed(0).padStart(5)} ${String(st.written ?? '-').padStart(9)} ` +
         `${String(st.accessed ?? '-').padStart(9)} ${mib(st.wssBytes).padStart(8)} ${String(st.hot).padStart(6)} ${String(st.warm).padStart(6)} ` +
         `${String(st.cold).padStart(7)} ${String(st.evicted + evictedNow).padStart(8)} ${st.scanMs.toFixed(2).padStart(8)} ` +
@@ -185,7 +186,12 @@ export async function run(args: string[]): Promise<number> {
         `scan ${summary.meanScanMs.toFixed(2)} ms per interval (${summary.meanMsPerGiB.toFixed(2)} ms/GiB, ` +
         `${(summary.meanPagesPerSec / 1e6).toFixed(0)} M pages/s), re-arm ${summary.meanRearmMs.toFixed(2)} ms; ` +
         `tracker state ${(footprint / 1024).toFixed(0)} KiB`);
-      if (o.evict) log(`evicted pages restored on close, cold bytes intact: ${coldIntact ? 'yes' : 'NO'}`);
+      if (o.evict) {
+        const n = rows.reduce((a, r) => a + r.evictedNow, 0);
+        const ms = rows.reduce((a, r) => a + r.evictMs, 0);
+        log(`evicted ${n} pages (${mib(n * P)} MiB) in ${ms.toFixed(0)} ms; served back on touch: ${handler?.fromStore ?? 0}; ` +
+          `restored on close, cold bytes intact: ${coldIntact ? 'yes' : 'NO'}`);
+      }
       if (o.heatmap) log(`heatmap: ${o.heatmap}`);
     }
     return rows.every((r) => r.exact !== false) && coldIntact ? 0 : 1;
