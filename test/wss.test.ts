@@ -8,7 +8,6 @@
 // The tests touch tracked memory from the main thread: every method that needs a fault
 // handler runs it on its own worker thread, so the main thread can block on a fault.
 import * as assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as C from '../src/kernel/constants.js';
 import { ConfigError, UffdError, UnsupportedError } from '../src/kernel/errors.js';
 import { bytesAt, mapAnonymous, munmap } from '../src/kernel/memory.js';
@@ -23,10 +22,9 @@ import { SharedPageStates, SparseBytes, PS_EVICTED, PS_HELD, PS_NONE } from '../
 import { K, TrapServer } from '../src/wss/serve.js';
 import { Range, TrackerOptions, WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
+import { reserveHugePages } from './helpers/hugetlb.js';
 
 const P4K = C.PAGE_SIZE;
-const HUGE_KIB = 2048;
-const HUGE_NR = `/sys/kernel/mm/hugepages/hugepages-${HUGE_KIB}kB/nr_hugepages`;
 
 /** Byte at offset `o` of page `p` before tracking starts (a pattern, never zero). */
 const initial = (p: number, o: number) => ((p * 31 + o * 7) % 251) + 1;
@@ -101,24 +99,6 @@ async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: 
     }
     const w8 = p === 4 ? 0xdd : [1, 2, populated + 3].includes(p) ? 0xee : 0;
     assert.equal(b[p * P + 8], w8, `page ${p} offset 8`);
-  }
-}
-
-/** Reserves `n` more 2 MiB hugetlb pages for the duration of a suite; returns a release function, or undefined. */
-function reserveHugePages(n: number): (() => void) | undefined {
-  try {
-    const before = Number(fs.readFileSync(HUGE_NR, 'utf8'));
-    fs.writeFileSync(HUGE_NR, String(before + n));
-    const after = Number(fs.readFileSync(HUGE_NR, 'utf8'));
-    const got = after - before;
-    const release = () => {
-      const now = Number(fs.readFileSync(HUGE_NR, 'utf8'));
-      fs.writeFileSync(HUGE_NR, String(Math.max(0, now - got)));
-    };
-    if (got < n) { release(); return undefined; }
-    return release;
-  } catch {
-    return undefined;
   }
 }
 
@@ -199,11 +179,12 @@ describe('wss: known access patterns, every method this kernel supports', functi
   describe('hugetlbfs (2 MiB pages, reserved for this suite)', function () {
     let release: (() => void) | undefined;
     before(function () {
-      release = reserveHugePages(16);
-      if (!release) {
-        console.log('      could not reserve 2 MiB hugetlb pages here');
+      const r = reserveHugePages(16);
+      if (!r.ok) {
+        console.log(`      hugetlbfs cases skipped: ${r.reason}`);
         this.skip();
       }
+      release = r.release;
     });
     after(() => release?.());
     for (const [access, reads] of [['none', false], ['zap', true], ['minor', true]] as const) {
