@@ -306,6 +306,19 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
   it('anon (move trap, store, UFFDIO_MOVE/COPY back)', () => evictLoop('anon', P4K, 256));
   it('shmem/memfd (minor trap, save + punch hole, UFFDIO_COPY back)', () => evictLoop('shmem', P4K, 256));
 
+  it('hugetlbfs (2 MiB pages, minor trap, save + punch hole, UFFDIO_COPY back)', async function () {
+    const r = reserveHugePages(16);
+    if (!r.ok) {
+      console.log(`      skipped: ${r.reason}`);
+      this.skip();
+    }
+    try {
+      await evictLoop('hugetlbfs', C.HUGE_PAGE_2M, 16);
+    } finally {
+      r.release();
+    }
+  });
+
   it('anon: MADV_COLD / MADV_PAGEOUT hints on cold pages keep every byte', async () => {
     const region = memoryType('anon').create({ size: 64 * P4K });
     try {

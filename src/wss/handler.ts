@@ -27,6 +27,8 @@ export class TrapHandler {
     this.counters = counters;
     this.exited = new Promise((resolve) => worker.once('exit', resolve));
     worker.on('message', (m: { error?: string }) => { if (m.error) this.errors.push(m.error); });
+    // An uncaught exception in the handler must not take the process down: record it.
+    worker.on('error', (e: Error) => { this.errors.push(e.message); });
   }
 
   static workerPath(): string {
@@ -41,7 +43,18 @@ export class TrapHandler {
       workerData: { ...opts, counters, stopFd, spinMicros: opts.spinMicros ?? 50 },
     });
     const h = new TrapHandler(worker, stopFd, new Int32Array(counters));
-    await new Promise<void>((resolve, reject) => {
+    try {
+      await h.ready(worker);
+    } catch (e) {
+      await worker.terminate();
+      close(stopFd);
+      throw e;
+    }
+    return h;
+  }
+
+  private ready(worker: Worker): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
       const onMsg = (m: { ready?: boolean }) => { if (m.ready) { cleanup(); resolve(); } };
       const onErr = (e: Error) => { cleanup(); reject(e); };
       const onExit = (code: number) => { cleanup(); reject(new Error(`wss fault handler exited with code ${code} before it was ready`)); };
@@ -50,7 +63,6 @@ export class TrapHandler {
       worker.once('error', onErr);
       worker.once('exit', onExit);
     });
-    return h;
   }
 
   stats(): Record<CounterName, number> {
