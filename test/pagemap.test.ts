@@ -96,6 +96,10 @@ describe('PAGEMAP_SCAN (Scanner)', function () {
       assert.ok(sum.calls >= 11, `expected >= 11 ioctls for 32 regions in a vector of 3, got ${sum.calls}`);
       assert.equal(sum.walkEnd, a + n * P);
       for (let i = 0; i < 32; i++) assert.deepEqual([got[2 * i], got[2 * i + 1]], [2 * i, 2 * i + 1]);
+      // the generator form yields the same regions
+      const gen = [...small.regions(a, a + n * P, { categoryMask: C.PAGE_IS_PRESENT })];
+      assert.equal(gen.length, 32);
+      assert.deepEqual([(gen[31].start - a) / P, (gen[31].end - a) / P], [62, 63]);
       // maxPages stops the walk after that many matching pages
       const lim = small.scan(a, a + n * P, { categoryMask: C.PAGE_IS_PRESENT, maxPages: 5 });
       assert.equal(lim.bytes, 5 * P);

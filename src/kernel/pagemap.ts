@@ -262,6 +262,35 @@ export class Scanner {
     return out;
   }
 
+  /**
+   * Yields the matching regions one by one (an object per region: for tests, tools and small
+   * ranges; periodic scanners use scan() with a callback). Each ioctl's vector is copied out
+   * before the next call, so the caller may scan again while iterating.
+   */
+  *regions(start: number, end: number, o: ScanOptions = {}): Generator<PageRegion> {
+    checkRange(start, end);
+    let pos = start;
+    let budget = o.maxPages ?? 0;
+    let found = 0;
+    while (pos < end) {
+      const n = this.scanRaw(pos, end, o, budget);
+      const batch: PageRegion[] = [];
+      for (let i = 0; i < n; i++) {
+        const r = { start: this.regionStart(i), end: this.regionEnd(i), categories: this.regionCategories(i) };
+        found += r.end - r.start;
+        batch.push(r);
+      }
+      const walkEnd = this.lastWalkEnd;
+      yield* batch;
+      if (walkEnd >= end || walkEnd <= pos) break;
+      pos = walkEnd;
+      if (budget) {
+        budget = (o.maxPages ?? 0) - found / PAGE_SHIFT_DIV;
+        if (budget <= 0) break;
+      }
+    }
+  }
+
   /** Bytes in [start, end) that match, without building regions. */
   countBytes(start: number, end: number, o: ScanOptions = {}): number {
     return this.scan(start, end, o).bytes;
