@@ -557,6 +557,8 @@ export interface CaseOptions {
   hooks?: Hooks;
   /** Keep source files between cases (the suite reuses them); caller removes the dir. */
   tmpDir?: string;
+  /** c (default): the C program faults; js: JavaScript faulting threads, engine side only (automatic without a C compiler). */
+  workload?: 'c' | 'js';
 }
 
 const sourceCache = new Map<string, string>();
@@ -591,19 +593,32 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
   const hooks = opts.hooks ?? {};
   const notes: string[] = [];
   const note = (n: string) => { notes.push(n); hooks.onNote?.(n); };
-  const { binary, skipped } = await resolveBinary(opts.binary);
+  let { binary, skipped } = opts.workload === 'js' ? { binary: null, skipped: 'the JavaScript workload was asked for (--workload js)' }
+    : await resolveBinary(opts.binary);
   if (!binary) {
-    // The faulting workload itself is the C program: without a compiler there is nothing to serve.
-    throw new Error(`the benchmark's faulting workload is the C program bench/native/uffd-bench.c, which cannot be built here: ${skipped}`);
+    // The faulting workload is the C program: without it, the engine side runs with
+    // JavaScript faulting threads and there is no native side.
+    const { jsWorkloadProblem } = await import('./js-workload.js');
+    const why = jsWorkloadProblem(cfg);
+    if (why) throw new Error(`the C workload cannot be used (${skipped}), and ${why}`);
+    note(`native side skipped: ${skipped}. The engine side ran with JavaScript faulting threads in its own process ` +
+      '(workers/toucher.js), which is not the C workload: compare these figures with nothing but each other');
+    binary = null;
+    skipped = `skipped: ${skipped}`;
   }
   const ownDir = !opts.tmpDir;
   const tmpDir = opts.tmpDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-bench-'));
   const hooksWithNotes: Hooks = { ...hooks, onNote: note };
   try {
-    const sourceFile = await sourceFileFor(cfg, tmpDir, binary);
-    const env: RunEnv = { binary, tmpDir, sourceFile };
-    const nativeOn = !opts.noNative && cfg.reference !== null;
-    const nativeSkipped = nativeOn ? null : opts.noNative ? 'skipped (--no-native)' : 'no reference handler for this case';
+    const sourceFile = binary ? await sourceFileFor(cfg, tmpDir, binary) : null;
+    const env: RunEnv = { binary: binary ?? '', tmpDir, sourceFile };
+    const nativeOn = !!binary && !opts.noNative && cfg.reference !== null;
+    const nativeSkipped = nativeOn ? null : !binary ? skipped : opts.noNative ? 'skipped (--no-native)' : 'no reference handler for this case';
+    const runEngine = async (rep: number): Promise<SideRun> => {
+      if (binary) return runEngineSide(cfg, env, rep, hooksWithNotes);
+      const { runEngineJsSide } = await import('./js-workload.js');
+      return runEngineJsSide(cfg, rep);
+    };
     const runs: SideRun[] = [];
     const total = cfg.repeat * (nativeOn ? 2 : 1);
     let index = 0;
@@ -612,14 +627,14 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
       const order: ('native' | 'engine')[] = !nativeOn ? ['engine'] : rep % 2 ? ['native', 'engine'] : ['engine', 'native'];
       for (const side of order) {
         hooks.onRunStart?.(`${cfg.name}: ${side} ${rep}/${cfg.repeat}`, ++index, total);
-        const run = side === 'engine' ? await runEngineSide(cfg, env, rep, hooksWithNotes) : await runNativeSide(cfg, env, rep, hooksWithNotes);
+        const run = side === 'engine' ? await runEngine(rep) : await runNativeSide(cfg, env, rep, hooksWithNotes);
         runs.push(run);
         hooks.onRunEnd?.(run);
         if (run.mismatches) note(`${side} run ${rep}: ${run.mismatches} page(s) did not verify (first bad byte count ${run.mismatchBytes})`);
       }
     }
     let memcpy: CaseResult['memcpy'] = null;
-    if (cfg.memcpy > 0) {
+    if (cfg.memcpy > 0 && binary) {
       hooks.onRunStart?.(`${cfg.name}: memcpy ${formatBytes(cfg.memcpy)}`, index, total);
       const m = await runMemcpy(cfg.memcpy, { binary, timeoutMs: 120_000 });
       memcpy = { size: m.size, gibPerSec: m.gibPerSec, mbPerSec: m.gibPerSec * 1024 };
