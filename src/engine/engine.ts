@@ -72,6 +72,11 @@ export interface EngineOptions {
   callbackTimeoutMs?: number;
   /** Extra userfaultfd features to request when the engine creates the uffd (e.g. EVENT_FORK). */
   features?: FeatureName[];
+  /**
+   * Runs after the shared tables exist and before any engine thread starts (awaited):
+   * attach an observer of `engine.setup.states` that must see every fill from the first.
+   */
+  beforeLaunch?: (engine: Engine) => void | Promise<void>;
 }
 
 export interface StopOptions {
@@ -308,6 +313,7 @@ export class Engine extends EventEmitter {
   static async start(opts: EngineOptions): Promise<Engine> {
     const e = new Engine(opts);
     try {
+      await opts.beforeLaunch?.(e);
       await e.launch();
     } catch (err) {
       await e.stop({ mode: 'abandon' }).catch(() => undefined);
