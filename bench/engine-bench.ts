@@ -28,7 +28,7 @@ import { receiveHandshake } from '../src/restore/server.js';
 import { PageSource, sources } from '../src/sources/index.js';
 import {
   AccessPattern, buildNative, FaultKind, HistogramBucket, MemType, NativeOptions, NativeProcess, NativeResult, PhaseResult,
-  runMemcpy, startExternal, startNative, writeSource,
+  runMemcpy, runPlainFaults, startExternal, startNative, writeSource,
 } from './native.js';
 
 export type BenchType = 'anon' | 'memfd' | 'hugetlbfs';
@@ -64,6 +64,8 @@ export interface BenchConfig {
   reference: ReferenceHandler | null;
   /** Measure memcpy bandwidth on this many bytes (0: no). */
   memcpy: number;
+  /** Also run the same region with plain kernel write faults (no userfaultfd): the kernel's own fill rate. */
+  plainFaults?: boolean;
   seed: number;
   /** Per-run limit (default from the size). */
   timeoutMs?: number;
@@ -82,6 +84,8 @@ export interface LatencyFigures { p50: number; p90: number; p99: number; max: nu
 /** The figures of one phase (initial population, or the bounce rounds) of one run. */
 export interface PhaseFigures {
   elapsedSec: number;
+  /** The C program's own elapsed time, when elapsedSec was charged with the engine's head start. */
+  rawElapsedSec?: number;
   /** Pages first-touched by the faulting threads. */
   pages: number;
   /** First touches served per second (each is a fault unless prefetch got there first). */
@@ -105,6 +109,10 @@ export interface EngineInfo {
   startSec: number;
   /** From engine ready to the acknowledgement sent (the head start background prefetch had), ms. */
   ackDelayMs: number;
+  /** Pages the engine had filled before the workload was told to start (background prefetch). */
+  headStartPages: number;
+  /** Seconds added to the engine's initial phase for that head start (prefetch only). */
+  headStartSec: number;
   faults: EngineStats['faults'];
   pages: EngineStats['pages'];
   inline: number;
@@ -189,6 +197,8 @@ export interface CaseResult {
     memcpy: number | null;
   };
   memcpy: { size: number; gibPerSec: number; mbPerSec: number } | null;
+  /** Plain kernel write faults on the same region and threads (no userfaultfd): pages the kernel allocates itself. */
+  plainFaults: { pagesPerSec: number; mbPerSec: number; p50: number } | null;
   notes: string[];
 }
 
@@ -302,6 +312,11 @@ export function residentBytes(pid: number): number {
   return a || s ? kb * 1024 : -1;
 }
 
+/** CLOCK_MONOTONIC in ns (as a number): the clock the C program stamps its phases with. */
+export function monoNs(): number {
+  return Number(process.hrtime.bigint());
+}
+
 class Sampler {
   readonly samples: Sample[] = [];
   private timer: NodeJS.Timeout | null = null;
@@ -319,7 +334,7 @@ class Sampler {
   sample(): void {
     const b = residentBytes(this.pid);
     if (b < 0) return;
-    this.samples.push({ t: (performance.now() - this.t0) / 1000, bytes: b });
+    this.samples.push({ t: (monoNs() - this.t0) / 1e9, bytes: b });
     if (this.last >= 0 && b > this.last) this.grown += b - this.last;
     this.last = b;
     if (this.onProgress && this.expectBytes > 0) this.onProgress(Math.min(1, this.grown / this.expectBytes));
@@ -349,13 +364,15 @@ function phaseFigures(p: PhaseResult, handlerCpuSec: number | null, handlerFault
   };
 }
 
-function phaseWindow(r: NativeResult, exitT: number): { start: number; end: number } {
-  // The program verifies (verifySec) and prints after the last phase; the phases end
-  // about verifySec before it exits. With bounce the rounds (and the re-faulting between
-  // them) precede that.
+/** The measured phases on the samples' clock (seconds since t0Ns), from the program's own timestamps. */
+function phaseWindow(r: NativeResult, t0Ns: number, exitT: number): { start: number; end: number } {
+  if (r.phaseStartNs > 0 && r.phaseEndNs >= r.phaseStartNs) {
+    return { start: (r.phaseStartNs - t0Ns) / 1e9, end: (r.phaseEndNs - t0Ns) / 1e9 };
+  }
+  // An older binary without the timestamps: the phases end about verifySec before it exits.
   const end = Math.max(0, exitT - r.verifySec - 0.005);
   const span = r.elapsedSec + (r.steady ? r.steady.elapsedSec : 0);
-  return { start: Math.max(0, end - span * (r.steady ? 1.15 : 1)), end };
+  return { start: Math.max(0, end - span), end };
 }
 
 function spread(xs: number[]): Spread {
@@ -408,7 +425,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
   const listenFd = listenUnix(sock);
   const eventRemove = needsEventRemove(cfg);
   const features = externalFeatures(cfg, eventRemove);
-  const t0 = performance.now();
+  const t0 = monoNs();
   let proc: NativeProcess<NativeResult> | null = null;
   let engine: Engine | null = null;
   let conn = -1;
@@ -450,25 +467,33 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     const expect = cfg.size + cfg.bounce * bouncePages(cfg) * cfg.pageSize;
     sampler = new Sampler(child.child.pid ?? -1, t0, cfg.kind === 'wp' ? 0 : expect, hooks.onRunProgress);
     sampler.start();
+    const atAck = engine.stats();
     sendWithFds(conn, Uint8Array.of(1));
     const ackDelayMs = performance.now() - tReady;
     const result = await child.result;
-    const exitT = (performance.now() - t0) / 1000;
+    const exitT = (monoNs() - t0) / 1e9;
     sampler.stop();
     const stats = await engine.stop({ mode: 'abandon' });
     engine = null;
     const info = engineInfo(before, stats, (tReady - tStart) / 1000, ackDelayMs, features);
+    info.headStartPages = atAck.pages.total;
+    // Background prefetch starts the moment the workers are up, before the workload has
+    // been told to go: charge that head start (engine.start polls readiness every 2 ms)
+    // to the engine's initial phase, so prefilled pages are not free.
+    info.headStartSec = cfg.prefetch ? (ackDelayMs + 2) / 1000 : 0;
     // The engine process's CPU during each phase, measured by the C program from
     // /proc/PID/task/*/schedstat; the engine's own thread clocks when that is unavailable.
     const threadCpu = info.dispatcherCpuSec + info.workersCpuSec.reduce((s, v) => s + v, 0);
     const initialCpu = result.peerCpuSec ?? (result.steady ? null : threadCpu);
+    const initial = phaseFigures(result, initialCpu, result.steady ? null : stats.faults.total);
+    if (info.headStartSec > 0) chargeHeadStart(initial, info.headStartSec, cfg.pageSize);
     const run: SideRun = {
       side: 'engine', handler: `engine (${cfg.workers} worker${cfg.workers > 1 ? 's' : ''})`, rep,
-      initial: phaseFigures(result, initialCpu, result.steady ? null : stats.faults.total - before.faults.total),
+      initial,
       steady: result.steady ? phaseFigures(result.steady, result.steady.peerCpuSec, null) : null,
       mismatches: result.mismatches, mismatchBytes: result.mismatchBytes, verifiedBytes: result.verifiedBytes,
       setupSec: result.setupSec, verifySec: result.verifySec, wallSec: exitT,
-      samples: sampler.samples, phaseWindow: phaseWindow(result, exitT), engine: info,
+      samples: sampler.samples, phaseWindow: phaseWindow(result, t0, exitT), engine: info,
       features: result.features, pid: child.child.pid ?? null,
     };
     if (BigInt(result.features) !== featureMask(features)) {
@@ -490,8 +515,21 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
   }
 }
 
+/** Adds `sec` to a phase's elapsed time and recomputes its rates. */
+function chargeHeadStart(p: PhaseFigures, sec: number, pageSize: number): void {
+  p.rawElapsedSec = p.elapsedSec;
+  p.elapsedSec += sec;
+  p.faultsPerSec = p.pages / p.elapsedSec;
+  p.pagesPerSec = p.pages / p.elapsedSec;
+  p.mbPerSec = (p.pages * pageSize) / p.elapsedSec / MiB;
+}
+
+/**
+ * The engine's counters over its whole life (it was made for this run), thread CPU
+ * from `a` (engine ready: excludes thread start-up) to `b` (stopped).
+ */
 function engineInfo(a: EngineStats, b: EngineStats, startSec: number, ackDelayMs: number, features: FeatureName[]): EngineInfo {
-  const d = (x: number, y: number) => y - x;
+  const d = (_x: number, y: number) => y;
   const faults = {
     missing: d(a.faults.missing, b.faults.missing), minor: d(a.faults.minor, b.faults.minor), wp: d(a.faults.wp, b.faults.wp),
     rwp: d(a.faults.rwp, b.faults.rwp), total: d(a.faults.total, b.faults.total),
@@ -509,8 +547,9 @@ function engineInfo(a: EngineStats, b: EngineStats, startSec: number, ackDelayMs
     ioctls: d(a.ioctls, b.ioctls), eexist: d(a.eexist, b.eexist), spurious: d(a.spurious, b.spurious),
     retries: d(a.retries, b.retries), wakes: d(a.wakes, b.wakes), events: d(a.events, b.events), errors: d(a.errors, b.errors),
     incidents: [],
-    dispatcherCpuSec: d(a.dispatcher.cpuSec, b.dispatcher.cpuSec),
-    workersCpuSec: b.workers.map((w, i) => d(a.workers[i]?.cpuSec ?? 0, w.cpuSec)),
+    dispatcherCpuSec: b.dispatcher.cpuSec - a.dispatcher.cpuSec,
+    workersCpuSec: b.workers.map((w, i) => w.cpuSec - (a.workers[i]?.cpuSec ?? 0)),
+    headStartPages: 0, headStartSec: 0,
     faultsPerRead: reads > 0 ? faults.total / reads : 0,
     inlineShare: inline + handoffs > 0 ? inline / (inline + handoffs) : 0,
     latencyUs: { p50: b.latencyUs.p50, p90: b.latencyUs.p90, p99: b.latencyUs.p99, max: b.latencyUs.max },
@@ -521,7 +560,7 @@ function engineInfo(a: EngineStats, b: EngineStats, startSec: number, ackDelayMs
 /** One run of the same workload served by the C program's own handler (native or fc). */
 export async function runNativeSide(cfg: BenchConfig, env: RunEnv, rep: number, hooks: Hooks = {}): Promise<SideRun> {
   const handler = cfg.reference ?? 'native';
-  const t0 = performance.now();
+  const t0 = monoNs();
   const proc = await startNative({
     ...workload(cfg, env.sourceFile), handler, handlers: handler === 'native' ? cfg.workers : undefined,
   }, { binary: env.binary, timeoutMs: runTimeoutMs(cfg) });
@@ -534,7 +573,7 @@ export async function runNativeSide(cfg: BenchConfig, env: RunEnv, rep: number, 
   } finally {
     sampler.stop();
   }
-  const exitT = (performance.now() - t0) / 1000;
+  const exitT = (monoNs() - t0) / 1e9;
   return {
     side: 'native',
     handler: handler === 'fc' ? 'native fc (Firecracker example, 1 thread, page at a time)' : `native (${cfg.workers} handler thread${cfg.workers > 1 ? 's' : ''})`,
@@ -543,7 +582,7 @@ export async function runNativeSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     steady: result.steady ? phaseFigures(result.steady, result.steady.handlerCpuSec, result.steady.handled?.faults ?? null) : null,
     mismatches: result.mismatches, mismatchBytes: result.mismatchBytes, verifiedBytes: result.verifiedBytes,
     setupSec: result.setupSec, verifySec: result.verifySec, wallSec: exitT,
-    samples: sampler.samples, phaseWindow: phaseWindow(result, exitT), features: result.features, pid: proc.child.pid ?? null,
+    samples: sampler.samples, phaseWindow: phaseWindow(result, t0, exitT), features: result.features, pid: proc.child.pid ?? null,
   };
 }
 
@@ -639,6 +678,13 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
       const m = await runMemcpy(cfg.memcpy, { binary, timeoutMs: 120_000 });
       memcpy = { size: m.size, gibPerSec: m.gibPerSec, mbPerSec: m.gibPerSec * 1024 };
     }
+    let plainFaults: CaseResult['plainFaults'] = null;
+    if (cfg.plainFaults && binary && cfg.kind === 'missing') {
+      hooks.onRunStart?.(`${cfg.name}: plain kernel faults ${formatBytes(cfg.size)}`, index, total);
+      const p = await runPlainFaults({ type: cType(cfg.type), size: cfg.size, pageSize: cfg.type === 'hugetlbfs' ? cfg.pageSize : undefined,
+        threads: cfg.threads, access: cAccess(cfg.pattern), touch: 'write', seed: cfg.seed }, { binary, timeoutMs: runTimeoutMs(cfg) });
+      plainFaults = { pagesPerSec: p.pagesPerSec, mbPerSec: p.mbPerSec, p50: p.latencyUs.p50 };
+    }
     const eng = runs.filter((r) => r.side === 'engine');
     const nat = runs.filter((r) => r.side === 'native');
     const engine = eng.length ? { initial: summarize(eng, 'initial') as SideSummary, steady: summarize(eng, 'steady') } : null;
@@ -664,7 +710,7 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
         cpuPerFaultUs: ratio((s) => s.cpuPerFaultUs),
         memcpy: memcpy && e ? e.mbPerSec.median / memcpy.mbPerSec : null,
       },
-      memcpy, notes,
+      memcpy, plainFaults, notes,
     };
   } finally {
     if (ownDir) {
@@ -762,11 +808,17 @@ export function formatCase(r: CaseResult): string {
       `${formatRate(med((i) => i.ioctls))} ioctls, pages demand/readahead/background ` +
       `${formatRate(med((i) => i.pages.demand))}/${formatRate(med((i) => i.pages.readahead))}/${formatRate(med((i) => i.pages.background))}, ` +
       `thread CPU dispatcher ${med((i) => i.dispatcherCpuSec).toFixed(2)} s + workers ${med((i) => i.workersCpuSec.reduce((s, v) => s + v, 0)).toFixed(2)} s, ` +
-      `start ${(med((i) => i.startSec) * 1000).toFixed(0)} ms`);
+      `start ${(med((i) => i.startSec) * 1000).toFixed(0)} ms` +
+      (cfg.prefetch ? `, head start ${(med((i) => i.headStartSec) * 1000).toFixed(1)} ms / ${formatRate(med((i) => i.headStartPages))} pages ` +
+        'filled before the workload started (charged to the engine\'s elapsed time)' : ''));
   }
   if (r.memcpy) {
     lines.push(`memcpy ${formatBytes(r.memcpy.size)}: ${r.memcpy.gibPerSec.toFixed(2)} GiB/s` +
       (r.ratios.memcpy !== null ? `; engine MiB/s / memcpy = ${r.ratios.memcpy.toFixed(2)}` : ''));
+  }
+  if (r.plainFaults) {
+    lines.push(`plain kernel write faults on the same region (no userfaultfd, the kernel allocates zeroed pages itself): ` +
+      `${formatRate(r.plainFaults.pagesPerSec)} pages/s, ${formatNum(r.plainFaults.mbPerSec, 0)} MiB/s`);
   }
   const ratioLine: string[] = [];
   if (r.ratios.faultsPerSec !== null) ratioLine.push(`throughput ${r.ratios.faultsPerSec.toFixed(2)}x`);

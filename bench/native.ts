@@ -131,6 +131,9 @@ export interface NativeResult extends PhaseResult {
   mismatchBytes: number;
   firstMismatchOffset: number | null;
   verifiedBytes: number;
+  /** CLOCK_MONOTONIC ns (the clock of process.hrtime) when the first round started and the last one ended. */
+  phaseStartNs: number;
+  phaseEndNs: number;
   setupSec: number;
   verifySec: number;
   peerPid: number | null;

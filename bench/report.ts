@@ -128,50 +128,72 @@ export function rateSeries(r: SideRun): { t: number; mbs: number }[] {
   return out;
 }
 
-/** Throughput over time: one line per run, aligned on its measured phase. */
+/**
+ * Throughput over time: one line per run, aligned on the start of its measured phase.
+ * When one side's runs last far longer than the other's (e.g. the page-at-a-time fc
+ * handler against a prefetching engine), each side gets its own panel and time axis.
+ */
 export function throughputSvg(c: CaseResult, x0 = 0, y0 = 0, width = 720, height = 280): string {
-  const left = 56, right = 16, top = 34, bottom = 52;
+  const spanOf = (runs: SideRun[]) => Math.max(0.01, ...runs.map((r) => r.phaseWindow.end - r.phaseWindow.start));
+  const nat = runsOf(c, 'native');
+  const eng = runsOf(c, 'engine');
+  const split = nat.length > 0 && eng.length > 0 && Math.max(spanOf(nat), spanOf(eng)) / Math.min(spanOf(nat), spanOf(eng)) > 4;
+  const parts: string[] = [];
+  const id = c.config.name.replace(/[^a-z0-9]/gi, '');
+  parts.push(`<g transform="translate(${x0},${y0})" ${FONT} font-size="11">`);
+  parts.push(`<text x="56" y="16" font-size="13" font-weight="600">Throughput over time: MiB/s made resident (faulting process, 25 ms samples)</text>`);
+  if (split) {
+    const h = (height - 34) / 2;
+    parts.push(panel(nat, `${id}n`, 0, 34, width, h, 'native'));
+    parts.push(panel(eng, `${id}e`, 0, 34 + h, width, h, 'engine'));
+  } else {
+    parts.push(panel(c.runs, `${id}a`, 0, 34, width, height - 34, null));
+  }
+  if (c.config.kind === 'wp') {
+    parts.push(`<text x="66" y="54" fill="#a00">wp faults change protection only: resident memory does not grow, so this plot stays flat</text>`);
+  }
+  parts.push(legend((['native', 'engine'] as const).filter((s) => runsOf(c, s).length > 0), width - 186, 30));
+  parts.push('</g>');
+  return parts.join('\n');
+}
+
+function panel(runs: SideRun[], id: string, x0: number, y0: number, width: number, height: number, label: string | null): string {
+  const left = 56, right = 16, top = 8, bottom = label ? 30 : 44;
   const pw = width - left - right, ph = height - top - bottom;
-  const series = c.runs.map((r) => ({ r, s: rateSeries(r) }));
-  const span = Math.max(0.01, ...c.runs.map((r) => r.phaseWindow.end - r.phaseWindow.start));
+  const series = runs.map((r) => ({ r, s: rateSeries(r) }));
+  const span = Math.max(0.01, ...runs.map((r) => r.phaseWindow.end - r.phaseWindow.start));
   const tmin = -0.1 * span;
   const tmax = 1.15 * span;
   const inRange = series.flatMap((x) => x.s.filter((p) => p.t >= tmin && p.t <= tmax));
   const ymax = Math.max(1, ...inRange.map((p) => p.mbs));
-  const yt = ticks(ymax);
+  const yt = ticks(ymax, label ? 3 : 5);
   const ytop = yt[yt.length - 1] || ymax;
   const X = (t: number) => left + ((t - tmin) / (tmax - tmin)) * pw;
   const Y = (v: number) => top + ph - (Math.min(v, ytop) / ytop) * ph;
   const parts: string[] = [];
-  parts.push(`<g transform="translate(${x0},${y0})" ${FONT} font-size="11">`);
-  parts.push(`<text x="${left}" y="16" font-size="13" font-weight="600">Throughput over time: MiB/s made resident (faulting process, 25 ms samples)</text>`);
-  parts.push(`<defs><clipPath id="clip-${c.config.name.replace(/[^a-z0-9]/gi, '')}"><rect x="${left}" y="${top}" width="${pw}" height="${ph}"/></clipPath></defs>`);
+  parts.push(`<g transform="translate(${x0},${y0})">`);
+  parts.push(`<defs><clipPath id="clip-${id}"><rect x="${left}" y="${top}" width="${pw}" height="${ph}"/></clipPath></defs>`);
   for (const v of yt) {
     parts.push(`<line x1="${left}" x2="${left + pw}" y1="${Y(v).toFixed(1)}" y2="${Y(v).toFixed(1)}" stroke="#ddd"/>`);
     parts.push(`<text x="${left - 6}" y="${(Y(v) + 4).toFixed(1)}" text-anchor="end">${formatNum(v, 0)}</text>`);
   }
-  const xt = ticks(tmax).filter((t) => t <= tmax);
-  for (const t of xt) {
+  for (const t of ticks(tmax).filter((x) => x <= tmax)) {
     parts.push(`<line x1="${X(t).toFixed(1)}" x2="${X(t).toFixed(1)}" y1="${top + ph}" y2="${top + ph + 4}" stroke="#333"/>`);
-    parts.push(`<text x="${X(t).toFixed(1)}" y="${top + ph + 16}" text-anchor="middle">${formatNum(t, t < 1 ? 2 : 1)}</text>`);
+    parts.push(`<text x="${X(t).toFixed(1)}" y="${top + ph + 15}" text-anchor="middle">${formatNum(t, t < 1 ? 2 : 1)}</text>`);
   }
   // The measured phase starts at 0 on this axis.
   parts.push(`<line x1="${X(0).toFixed(1)}" x2="${X(0).toFixed(1)}" y1="${top}" y2="${top + ph}" stroke="#999" stroke-dasharray="4 3"/>`);
-  const clip = `clip-${c.config.name.replace(/[^a-z0-9]/gi, '')}`;
   for (const { r, s } of series) {
     if (s.length === 0) continue;
     const d = s.map((p, i) => `${i ? 'L' : 'M'}${X(p.t).toFixed(1)},${Y(p.mbs).toFixed(1)}`).join(' ');
-    parts.push(`<path d="${d}" fill="none" stroke="${COLORS[r.side]}" stroke-width="1.6" stroke-opacity="0.8" clip-path="url(#${clip})">` +
+    parts.push(`<path d="${d}" fill="none" stroke="${COLORS[r.side]}" stroke-width="1.6" stroke-opacity="0.8" clip-path="url(#clip-${id})">` +
       `<title>${r.side} run ${r.rep}</title></path>`);
     const end = r.phaseWindow.end - r.phaseWindow.start;
     parts.push(`<line x1="${X(end).toFixed(1)}" x2="${X(end).toFixed(1)}" y1="${top + ph - 8}" y2="${top + ph}" stroke="${COLORS[r.side]}"/>`);
   }
   parts.push(`<line x1="${left}" x2="${left + pw}" y1="${top + ph}" y2="${top + ph}" stroke="#333"/>`);
-  parts.push(`<text x="${left + pw / 2}" y="${top + ph + 32}" text-anchor="middle">seconds since the start of the measured phase (ticks on the axis: where each run's phase ended)</text>`);
-  if (c.config.kind === 'wp') {
-    parts.push(`<text x="${left + 10}" y="${top + 20}" fill="#a00">wp faults change protection only: resident memory does not grow, so this plot stays flat</text>`);
-  }
-  parts.push(legend((['native', 'engine'] as const).filter((s) => runsOf(c, s).length > 0), left + pw - 170, top - 4));
+  if (label) parts.push(`<text x="${left + 6}" y="${top + 12}" fill="${COLORS[label as 'native' | 'engine']}" font-weight="600">${label} (own time axis)</text>`);
+  else parts.push(`<text x="${left + pw / 2}" y="${top + ph + 30}" text-anchor="middle">seconds since the start of the measured phase (marks on the axis: where each run's phase ended)</text>`);
   parts.push('</g>');
   return parts.join('\n');
 }

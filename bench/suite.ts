@@ -13,7 +13,7 @@ import { measureRss, RssMeasurement } from './rss.js';
 
 export interface SuiteOptions {
   repeat?: number;
-  /** Size of the sequential restore (default 512 MiB; the figure is 2 GiB). */
+  /** Size of the sequential restore (default 256 MiB; the figure is 2 GiB: --restore-size 2G). */
   restoreSize?: number;
   /** Region of the memory case (default 1 TiB). */
   rssSize?: number;
@@ -44,10 +44,10 @@ export function suiteConfig(name: string, o: SuiteOptions = {}): BenchConfig {
     case 'serial':
       return { ...base, name, size: 32 * MiB, threads: 1, workers: 1, pattern: 'random', prefetch: false, reference: 'native' };
     case 'restore': {
-      const size = o.restoreSize ?? 512 * MiB;
+      const size = o.restoreSize ?? 256 * MiB;
       return {
         ...base, name, size, threads: 1, workers: 2, pattern: 'sequential', prefetch: true, reference: 'fc',
-        memcpy: Math.min(size, 2 * GiB),
+        memcpy: Math.min(size, 2 * GiB), plainFaults: true,
       };
     }
     case 'bounce':

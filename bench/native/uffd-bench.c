@@ -1222,6 +1222,7 @@ static int run_workload(void) {
   struct phase_result ph[2];
   memset(ph, 0, sizeof ph);
   double peer_cpu[2] = {-1, -1};
+  uint64_t first_start = 0, last_end = 0;  // CLOCK_MONOTONIC: the first round's start, the last round's end
   for (int r = 0; r <= cfg.bounce; r++) {
     int p = r == 0 ? 0 : 1;
     if (r > 0) refault_range(bounce_pages);
@@ -1239,6 +1240,8 @@ static int run_workload(void) {
       if (fs[i].round_end > e0) e0 = fs[i].round_end;
     }
     if (e0 > s0) ph[p].elapsed += (e0 - s0) / 1e9;
+    if (r == 0) first_start = s0;
+    last_end = e0;
     quiesce_handlers(hs, nh);
     struct handler_stats after;
     sum_stats(hs, nh, &after);
@@ -1322,6 +1325,7 @@ static int run_workload(void) {
   printf(",\"mismatches\":%" PRIu64 ",\"mismatchBytes\":%" PRIu64 ",\"firstMismatchOffset\":", mismatches, mismatch_bytes);
   if (first_bad >= 0) printf("%" PRId64, first_bad);
   else printf("null");
+  printf(",\"phaseStartNs\":%" PRIu64 ",\"phaseEndNs\":%" PRIu64, first_start, last_end);
   printf(",\"verifiedBytes\":%" PRIu64 ",\"setupSec\":", npages * ps);
   json_num(setup_sec);
   printf(",\"verifySec\":");

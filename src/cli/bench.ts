@@ -37,13 +37,14 @@ const SPEC: OptionSpec = {
   nativeHandler: { type: 'string', help: 'the reference: native (N threads, batched) or fc (Firecracker\'s page-at-a-time handler) (default native)' },
   native: { type: 'boolean', default: true, help: 'run the native reference (--no-native: engine only)' },
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
+  plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves a lone fault itself) or never' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
   seed: { type: 'number', help: 'pattern and shuffle seed (default 1)' },
   workload: { type: 'string', default: 'c', help: 'faulting side: c (the C program) or js (JavaScript threads, engine only; automatic without a C compiler)' },
   suite: { type: 'boolean', default: false, help: `run the suite (${SUITE_CASES.join(', ')}) and print one table` },
   only: { type: 'string', help: 'with --suite: a comma-separated subset of the cases' },
-  restoreSize: { type: 'size', help: 'with --suite: size of the sequential restore (default 512M)' },
+  restoreSize: { type: 'size', help: 'with --suite: size of the sequential restore (default 256M; the issue\'s figure: 2G)' },
   micro: { type: 'boolean', default: false, help: 'run the micro-benchmarks (ns/op) instead' },
   microTime: { type: 'number', default: 300, help: 'with --micro: ms per micro-benchmark' },
   timeout: { type: 'number', help: 'per run, seconds (default from the size)' },
@@ -56,7 +57,7 @@ const SPEC: OptionSpec = {
 type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
-  prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean;
+  prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
   inline?: string; spinUs?: number; seed?: number; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
@@ -103,6 +104,7 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.nativeHandler !== undefined) cfg.reference = oneOf(o.nativeHandler, ['native', 'fc'] as const, '--native-handler') as ReferenceHandler;
   if (o.memcpy !== undefined) cfg.memcpy = o.memcpy ? Math.min(cfg.size, 2 * GiB) : 0;
   else if (cfg.memcpy) cfg.memcpy = Math.min(cfg.size, 2 * GiB);
+  if (o.plainFaults !== undefined) cfg.plainFaults = o.plainFaults;
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never'] as const, '--inline');
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
   if (o.seed !== undefined) cfg.seed = o.seed;
@@ -164,6 +166,7 @@ export async function run(args: string[]): Promise<number> {
   }
   if (o._.length) throw new Error(`bench takes no arguments (got ${o._.join(' ')}); see --help`);
   const workload = oneOf(o.workload, ['c', 'js'] as const, '--workload');
+  if (o.report && !/\.(html?|svg)$/i.test(o.report)) throw new Error(`--report: the file must end in .html or .svg (got ${o.report})`);
   const command = `uffd-engine bench ${args.join(' ')}`.trim();
   const progress = new Progress(o.progress ?? !!process.stderr.isTTY);
   const hooks = hooksFor(progress);
