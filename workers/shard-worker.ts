@@ -26,6 +26,7 @@ export default function runShard(task: ShardTask): { shard: number } {
   Atomics.add(ctl, L.CT_READY, 1);
   const spinMs = setup.spinMicros / 1000;
   const background = setup.prefetch.background;
+  let lastGapMs = 0; // how long the last sleep lasted
   for (;;) {
     if (Atomics.load(ctl, L.CT_STOP) !== 0) break;
     const head = ring.head;
@@ -50,14 +51,18 @@ export default function runShard(task: ShardTask): { shard: number } {
       r.backgroundStep();
       continue;
     }
-    // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine.
-    if (spinMs > 0) {
+    // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine. But
+    // only while work keeps arriving soon after the last sleep began (adaptive): spinning
+    // through idle gaps steals the CPU the faulting threads need on a small machine.
+    if (spinMs > 0 && lastGapMs < 4 * spinMs) {
       const until = performance.now() + spinMs;
       while (ring.tail === tail && performance.now() < until) { /* spin */ }
-      if (ring.tail !== tail) continue;
+      if (ring.tail !== tail) { lastGapMs = 0; continue; }
     }
     r.updateCpu(true);
+    const slept = performance.now();
     ring.sleep(tail, 200);
+    lastGapMs = performance.now() - slept;
   }
   r.updateCpu(true);
   return { shard };
