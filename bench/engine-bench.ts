@@ -111,7 +111,7 @@ export interface EngineInfo {
   ackDelayMs: number;
   /** Pages the engine had filled before the workload was told to start (background prefetch). */
   headStartPages: number;
-  /** Seconds added to the engine's initial phase for that head start (prefetch only). */
+  /** Seconds from the engine's first fill to the workload's go-ahead, added to its initial phase. */
   headStartSec: number;
   faults: EngineStats['faults'];
   pages: EngineStats['pages'];
@@ -431,6 +431,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
   let conn = -1;
   let fds: number[] = [];
   let sampler: Sampler | null = null;
+  let watch: NodeJS.Timeout | null = null;
   const stop = new AbortController();
   try {
     proc = await startExternal({ ...workload(cfg, env.sourceFile), socket: sock, waitAck: true },
@@ -454,7 +455,16 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     const uffd = Userfaultfd.fromFd(fds[0], featureMask(features), 0n, true);
     fds = fds.slice(1);
     const tStart = performance.now();
+    // Background prefetch starts as soon as a worker is up, before the engine is ready and
+    // before the workload is told to go: watch for the first fill, to charge that head start.
+    let firstFill = 0;
+    const watchFills = (e: Engine) => {
+      watch = setInterval(() => {
+        if (!firstFill && e.stats().pages.total > 0) firstFill = performance.now();
+      }, 1);
+    };
     engine = await Engine.start({
+      beforeLaunch: cfg.prefetch ? watchFills : undefined,
       regions: hs.regions.map((r) => ({
         start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: engineType(cfg.type),
         source: engineSource(cfg, env.sourceFile, r.offset),
@@ -469,7 +479,10 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     sampler.start();
     const atAck = engine.stats();
     sendWithFds(conn, Uint8Array.of(1));
-    const ackDelayMs = performance.now() - tReady;
+    const tAck = performance.now();
+    const ackDelayMs = tAck - tReady;
+    if (watch) clearInterval(watch);
+    if (!firstFill && atAck.pages.total > 0) firstFill = tStart;
     const result = await child.result;
     const exitT = (monoNs() - t0) / 1e9;
     sampler.stop();
@@ -477,10 +490,9 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     engine = null;
     const info = engineInfo(before, stats, (tReady - tStart) / 1000, ackDelayMs, features);
     info.headStartPages = atAck.pages.total;
-    // Background prefetch starts the moment the workers are up, before the workload has
-    // been told to go: charge that head start (engine.start polls readiness every 2 ms)
-    // to the engine's initial phase, so prefilled pages are not free.
-    info.headStartSec = cfg.prefetch ? (ackDelayMs + 2) / 1000 : 0;
+    // Charge the time from the first fill (seen within ~1 ms) to the go-ahead to the
+    // engine's initial phase, so pages filled before the workload started are not free.
+    info.headStartSec = firstFill ? (tAck - firstFill + 1) / 1000 : 0;
     // The engine process's CPU during each phase, measured by the C program from
     // /proc/PID/task/*/schedstat; the engine's own thread clocks when that is unavailable.
     const threadCpu = info.dispatcherCpuSec + info.workersCpuSec.reduce((s, v) => s + v, 0);
@@ -501,6 +513,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     }
     return run;
   } finally {
+    if (watch) clearInterval(watch);
     sampler?.stop();
     stop.abort();
     if (engine) await engine.stop({ mode: 'abandon' }).catch(() => undefined);
