@@ -46,10 +46,10 @@ describe('engine: byte-exact serving', function () {
   let snap: Uint8Array;
   before(() => { snap = makeSnapshot(size, 7); });
 
-  for (const threads of [1, 4, 16]) {
-    it(`anon, missing, buffer source, ${threads} faulting thread(s)`, async () => {
+  for (const [threads, inline] of [[1, 'auto'], [4, 'auto'], [16, 'auto'], [4, 'never'], [16, 'never']] as const) {
+    it(`anon, missing, buffer source, ${threads} faulting thread(s), inline ${inline}`, async () => {
       const region = memoryType('anon').create({ size });
-      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline });
       try {
         await touchAll(region, addressOf(snap), threads, threads === 16 ? 'interleaved' : 'random');
         const st = await engine.stop();

@@ -27,6 +27,7 @@ const buf = new MessageBuffer(256);
 const dv = buf.view;
 const uffd = r.uffd;
 const inlineAuto = setup.inline === 'auto';
+const inlineAll = setup.inline === 'always';
 const canInlineWp = setup.wpHook === null;
 const KIND_BITS = UFFD_PAGEFAULT_FLAG_MINOR | UFFD_PAGEFAULT_FLAG_RWP | UFFD_PAGEFAULT_FLAG_WP;
 
@@ -44,8 +45,17 @@ function route(addr: number, flags: number, t: number, batch: number): void {
   const shard = Math.floor(g / setup.stripePages) % rings.length;
   const ring = rings[shard];
   const kindOk = (flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true;
-  if (inlineAuto && batch <= 2 && kindOk && staged[shard] === 0 && ring.size() === 0 && ring.consumerSleeping()
+  if (inlineAll && kindOk && table[row * L.RT_WORDS + L.RT_MISSING_OP] !== L.MISS_CALLBACK) {
+    r.handleFault(addr, flags, t, 0);
+    if (!r.deferred) {
+      c[C_INLINE]++;
+      return;
+    }
+  } else if (inlineAuto && batch <= setup.inlineBatch && kindOk && staged[shard] === 0 && ring.size() === 0 && ring.consumerSleeping()
     && table[row * L.RT_WORDS + L.RT_MISSING_OP] !== L.MISS_CALLBACK) {
+    // The worker sleeps and the batch is small: resolving here is cheaper than waking it.
+    // A worker that is awake (or has work queued) gets the fault, keeping its order; a
+    // large batch wakes the workers so they share it.
     r.handleFault(addr, flags, t, 0);
     if (!r.deferred) {
       c[C_INLINE]++;
@@ -162,19 +172,27 @@ function handleEvent(i: number): void {
 
 Atomics.add(ctl, L.CT_READY, 1);
 let idleReads = 0;
+let idleSince = 0;
+let lastBusy = false; // faults arrived since the last sleep
+const spinMs = setup.dispatcherSpinMicros / 1000;
 for (;;) {
   if (Atomics.load(ctl, L.CT_STOP) !== 0) break;
   const n = uffd.read(buf);
   if (n === 0) {
-    // Nothing pending: a few more tries (cheap) before sleeping in poll.
-    if (++idleReads < 3) continue;
+    // Nothing pending: keep trying for a moment before sleeping in poll, but only while
+    // faults keep coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
+    if (idleReads === 0) idleSince = performance.now();
+    if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
     idleReads = 0;
+    lastBusy = false;
     r.updateCpu(true);
     poller.wait(-1);
     if (poller.revents(1) !== 0) eventfdDrain(setup.eventFd);
     continue;
   }
   c[C_READS]++;
+  idleReads = 0;
+  lastBusy = true;
   const t = nowMs();
   for (let i = 0; i < n; i++) {
     if (msgEvent(dv, i) === UFFD_EVENT_PAGEFAULT) {

@@ -59,9 +59,13 @@ export interface EngineOptions {
   stripe?: number;
   prefetch?: boolean | PrefetchOptions;
   /** 'auto': the dispatcher resolves a lone fault itself when its worker sleeps. */
-  inline?: 'auto' | 'never';
+  inline?: 'auto' | 'never' | 'always';
+  /** 'auto': the largest batch (faults per read) the dispatcher still resolves itself while workers sleep. */
+  inlineBatch?: number;
   /** How long an idle worker spins on its ring before sleeping. */
   spinMicros?: number;
+  /** How long the dispatcher keeps reading an empty userfaultfd before sleeping in poll (while faults keep coming). */
+  dispatcherSpinMicros?: number;
   /** When a source fails for a page: poison it (the faulting thread gets SIGBUS) or serve zeros. */
   onSourceError?: 'poison' | 'zero';
   /** What a fault after madvise(DONTNEED/REMOVE) gets: zeros, as the kernel would, or the source again. */
@@ -226,6 +230,8 @@ export class Engine extends EventEmitter {
       afterRemove: opts.afterRemove ?? 'zero',
       inline: opts.inline ?? 'auto',
       spinMicros: opts.spinMicros ?? 30,
+      dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
+      inlineBatch: opts.inlineBatch ?? 16,
       wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
       callbackStaging: hasCallback ? new SharedArrayBuffer(callbackRunBytes * workers) : null,
       callbackControl: hasCallback ? new SharedArrayBuffer(L.CB_WORDS * 4 * workers) : null,

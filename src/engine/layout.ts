@@ -74,8 +74,10 @@ export interface EngineSetup {
   zeroAddr: number; // a zero-filled buffer of the largest page size
   onSourceError: 'poison' | 'zero';
   afterRemove: 'zero' | 'source';
-  inline: 'auto' | 'never';
+  inline: 'auto' | 'never' | 'always';
   spinMicros: number;
+  dispatcherSpinMicros: number;
+  inlineBatch: number;
   wpHook: { module: string; export: string } | null;
   callbackStaging: SharedArrayBuffer | null; // per worker: maxRunBytes of staging
   callbackControl: SharedArrayBuffer | null; // per worker: CB_WORDS int32
