@@ -18,8 +18,8 @@ import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
-  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_PRESENT,
-  PageStates, Ring,
+  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
+  PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, Ring,
 } from './shared.js';
 
 export interface EngineRegion {
@@ -81,6 +81,15 @@ export interface EngineOptions {
    * attach an observer of `engine.setup.states` that must see every fill from the first.
    */
   beforeLaunch?: (engine: Engine) => void | Promise<void>;
+  /**
+   * What the page-state table says before the first fault. 'missing' (default): every page
+   * is served from its source on its first fault. 'resident': the memory already holds its
+   * bytes (a running guest, a tracked region): every page starts DROPPED — a fault there is
+   * a hole and gets zeros (the source with afterRemove 'source') — and only pages handed
+   * over with forget() are served from the source; stop('complete') and populate() fill
+   * only those. Costs one write of the whole table (64 MiB per TiB of 4 KiB pages).
+   */
+  initially?: 'missing' | 'resident';
 }
 
 export interface StopOptions {
@@ -242,6 +251,10 @@ export class Engine extends EventEmitter {
     this.control = new Int32Array(this.setup.control);
     this.counters = new Counters(this.setup.counters);
     this.states = new PageStates(this.setup.states, totalPages);
+    if (opts.initially === 'resident') new Int32Array(this.setup.states).fill(-1); // every 2-bit field DROPPED
+    else if (opts.initially !== undefined && opts.initially !== 'missing') {
+      throw new ConfigError(`initially must be 'missing' or 'resident' (got ${String(opts.initially)})`);
+    }
     this.rings = this.setup.rings.map((b) => new Ring(b));
     const table = new Float64Array(this.setup.regionTable);
     this.rows.forEach((r, i) => {
@@ -483,6 +496,102 @@ export class Engine extends EventEmitter {
   /** True once background population has passed over every page. */
   get populated(): boolean {
     return Atomics.load(this.control, L.CT_BG_DONE) === 1 && this.pagesMissing() === 0;
+  }
+
+  // ---- pages handed between the engine and its caller (see docs/engine.md) ----------------
+
+  /** Calls fn(global page, page size) for each page of [start, start+len) in order until it returns false. */
+  private eachPage(start: number, len: number, fn: (g: number, pageSize: number) => boolean): void {
+    const table = new Float64Array(this.setup.regionTable);
+    const rows = Atomics.load(this.control, L.CT_REGION_ROWS);
+    let a = start;
+    const end = start + len;
+    while (a < end) {
+      let row = -1;
+      for (let r = 0; r < rows; r++) {
+        const b = r * L.RT_WORDS;
+        if (table[b + L.RT_ALIVE] !== 0 && a >= table[b + L.RT_START] && a < table[b + L.RT_START] + table[b + L.RT_SIZE]) { row = r; break; }
+      }
+      if (row < 0) throw new ConfigError(`0x${a.toString(16)} is not in a region this engine serves`);
+      const b = row * L.RT_WORDS;
+      const rs = table[b + L.RT_START];
+      const ps = table[b + L.RT_PAGE_SIZE];
+      if ((a - rs) % ps) throw new ConfigError(`0x${a.toString(16)} is not aligned to the region's page size ${ps}`);
+      const rowEnd = Math.min(end, rs + table[b + L.RT_SIZE]);
+      for (let g = table[b + L.RT_STATE_BASE] + (a - rs) / ps; a < rowEnd; a += ps, g++) {
+        if (!fn(g, ps)) return;
+      }
+    }
+  }
+
+  /**
+   * Takes pages [start, start+len) from the engine while the caller moves their bytes
+   * itself (e.g. evicts them): each page becomes FILLING, so the engine neither fills it
+   * nor answers a fault on it (the faulting thread waits). Stops at the first page the
+   * engine is filling right now. Returns the bytes held, from start. End a hold with
+   * forget() (the source has the bytes now) or markResident() (the memory has them).
+   */
+  hold(start: number, len: number): number {
+    let held = 0;
+    this.eachPage(start, len, (g, ps) => {
+      for (;;) {
+        const s = this.states.get(g);
+        if (s === PAGE_FILLING) return false;
+        if (this.states.transition(g, s, PAGE_FILLING)) break;
+      }
+      held += ps;
+      return true;
+    });
+    return held;
+  }
+
+  /**
+   * Pages [start, start+len) are MISSING again: the next fault on each is served from the
+   * region's source (which must hold their bytes now), e.g. after the caller evicted them to
+   * a store that is the source. Wakes threads that faulted on them while they were held.
+   * Meant for pages the caller holds or that the engine is not filling.
+   */
+  forget(start: number, len: number): void {
+    this.eachPage(start, len, (g) => { this.states.set(g, PAGE_MISSING); return true; });
+    this.wakeRange(start, len);
+  }
+
+  /**
+   * Pages [start, start+len) are the memory's again (present, or a hole): DROPPED, as after
+   * madvise(DONTNEED) — never filled in the background, a fault there gets zeros (the source
+   * with afterRemove 'source'). Wakes threads that faulted on them while they were held.
+   */
+  markResident(start: number, len: number): void {
+    this.eachPage(start, len, (g) => { this.states.set(g, PAGE_DROPPED); return true; });
+    this.wakeRange(start, len);
+  }
+
+  private wakeRange(start: number, len: number): void {
+    try {
+      this.uffd.wake(start, len);
+    } catch {
+      // The range is gone (unmapped or unregistered): nobody can be waiting there.
+    }
+  }
+
+  /**
+   * Fills every MISSING page now, demand faults first (the sweep stop('complete') does,
+   * without stopping). Resolves with the pages still missing: 0, unless timeoutMs passed.
+   */
+  async populate(timeoutMs = 60_000): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    Atomics.store(this.control, L.CT_COMPLETE, 1);
+    try {
+      while (!this.stopping && this.pagesMissing() > 0 && Date.now() <= deadline) {
+        Atomics.store(this.control, L.CT_BG_CURSOR, 0);
+        Atomics.store(this.control, L.CT_BG_DONE, 0);
+        for (const r of this.rings) r.kick();
+        while (Atomics.load(this.control, L.CT_BG_DONE) !== 1 && !this.stopping && Date.now() <= deadline) await sleep(2);
+      }
+    } finally {
+      if (!this.stopping) Atomics.store(this.control, L.CT_COMPLETE, 0);
+    }
+    return this.pagesMissing();
   }
 
   /** Write-protects [start, start+len) of a region registered with mode wp. */
