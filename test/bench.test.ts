@@ -189,6 +189,9 @@ describe('uffd-engine bench', function () {
     assert.equal(serial.threads, 1);
     assert.equal(serial.workers, 1);
     assert.equal(serial.size, 8 * MiB);
+    assert.equal(serial.pin, 'split');
+    assert.equal(configFromOptions({ ...base, mode: 'serial', pin: 'none' }).pin, 'none');
+    assert.throws(() => configFromOptions({ ...base, pin: 'left' }), /--pin must be one of/);
     const restore = configFromOptions({ ...base, mode: 'restore' });
     assert.equal(restore.reference, 'fc');
     assert.equal(restore.prefetch, true);

@@ -41,6 +41,7 @@ const SPEC: OptionSpec = {
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves a lone fault itself) or never' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
   seed: { type: 'number', help: 'pattern and shuffle seed (default 1)' },
+  pin: { type: 'string', help: 'CPU pinning: none, same (everything on CPU 0) or split (faulting threads on 0..n-2, handler/engine threads on n-1) (default none)' },
   workload: { type: 'string', default: 'c', help: 'faulting side: c (the C program) or js (JavaScript threads, engine only; automatic without a C compiler)' },
   suite: { type: 'boolean', default: false, help: `run the suite (${SUITE_CASES.join(', ')}) and print one table` },
   only: { type: 'string', help: 'with --suite: a comma-separated subset of the cases' },
@@ -58,7 +59,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  inline?: string; spinUs?: number; seed?: number; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  inline?: string; spinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -108,6 +109,7 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never'] as const, '--inline');
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
   if (o.seed !== undefined) cfg.seed = o.seed;
+  if (o.pin !== undefined) cfg.pin = oneOf(o.pin, ['none', 'same', 'split'] as const, '--pin');
   if (o.timeout !== undefined) cfg.timeoutMs = o.timeout * 1000;
   const problem = checkConfig(cfg);
   if (problem) throw new Error(problem);
