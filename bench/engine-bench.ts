@@ -56,8 +56,12 @@ export interface BenchConfig {
   source: 'file' | 'zero';
   /** Engine prefetch: read-ahead up to 1 MiB around sequential faults plus background population. */
   prefetch: boolean;
-  inline?: 'auto' | 'never';
+  inline?: 'auto' | 'never' | 'always';
+  /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
+  inlineBatch?: number;
   spinMicros?: number;
+  /** How long the engine's dispatcher keeps reading an empty uffd before sleeping in poll. */
+  dispatcherSpinMicros?: number;
   /** Rounds of zap + re-fault after the initial population (steady state). */
   bounce: number;
   repeat: number;
@@ -503,7 +507,8 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
         source: engineSource(cfg, env.sourceFile, r.offset),
       })),
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
-      inline: cfg.inline, spinMicros: cfg.spinMicros, afterRemove: 'source',
+      inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
+      dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
     });
     const tReady = performance.now();
     const before = engine.stats();
@@ -820,7 +825,9 @@ export function formatCase(r: CaseResult): string {
   const eng = r.runs.find((x) => x.side === 'engine');
   const nat = r.runs.find((x) => x.side === 'native');
   lines.push(`engine: ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''}, stripe ${cfg.stripe ? formatBytes(cfg.stripe) : 'default'}, ` +
-    `inline ${cfg.inline ?? 'auto'}${cfg.spinMicros !== undefined ? `, spin ${cfg.spinMicros} µs` : ''}; ` +
+    `inline ${cfg.inline ?? 'auto'}${cfg.inlineBatch !== undefined ? ` (batch <= ${cfg.inlineBatch})` : ''}` +
+    `${cfg.spinMicros !== undefined ? `, worker spin ${cfg.spinMicros} µs` : ''}` +
+    `${cfg.dispatcherSpinMicros !== undefined ? `, dispatcher spin ${cfg.dispatcherSpinMicros} µs` : ''}; ` +
     `reference: ${nat ? nat.handler : r.nativeSkipped ?? 'none'}`);
   lines.push(`${cfg.repeat} repetition${cfg.repeat > 1 ? 's' : ''} per side${r.native ? ', alternating order' : ''}; median [min–max]`);
   const phases: ('initial' | 'steady')[] = cfg.bounce > 0 ? ['initial', 'steady'] : ['initial'];

@@ -24,7 +24,7 @@ export interface SuiteOptions {
   /** Only these cases (names). */
   only?: string[];
   /** Overrides applied to every case (e.g. spinMicros, inline) for tuning experiments. */
-  engine?: Partial<Pick<BenchConfig, 'inline' | 'spinMicros' | 'stripe'>>;
+  engine?: Partial<Pick<BenchConfig, 'inline' | 'inlineBatch' | 'spinMicros' | 'dispatcherSpinMicros' | 'stripe'>>;
 }
 
 export interface SuiteResult {
@@ -38,7 +38,8 @@ export const SUITE_CASES = ['throughput', 'serial', 'restore', 'bounce', 'memory
 /** The case configurations of the suite (and of `bench --mode NAME`). */
 export function suiteConfig(name: string, o: SuiteOptions = {}): BenchConfig {
   const repeat = o.repeat ?? 3;
-  const base: BenchConfig = { ...DEFAULT_CONFIG, repeat, ...o.engine };
+  const engine = Object.fromEntries(Object.entries(o.engine ?? {}).filter(([, v]) => v !== undefined));
+  const base: BenchConfig = { ...DEFAULT_CONFIG, repeat, ...engine };
   switch (name) {
     case 'throughput':
       return { ...base, name, size: 256 * MiB, threads: 8, workers: 2, pattern: 'random', prefetch: false, reference: 'native' };

@@ -38,8 +38,10 @@ const SPEC: OptionSpec = {
   native: { type: 'boolean', default: true, help: 'run the native reference (--no-native: engine only)' },
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
   plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
-  inline: { type: 'string', help: 'engine: auto (the dispatcher resolves a lone fault itself) or never' },
+  inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
+  inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
+  dispatcherSpinUs: { type: 'number', help: 'engine: how long the dispatcher keeps reading an empty uffd before poll, µs (default: the engine\'s)' },
   seed: { type: 'number', help: 'pattern and shuffle seed (default 1)' },
   pin: { type: 'string', help: 'CPU pinning: none, same (everything on CPU 0) or split (faulting threads on 0..n-2, handler/engine threads on n-1) (default none)' },
   workload: { type: 'string', default: 'c', help: 'faulting side: c (the C program) or js (JavaScript threads, engine only; automatic without a C compiler)' },
@@ -59,7 +61,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  inline?: string; spinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -106,8 +108,10 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.memcpy !== undefined) cfg.memcpy = o.memcpy ? Math.min(cfg.size, 2 * GiB) : 0;
   else if (cfg.memcpy) cfg.memcpy = Math.min(cfg.size, 2 * GiB);
   if (o.plainFaults !== undefined) cfg.plainFaults = o.plainFaults;
-  if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never'] as const, '--inline');
+  if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never', 'always'] as const, '--inline');
+  if (o.inlineBatch !== undefined) cfg.inlineBatch = o.inlineBatch;
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
+  if (o.dispatcherSpinUs !== undefined) cfg.dispatcherSpinMicros = o.dispatcherSpinUs;
   if (o.seed !== undefined) cfg.seed = o.seed;
   if (o.pin !== undefined) cfg.pin = oneOf(o.pin, ['none', 'same', 'split'] as const, '--pin');
   if (o.timeout !== undefined) cfg.timeoutMs = o.timeout * 1000;
@@ -188,7 +192,10 @@ export async function run(args: string[]): Promise<number> {
     try {
       result = await runSuite({
         repeat: o.repeat, restoreSize: o.restoreSize, noNative: !o.native, hooks, only, workload,
-        engine: { inline: o.inline as BenchConfig['inline'], spinMicros: o.spinUs, stripe: o.stripe },
+        engine: {
+          inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, spinMicros: o.spinUs,
+          dispatcherSpinMicros: o.dispatcherSpinUs, stripe: o.stripe,
+        },
       });
     } finally {
       progress.end();
