@@ -87,6 +87,7 @@ async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: 
     assert.equal(st.written, 0);
     if (expectReads) assert.equal(st.accessed, 0);
     assert.equal(t.handlerStats()?.errors ?? 0, 0);
+    assert.equal(t.engineStats()?.errors ?? 0, 0);
   } finally {
     await t.close();
   }
@@ -104,6 +105,7 @@ async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: 
 
 describe('wss: method choice', () => {
   it('chooses per memory type and kernel, and refuses what cannot work with the reason', () => {
+    const pick = (c: { access: string; server: string }) => [c.access, c.server];
     const anon = chooseMethods('anon', {});
     const shmem = chooseMethods('shmem', {});
     if (kernelHasRwp()) {
@@ -112,12 +114,20 @@ describe('wss: method choice', () => {
     } else {
       assert.deepEqual([anon.write, anon.access], ['wp-async', 'move']);
       assert.deepEqual([shmem.write, shmem.access], ['wp-async', 'zap']);
-      assert.equal(chooseMethods('shmem', { evict: true }).access, 'minor');
+      // evicting: the engine serves evicted file pages with zap (pages pinned across the
+      // punch); the trap server needs the minor trap for that
+      assert.deepEqual(pick(chooseMethods('shmem', { evict: true })), ['zap', 'engine']);
+      assert.deepEqual(pick(chooseMethods('shmem', { evict: true, server: 'trap' })), ['minor', 'trap']);
       assert.equal(chooseMethods('hugetlbfs', {}).access, 'zap');
+      assert.deepEqual(pick(anon), ['move', 'engine']);
+      assert.deepEqual(pick(chooseMethods('anon', { server: 'trap' })), ['move', 'trap']);
+      assert.deepEqual(pick(chooseMethods('shmem', { access: 'minor' })), ['minor', 'trap']);
+      assert.equal(chooseMethods('shmem', {}).server, 'none');
     }
+    assert.throws(() => chooseMethods('shmem', { access: 'minor', server: 'engine' }), (e: unknown) => e instanceof UnsupportedError && /CONTINUE/.test(e.message));
     assert.throws(() => chooseMethods('anon', { access: 'zap' }), (e: unknown) => e instanceof UnsupportedError && /move/.test(e.message));
     assert.throws(() => chooseMethods('shmem', { access: 'move' }), (e: unknown) => e instanceof UnsupportedError && /anon/.test(e.message));
-    assert.throws(() => chooseMethods('shmem', { access: 'zap', evict: true }), (e: unknown) => e instanceof UnsupportedError && /minor/.test(e.message));
+    assert.throws(() => chooseMethods('shmem', { access: 'zap', evict: true, server: 'trap' }), (e: unknown) => e instanceof UnsupportedError && /minor/.test(e.message));
     assert.throws(() => chooseMethods('guest_memfd', {}), UnsupportedError);
     assert.throws(() => chooseMethods('anon', { access: 'bogus' as AccessMethod }), ConfigError);
   });
@@ -141,15 +151,15 @@ describe('wss: method choice', () => {
 });
 
 describe('wss: known access patterns, every method this kernel supports', function () {
-  const cases: [string, AccessMethod, boolean][] = [
-    ['anon', 'none', false], ['anon', 'move', true],
+  const cases: [string, AccessMethod, boolean, ('engine' | 'trap')?][] = [
+    ['anon', 'none', false], ['anon', 'move', true, 'engine'], ['anon', 'move', true, 'trap'],
     ['shmem', 'none', false], ['shmem', 'zap', true], ['shmem', 'minor', true],
   ];
-  for (const [type, access, reads] of cases) {
-    it(`${type}: write=wp-async access=${access}`, async () => {
+  for (const [type, access, reads, server] of cases) {
+    it(`${type}: write=wp-async access=${access}${server ? ` (served by the ${server})` : ''}`, async () => {
       const region = memoryType(type).create({ size: 64 * P4K });
       try {
-        await checkPatterns(region, { access, write: true }, reads);
+        await checkPatterns(region, { access, write: true, server }, reads);
       } finally {
         region.close();
       }
@@ -250,13 +260,14 @@ describe('wss: hot and cold over several intervals', () => {
 });
 
 describe('wss: evict cold pages and serve them back byte-exact', function () {
-  async function evictLoop(type: string, pageSize: number, pages: number): Promise<void> {
+  async function evictLoop(type: string, pageSize: number, pages: number, server: 'engine' | 'trap'): Promise<void> {
     const region = memoryType(type).create({ size: pages * pageSize, pageSize });
     try {
       fill(region, pages);
-      const t = await WssTracker.create(region, { evict: true });
+      const t = await WssTracker.create(region, { evict: true, server });
       try {
-        assert.ok(t.access === 'move' || t.access === 'minor' || t.access === 'rwp', t.describe());
+        assert.equal(t.server, server, t.describe());
+        assert.ok(t.access === 'move' || t.access === 'minor' || t.access === 'rwp' || t.access === 'zap', t.describe());
         t.arm();
         const hot: Pattern = { writes: [1, 2], reads: [3] };
         for (let i = 0; i < 4; i++) {
@@ -269,12 +280,19 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         const st = t.sample();
         assert.equal(st.evicted, pages - 3);
         assert.ok(cold.length >= 1);
-        // the memory is gone from the region (and from the holding area)
+        // the memory is gone from the region (and, with the trap server, from the holding
+        // area; with the engine, anon pages were moved into the store, which is the holding area)
         const s = new Scanner();
         const present = s.countBytes(region.addr, region.addr + region.size, { categoryMask: C.PAGE_IS_PRESENT });
         const held = t.holdingAddr ? s.countBytes(t.holdingAddr, t.holdingAddr + region.size, { categoryMask: C.PAGE_IS_PRESENT }) : 0;
         s.close();
-        assert.ok(present + held <= 3 * pageSize, `present ${present} + held ${held}`);
+        if (server === 'engine' && type === 'anon') {
+          assert.ok(present <= 3 * pageSize, `present ${present}`);
+          assert.equal(held, region.size, 'the store holds every page');
+        } else {
+          assert.ok(present + held <= 3 * pageSize, `present ${present} + held ${held}`);
+        }
+        const served0 = t.engineStats()?.pages.total ?? 0;
         // touching every page brings each back from the store
         const b = bytesAt(region.addr, region.size);
         for (let p = 0; p < pages; p++) {
@@ -285,11 +303,22 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         }
         const after = t.sample();
         assert.equal(after.evicted, 0);
-        // The resolve ioctl wakes the toucher before the handler counts it: let it finish.
-        for (let i = 0; i < 100 && t.handlerStats()!.fromStore < pages - 3; i++) await new Promise((r) => setTimeout(r, 2));
-        const hs = t.handlerStats()!;
-        assert.equal(hs.fromStore, pages - 3);
-        assert.equal(hs.errors, 0);
+        if (server === 'trap') {
+          // The resolve ioctl wakes the toucher before the handler counts it: let it finish.
+          for (let i = 0; i < 100 && t.handlerStats()!.fromStore < pages - 3; i++) await new Promise((r) => setTimeout(r, 2));
+          const hs = t.handlerStats()!;
+          assert.equal(hs.fromStore, pages - 3);
+          assert.equal(hs.errors, 0);
+        } else {
+          // Every evicted page came back through the engine (anon: the 3 hot pages too, they
+          // were held in the store since the last sample).
+          const want = served0 + (type === 'anon' ? pages : pages - 3);
+          for (let i = 0; i < 100 && t.engineStats()!.pages.total < want; i++) await new Promise((r) => setTimeout(r, 2));
+          const es = t.engineStats()!;
+          assert.equal(es.pages.total, want);
+          assert.equal(es.errors, 0);
+          assert.equal(t.handlerStats(), undefined);
+        }
         // evict again, and let close() restore everything instead of faults
         for (let i = 0; i < 3; i++) t.sample();
         assert.ok(t.evictCold({ how: 'store' }).pages > 0);
@@ -303,21 +332,25 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
     }
   }
 
-  it('anon (move trap, store, UFFDIO_MOVE/COPY back)', () => evictLoop('anon', P4K, 256));
-  it('shmem/memfd (minor trap, save + punch hole, UFFDIO_COPY back)', () => evictLoop('shmem', P4K, 256));
+  it('anon, engine (move trap into the store, the engine copies back)', () => evictLoop('anon', P4K, 256, 'engine'));
+  it('anon, trap (move trap, store, UFFDIO_MOVE/COPY back)', () => evictLoop('anon', P4K, 256, 'trap'));
+  it('shmem/memfd, engine (zap, pinned + punched, the engine copies back)', () => evictLoop('shmem', P4K, 256, 'engine'));
+  it('shmem/memfd, trap (minor trap, save + punch hole, UFFDIO_COPY back)', () => evictLoop('shmem', P4K, 256, 'trap'));
 
-  it('hugetlbfs (2 MiB pages, minor trap, save + punch hole, UFFDIO_COPY back)', async function () {
-    const r = reserveHugePages(16);
-    if (!r.ok) {
-      console.log(`      skipped: ${r.reason}`);
-      this.skip();
-    }
-    try {
-      await evictLoop('hugetlbfs', C.HUGE_PAGE_2M, 16);
-    } finally {
-      r.release();
-    }
-  });
+  for (const server of ['engine', 'trap'] as const) {
+    it(`hugetlbfs, ${server} (2 MiB pages, ${server === 'engine' ? 'zap, pinned + punched' : 'minor trap, save + punch hole'}, UFFDIO_COPY back)`, async function () {
+      const r = reserveHugePages(16);
+      if (!r.ok) {
+        console.log(`      skipped: ${r.reason}`);
+        this.skip();
+      }
+      try {
+        await evictLoop('hugetlbfs', C.HUGE_PAGE_2M, 16, server);
+      } finally {
+        r.release();
+      }
+    });
+  }
 
   it('anon: MADV_COLD / MADV_PAGEOUT hints on cold pages keep every byte', async () => {
     const region = memoryType('anon').create({ size: 64 * P4K });
@@ -339,12 +372,12 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
     }
   });
 
-  for (const type of ['anon', 'shmem']) {
-    it(`${type}: nothing is lost while a guest writes and pages are evicted under it`, async function () {
+  for (const [type, server] of [['anon', 'engine'], ['anon', 'trap'], ['shmem', 'engine'], ['shmem', 'trap']] as const) {
+    it(`${type}, ${server}: nothing is lost while a guest writes and pages are evicted under it`, async function () {
       const pages = 2048;
       const region = memoryType(type).create({ size: pages * P4K });
       fill(region, pages);
-      const t = await WssTracker.create(region, { evict: true });
+      const t = await WssTracker.create(region, { evict: true, server });
       let wl: Workload | undefined;
       try {
         wl = await Workload.start({ addr: region.addr, size: region.size, pageSize: P4K, writeFrac: 0.5, writeAt: 0.1, readFrac: 0.25, readAt: 0.7, threads: 2 });
@@ -360,8 +393,7 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         const slices = wl.slices;
         wl = undefined;
         assert.ok(evicted > 0, 'something was evicted');
-        const hs = t.handlerStats()!;
-        assert.equal(hs.errors, 0);
+        assert.equal((t.handlerStats() ?? t.engineStats()!).errors, 0);
         await t.close();
         // every page: the guest's last writes, or the initial bytes
         const b = bytesAt(region.addr, region.size);

@@ -3,9 +3,16 @@
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
 import { kernelRelease } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
+import { PagePins } from './pins.js';
 
 export type AccessMethod = 'rwp' | 'zap' | 'minor' | 'move' | 'none';
 export type WriteMethod = 'wp-async' | 'none';
+/**
+ * Who serves the faults of the trap methods and of evicted pages: the parallel engine
+ * (src/engine/, its dispatcher and workers), the tracker's own single handler thread
+ * (TrapServer), or nobody (the methods in use raise no fault messages).
+ */
+export type ServerKind = 'engine' | 'trap' | 'none';
 export const ACCESS_METHODS: readonly AccessMethod[] = ['rwp', 'zap', 'minor', 'move', 'none'];
 
 export interface MethodInfo {
@@ -39,7 +46,9 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
       'The range is registered MODE_WP (async, even without write tracking): that switches off fault-around, which would ' +
       'otherwise map up to 16 neighbouring cached pages on each read fault and report them as accessed',
     exactness: 'exact for reads and writes at page granularity, except an access in the microseconds between the scan of a ' +
-      'run and its zap. Not safe for eviction: a write between saving a page and punching it would be lost (use minor)',
+      'run and its zap. Eviction is served by the engine: the pages are pinned (vmsplice) across the hole punch, so a write ' +
+      'up to the punch is saved and a touch after it waits for the engine; with the trap server a write between saving and ' +
+      'punching could be lost (use minor there)',
   },
   minor: {
     name: 'minor', sees: 'reads and writes', types: 'shmem/memfd, hugetlbfs', kernel: 'MINOR_SHMEM / MINOR_HUGETLBFS (5.13+)',
@@ -51,12 +60,15 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
   },
   move: {
     name: 'move', sees: 'reads and writes', types: 'anon', kernel: 'UFFDIO_MOVE (6.8+)',
-    cost: 'each interval moves the pages seen present into a holding area with UFFDIO_MOVE (no copy); the first access to ' +
-      'each page per interval is a synchronous missing fault served by a handler thread that moves it back ' +
-      '(a round trip: measured here ~50k faults/s, ~20 us each); with write tracking on, a read is served by UFFDIO_COPY ' +
-      'with MODE_WP from the held page instead (installed write-protected in one step) and the held copy dropped',
-    exactness: 'exact for reads and writes; an access in the microseconds between the scan of a run and its move is ' +
-      'counted in the next interval. Eviction is race-free (held pages can only come back through the handler)',
+    cost: 'each interval moves the pages seen present into a holding area (the store) with UFFDIO_MOVE (no copy); the ' +
+      'first access to each page per interval is a synchronous missing fault. Served by the engine (default), whose workers ' +
+      'copy the page back from the store (the copy stays there until the next sample, which compares it to tell reads from ' +
+      'writes); served by the trap handler thread, it is moved back (a read with write tracking: UFFDIO_COPY with MODE_WP). ' +
+      'A round trip either way: ~50k faults/s here',
+    exactness: 'exact for reads; an access in the microseconds between the scan of a run and its move is counted in the ' +
+      'next interval. Writes: exact with the trap server; with the engine a page that came back counts as written when its ' +
+      'bytes differ from the copy it came from (a store of the same bytes is not seen). Eviction is race-free (held pages ' +
+      'can only come back through the server)',
   },
   none: {
     name: 'none', sees: 'nothing', types: 'all', kernel: '-', cost: 'none', exactness: '-',
@@ -66,6 +78,7 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
 export interface MethodChoice {
   write: WriteMethod;
   access: AccessMethod;
+  server: ServerKind;
   /** Why each was chosen (or not), for the report. */
   notes: string[];
 }
@@ -78,9 +91,9 @@ export function kernelHasRwp(): boolean {
 }
 
 /** The fallback access method for a memory type on kernels without RWP. */
-export function rwpFallback(type: string, evict = false): AccessMethod {
+export function rwpFallback(type: string, evict = false, server: ServerKind | 'auto' = 'auto'): AccessMethod {
   if (type === 'anon') return 'move';
-  return evict ? 'minor' : 'zap';
+  return evict && server === 'trap' ? 'minor' : 'zap';
 }
 
 function rwpMissing(type: string): string {
@@ -96,13 +109,28 @@ function rwpMissing(type: string): string {
  * available; an explicit request the kernel or type cannot do is an UnsupportedError naming
  * the fallback.
  */
-export function chooseMethods(type: string, req: { write?: boolean | 'auto'; access?: AccessMethod | 'auto'; evict?: boolean }): MethodChoice {
+export function chooseMethods(type: string, req: {
+  write?: boolean | 'auto'; access?: AccessMethod | 'auto'; evict?: boolean; server?: 'engine' | 'trap' | 'auto';
+}): MethodChoice {
   const notes: string[] = [];
   const isFile = FILE_TYPES.has(type);
   if (type !== 'anon' && !isFile) {
     throw new UnsupportedError(`working-set tracking supports anon, shmem and hugetlbfs regions, not ${type}`);
   }
   const hasRwp = kernelHasRwp();
+  let reqServer = req.server ?? 'auto';
+  if (!['engine', 'trap', 'auto'].includes(reqServer)) throw new ConfigError(`unknown server "${reqServer}"; use engine, trap or auto`);
+  if (reqServer !== 'trap' && req.evict && isFile) {
+    // The engine serves evicted file pages only if they can be pinned across the punch.
+    const pins = PagePins.probe();
+    if (!pins.ok) {
+      if (reqServer === 'engine') {
+        throw new UnsupportedError(`the engine cannot serve evicted ${type} pages here: ${pins.reason}; use server 'trap' (access 'minor')`);
+      }
+      reqServer = 'trap';
+      notes.push(`server: trap (pages cannot be pinned across a hole punch here: ${pins.reason})`);
+    }
+  }
   let access: AccessMethod;
   const reqAccess = req.access ?? 'auto';
   if (reqAccess === 'auto') {
@@ -110,7 +138,7 @@ export function chooseMethods(type: string, req: { write?: boolean | 'auto'; acc
       access = 'rwp';
       notes.push('access: rwp (the kernel offers UFFD_FEATURE_RWP)');
     } else {
-      access = rwpFallback(type, req.evict);
+      access = rwpFallback(type, req.evict, reqServer);
       notes.push(`access: ${access} (this kernel has no RWP; ${access} is the fallback for ${type}${req.evict && isFile ? ' when evicting' : ''})`);
     }
   } else {
@@ -157,12 +185,34 @@ export function chooseMethods(type: string, req: { write?: boolean | 'auto'; acc
   } else {
     write = 'none';
   }
-  if (req.evict && access === 'zap') {
-    throw new UnsupportedError("eviction with access method 'zap' could lose a write made between saving a page and punching it; " +
-      "use access 'minor' (or auto, which picks it when evicting)");
+  if (req.evict && access === 'zap' && reqServer === 'trap') {
+    throw new UnsupportedError("eviction with access method 'zap' and the trap server could lose a write made between saving a page " +
+      "and punching it; use access 'minor' with the trap server, or the engine server (it pins the pages across the punch)");
   }
   if (req.evict && access === 'none') {
-    throw new UnsupportedError(`eviction needs an access method that traps the next touch: ${type === 'anon' ? "'move'" : "'minor'"}${hasRwp ? " or 'rwp'" : ''}`);
+    throw new UnsupportedError(`eviction needs an access method that traps the next touch: ${type === 'anon' ? "'move'" : "'zap' or 'minor'"}${hasRwp ? " or 'rwp'" : ''}`);
   }
-  return { write, access, notes };
+  // Who serves faults.
+  let server: ServerKind;
+  const needsServer = access === 'move' || access === 'minor' || !!req.evict;
+  if (!needsServer) {
+    server = 'none';
+  } else if (access === 'minor' || access === 'rwp') {
+    if (reqServer === 'engine') {
+      throw new UnsupportedError(access === 'minor'
+        ? "access method 'minor' needs the trap server: the engine maps a minor fault with UFFDIO_CONTINUE at once, so it can " +
+          'neither install a page write-protected for a read (write tracking) nor keep a page away while it is saved and ' +
+          "punched; use 'zap' (evicted pages are then served by the engine) or server 'trap'"
+        : "eviction under 'rwp' needs the trap server: RWP faults in the eviction window must wait for the evictor, and the " +
+          'engine un-protects them at once');
+    }
+    server = 'trap';
+    notes.push(`server: trap (${access} needs the tracker's own handler; see docs/wss.md)`);
+  } else {
+    server = reqServer === 'trap' ? 'trap' : 'engine';
+    notes.push(server === 'engine'
+      ? `server: engine (${access === 'move' ? 'held and evicted pages' : 'evicted pages'} are served back by the parallel engine's workers)`
+      : 'server: trap (the tracker\'s single handler thread, requested)');
+  }
+  return { write, access, server, notes };
 }

@@ -206,6 +206,22 @@ export class SharedPageStates {
     }
   }
 
+  /** Calls fn(page, state) for each page not in state none, in page order. */
+  forEachSet(fn: (page: number, state: number) => void): void {
+    const pool = this.pool;
+    for (let c = 0; c < this.dir.length; c++) {
+      const d = Atomics.load(this.dir, c);
+      if (!d) continue;
+      const base = d << CHUNK_SHIFT;
+      const first = c << CHUNK_SHIFT;
+      const n = Math.min(CHUNK_PAGES, this.pages - first);
+      for (let k = 0; k < n; k++) {
+        const v = pool[base + k];
+        if (v !== PS_NONE) fn(first + k, v);
+      }
+    }
+  }
+
   get footprint(): number {
     return this.dir.byteLength + this.poolBuf.byteLength;
   }

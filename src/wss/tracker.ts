@@ -15,20 +15,33 @@
 //          move      anon: pages seen present are moved to a holding area (UFFDIO_MOVE); the
 //                    first touch is a missing fault and the handler moves the page back
 // The memory manager part (evictCold / restoreAll) saves cold pages to a store and frees them;
-// the handler serves them back, byte-exact, on the next touch.
+// they are served back, byte-exact, on the next touch.
+//
+// Who serves the faults (methods.ts, ServerKind): by default the parallel engine (src/engine/)
+// on the tracker's userfaultfd, with the store as the region's source and the page-state
+// table started 'resident'; the tracker hands it each page it moves aside or evicts
+// (hold → move/save+punch → forget). The small dedicated handler thread (TrapServer, serve.ts)
+// is kept for the methods the engine cannot serve: minor (CONTINUE with MODE_WP for reads,
+// and eviction that must keep a minor fault waiting) and rwp eviction.
 import * as C from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
 import {
-  close as closeFd, ftruncate, madvise, mapAnonymous, memcpy, memfdCreate, mmap, munmap, openFile, preadTo, punchHole,
+  close as closeFd, ftruncate, madvise, mapAnonymous, memcmp, memcpy, memfdCreate, mmap, munmap, openFile, preadTo, punchHole, tryMadvise,
 } from '../kernel/memory.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
 import type { FeatureName } from '../kernel/constants.js';
 import { featuresFor } from '../memory-types/check.js';
 import { memoryType } from '../memory-types/index.js';
+import type { MemoryTypeName } from '../memory-types/types.js';
+import { Engine, EngineStats } from '../engine/engine.js';
+import { PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT } from '../engine/shared.js';
+import { yieldCpu } from '../kernel/time.js';
+import { sources } from '../sources/index.js';
 import { TrapHandler } from './handler.js';
-import { AccessMethod, chooseMethods, MethodChoice, WriteMethod } from './methods.js';
+import { AccessMethod, chooseMethods, MethodChoice, ServerKind, WriteMethod } from './methods.js';
+import { PagePins } from './pins.js';
 import {
   CHUNK_PAGES, CHUNK_SHIFT, PS_EVICTED, PS_EVICTING, PS_HELD, PS_NONE, PS_SERVING, SharedPageStates, SparseBytes,
 } from './pages.js';
@@ -60,8 +73,16 @@ export interface TrackerOptions {
   coldAfter?: number;
   /** Regions per PAGEMAP_SCAN call (default 4096). */
   vecLen?: number;
-  /** Handler spin before sleeping, microseconds (default 50). */
+  /** Handler spin before sleeping, microseconds (default 50; the engine's workers: its own default). */
   spinMicros?: number;
+  /**
+   * Who serves faults (trap methods, evicted pages): 'engine' (the parallel engine), 'trap'
+   * (the tracker's single handler thread) or 'auto' (default: the engine, except for the
+   * methods only the trap can serve — minor, and eviction under rwp).
+   */
+  server?: 'engine' | 'trap' | 'auto';
+  /** Engine worker threads (server 'engine'; default 2). */
+  workers?: number;
 }
 
 export interface IntervalStats {
@@ -90,10 +111,14 @@ export interface IntervalStats {
   /** Scan speed over the whole region (its pages per second of scan time) and per GiB. */
   pagesPerSec: number;
   msPerGiB: number;
-  /** Faults the handler served in the interval (trap methods). */
+  /** Faults the server (engine or trap handler) received in the interval. */
   faults: number;
-  faultReads: number;
-  faultWrites: number;
+  /** Of which reads / writes (null: the engine does not tell them apart). */
+  faultReads: number | null;
+  faultWrites: number | null;
+  /** Pages the server put back in the region in the interval (moved back, copied from the store). */
+  servedBack: number;
+  server: ServerKind;
 }
 
 export interface EvictResult {
@@ -130,9 +155,15 @@ export class WssTracker {
   readonly whist: SparseBytes;
   readonly states?: SharedPageStates;
   readonly handler?: TrapHandler;
+  /** The parallel engine serving this region's faults (server 'engine'). */
+  readonly engine?: Engine;
   readonly holdingAddr: number = 0;
   readonly storeFd: number = -1;
+  /** Where evicted (and, for anon with the engine, held) bytes are kept: the engine's source. */
   readonly storeAddr: number = 0;
+  /** A mapping of the region's file that is never registered (engine eviction of files). */
+  readonly aliasAddr: number = 0;
+  private readonly pins?: PagePins;
   readonly hotMin: number;
   readonly hotWindow: number;
   readonly coldAfter: number;
@@ -141,7 +172,7 @@ export class WssTracker {
   private armed = false;
   private closed = false;
   private lastSampleAt = 0;
-  private lastFaults = { faults: 0, reads: 0, writes: 0 };
+  private lastFaults = { faults: 0, reads: 0, writes: 0, served: 0 };
   private readonly classOf = new Uint8Array(256); // 0 unknown, 1 hot, 2 warm, 3 cold
   private readonly modes: RegisterMode[];
   private readonly isAnon: boolean;
@@ -149,6 +180,7 @@ export class WssTracker {
 
   private constructor(region: TrackedRegion, methods: MethodChoice, opts: TrackerOptions, parts: {
     uffd?: Userfaultfd; states?: SharedPageStates; handler?: TrapHandler; holdingAddr: number; storeFd: number; storeAddr: number; modes: RegisterMode[];
+    engine?: Engine; aliasAddr: number; pins?: PagePins;
   }) {
     this.region = region;
     this.pageSize = region.pageSize;
@@ -160,6 +192,9 @@ export class WssTracker {
     this.holdingAddr = parts.holdingAddr;
     this.storeFd = parts.storeFd;
     this.storeAddr = parts.storeAddr;
+    this.engine = parts.engine;
+    this.aliasAddr = parts.aliasAddr;
+    this.pins = parts.pins;
     this.modes = parts.modes;
     this.isAnon = region.type === 'anon';
     this.isHugetlb = region.type === 'hugetlbfs';
@@ -187,8 +222,13 @@ export class WssTracker {
   static async create(region: TrackedRegion, opts: TrackerOptions = {}): Promise<WssTracker> {
     const P = region.pageSize;
     if (region.size % P || region.addr % P) throw new ConfigError(`region [0x${region.addr.toString(16)}, +${region.size}) is not aligned to its page size ${P}`);
-    const methods = chooseMethods(region.type, { write: opts.write, access: opts.access, evict: opts.evict });
-    const { write, access } = methods;
+    const methods = chooseMethods(region.type, { write: opts.write, access: opts.access, evict: opts.evict, server: opts.server });
+    const { write, access, server } = methods;
+    const useEngine = server === 'engine';
+    if (useEngine && opts.storePath && region.type === 'anon') {
+      throw new UnsupportedError('with the engine server, anon pages are evicted by UFFDIO_MOVE into an anonymous store (MOVE cannot ' +
+        "move into a file), which MADV_PAGEOUT hands to swap; a file store for anon needs server 'trap' (it copies the held pages)");
+    }
     if (opts.evict && access === 'rwp' && region.type === 'anon') {
       throw new UnsupportedError("store eviction of anon memory under RWP is not possible (the VMM cannot read a protected anon page " +
         "without faulting on it); use evictCold('pageout'|'cold') or access 'move'");
@@ -206,13 +246,16 @@ export class WssTracker {
     if (access === 'move') { modes.push('missing'); features.add('MOVE'); }
     if (access === 'minor') modes.push('minor', 'missing');
     if (opts.evict && !modes.includes('missing')) modes.push('missing');
-    const needsHandler = access === 'move' || access === 'minor' || !!opts.evict;
+    const needsHandler = server === 'trap';
     let uffd: Userfaultfd | undefined;
     let handler: TrapHandler | undefined;
+    let engine: Engine | undefined;
     let states: SharedPageStates | undefined;
     let holdingAddr = 0;
     let storeFd = -1;
     let storeAddr = 0;
+    let aliasAddr = 0;
+    let pins: PagePins | undefined;
     try {
       if (modes.length) {
         for (const f of featuresFor(memoryType(region.type), modes)) features.add(f);
@@ -229,31 +272,52 @@ export class WssTracker {
         madvise(holdingAddr, region.size, C.MADV_NOHUGEPAGE);
         uffd!.register(holdingAddr, region.size, ['wp']);
       }
-      if (opts.evict) {
+      if (useEngine && access === 'move') {
+        // The holding area is the store: pages moved aside (atomically, no copy) stay there
+        // until the engine copies them back; cold ones are the evicted ones.
+        storeAddr = holdingAddr;
+      } else if (opts.evict) {
         storeFd = opts.storePath ? openFile(opts.storePath, C.O_RDWR | C.O_CREAT | C.O_TRUNC) : memfdCreate('uffd-engine-wss-store');
         ftruncate(storeFd, region.size);
         storeAddr = mmap(region.size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED | C.MAP_NORESERVE, storeFd, 0);
       }
+      if (useEngine && region.type !== 'anon' && opts.evict) {
+        // Pages are pinned (vmsplice) through an alias that is never registered, so pinning
+        // never raises a fault the engine would have to serve.
+        aliasAddr = mmap(region.size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED | C.MAP_NORESERVE, region.fd, 0);
+        pins = new PagePins(Math.max(P, 1 << 20));
+      }
+      if (needsHandler || useEngine) states = new SharedPageStates(SharedPageStates.allocate(region.size / P));
+      if (useEngine) {
+        engine = await Engine.start({
+          regions: [{ start: region.addr, size: region.size, pageSize: P, type: region.type as MemoryTypeName, source: sources.address(storeAddr, region.size) }],
+          uffd: uffd!, ownsUffd: false, workers: opts.workers, initially: 'resident', prefetch: false,
+          ...(opts.spinMicros !== undefined ? { spinMicros: opts.spinMicros } : {}),
+        });
+      }
       if (needsHandler) {
-        states = new SharedPageStates(SharedPageStates.allocate(region.size / P));
         handler = await TrapHandler.start({
           uffdFd: uffd!.fd, features: uffd!.features.toString(), regionAddr: region.addr, regionSize: region.size,
           pageSize: P, anon: region.type === 'anon', hugetlb: region.type === 'hugetlbfs', holdingAddr, storeAddr, storeFd,
-          protectReads: write === 'wp-async', states: states.init, spinMicros: opts.spinMicros,
+          protectReads: write === 'wp-async', states: states!.init, spinMicros: opts.spinMicros,
         });
       }
     } catch (e) {
       if (handler) await handler.stop();
+      if (engine) await engine.stop({ mode: 'abandon' }).catch(() => undefined);
+      pins?.close();
+      if (aliasAddr) munmap(aliasAddr, region.size);
       uffd?.close();
       if (holdingAddr) munmap(holdingAddr, region.size);
-      if (storeAddr) munmap(storeAddr, region.size);
+      if (storeAddr && storeAddr !== holdingAddr) munmap(storeAddr, region.size);
       if (storeFd >= 0) closeFd(storeFd);
       throw e;
     }
-    return new WssTracker(region, methods, opts, { uffd, states, handler, holdingAddr, storeFd, storeAddr, modes });
+    return new WssTracker(region, methods, opts, { uffd, states, handler, holdingAddr, storeFd, storeAddr, modes, engine, aliasAddr, pins });
   }
 
   get write(): WriteMethod { return this.methods.write; }
+  get server(): ServerKind { return this.methods.server; }
   get access(): AccessMethod { return this.methods.access; }
   /** Whether per-interval reads are visible (an access method is on). */
   get seesReads(): boolean { return this.methods.access !== 'none'; }
@@ -314,10 +378,20 @@ export class WssTracker {
     this.armed = true;
     this.intervals = 0;
     this.lastSampleAt = performance.now();
+    this.lastFaults = this.serverCounts();
+  }
+
+  /** Running totals of the server: faults received, of which reads and writes, pages put back. */
+  private serverCounts(): { faults: number; reads: number; writes: number; served: number } {
+    if (this.engine) {
+      const s = this.engine.stats();
+      return { faults: s.faults.total, reads: 0, writes: 0, served: s.pages.total };
+    }
     if (this.handler) {
       const s = this.handler.stats();
-      this.lastFaults = { faults: s.faults, reads: s.reads, writes: s.writes };
+      return { faults: s.faults, reads: s.reads, writes: s.writes, served: s.movedBack + s.fromStore };
     }
+    return { faults: 0, reads: 0, writes: 0, served: 0 };
   }
 
   // One PAGEMAP_SCAN over the region; each reported run is marked and re-armed at once.
@@ -349,14 +423,16 @@ export class WssTracker {
       } else {
         if (activityIsAccess) accessed += this.mark(this.hist, first, last, true);
         else this.mark(this.hist, first, last, isWritten);
-        if (isWritten) written += this.mark(this.whist, first, last, true);
+        if (isWritten) written += this.engine ? this.markWritten(first, last) : this.mark(this.whist, first, last, true);
       }
       if (access === 'none' || access === 'rwp') return;
       const t0 = performance.now();
       if (access === 'zap' || access === 'minor') {
         madvise(s, e - s, C.MADV_DONTNEED);
+        if (this.engine) this.settleReturned(first, last);
       } else if (access === 'move') {
-        this.moveAside(first, last, s, e, tracksWrites);
+        if (this.engine) this.moveAsideEngine(s, e, tracksWrites);
+        else this.moveAside(first, last, s, e, tracksWrites);
       }
       rearm += performance.now() - t0;
     });
@@ -392,6 +468,155 @@ export class WssTracker {
     }
   }
 
+  // ---- served by the engine ----------------------------------------------------------------
+  // The engine's page-state table says where each page is: DROPPED (the region has it, or it
+  // is a hole), MISSING (its bytes are in the store, the engine's source), FILLING (being
+  // served, or held by the tracker while it moves the page), PRESENT (served back since the
+  // last sample). The tracker's own states say which pages have a copy in the store: held
+  // (moved aside by the anon trap) and evicted.
+
+  private hasCopy(state: number): boolean {
+    return state === PS_HELD || state === PS_EVICTED;
+  }
+
+  /**
+   * Marks the written pages of a run reported written. A page the engine copied back from the
+   * store is installed writable (no uffd-wp bit), so the kernel reports it written even after
+   * a read: for those, written means its bytes differ from the store copy it came from.
+   */
+  private markWritten(first: number, last: number): number {
+    const states = this.states!;
+    const P = this.pageSize;
+    const base = this.region.addr;
+    const store = this.storeAddr;
+    let n = 0;
+    let p = first;
+    while (p < last) {
+      let q = p;
+      while (q < last && !this.hasCopy(states.get(q))) q++;
+      if (q > p) {
+        n += this.mark(this.whist, p, q, true);
+        p = q;
+        continue;
+      }
+      while (q < last && this.hasCopy(states.get(q))) q++;
+      if (memcmp(base + p * P, store + p * P, (q - p) * P) !== 0) {
+        for (let k = p; k < q; k++) {
+          if (memcmp(base + k * P, store + k * P, P) !== 0) n += this.mark(this.whist, k, k + 1, true);
+        }
+      }
+      p = q;
+    }
+    return n;
+  }
+
+  /** Frees the store copies of pages [first, last) (the region has the bytes); their state becomes none. */
+  private dropCopies(first: number, last: number): void {
+    const P = this.pageSize;
+    const off = first * P;
+    const len = (last - first) * P;
+    if (this.storeFd >= 0) punchHole(this.storeFd, off, len);
+    else madvise(this.storeAddr + off, len, C.MADV_DONTNEED);
+    this.states!.setRange(first, last, PS_NONE);
+  }
+
+  /** Files: evicted pages of a run seen present came back; their copies go, the engine lets them be. */
+  private settleReturned(first: number, last: number): void {
+    const states = this.states!;
+    const P = this.pageSize;
+    let p = first;
+    while (p < last) {
+      if (states.get(p) !== PS_EVICTED) { p++; continue; }
+      let q = p + 1;
+      while (q < last && states.get(q) === PS_EVICTED) q++;
+      this.dropCopies(p, q);
+      this.engine!.markResident(this.region.addr + p * P, (q - p) * P);
+      p = q;
+    }
+  }
+
+  // Holds pages of a run that the scan saw present. A page present in the region may still be
+  // FILLING in the engine's table for a moment (the thread that filled it has not recorded it
+  // yet; on a small machine the woken faulting thread can run first): wait for that, briefly.
+  private holdPresent(a: number, len: number): number {
+    const eng = this.engine!;
+    const g = (a - this.region.addr) / this.pageSize;
+    const deadline = performance.now() + 20;
+    for (;;) {
+      const h = eng.hold(a, len);
+      if (h > 0 || eng.pageState(g) !== PAGE_FILLING || performance.now() > deadline) return h;
+      yieldCpu();
+    }
+  }
+
+  // Anon: moves a present run into the store, page by page claimed from the engine first,
+  // then hands it to the engine (MISSING: the next touch copies it back).
+  private moveAsideEngine(s: number, e: number, tracksWrites: boolean): void {
+    const uffd = this.uffd!;
+    const eng = this.engine!;
+    const states = this.states!;
+    const P = this.pageSize;
+    let a = s;
+    while (a < e) {
+      const h = this.holdPresent(a, e - a);
+      if (h === 0) { a += P; continue; } // the engine is still filling this page: leave it for the next sample
+      const off = a - this.region.addr;
+      const pf = off / P;
+      // Copies of pages that came back are stale now (the region has them): MOVE needs the
+      // destination empty.
+      madvise(this.storeAddr + off, h, C.MADV_DONTNEED);
+      let done = 0;
+      let failed = false;
+      for (let tries = 0; done < h && tries < 100; tries++) {
+        try {
+          done += uffd.move(this.storeAddr + off + done, a + done, h - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+          if (uffd.lastErrno === ERRNO.EEXIST) { failed = true; break; }
+        } catch {
+          failed = true; // EBUSY: a page that cannot move (pinned, KSM); leave the rest in place
+          break;
+        }
+      }
+      if (done > 0) {
+        states.setRange(pf, pf + done / P, PS_HELD);
+        eng.forget(a, done);
+      }
+      if (done < h) {
+        states.setRange(pf + done / P, pf + h / P, PS_NONE);
+        eng.markResident(a + done, h - done);
+        if (tracksWrites) uffd.writeprotect(a + done, h - done, true);
+      }
+      if (failed) return;
+      a += h;
+    }
+  }
+
+  /**
+   * After a sample: pages the engine served back since the scan are handed back to the
+   * region (DROPPED; their copy stays for the next sample's comparison), and copies of pages
+   * that came back earlier but are gone from the region now are freed.
+   */
+  private reconcile(): void {
+    const eng = this.engine!;
+    const P = this.pageSize;
+    const base = this.region.addr;
+    let bs = -1, be = -1, gs = -1, ge = -1;
+    const flushBack = () => { if (bs >= 0) eng.markResident(base + bs * P, (be - bs) * P); bs = -1; };
+    const flushGone = () => { if (gs >= 0) this.dropCopies(gs, ge); gs = -1; };
+    this.states!.forEachSet((p, st) => {
+      if (!this.hasCopy(st)) return;
+      const es = eng.pageState(p);
+      if (es === PAGE_PRESENT) {
+        if (bs >= 0 && be === p) be++;
+        else { flushBack(); bs = p; be = p + 1; }
+      } else if (es === PAGE_DROPPED) {
+        if (gs >= 0 && ge === p) ge++;
+        else { flushGone(); gs = p; ge = p + 1; }
+      }
+    });
+    flushBack();
+    flushGone();
+  }
+
   /**
    * Ends the current interval: scans, re-arms, classifies. Returns what happened in the
    * interval since arm() or the previous sample().
@@ -420,14 +645,13 @@ export class WssTracker {
     this.intervals++;
     const scanMs = Number(this.scanner.nanos - scanNanos0) / 1e6;
     const cls = this.classify();
-    let faults = 0, faultReads = 0, faultWrites = 0;
-    if (this.handler) {
-      const s = this.handler.stats();
-      faults = s.faults - this.lastFaults.faults;
-      faultReads = s.reads - this.lastFaults.reads;
-      faultWrites = s.writes - this.lastFaults.writes;
-      this.lastFaults = { faults: s.faults, reads: s.reads, writes: s.writes };
-    }
+    if (this.engine) this.reconcile();
+    const now2 = this.serverCounts();
+    const faults = now2.faults - this.lastFaults.faults;
+    const faultReads = this.engine ? null : now2.reads - this.lastFaults.reads;
+    const faultWrites = this.engine ? null : now2.writes - this.lastFaults.writes;
+    const servedBack = now2.served - this.lastFaults.served;
+    this.lastFaults = now2;
     const st = this.states?.counts();
     const scanSec = scanMs / 1000;
     const tracksWrites = this.write === 'wp-async';
@@ -443,7 +667,7 @@ export class WssTracker {
       scanMs, rearmMs, scanCalls: calls, regions,
       pagesPerSec: scanSec > 0 ? (this.region.size / C.PAGE_SIZE) / scanSec : 0,
       msPerGiB: scanMs / (this.region.size / GiB),
-      faults, faultReads, faultWrites,
+      faults, faultReads, faultWrites, servedBack, server: this.server,
     };
   }
 
@@ -576,11 +800,18 @@ export class WssTracker {
 
   /** Bytes the tracker itself holds for per-page state (histories, shared states, scan vector). */
   footprint(): number {
-    return this.hist.footprint + this.whist.footprint + (this.states?.footprint ?? 0) + this.scanner.vecLen * C.SIZEOF_PAGE_REGION + C.SIZEOF_PM_SCAN_ARG;
+    return this.hist.footprint + this.whist.footprint + (this.states?.footprint ?? 0) + this.scanner.vecLen * C.SIZEOF_PAGE_REGION + C.SIZEOF_PM_SCAN_ARG +
+      (this.engine ? this.engine.setup.states.byteLength : 0);
   }
 
+  /** Counters of the trap handler thread (server 'trap'). */
   handlerStats(): Record<CounterName, number> | undefined {
     return this.handler?.stats();
+  }
+
+  /** Statistics of the engine serving the region (server 'engine'): faults, pages served back, latency, per worker. */
+  engineStats(): EngineStats | undefined {
+    return this.engine?.stats();
   }
 
   // ---- memory manager --------------------------------------------------------------------
@@ -626,6 +857,8 @@ export class WssTracker {
       } finally {
         this.uffd!.setMode(['RWP_ASYNC'], []);
       }
+    } else if (this.engine) {
+      pages = this.evictRunsEngine(isIdle, maxPages);
     } else {
       pages = this.evictRuns(isIdle, maxPages);
     }
@@ -669,11 +902,81 @@ export class WssTracker {
     return pages;
   }
 
+  // Eviction served by the engine. Anon (move): the cold pages already sit in the store, moved
+  // there by the access trap, so they are only marked evicted and handed to swap
+  // (MADV_PAGEOUT, a no-op without swap). Files: each run is claimed from the engine, pinned
+  // (vmsplice through the alias), punched out of the file, read from the pins into the store
+  // and handed to the engine: a write up to the punch is in the pinned pages, a touch after
+  // it is a missing fault the engine holds until forget() and then serves from the store.
+  private evictRunsEngine(isIdle: (b: number) => boolean, maxPages: number): number {
+    const states = this.states!;
+    const eng = this.engine!;
+    const P = this.pageSize;
+    const base = this.region.addr;
+    let pages = 0;
+    if (this.access === 'move') {
+      this.forPages(this.hist, isIdle, (f, l) => {
+        let runStart = -1;
+        for (let p = f; p <= l; p++) {
+          const ok = p < l && pages + (runStart < 0 ? 0 : p - runStart) < maxPages && states.get(p) === PS_HELD && eng.pageState(p) === PAGE_MISSING;
+          if (ok && runStart < 0) runStart = p;
+          else if (!ok && runStart >= 0) {
+            states.setRange(runStart, p, PS_EVICTED);
+            tryMadvise(this.storeAddr + runStart * P, (p - runStart) * P, C.MADV_PAGEOUT);
+            pages += p - runStart;
+            runStart = -1;
+          }
+        }
+        return pages < maxPages;
+      });
+      return pages;
+    }
+    const pins = this.pins!;
+    const chunk = Math.max(1, Math.floor(pins.capacity / P));
+    this.forPages(this.hist, isIdle, (f, l) => {
+      let p = f;
+      while (p < l && pages < maxPages) {
+        if (states.get(p) !== PS_NONE) { p++; continue; }
+        let q = p + 1;
+        while (q < l && q - p < chunk && pages + (q - p) < maxPages && states.get(q) === PS_NONE) q++;
+        const held = eng.hold(base + p * P, (q - p) * P) / P;
+        if (held === 0) { p++; continue; } // being served right now: it is not cold any more
+        const off = p * P;
+        const len = held * P;
+        try {
+          pins.pin(this.aliasAddr + off, len);
+        } catch (e) {
+          eng.markResident(base + off, len);
+          throw e;
+        }
+        try {
+          punchHole(this.region.fd, off, len);
+        } finally {
+          pins.drainTo(this.storeAddr + off, len);
+        }
+        states.setRange(p, p + held, PS_EVICTED);
+        eng.forget(base + off, len);
+        pages += held;
+        p += held;
+      }
+      return pages < maxPages;
+    });
+    return pages;
+  }
+
   /**
    * Puts every page back in the region: held pages moved back, evicted pages copied from the
-   * store. Safe while the workload runs (each page is claimed against the handler first).
+   * store. Safe while the workload runs (each page is claimed against the server first). With
+   * the engine, its workers fill every page it holds (populate()); the store copies are freed
+   * at the next sample.
    */
-  restoreAll(): { moved: number; copied: number } {
+  async restoreAll(): Promise<{ moved: number; copied: number }> {
+    if (this.engine) {
+      const before = this.engine.stats().pages.total;
+      await this.engine.populate();
+      this.reconcile();
+      return { moved: 0, copied: this.engine.stats().pages.total - before };
+    }
     if (!this.states || !this.uffd) return { moved: 0, copied: 0 };
     const P = this.pageSize;
     const uffd = this.uffd;
@@ -733,8 +1036,13 @@ export class WssTracker {
     if (this.closed) return;
     this.closed = true;
     try {
-      this.restoreAll();
+      if (!this.engine) await this.restoreAll();
     } finally {
+      if (this.engine) {
+        // 'complete': the workers fill every page still in the store, then unregister.
+        await this.engine.stop({ mode: 'complete' });
+        this.rescueAfterStop();
+      }
       if (this.handler) await this.handler.stop();
       if (this.uffd) {
         try { this.uffd.unregister(this.region.addr, this.region.size, this.pageSize); } catch { /* region gone */ }
@@ -742,15 +1050,33 @@ export class WssTracker {
         this.uffd.close();
       }
       if (this.holdingAddr) munmap(this.holdingAddr, this.region.size);
-      if (this.storeAddr) munmap(this.storeAddr, this.region.size);
+      if (this.storeAddr && this.storeAddr !== this.holdingAddr) munmap(this.storeAddr, this.region.size);
       if (this.storeFd >= 0) closeFd(this.storeFd);
+      if (this.aliasAddr) munmap(this.aliasAddr, this.region.size);
+      this.pins?.close();
       this.scanner.close();
     }
+  }
+
+  // Only if the engine gave up filling (its stop timed out and unregistered the region): copy
+  // every page it still held from the store by hand, unless the region has it already.
+  private rescueAfterStop(): void {
+    const eng = this.engine!;
+    if (eng.pagesMissing() === 0) return;
+    const P = this.pageSize;
+    this.states!.forEachSet((p, st) => {
+      if (!this.hasCopy(st)) return;
+      const es = eng.pageState(p);
+      if (es === PAGE_PRESENT || es === PAGE_DROPPED) return;
+      const a = this.region.addr + p * P;
+      if (this.scanner.countBytes(a, a + P, { categoryMask: C.PAGE_IS_PRESENT }) === 0) memcpy(a, this.storeAddr + p * P, P);
+    });
   }
 
   /** A one-line description of the methods in use. */
   describe(): string {
     return `write=${this.write} access=${this.access} type=${this.region.type} page=${this.pageSize}` +
-      (this.modes.length ? ` registered=${this.modes.join('+')}` : '');
+      (this.modes.length ? ` registered=${this.modes.join('+')}` : '') +
+      (this.server === 'engine' ? ` server=engine(${this.engine!.workers} workers)` : this.server === 'trap' ? ' server=trap' : '');
   }
 }
