@@ -9,6 +9,8 @@ import { writeHeatmap, HeatFrame } from '../wss/heatmap.js';
 import { ACCESS_METHODS, AccessMethod, chooseMethods, METHOD_INFO } from '../wss/methods.js';
 import { IntervalStats, Range, WssTracker } from '../wss/tracker.js';
 import { Workload } from '../wss/workload.js';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 
 const SPEC: OptionSpec = {
   type: { type: 'string', default: 'shmem', help: 'memory type: shmem (memfd), anon or hugetlbfs' },
@@ -22,7 +24,10 @@ const SPEC: OptionSpec = {
   writeFrac: { type: 'number', default: 0.1, help: 'fraction of the region the guest writes every pass' },
   readFrac: { type: 'number', default: 0.1, help: 'fraction of the region the guest reads every pass' },
   evict: { type: 'boolean', default: false, help: 'evict cold pages to a store after each interval (they come back on touch)' },
-  store: { type: 'string', help: 'file for evicted bytes (default: a memfd)' },
+  store: { type: 'string', help: 'file for evicted bytes (default: a memfd; shmem/hugetlbfs with the engine, any type with the trap)' },
+  server: { type: 'string', default: 'auto', help: 'who serves faults of the trap methods and evicted pages: auto, engine (the parallel engine), trap (one handler thread)' },
+  workers: { type: 'number', default: 2, help: 'engine worker threads (server engine)' },
+  readBack: { type: 'boolean', default: true, help: 'with --evict: after the last interval, guest threads read every evicted page back (through the server) and check its bytes (--no-read-back: leave them to close)' },
   heatmap: { type: 'string', help: 'write an access heatmap to FILE.html or FILE.svg' },
   buckets: { type: 'number', default: 128, help: 'address buckets in the heatmap' },
   json: { type: 'boolean', default: false, help: 'print a JSON report instead of the table' },
@@ -32,7 +37,7 @@ const SPEC: OptionSpec = {
 
 type Opts = {
   type: string; size: number; pageSize?: number; interval: number; intervals: number; access: string; write: string;
-  threads: number; writeFrac: number; readFrac: number; evict: boolean; store?: string; heatmap?: string; buckets: number;
+  threads: number; writeFrac: number; readFrac: number; evict: boolean; store?: string; server: string; workers: number; readBack: boolean; heatmap?: string; buckets: number;
   json: boolean; methods: boolean; help: boolean; _: string[];
 };
 
@@ -41,6 +46,46 @@ const mib = (bytes: number) => (bytes / MiB).toFixed(1);
 
 function sameRanges(a: Range[], b: Range[]): boolean {
   return a.length === b.length && a.every((r, i) => r.start === b[i].start && r.end === b[i].end);
+}
+
+// Reads [start, end) ranges from `threads` worker threads, checking every byte is `byte`;
+// each first touch of an evicted page is a fault the server answers.
+const READ_BACK = `
+const { workerData, parentPort } = require('node:worker_threads');
+const { viewOf } = require(workerData.libc);
+const { ranges, pageSize, byte } = workerData;
+const pat = Buffer.alloc(pageSize, byte);
+let pages = 0, bad = 0;
+for (const [s, e] of ranges) {
+  const b = Buffer.from(viewOf(s, e - s));
+  for (let o = 0; o < b.length; o += pageSize) { if (!b.subarray(o, o + pageSize).equals(pat)) bad++; pages++; }
+}
+parentPort.postMessage({ pages, bad });`;
+
+async function readBack(ranges: Range[], threads: number, pageSize: number, byte: number): Promise<{ pages: number; bad: number; ms: number }> {
+  // Split the pages evenly, in address order.
+  const all: [number, number][] = ranges.map((r) => [r.start, r.end]);
+  const total = all.reduce((n, [s, e]) => n + (e - s) / pageSize, 0);
+  const per = Math.ceil(total / threads);
+  const jobs: [number, number][][] = Array.from({ length: threads }, () => []);
+  let t = 0, left = per;
+  for (let [s, e] of all) {
+    while (s < e) {
+      const n = Math.min(left, (e - s) / pageSize);
+      if (n > 0) jobs[t].push([s, s + n * pageSize]);
+      s += n * pageSize;
+      left -= n;
+      if (left === 0 && t < threads - 1) { t++; left = per; }
+    }
+  }
+  const libc = path.resolve(__dirname, '../kernel/libc.js');
+  const t0 = performance.now();
+  const results = await Promise.all(jobs.map((job) => new Promise<{ pages: number; bad: number }>((resolve, reject) => {
+    const w = new Worker(READ_BACK, { eval: true, workerData: { ranges: job, pageSize, byte, libc } });
+    w.once('message', resolve);
+    w.once('error', reject);
+  })));
+  return { pages: results.reduce((n, r) => n + r.pages, 0), bad: results.reduce((n, r) => n + r.bad, 0), ms: performance.now() - t0 };
 }
 
 function methodsReport(): string {
@@ -54,7 +99,7 @@ function methodsReport(): string {
     for (const evict of [false, true]) {
       try {
         const c = chooseMethods(t, { evict });
-        rows.push(`  ${t.padEnd(10)}${evict ? ' evicting' : '         '}  write=${c.write.padEnd(9)} access=${c.access}`);
+        rows.push(`  ${t.padEnd(10)}${evict ? ' evicting' : '         '}  write=${c.write.padEnd(9)} access=${c.access.padEnd(5)} server=${c.server}`);
       } catch (e) {
         rows.push(`  ${t.padEnd(10)}${evict ? ' evicting' : '         '}  ${(e as Error).message}`);
       }
@@ -87,8 +132,10 @@ export async function run(args: string[]): Promise<number> {
   try {
     // Everything written once: pages outside the hot sets are the cold part of the guest.
     memset(region.addr, 0x5a, region.size);
+    if (!['auto', 'engine', 'trap'].includes(o.server)) throw new Error(`--server takes auto, engine or trap (got ${o.server})`);
     tracker = await WssTracker.create(region, {
       access: o.access as AccessMethod | 'auto', write, evict: o.evict, storePath: o.store,
+      server: o.server as 'auto' | 'engine' | 'trap', workers: o.workers,
     });
     wl = await Workload.start({
       addr: region.addr, size: region.size, pageSize: region.pageSize, writeFrac: o.writeFrac, readFrac: o.readFrac, threads: o.threads,
@@ -105,7 +152,7 @@ export async function run(args: string[]): Promise<number> {
     const expectW = tracker.write === 'wp-async' ? sets.writePages : null;
     const expectA = tracker.seesReads ? sets.writePages + sets.readPages : null;
     log(`expected per interval: written ${expectW ?? '-'} pages, accessed ${expectA ?? '-'} pages (WSS ${mib((expectA ?? expectW ?? 0) * P)} MiB)\n`);
-    const head = ' int    ms   written  accessed  WSS MiB    hot   warm    cold  evicted  scan ms  rearm ms  faults  guest Mpg/s  exact';
+    const head = ' int    ms   written  accessed  WSS MiB    hot   warm    cold  evicted  scan ms  rearm ms  faults    back  guest Mpg/s  exact';
     log(head);
     const frames: HeatFrame[] = [];
     const rows: (IntervalStats & { guestPagesPerSec: number; exact: boolean | null; evictedNow: number; evictMs: number })[] = [];
@@ -137,14 +184,34 @@ export async function run(args: string[]): Promise<number> {
       log(`${String(st.interval).padStart(4)} ${st.elapsedMs.toFixed(0).padStart(5)} ${String(st.written ?? '-').padStart(9)} ` +
         `${String(st.accessed ?? '-').padStart(9)} ${mib(st.wssBytes).padStart(8)} ${String(st.hot).padStart(6)} ${String(st.warm).padStart(6)} ` +
         `${String(st.cold).padStart(7)} ${String(st.evicted + evictedNow).padStart(8)} ${st.scanMs.toFixed(2).padStart(8)} ` +
-        `${st.rearmMs.toFixed(2).padStart(9)} ${String(st.faults).padStart(7)} ${(guest / 1e6).toFixed(1).padStart(12)}  ` +
+        `${st.rearmMs.toFixed(2).padStart(9)} ${String(st.faults).padStart(7)} ${String(st.servedBack).padStart(7)} ${(guest / 1e6).toFixed(1).padStart(12)}  ` +
         `${exact === null ? (fullPass ? '-' : 'mid-pass') : exact ? 'yes' : 'no'}`);
     }
     await wl.stop();
     wl = undefined;
+    // The evicted pages (the cold part: the guest never touches it) come back on touch.
+    let readBackResult: { pages: number; bad: number; ms: number; served: number } | null = null;
+    if (o.evict && o.readBack) {
+      const cold: Range[] = [];
+      const sets2 = [sets.write, sets.read].sort((a, b) => a.start - b.start);
+      let at = region.addr;
+      for (const r of sets2) { if (r.start > at) cold.push({ start: at, end: r.start }); at = Math.max(at, r.end); }
+      if (at < region.addr + region.size) cold.push({ start: at, end: region.addr + region.size });
+      const before = tracker.sample(); // settles what came back so far
+      const rb = await readBack(cold, o.threads, P, 0x5a);
+      const after = tracker.sample();
+      readBackResult = { ...rb, served: after.servedBack };
+      log(`read back the cold part from ${o.threads} guest threads: ${rb.pages} pages (${before.evicted} evicted) in ${rb.ms.toFixed(0)} ms ` +
+        `(${(rb.pages / rb.ms).toFixed(0)}k pages/s), ${rb.bad ? `${rb.bad} pages WRONG` : 'every byte as written'}; ` +
+        `served back by the ${tracker.server}: ${after.servedBack} pages on ${after.faults} faults`);
+    }
     const footprint = tracker.footprint();
     const handler = tracker.handlerStats();
+    const engineBefore = tracker.engineStats();
+    const closeT0 = performance.now();
     await tracker.close();
+    const closeMs = performance.now() - closeT0;
+    const engine = tracker.engineStats();
     tracker = undefined;
     // The cold part was never touched by the guest: after close (every evicted page restored)
     // it must still hold the bytes written before tracking.
@@ -165,7 +232,15 @@ export async function run(args: string[]): Promise<number> {
       meanPagesPerSec: rows.reduce((s, r) => s + r.pagesPerSec, 0) / rows.length,
       trackerBytes: footprint,
       evictedRestoredIntact: o.evict ? coldIntact : null,
+      readBack: readBackResult,
+      server: rows.length ? rows[0].server : 'none',
+      servedBack: rows.reduce((a, r) => a + r.servedBack, 0) + (readBackResult?.served ?? 0),
       handler,
+      engine: engine && engineBefore ? {
+        faults: engine.faults.total, pagesServed: engine.pages.total, restoredOnClose: engine.pages.total - engineBefore.pages.total,
+        closeMs, inline: engine.inline, handoffs: engine.handoffs, errors: engine.errors, latencyUs: { p50: engine.latencyUs.p50, p90: engine.latencyUs.p90, p99: engine.latencyUs.p99, max: engine.latencyUs.max },
+        workers: engine.workers, dispatcher: engine.dispatcher,
+      } : null,
     };
     if (o.heatmap) {
       writeHeatmap(o.heatmap, frames, {
@@ -189,12 +264,22 @@ export async function run(args: string[]): Promise<number> {
       if (o.evict) {
         const n = rows.reduce((a, r) => a + r.evictedNow, 0);
         const ms = rows.reduce((a, r) => a + r.evictMs, 0);
-        log(`evicted ${n} pages (${mib(n * P)} MiB) in ${ms.toFixed(0)} ms; served back on touch: ${handler?.fromStore ?? 0}; ` +
-          `restored on close, cold bytes intact: ${coldIntact ? 'yes' : 'NO'}`);
+        const e = summary.engine;
+        log(`evicted ${n} pages (${mib(n * P)} MiB) in ${ms.toFixed(0)} ms; served back on touch by the ${summary.server}: ` +
+          `${summary.servedBack} pages (held and evicted)` +
+          (e ? `; restored by the engine's workers on close: ${e.restoredOnClose} pages in ${closeMs.toFixed(0)} ms` : '; the rest restored on close') +
+          `; cold bytes intact after close: ${coldIntact ? 'yes' : 'NO'}`);
+      }
+      if (summary.engine) {
+        const e = summary.engine;
+        log(`engine: ${e.faults} faults, ${e.pagesServed} pages filled (${e.inline} faults resolved by the dispatcher, ${e.handoffs} by workers), ` +
+          `latency p50 ${e.latencyUs.p50} µs p99 ${e.latencyUs.p99} µs, errors ${e.errors}; per worker ` +
+          e.workers.map((w, i) => `#${i} ${w.faults} faults ${w.pages} pages ${w.cpuSec.toFixed(2)} s`).join(', ') +
+          `; dispatcher ${e.dispatcher.faults} faults ${e.dispatcher.cpuSec.toFixed(2)} s`);
       }
       if (o.heatmap) log(`heatmap: ${o.heatmap}`);
     }
-    return rows.every((r) => r.exact !== false) && coldIntact ? 0 : 1;
+    return rows.every((r) => r.exact !== false) && coldIntact && !(readBackResult && readBackResult.bad) ? 0 : 1;
   } finally {
     if (wl) await wl.stop();
     if (tracker) await tracker.close();

@@ -811,8 +811,9 @@ export class WssTracker {
 
   /** Statistics of the engine serving the region (server 'engine'): faults, pages served back, latency, per worker. */
   engineStats(): EngineStats | undefined {
-    return this.engine?.stats();
+    return this.finalEngineStats ?? this.engine?.stats();
   }
+  private finalEngineStats?: EngineStats;
 
   // ---- memory manager --------------------------------------------------------------------
   /**
@@ -1040,7 +1041,7 @@ export class WssTracker {
     } finally {
       if (this.engine) {
         // 'complete': the workers fill every page still in the store, then unregister.
-        await this.engine.stop({ mode: 'complete' });
+        this.finalEngineStats = await this.engine.stop({ mode: 'complete' });
         this.rescueAfterStop();
       }
       if (this.handler) await this.handler.stop();
