@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import * as path from 'node:path';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
-import { FeatureName, MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
+import { FeatureName, MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
 import { close as closeFd, eventfd, eventfdSignal, mmap, munmap } from '../kernel/memory.js';
 import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
@@ -206,7 +206,10 @@ export class Engine extends EventEmitter {
     const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
     const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
     this.zeroLen = maxPage;
-    const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
+    // Populated: UFFDIO_COPY reads its source with page faults disabled; for a hugetlb
+    // destination an unmapped source makes the kernel take a spare huge page for the
+    // retry (ENOMEM when none is free, e.g. zero-filling a page after a balloon REMOVE).
+    const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE);
     let order: SharedArrayBuffer | null = null;
     if (pf.order && pf.order.length) {
       order = new SharedArrayBuffer(pf.order.length * 8);
