@@ -88,6 +88,22 @@ async function readBack(ranges: Range[], threads: number, pageSize: number, byte
   return { pages: results.reduce((n, r) => n + r.pages, 0), bad: results.reduce((n, r) => n + r.bad, 0), ms: performance.now() - t0 };
 }
 
+/** Pages of `expected` missing from `got`, if every one came back unchanged (a write in flight) and nothing extra was reported; else 0. */
+function lateWrites(got: Range[], expected: Range[], unchanged: Range[], P: number): number {
+  const pages = (rs: Range[]) => { const s = new Set<number>(); for (const r of rs) for (let a = r.start; a < r.end; a += P) s.add(a); return s; };
+  const g = pages(got);
+  const e = pages(expected);
+  const u = pages(unchanged);
+  let late = 0;
+  for (const a of g) if (!e.has(a)) return 0;
+  for (const a of e) {
+    if (g.has(a)) continue;
+    if (!u.has(a)) return 0;
+    late++;
+  }
+  return late;
+}
+
 function methodsReport(): string {
   const rows: string[] = [];
   for (const m of ['wp-async', 'rwp', 'zap', 'minor', 'move'] as const) {
@@ -155,7 +171,7 @@ export async function run(args: string[]): Promise<number> {
     const head = ' int    ms   written  accessed  WSS MiB    hot   warm    cold  evicted  scan ms  rearm ms  faults    back  guest Mpg/s  exact';
     log(head);
     const frames: HeatFrame[] = [];
-    const rows: (IntervalStats & { guestPagesPerSec: number; exact: boolean | null; evictedNow: number; evictMs: number })[] = [];
+    const rows: (IntervalStats & { guestPagesPerSec: number; exact: boolean | null; lateWrites: number; evictedNow: number; evictMs: number })[] = [];
     const expectedWritten = [sets.write];
     const expectedAccessed = [sets.write, sets.read].sort((a, b) => a.start - b.start);
     const t0 = performance.now();
@@ -170,7 +186,14 @@ export async function run(args: string[]): Promise<number> {
       prev = prog;
       const heat = tracker.heat(o.buckets);
       frames.push({ interval: st.interval, atMs: performance.now() - t0, accessed: Array.from(heat.accessed), written: Array.from(heat.written) });
-      const wOk = tracker.write === 'wp-async' ? sameRanges(tracker.ranges('written'), expectedWritten) : true;
+      let wOk = tracker.write === 'wp-async' ? sameRanges(tracker.ranges('written'), expectedWritten) : true;
+      // With the engine, a write whose fault was served before the scan but whose store ran
+      // after it is counted in the next interval: accept a shortfall made only of such pages.
+      let late = 0;
+      if (!wOk && tracker.server === 'engine') {
+        late = lateWrites(tracker.ranges('written'), expectedWritten, tracker.unchangedBack(), P);
+        wOk = late > 0;
+      }
       const aOk = tracker.seesReads ? sameRanges(tracker.ranges('accessed'), expectedAccessed) : true;
       // The sets are fully touched in an interval only if every guest thread finished a whole
       // pass inside it (two pass ends); otherwise there is nothing exact to compare with.
@@ -180,12 +203,12 @@ export async function run(args: string[]): Promise<number> {
       let evictedNow = 0;
       let evictMs = 0;
       if (o.evict) ({ pages: evictedNow, ms: evictMs } = tracker.evictCold({ how: 'store' }));
-      rows.push({ ...st, guestPagesPerSec: guest, exact, evictedNow, evictMs });
+      rows.push({ ...st, guestPagesPerSec: guest, exact, lateWrites: late, evictedNow, evictMs });
       log(`${String(st.interval).padStart(4)} ${st.elapsedMs.toFixed(0).padStart(5)} ${String(st.written ?? '-').padStart(9)} ` +
         `${String(st.accessed ?? '-').padStart(9)} ${mib(st.wssBytes).padStart(8)} ${String(st.hot).padStart(6)} ${String(st.warm).padStart(6)} ` +
         `${String(st.cold).padStart(7)} ${String(st.evicted + evictedNow).padStart(8)} ${st.scanMs.toFixed(2).padStart(8)} ` +
         `${st.rearmMs.toFixed(2).padStart(9)} ${String(st.faults).padStart(7)} ${String(st.servedBack).padStart(7)} ${(guest / 1e6).toFixed(1).padStart(12)}  ` +
-        `${exact === null ? (fullPass ? '-' : 'mid-pass') : exact ? 'yes' : 'no'}`);
+        `${exact === null ? (fullPass ? '-' : 'mid-pass') : exact ? (late ? `yes, ${late} late` : 'yes') : 'no'}`);
     }
     await wl.stop();
     wl = undefined;
@@ -224,6 +247,7 @@ export async function run(args: string[]): Promise<number> {
     }
     const summary = {
       exactIntervals: rows.filter((r) => r.exact).length,
+      lateWrites: rows.reduce((a, r) => a + r.lateWrites, 0),
       checkedIntervals: rows.filter((r) => r.exact !== null).length,
       intervals: rows.length,
       meanScanMs: rows.reduce((s, r) => s + r.scanMs, 0) / rows.length,
@@ -257,6 +281,7 @@ export async function run(args: string[]): Promise<number> {
       }, null, 2));
     } else {
       log(`\n${summary.exactIntervals}/${summary.checkedIntervals} intervals with whole guest passes reported the known sets exactly` +
+        (summary.lateWrites ? ` (${summary.lateWrites} writes faulted in before a scan and stored after it, counted in the next interval)` : '') +
         `${summary.checkedIntervals < summary.intervals ? ` (${summary.intervals - summary.checkedIntervals} intervals ended mid-pass: the guest was slower than the interval)` : ''}; ` +
         `scan ${summary.meanScanMs.toFixed(2)} ms per interval (${summary.meanMsPerGiB.toFixed(2)} ms/GiB, ` +
         `${(summary.meanPagesPerSec / 1e6).toFixed(0)} M pages/s), re-arm ${summary.meanRearmMs.toFixed(2)} ms; ` +

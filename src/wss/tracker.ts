@@ -503,11 +503,36 @@ export class WssTracker {
       if (memcmp(base + p * P, store + p * P, (q - p) * P) !== 0) {
         for (let k = p; k < q; k++) {
           if (memcmp(base + k * P, store + k * P, P) !== 0) n += this.mark(this.whist, k, k + 1, true);
+          else this.noteUnchanged(k, k + 1);
         }
+      } else {
+        this.noteUnchanged(p, q);
       }
       p = q;
     }
     return n;
+  }
+
+  // Pages reported written that came back through the engine with their bytes unchanged at
+  // the scan, in the last interval: reads, or writes whose store ran after the scan (the
+  // faulting thread had not run again yet); those are counted in the next interval.
+  private readonly unchanged: Range[] = [];
+  private noteUnchanged(first: number, last: number): void {
+    const s = this.region.addr + first * this.pageSize;
+    const e = this.region.addr + last * this.pageSize;
+    const prev = this.unchanged[this.unchanged.length - 1];
+    if (prev && prev.end === s) prev.end = e;
+    else this.unchanged.push({ start: s, end: e });
+  }
+
+  /**
+   * Address ranges of the pages that came back through the engine in the last interval and
+   * had their bytes unchanged at the sample although the kernel reported them written (the
+   * engine installs pages writable): reads, or writes still in flight at the scan (counted
+   * in the next interval). Empty with the trap server.
+   */
+  unchangedBack(): Range[] {
+    return this.unchanged.map((r) => ({ ...r }));
   }
 
   /** Frees the store copies of pages [first, last) (the region has the bytes); their state becomes none. */
@@ -629,6 +654,7 @@ export class WssTracker {
     this.lastSampleAt = now;
     this.age(this.hist);
     this.age(this.whist);
+    this.unchanged.length = 0;
     const scanNanos0 = this.scanner.nanos;
     let accessed = 0;
     let written = 0;
