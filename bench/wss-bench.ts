@@ -28,7 +28,7 @@ const SPEC: OptionSpec = {
   interval: { type: 'number', default: 200, help: 'tracking interval in the overhead test, ms' },
   phase: { type: 'number', default: 1500, help: 'length of each measured phase, ms' },
   rounds: { type: 'number', default: 2, help: 'untracked/tracked phase pairs per method' },
-  methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap' },
+  methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap,anon:move:trap (type:access[:server])' },
   skip: { type: 'string', default: '', help: 'parts to skip: scale,dense,overhead' },
   json: { type: 'boolean', default: false, help: 'print JSON' },
 };
@@ -176,17 +176,20 @@ function dense(o: Opts, log: (s: string) => void) {
 }
 
 async function overhead(o: Opts, log: (s: string) => void) {
-  const all: [string, AccessMethod][] = [['anon', 'none'], ['shmem', 'none'], ['shmem', 'zap'], ['shmem', 'minor'], ['anon', 'move']];
-  const wanted = o.methods === 'all' ? all : o.methods.split(',').map((m) => m.split(':') as [string, AccessMethod]);
+  type Server = 'engine' | 'trap' | undefined;
+  const all: [string, AccessMethod, Server][] = [['anon', 'none', undefined], ['shmem', 'none', undefined], ['shmem', 'zap', undefined],
+    ['shmem', 'minor', undefined], ['anon', 'move', 'engine'], ['anon', 'move', 'trap']];
+  const wanted = o.methods === 'all' ? all : o.methods.split(',').map((m) => m.split(':') as [string, AccessMethod, Server]);
   const out: Record<string, unknown>[] = [];
   log(`\noverhead: ${(o.workload / MiB).toFixed(0)} MiB region, ${o.threads} guest thread(s) writing 10% and reading 10% in a loop, ` +
     `${o.interval} ms intervals, ${o.rounds} × (${o.phase} ms untracked, ${o.phase} ms tracked) per method`);
-  log('  type    method              untracked Mpg/s   tracked Mpg/s   ratio   faults/s   scan ms   re-arm ms');
-  for (const [type, access] of wanted) {
+  log('  type    method                    untracked Mpg/s   tracked Mpg/s   ratio   faults/s   scan ms   re-arm ms');
+  for (const [type, access, server] of wanted) {
+    const label = ('wp-async+' + access + (server ? ` (${server})` : '')).padEnd(24);
     try {
-      chooseMethods(type, { access });
+      chooseMethods(type, { access, server });
     } catch (e) {
-      log(`  ${type.padEnd(7)} ${access.padEnd(18)} skipped: ${(e as Error).message}`);
+      log(`  ${type.padEnd(7)} ${label} skipped: ${(e as Error).message}`);
       continue;
     }
     const region = memoryType(type).create({ size: o.workload });
@@ -209,7 +212,7 @@ async function overhead(o: Opts, log: (s: string) => void) {
       await rate(200); // warm up the guest's JIT
       for (let r = 0; r < o.rounds; r++) {
         base.push(await rate(o.phase));
-        const t = await WssTracker.create(region, { access, write: true });
+        const t = await WssTracker.create(region, { access, write: true, server });
         try {
           t.arm();
           const t0 = performance.now();
@@ -220,11 +223,11 @@ async function overhead(o: Opts, log: (s: string) => void) {
         }
       }
       const row = {
-        type, access, write: 'wp-async', untracked: median(base), tracked: median(tracked), ratio: median(tracked) / median(base),
+        type, access, server: server ?? null, write: 'wp-async', untracked: median(base), tracked: median(tracked), ratio: median(tracked) / median(base),
         faultsPerSec: faults / (trackedMs / 1000), scanMs: median(scans), rearmMs: median(rearms),
       };
       out.push(row);
-      log(`  ${type.padEnd(7)} ${('wp-async+' + access).padEnd(18)} ${(row.untracked / 1e6).toFixed(1).padStart(15)} ${(row.tracked / 1e6).toFixed(1).padStart(15)} ` +
+      log(`  ${type.padEnd(7)} ${label} ${(row.untracked / 1e6).toFixed(1).padStart(15)} ${(row.tracked / 1e6).toFixed(1).padStart(15)} ` +
         `${row.ratio.toFixed(3).padStart(7)} ${row.faultsPerSec.toFixed(0).padStart(10)} ${row.scanMs.toFixed(2).padStart(9)} ${row.rearmMs.toFixed(2).padStart(11)}`);
     } finally {
       if (wl) await wl.stop();
