@@ -172,6 +172,18 @@ describe('uffd-engine bench', function () {
     for (const m of out.micro) assert.ok(m.nsPerOp > 0 && Number.isFinite(m.nsPerOp), `${m.name}: ${m.nsPerOp}`);
   });
 
+  it('--mode memory measures RSS before/after an engine over a sparse region, in fresh processes', async () => {
+    const out = json(await cli(['--mode', 'memory', '--size', '64G', '--json']));
+    for (const m of [out.rss.big, out.rss.small]) {
+      for (const k of ['baseMiB', 'mappedMiB', 'startedMiB', 'touchedMiB', 'stoppedMiB', 'overheadMiB', 'overheadTouchedMiB']) {
+        assert.ok(Number.isFinite(m[k]) && m[k] > -64, `${k} = ${m[k]}`);
+      }
+      assert.equal(m.touched, 1024);
+    }
+    assert.equal(out.rss.big.regionSize, 64 * 1024 * MiB);
+    assert.equal(out.rss.big.pageStateTableMiB, 4, '2 bits per 4 KiB page');
+  });
+
   it('refuses bad options with a reason', async () => {
     const r = await cli(['--pattern', 'zigzag']);
     assert.notEqual(r.code, 0);

@@ -17,7 +17,7 @@ import { formatSuiteDetails, rssLines, runSuite, SUITE_CASES, suiteConfig, Suite
 import type { FaultKind } from '../../bench/native.js';
 
 const SPEC: OptionSpec = {
-  mode: { type: 'string', help: 'start from a preset: throughput, serial, restore or bounce (the suite\'s cases); options given override it' },
+  mode: { type: 'string', help: 'start from a preset: throughput, serial, restore or bounce (the suite\'s cases; options given override it), or memory (RSS of an engine over a --size sparse region, default 1T)' },
   type: { type: 'string', help: 'memory: anon, memfd or hugetlbfs (default anon)' },
   kind: { type: 'string', help: 'fault kind: missing, minor (memfd/hugetlbfs) or wp (default missing)' },
   size: { type: 'size', help: 'region size, e.g. 64M, 2G (default 256M)' },
@@ -212,6 +212,14 @@ export async function run(args: string[]): Promise<number> {
     return result.cases.some((c) => c.runs.some((r) => r.mismatches > 0)) ? 3 : 0;
   }
 
+  if (o.mode === 'memory') {
+    const { measureRss } = await import('../../bench/rss.js');
+    const big = await measureRss(o.size ?? 2 ** 40, o.workers ?? 2);
+    const small = await measureRss(GiB, o.workers ?? 2);
+    if (o.json) console.log(JSON.stringify({ command, machine: machineJson(), rss: { big, small } }, null, 2));
+    else console.log(rssLines({ big, small }).join('\n'));
+    return 0;
+  }
   let cfg = configFromOptions(o);
   const notes: string[] = [];
   let result: CaseResult;
