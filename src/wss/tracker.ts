@@ -514,8 +514,8 @@ export class WssTracker {
   }
 
   // Pages reported written that came back through the engine with their bytes unchanged at
-  // the scan, in the last interval: reads, or writes whose store ran after the scan (the
-  // faulting thread had not run again yet); those are counted in the next interval.
+  // the scan, in the last interval: reads, stores of the bytes the page already held, or a
+  // store still in flight at the scan (its thread had not run again yet: counted next time).
   private readonly unchanged: Range[] = [];
   private noteUnchanged(first: number, last: number): void {
     const s = this.region.addr + first * this.pageSize;
@@ -528,8 +528,8 @@ export class WssTracker {
   /**
    * Address ranges of the pages that came back through the engine in the last interval and
    * had their bytes unchanged at the sample although the kernel reported them written (the
-   * engine installs pages writable): reads, or writes still in flight at the scan (counted
-   * in the next interval). Empty with the trap server.
+   * engine installs pages writable): reads, stores of the same bytes, or a store still in
+   * flight at the scan (counted in the next interval). Empty with the trap server.
    */
   unchangedBack(): Range[] {
     return this.unchanged.map((r) => ({ ...r }));
