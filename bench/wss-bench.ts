@@ -9,7 +9,12 @@
 //  3. Overhead on a running workload: guest threads touching a known hot set, measured with
 //     and without tracking in the same run (alternating phases), for each method this kernel
 //     has; the ratio is tracked / untracked guest throughput.
+//  4. Eviction: a region written once and left cold is evicted whole, read back by guest
+//     threads through the server (every first touch a fault), evicted again and restored
+//     with restoreAll(), for each memory type and server (engine, trap).
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { parseArgs, OptionSpec } from '../src/cli/args.js';
 import * as C from '../src/kernel/constants.js';
 import { bytesAt, close, kernelRelease, madvise, memset, munmap, openFile, preadTo, mapAnonymous } from '../src/kernel/memory.js';
@@ -29,13 +34,16 @@ const SPEC: OptionSpec = {
   phase: { type: 'number', default: 1500, help: 'length of each measured phase, ms' },
   rounds: { type: 'number', default: 2, help: 'untracked/tracked phase pairs per method' },
   methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap,anon:move:trap (type:access[:server])' },
-  skip: { type: 'string', default: '', help: 'parts to skip: scale,dense,overhead' },
+  skip: { type: 'string', default: '', help: 'parts to skip: scale,dense,overhead,evict' },
+  evictSize: { type: 'size', default: 256 * 1024 * 1024, help: 'region of the eviction test' },
+  readers: { type: 'number', default: 2, help: 'guest threads reading evicted pages back in the eviction test' },
+  workers: { type: 'number', default: 2, help: 'engine worker threads in the eviction test' },
   json: { type: 'boolean', default: false, help: 'print JSON' },
 };
 
 type Opts = {
   region: number; ws: number; dense: number; workload: number; threads: number; interval: number; phase: number;
-  rounds: number; methods: string; skip: string; json: boolean; _: string[];
+  rounds: number; methods: string; skip: string; json: boolean; evictSize: number; readers: number; workers: number; _: string[];
 };
 
 const GiB = 1024 ** 3;
@@ -237,6 +245,87 @@ async function overhead(o: Opts, log: (s: string) => void) {
   return out;
 }
 
+// Reads the first byte of every page of [start, end) from a worker thread, counting bytes that are not `byte`.
+const READER = `
+const { workerData, parentPort } = require('node:worker_threads');
+const { viewOf } = require(workerData.libc);
+const { start, end, pageSize, byte } = workerData;
+const b = new Uint8Array(viewOf(start, end - start));
+let bad = 0;
+for (let o = 0; o < b.length; o += pageSize) if (b[o] !== byte) bad++;
+parentPort.postMessage(bad);`;
+
+function readBack(start: number, size: number, pageSize: number, threads: number, byte: number): Promise<number> {
+  const libc = path.resolve(__dirname, '../src/kernel/libc.js');
+  const pages = size / pageSize;
+  return Promise.all(Array.from({ length: threads }, (_, i) => new Promise<number>((resolve, reject) => {
+    const a = start + Math.floor((pages * i) / threads) * pageSize;
+    const b = start + Math.floor((pages * (i + 1)) / threads) * pageSize;
+    const w = new Worker(READER, { eval: true, workerData: { start: a, end: b, pageSize, byte, libc } });
+    w.once('message', resolve);
+    w.once('error', reject);
+  }))).then((r) => r.reduce((x, y) => x + y, 0));
+}
+
+async function evict(o: Opts, log: (s: string) => void) {
+  const out: Record<string, unknown>[] = [];
+  log(`\neviction: ${(o.evictSize / MiB).toFixed(0)} MiB written once and left cold, evicted whole, read back by ${o.readers} guest threads ` +
+    `(one byte per page), evicted again and restored with restoreAll(); engine: ${o.workers} workers`);
+  log('  type    server   access  evict ms   MiB/s   read back ms  k pages/s  server p50/p99 µs   restore ms');
+  const cases: [string, 'engine' | 'trap'][] = [['anon', 'engine'], ['anon', 'trap'], ['shmem', 'engine'], ['shmem', 'trap']];
+  const hp = memoryType('hugetlbfs').available?.(C.HUGE_PAGE_2M);
+  if (hp?.ok) cases.push(['hugetlbfs', 'engine'], ['hugetlbfs', 'trap']);
+  for (const [type, server] of cases) {
+    const pageSize = type === 'hugetlbfs' ? C.HUGE_PAGE_2M : P;
+    let region;
+    try {
+      region = memoryType(type).create({ size: o.evictSize, pageSize });
+    } catch (e) {
+      log(`  ${type.padEnd(7)} ${server.padEnd(8)} skipped: ${(e as Error).message}`);
+      continue;
+    }
+    try {
+      memset(region.addr, 0x5a, region.size);
+      const t = await WssTracker.create(region, { evict: true, server, workers: o.workers });
+      try {
+        t.arm();
+        t.sample();
+        let t0 = performance.now();
+        const ev = t.evictCold({ how: 'store', minIdle: 1 });
+        const evictMs = performance.now() - t0;
+        const e0 = t.engineStats();
+        t0 = performance.now();
+        const bad = await readBack(region.addr, region.size, pageSize, o.readers, 0x5a);
+        const readMs = performance.now() - t0;
+        const e1 = t.engineStats();
+        let lat = '-';
+        if (e0 && e1) {
+          // latency of the read-back faults alone: the histogram difference
+          const h = e1.latencyUs.histogram.map((v, i) => v - e0.latencyUs.histogram[i]);
+          const pct = (q: number) => { const n = h.reduce((a, b) => a + b, 0); let acc = 0; for (let i = 0; i < h.length; i++) { acc += h[i]; if (acc >= q * n) return 2 ** (i + 1); } return 0; };
+          lat = `${pct(0.5)}/${pct(0.99)}`;
+        }
+        t.sample();
+        t.sample();
+        t.evictCold({ how: 'store', minIdle: 1 });
+        t0 = performance.now();
+        await t.restoreAll();
+        const restoreMs = performance.now() - t0;
+        const row = { type, server, access: t.access, pages: ev.pages, evictMs, readMs, pagesPerSec: ev.pages / (readMs / 1000), bad, latencyUs: lat, restoreMs };
+        out.push(row);
+        log(`  ${type.padEnd(7)} ${server.padEnd(8)} ${t.access.padEnd(6)} ${evictMs.toFixed(0).padStart(9)} ${(o.evictSize / MiB / (evictMs / 1000)).toFixed(0).padStart(7)} ` +
+          `${readMs.toFixed(0).padStart(14)} ${(row.pagesPerSec / 1000).toFixed(1).padStart(10)}  ${lat.padStart(17)} ${restoreMs.toFixed(0).padStart(12)}` +
+          (bad ? `  ${bad} pages WRONG` : ''));
+      } finally {
+        await t.close();
+      }
+    } finally {
+      region.close();
+    }
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   const o = parseArgs<Opts>(process.argv.slice(2), SPEC);
   const log = o.json ? () => {} : (s: string) => console.log(s);
@@ -246,6 +335,7 @@ async function main(): Promise<void> {
   if (!skip.has('scale')) result.scale = await scale(o, log);
   if (!skip.has('dense')) result.dense = dense(o, log);
   if (!skip.has('overhead')) result.overhead = await overhead(o, log);
+  if (!skip.has('evict')) result.evict = await evict(o, log);
   if (o.json) console.log(JSON.stringify(result, null, 2));
 }
 
