@@ -230,7 +230,7 @@ export async function run(args: string[]): Promise<number> {
       const after = tracker.sample();
       readBackResult = { ...rb, served: after.servedBack };
       log(`read back the cold part from ${o.threads} guest threads: ${rb.pages} pages (${before.evicted} evicted) in ${rb.ms.toFixed(0)} ms ` +
-        `(${(rb.pages / rb.ms).toFixed(0)}k pages/s), ${rb.bad ? `${rb.bad} pages WRONG` : 'every byte as written'}; ` +
+        `(${(rb.pages / (rb.ms / 1000)).toFixed(0)} pages/s), ${rb.bad ? `${rb.bad} pages WRONG` : 'every byte as written'}; ` +
         `served back by the ${tracker.server}: ${after.servedBack} pages on ${after.faults} faults`);
     }
     const footprint = tracker.footprint();
