@@ -282,18 +282,21 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       }
       for (const r of handshake.regions) {
         const populate = opts.populateSource === 'always' || ((opts.populateSource ?? 'auto') === 'auto' && r.pageSize > PAGE_SIZE);
-        const addr = mmap(r.size, PROT_READ, MAP_PRIVATE | (populate && opts.populateSource !== 'never' ? MAP_POPULATE : 0), memFile.fd, r.offset);
+        const addr = mmap(r.size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), memFile.fd, r.offset);
         maps.push({ addr, len: r.size });
       }
-      if (closing || ctx.signal.aborted) {
-        summary.endReason = closing ? 'shutdown' : 'hangup';
+      // The peer already hung up: nothing to serve. (During a shutdown the engine still
+      // starts: the session then ends at once with the shutdown's stop mode, so a VM that
+      // got in at the last moment is filled rather than left waiting.)
+      if (ctx.signal.aborted && !closing) {
+        summary.endReason = 'hangup';
         return summary;
       }
       // Recording: the sampler thread starts first and attaches to the page-state table
       // before any engine thread runs, so it sees the very first fault.
       sampler = record ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
       const smp = sampler;
-      engine = await Engine.start({
+      const starting = Engine.start({
         beforeLaunch: smp ? (e) => smp.attach(e.setup.states, e.totalPages) : undefined,
         uffd: Userfaultfd.fromFd(uffdFd, uf.features),
         ownsUffd: false,
@@ -308,6 +311,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         },
         ...opts.engine,
       });
+      engine = await starting;
       const eng = engine;
       summary.engineStartMs = Math.round(since() * 10) / 10;
       emit({ type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: regions.length, totalBytes: handshake.totalSize });
