@@ -185,7 +185,7 @@ for (;;) {
     if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
     idleReads = 0;
     lastBusy = false;
-    r.updateCpu(true);
+    r.updateCpu();
     poller.wait(-1);
     if (poller.revents(1) !== 0) eventfdDrain(setup.eventFd);
     continue;

@@ -271,6 +271,7 @@ export class Engine extends EventEmitter {
       table[b + L.RT_SOURCE] = i;
       table[b + L.RT_ALIVE] = 1;
       table[b + L.RT_SRC_OFFSET] = 0;
+      table[b + L.RT_MINOR] = r.source.minor ? 1 : 0;
     });
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
   }

@@ -13,6 +13,7 @@ export const RT_SRC_ADDR = 5; // address of the source bytes of its first page (
 export const RT_SOURCE = 6; // index of the region's source spec (callback routing)
 export const RT_ALIVE = 7; // 0 once unmapped
 export const RT_SRC_OFFSET = 8; // byte offset of its first page within its source
+export const RT_MINOR = 9; // 1: a page-cache source (minor faults, CONTINUE)
 export const RT_WORDS = 12;
 export const MAX_REGION_ROWS = 256;
 

@@ -174,10 +174,15 @@ export class Resolver {
       this.latency(tRead);
       return 0;
     }
-    // Being filled by another thread (its ioctl wakes this one) or already present (a
-    // race, or a REMOVE not yet read: waking lets the thread fault again).
     c[C_SPURIOUS]++;
-    if (this.states.get(g) === PAGE_PRESENT) this.safeWake(pageAddr, ps);
+    if (state === PAGE_PRESENT && this.states.transition(g, PAGE_PRESENT, PAGE_FILLING)) {
+      // The table says present, yet the kernel reports the page missing: a race with the
+      // fill that mapped it, a hole punched without an event, or a REMOVE not yet read.
+      // Fill it again: EEXIST means it was a race. Wake either way so no thread is left.
+      this.fill(row, local, 1, 1, false);
+      this.safeWake(pageAddr, ps);
+    }
+    // Otherwise another thread is filling it: its ioctl wakes this one.
     this.latency(tRead);
     return 0;
   }
@@ -250,6 +255,12 @@ export class Resolver {
         if (got > 0) continue; // partial progress: go on from there
         // EAGAIN with nothing done: the mappings are changing under an unread event.
         c[C_RETRIES]++;
+        if (op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO && this.setup.afterRemove === 'zero'
+          && this.states.get(g + Math.floor(done / ps)) === PAGE_DROPPED) {
+          // The event was a REMOVE over this page: what the thread must see now is zeros.
+          this.states.transition(g + Math.floor(done / ps), PAGE_DROPPED, PAGE_FILLING);
+          op = ps > 4096 || t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE;
+        }
         if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
           this.releaseFrom(row, local, n, done, PAGE_MISSING);
           this.deferred = !this.mayRetry;
@@ -280,12 +291,14 @@ export class Resolver {
     this.claim[L.CL_COUNT] = 0;
     this.lastFilled = ok;
     c[C_BYTES] += bytes;
-    if (op === L.MISS_ZEROPAGE || op === L.MISS_COPY_ZERO) c[C_ZERO_FILLS] += ok;
-    if (cause === CAUSE_BACKGROUND) c[C_PAGES_BACKGROUND] += ok;
+    // Count what this thread filled; pages skipped on EEXIST were filled by someone else.
+    const filled = Math.round(bytes / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]);
+    if (op === L.MISS_ZEROPAGE || op === L.MISS_COPY_ZERO) c[C_ZERO_FILLS] += filled;
+    if (cause === CAUSE_BACKGROUND) c[C_PAGES_BACKGROUND] += filled;
     else {
-      const d = Math.min(demand, ok);
+      const d = Math.min(demand, filled);
       c[C_PAGES_DEMAND] += d;
-      c[C_PAGES_READAHEAD] += ok - d;
+      c[C_PAGES_READAHEAD] += filled - d;
     }
   }
 
@@ -322,7 +335,7 @@ export class Resolver {
     }
   }
 
-  private continueRun(row: number, g: number, local: number, n: number): void {
+  private continueRun(row: number, g: number, local: number, n: number, cause = CAUSE_DEMAND): void {
     const b = row * L.RT_WORDS;
     const ps = this.table[b + L.RT_PAGE_SIZE];
     const dst = this.table[b + L.RT_START] + local * ps;
@@ -339,7 +352,7 @@ export class Resolver {
       yieldCpu();
     }
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
-    this.counters[C_PAGES_DEMAND] += n;
+    this.counters[cause === CAUSE_BACKGROUND ? C_PAGES_BACKGROUND : C_PAGES_DEMAND] += n;
     this.counters[C_BYTES] += done;
   }
 
@@ -397,6 +410,16 @@ export class Resolver {
     if (!this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) return 1;
     const local = g - this.table[b + L.RT_STATE_BASE];
     const n = this.extendClaim(row, g, local, max);
+    if (this.table[b + L.RT_MINOR] === 1) {
+      // A page-cache source: map what the cache holds (CONTINUE); what it lacks is filled
+      // from the missing-fault source below.
+      try {
+        this.continueRun(row, g, local, n, CAUSE_BACKGROUND);
+        return n;
+      } catch {
+        // Not in the page cache (or gone): fill it as a missing page.
+      }
+    }
     this.fill(row, local, n, 0, false, CAUSE_BACKGROUND);
     return n;
   }
