@@ -243,7 +243,7 @@ export class Engine extends EventEmitter {
       inline: opts.inline ?? 'auto',
       spinMicros: opts.spinMicros ?? 30,
       dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
-      inlineBatch: opts.inlineBatch ?? 16,
+      inlineBatch: opts.inlineBatch ?? 64,
       wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
       callbackStaging: hasCallback ? new SharedArrayBuffer(callbackRunBytes * workers) : null,
       callbackControl: hasCallback ? new SharedArrayBuffer(L.CB_WORDS * 4 * workers) : null,
