@@ -42,7 +42,7 @@ export class PagePins {
       while (cap < want) {
         if (this.pipes.length >= MAX_PIPES) {
           throw new UnsupportedError(`holding ${want} bytes of pages needs more than ${MAX_PIPES} pipes ` +
-            `(each holds ${this.pipes[0]?.cap ?? 0} bytes here; raise /proc/sys/fs/pipe-max-size)`);
+            `(each holds ${this.pipes[0]?.cap ?? 0} bytes here; raise /proc/sys/fs/pipe-max-size, or use server 'trap')`);
         }
         const p = openPipe();
         this.pipes.push(p);
