@@ -4,6 +4,7 @@ export * from './tracker.js';
 export * from './pages.js';
 export { TrapHandler } from './handler.js';
 export { TrapServer, type TrapConfig } from './serve.js';
+export { PagePins } from './pins.js';
 export * from './workload.js';
 export * from './heatmap.js';
 export { Scanner, type ScanOptions, type PageRegion, categoryNames } from '../kernel/pagemap.js';
