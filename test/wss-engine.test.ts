@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import * as C from '../src/kernel/constants.js';
 import { ConfigError } from '../src/kernel/errors.js';
-import { bytesAt, mapAnonymous, munmap } from '../src/kernel/memory.js';
+import { bytesAt, madvise, mapAnonymous, munmap } from '../src/kernel/memory.js';
 import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { Engine } from '../src/engine/engine.js';
 import { PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING } from '../src/engine/shared.js';
@@ -196,6 +196,33 @@ describe('wss served by the engine', () => {
       const b = bytesAt(region.addr, region.size);
       for (let p = 1; p < pages; p++) for (let o = 0; o < P4K; o += 512) assert.equal(b[p * P4K + o], initial(p, o), `page ${p} offset ${o}`);
       assert.equal(b[11 * P4K + 8], 0x77);
+    } finally {
+      region.close();
+    }
+  });
+
+  it("anon: a guest's madvise(DONTNEED) reaches the engine (REMOVE): the page reads zeros, held or served back", async () => {
+    const pages = 16;
+    const region = memoryType('anon').create({ size: pages * P4K });
+    try {
+      fill(region, pages);
+      const t = await WssTracker.create(region, { access: 'move', write: true });
+      try {
+        assert.equal(t.server, 'engine');
+        t.arm(); // every page moved into the store
+        madvise(region.addr + 2 * P4K, P4K, C.MADV_DONTNEED); // held in the store
+        assert.equal(await touchFromThread(region.addr + 2 * P4K + 512).done, 0);
+        assert.equal(await touchFromThread(region.addr + 3 * P4K + 512).done, initial(3, 512)); // served back
+        await sleep(20);
+        madvise(region.addr + 3 * P4K, P4K, C.MADV_DONTNEED); // present, came back through the engine
+        assert.equal(await touchFromThread(region.addr + 3 * P4K + 512).done, 0);
+        t.sample();
+        assert.equal(t.engineStats()!.events >= 2, true);
+      } finally {
+        await t.close();
+      }
+      const b = bytesAt(region.addr, region.size);
+      for (let p = 0; p < pages; p++) assert.equal(b[p * P4K + 512], p === 2 || p === 3 ? 0 : initial(p, 512), `page ${p}`);
     } finally {
       region.close();
     }

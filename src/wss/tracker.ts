@@ -244,6 +244,12 @@ export class WssTracker {
     }
     if (access === 'rwp') { modes.push('rwp'); features.add('RWP').add('RWP_ASYNC'); }
     if (access === 'move') { modes.push('missing'); features.add('MOVE'); }
+    // With the engine, a guest's madvise(DONTNEED) of an anon page must reach it (REMOVE: the
+    // page is DROPPED and reads zeros, as the kernel would), or the engine would fill the page
+    // again from its store copy. The tracker's own DONTNEEDs of the store then wait for the
+    // dispatcher to read the event (one per run moved aside). Files keep their data in the page
+    // cache over a DONTNEED, so the zap method (one DONTNEED per run per sample) goes without.
+    if (server === 'engine' && access === 'move') features.add('EVENT_REMOVE');
     if (access === 'minor') modes.push('minor', 'missing');
     if (opts.evict && !modes.includes('missing')) modes.push('missing');
     const needsHandler = server === 'trap';
@@ -596,6 +602,7 @@ export class WssTracker {
         try {
           done += uffd.move(this.storeAddr + off + done, a + done, h - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
           if (uffd.lastErrno === ERRNO.EEXIST) { failed = true; break; }
+          if (uffd.lastErrno === ERRNO.EAGAIN) yieldCpu(); // an event (REMOVE) not read yet
         } catch {
           failed = true; // EBUSY: a page that cannot move (pinned, KSM); leave the rest in place
           break;
