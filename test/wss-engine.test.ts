@@ -170,6 +170,7 @@ describe('wss served by the engine', () => {
         const ev = t.evictCold();
         assert.equal(ev.pages, pages - 1);
         assert.equal(t.sample().evicted, pages - 1);
+        const base = t.engineStats()!.pages.total;
         // page 10 read, page 11 written with new bytes, page 12 written with the bytes it had
         const r10 = touchFromThread(region.addr + 10 * P4K + 512);
         const w11 = touchFromThread(region.addr + 11 * P4K + 8, 0x77);
@@ -177,7 +178,8 @@ describe('wss served by the engine', () => {
         assert.equal(await r10.done, initial(10, 512));
         assert.equal(await w11.done, 0x77);
         await w12.done;
-        await sleep(20); // the engine records a fill just after the ioctl that woke the toucher
+        // the engine records a fill just after the ioctl that woke the toucher
+        for (let i = 0; i < 1000 && t.engineStats()!.pages.total < base + 3; i++) await sleep(2);
         const st = t.sample();
         assert.equal(st.servedBack, 3, 'three pages came back through the engine');
         assert.equal(st.faults, 3);
@@ -260,9 +262,10 @@ describe('wss served by the engine', () => {
       // Touch every page from a thread: each page still evicted (or held) comes back through the engine.
       const last = t.sample();
       served += last.servedBack;
+      const base = t.engineStats()!.pages.total;
       const out = await readFromThread(Array.from({ length: pages }, (_, p) => region.addr + p * pageSize + 512));
       for (let p = 0; p < pages; p++) assert.equal(out[p], initial(p, 512), `page ${p} read back`);
-      await sleep(20);
+      for (let i = 0; i < 1000 && t.engineStats()!.pages.total < base + last.evicted; i++) await sleep(2);
       const back = t.sample();
       assert.ok(back.servedBack >= last.evicted, `${back.servedBack} pages came back through the engine, ${last.evicted} were evicted`);
       served += back.servedBack;

@@ -313,7 +313,7 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
           // Every evicted page came back through the engine (anon: the 3 hot pages too, they
           // were held in the store since the last sample).
           const want = served0 + (type === 'anon' ? pages : pages - 3);
-          for (let i = 0; i < 100 && t.engineStats()!.pages.total < want; i++) await new Promise((r) => setTimeout(r, 2));
+          for (let i = 0; i < 1000 && t.engineStats()!.pages.total < want; i++) await new Promise((r) => setTimeout(r, 2));
           const es = t.engineStats()!;
           assert.equal(es.pages.total, want);
           assert.equal(es.errors, 0);
