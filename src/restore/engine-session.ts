@@ -381,7 +381,9 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       drainUffd(uffdFd);
       if (mode === 'complete' && summary.populatedMs === null && stats.incidents === 0) summary.populatedMs = Math.round(since() * 10) / 10;
       fillFromStats(summary, stats);
-      if (stats.faults.missing !== lastFaults) summary.lastDemandFaultMs = Math.round(since() * 10) / 10;
+      // Faults counted since the last tick happened before now, and before the moment
+      // everything was present (later ones found their page there).
+      if (stats.faults.missing !== lastFaults) summary.lastDemandFaultMs = summary.populatedMs ?? Math.round(since() * 10) / 10;
       return summary;
     } catch (e) {
       summary.endReason = 'error';
