@@ -29,6 +29,18 @@ const uffd = r.uffd;
 const inlineAuto = setup.inline === 'auto';
 const inlineAll = setup.inline === 'always';
 const canInlineWp = setup.wpHook === null;
+// Re-zeroing a page blocks on work only this thread can do: a worker does it.
+r.deferRezero = (addr: number) => {
+  const row = r.findRow(addr);
+  if (row < 0) return;
+  const shard = Math.floor(r.globalPage(row, addr) / setup.stripePages) % rings.length;
+  while (!rings[shard].stage(staged[shard], addr, L.FAULT_REZERO, nowMs())) {
+    rings[shard].publish(staged[shard]);
+    staged[shard] = 0;
+    Atomics.wait(ctl, L.CT_STOP, 0, 0.05);
+  }
+  staged[shard]++;
+};
 const KIND_BITS = UFFD_PAGEFAULT_FLAG_MINOR | UFFD_PAGEFAULT_FLAG_RWP | UFFD_PAGEFAULT_FLAG_WP;
 
 function post(msg: unknown): void {

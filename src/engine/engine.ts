@@ -18,7 +18,7 @@ import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
-  C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
+  C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
   PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, Ring,
 } from './shared.js';
 
@@ -74,6 +74,11 @@ export interface EngineOptions {
   wpHook?: { module: string; export?: string };
   ringCapacity?: number;
   callbackTimeoutMs?: number;
+  /**
+   * The process owning regions the engine did not register (a VMM), when known: a page that a
+   * REMOVE raced with its fill is zeroed again through /proc/PID/mem.
+   */
+  peerPid?: number;
   /** Extra userfaultfd features to request when the engine creates the uffd (e.g. EVENT_FORK). */
   features?: FeatureName[];
   /**
@@ -117,6 +122,8 @@ export interface EngineStats {
   wakes: number;
   errors: number;
   spurious: number;
+  /** Pages made zero again because a REMOVE raced with their fill. */
+  rezeroed: number;
   inline: number;
   handoffs: number;
   events: number;
@@ -272,6 +279,8 @@ export class Engine extends EventEmitter {
       table[b + L.RT_ALIVE] = 1;
       table[b + L.RT_SRC_OFFSET] = 0;
       table[b + L.RT_MINOR] = r.source.minor ? 1 : 0;
+      table[b + L.RT_OWN] = r.own ? 1 : 0;
+      table[b + L.RT_PEER_PID] = opts.peerPid ?? 0;
     });
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
   }
@@ -479,6 +488,7 @@ export class Engine extends EventEmitter {
       wakes: sum(C_WAKES),
       errors: sum(C_ERRORS),
       spurious: sum(C_SPURIOUS),
+      rezeroed: sum(C_REZEROED),
       inline: sum(C_INLINE),
       handoffs: sum(C_HANDOFFS),
       events: sum(C_EVENTS),

@@ -14,6 +14,11 @@ export const RT_SOURCE = 6; // index of the region's source spec (callback routi
 export const RT_ALIVE = 7; // 0 once unmapped
 export const RT_SRC_OFFSET = 8; // byte offset of its first page within its source
 export const RT_MINOR = 9; // 1: a page-cache source (minor faults, CONTINUE)
+export const RT_OWN = 10; // 1: memory of this process (the engine registered it)
+export const RT_PEER_PID = 11; // the process owning the memory, when known (for /proc/PID/mem)
+
+/** Ring flag (beside the kernel's fault flags): make this page read zeros again (see Resolver.rezero). */
+export const FAULT_REZERO = 0x40000000;
 export const RT_WORDS = 12;
 export const MAX_REGION_ROWS = 256;
 

@@ -5,13 +5,14 @@
 import { UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP } from '../kernel/constants.js';
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
-import { bytesAt } from '../kernel/memory.js';
+import { MADV_DONTNEED, O_RDWR } from '../kernel/constants.js';
+import { bytesAt, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
 import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
-  C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
+  C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
   COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
 } from './shared.js';
 
@@ -116,6 +117,10 @@ export class Resolver {
   handleFault(addr: number, flags: number, tRead: number, more: number): number {
     const c = this.counters;
     const row = this.findRow(addr);
+    if (flags & L.FAULT_REZERO) {
+      if (row >= 0) this.rezero(row, Math.floor((addr - this.table[row * L.RT_WORDS + L.RT_START]) / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]));
+      return 0;
+    }
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
       c[C_SPURIOUS]++;
@@ -148,7 +153,15 @@ export class Resolver {
       c[C_FAULTS_MINOR]++;
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
       const n = Math.min(1 + more, (t[b + L.RT_SIZE] / ps) - local);
-      this.continueRun(row, g, local, n);
+      try {
+        this.continueRun(row, g, local, n);
+      } catch {
+        // The page left the page cache between the fault and CONTINUE (a hole punched):
+        // wake the thread; it faults again, now as a missing fault.
+        c[C_ERRORS]++;
+        this.safeWake(pageAddr, n * ps);
+        return 0;
+      }
       this.latency(tRead);
       return n - 1;
     }
@@ -287,7 +300,14 @@ export class Resolver {
   private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number): void {
     const c = this.counters;
     const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
-    for (let i = 0; i < ok; i++) this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT);
+    for (let i = 0; i < ok; i++) {
+      if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
+      // A REMOVE over this page was applied while we filled it. If our copy landed after
+      // the kernel zapped the page, it now holds source bytes where zeros belong.
+      if (bytes > 0 && op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO && this.states.get(g + i) === PAGE_DROPPED) {
+        this.rezero(row, local + i);
+      }
+    }
     this.claim[L.CL_COUNT] = 0;
     this.lastFilled = ok;
     c[C_BYTES] += bytes;
@@ -355,6 +375,36 @@ export class Resolver {
     this.counters[cause === CAUSE_BACKGROUND ? C_PAGES_BACKGROUND : C_PAGES_DEMAND] += n;
     this.counters[C_BYTES] += done;
   }
+
+  /**
+   * Makes a page that a REMOVE dropped while we were filling it read zeros again: our own
+   * memory is zapped with MADV_DONTNEED (the engine serves zeros on the next touch), a peer's
+   * is overwritten with zeros through /proc/PID/mem. Both block until the dispatcher has
+   * served or read what they cause, so the dispatcher hands this to a worker.
+   */
+  rezero(row: number, local: number): void {
+    const b = row * L.RT_WORDS;
+    const ps = this.table[b + L.RT_PAGE_SIZE];
+    const addr = this.table[b + L.RT_START] + local * ps;
+    if (!this.mayRetry) {
+      this.deferRezero?.(addr);
+      return;
+    }
+    this.counters[C_REZEROED]++;
+    if (this.table[b + L.RT_OWN] === 1) {
+      tryMadvise(addr, ps, MADV_DONTNEED);
+      return;
+    }
+    const pid = this.table[b + L.RT_PEER_PID];
+    if (!pid) return; // unknown owner: reported through the counter
+    if (this.peerMemFd < 0) {
+      try { this.peerMemFd = openFile(`/proc/${pid}/mem`, O_RDWR); } catch { return; }
+    }
+    try { pwriteFrom(this.peerMemFd, this.zeroAddr, ps, addr); } catch { /* the peer exited */ }
+  }
+  /** Set by the dispatcher: queue a rezero for a worker. */
+  deferRezero: ((addr: number) => void) | null = null;
+  private peerMemFd = -1;
 
   safeWake(addr: number, len: number): void {
     if (len <= 0) return;

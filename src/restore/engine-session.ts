@@ -300,6 +300,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         beforeLaunch: smp ? (e) => smp.attach(e.setup.states, e.totalPages) : undefined,
         uffd: Userfaultfd.fromFd(uffdFd, uf.features),
         ownsUffd: false,
+        peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
         regions: handshake.regions.map((r, i) => ({
           start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: r.pageSize > PAGE_SIZE ? 'hugetlbfs' as const : 'anon' as const,
           source: sources.address(maps[i].addr, r.size),
