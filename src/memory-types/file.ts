@@ -3,12 +3,13 @@
 // resolves the write in place and PAGEMAP_SCAN reports PAGE_IS_WRITTEN): no missing or minor
 // faults, so no serving. Without a path, create() makes an unlinked temporary file in a
 // directory that is not tmpfs (a tmpfs file would be shmem).
+import { mapSharedRegion } from './shared-mapping.js';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as C from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
-import { close, ftruncate, mmap, munmap, openFile } from '../kernel/memory.js';
+import { close, ftruncate, openFile } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { Availability, MemoryType, Region, RegionOptions } from './types.js';
 
@@ -102,28 +103,7 @@ export const memoryType: MemoryType = {
         throw e;
       }
     }
-    let addr = 0;
-    let aliasAddr = 0;
-    try {
-      const flags = C.MAP_SHARED | (opts.noReserve ? C.MAP_NORESERVE : 0);
-      addr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
-      aliasAddr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
-    } catch (e) {
-      if (addr) munmap(addr, size);
-      close(fd);
-      throw e;
-    }
-    let closed = false;
-    return {
-      type: 'file', addr, size, pageSize, fd, aliasAddr,
-      close() {
-        if (closed) return;
-        closed = true;
-        munmap(addr, size);
-        munmap(aliasAddr, size);
-        close(fd);
-      },
-    };
+    return mapSharedRegion('file', fd, size, pageSize, opts.noReserve);
   },
 };
 

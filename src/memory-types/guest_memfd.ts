@@ -4,11 +4,12 @@
 // touch is a SIGBUS). Declared as in the 2026 RFC "mm, kvm: allow uffd support in
 // guest_memfd" (missing + minor through vm_uffd_ops); kernels without that series refuse
 // userfaultfd registration of it with EINVAL, which probe reports.
+import { mapSharedRegion } from './shared-mapping.js';
 import * as C from '../kernel/constants.js';
 import { UffdError } from '../kernel/errors.js';
 import { createGuestMemfd, createVm, guestMemfdSupport, openKvm } from '../kernel/kvm.js';
 import { ERRNO } from '../kernel/libc.js';
-import { close, mmap, munmap } from '../kernel/memory.js';
+import { close } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { MemoryType, Region, RegionOptions } from './types.js';
 
@@ -36,8 +37,6 @@ export const memoryType: MemoryType = {
     const kvm = openKvm();
     let vm = -1;
     let fd = -1;
-    let addr = 0;
-    let aliasAddr = 0;
     try {
       vm = createVm(kvm);
       try {
@@ -47,29 +46,14 @@ export const memoryType: MemoryType = {
         if (!(e instanceof UffdError && e.errno === ERRNO.EINVAL)) throw e;
         fd = createGuestMemfd(vm, size, C.GUEST_MEMFD_FLAG_MMAP);
       }
-      const flags = C.MAP_SHARED | (opts.noReserve ? C.MAP_NORESERVE : 0);
-      addr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
-      aliasAddr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
     } catch (e) {
-      if (addr) munmap(addr, size);
-      if (fd >= 0) close(fd);
       if (vm >= 0) close(vm);
+      close(kvm);
       throw e;
-    } finally {
-      close(kvm); // the VM keeps KVM alive; its fd is not needed any more
     }
-    let closed = false;
-    return {
-      type: 'guest_memfd', addr, size, pageSize, fd, aliasAddr,
-      close() {
-        if (closed) return;
-        closed = true;
-        munmap(addr, size);
-        munmap(aliasAddr, size);
-        close(fd);
-        close(vm);
-      },
-    };
+    close(kvm); // the VM keeps KVM alive; its fd is not needed any more
+    // The region keeps the VM open: the guest_memfd belongs to it.
+    return mapSharedRegion('guest_memfd', fd, size, pageSize, opts.noReserve, [vm]);
   },
 };
 

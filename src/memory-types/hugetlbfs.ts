@@ -3,9 +3,10 @@
 // pool the administrator reserved (nr_hugepages). A memfd mapping reserves nothing at mmap
 // time, so a fault with the pool empty is a SIGBUS: create() refuses unless pages are free
 // (or noReserve is asked for, e.g. to probe registration only).
+import { mapSharedRegion } from './shared-mapping.js';
 import * as C from '../kernel/constants.js';
 import { UnsupportedError } from '../kernel/errors.js';
-import { close, ftruncate, hugetlbPages, memfdCreate, mmap, munmap } from '../kernel/memory.js';
+import { close, ftruncate, hugetlbPages, memfdCreate } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { Availability, MemoryType, Region, RegionOptions } from './types.js';
 
@@ -66,29 +67,13 @@ export const memoryType: MemoryType = {
     }
     const fd = memfdCreate('uffd-engine-hugetlb',
       C.MFD_CLOEXEC | C.MFD_HUGETLB | (pageSize === C.HUGE_PAGE_1G ? C.MFD_HUGE_1GB : C.MFD_HUGE_2MB));
-    let addr = 0;
-    let aliasAddr = 0;
     try {
       ftruncate(fd, size);
-      const flags = C.MAP_SHARED | (opts.noReserve ? C.MAP_NORESERVE : 0);
-      addr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
-      aliasAddr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
     } catch (e) {
-      if (addr) munmap(addr, size);
       close(fd);
       throw e;
     }
-    let closed = false;
-    return {
-      type: 'hugetlbfs', addr, size, pageSize, fd, aliasAddr,
-      close() {
-        if (closed) return;
-        closed = true;
-        munmap(addr, size);
-        munmap(aliasAddr, size);
-        close(fd);
-      },
-    };
+    return mapSharedRegion('hugetlbfs', fd, size, pageSize, opts.noReserve);
   },
 };
 

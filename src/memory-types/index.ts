@@ -9,7 +9,7 @@ import type { MemoryType } from './types.js';
 export type { MemoryType, Region, RegionOptions, ResolveOp, MemoryTypeName, Availability } from './types.js';
 
 /** Modules of this directory that are not memory types. */
-const INFRASTRUCTURE = new Set(['index', 'types', 'check', 'probe']);
+const INFRASTRUCTURE = new Set(['index', 'types', 'check', 'probe', 'shared-mapping']);
 
 function isMemoryType(x: unknown): x is MemoryType {
   const t = x as MemoryType | undefined;

@@ -1,8 +1,9 @@
 // Shared memory: a memfd (tmpfs inode) mapped MAP_SHARED. It has a page cache, so besides
 // missing faults it supports minor faults: fill the page cache through the alias mapping
 // (never registered), then map the page in with UFFDIO_CONTINUE.
+import { mapSharedRegion } from './shared-mapping.js';
 import * as C from '../kernel/constants.js';
-import { close, ftruncate, memfdCreate, mmap, munmap } from '../kernel/memory.js';
+import { close, ftruncate, memfdCreate } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { MemoryType, Region, RegionOptions } from './types.js';
 
@@ -26,29 +27,13 @@ export const memoryType: MemoryType = {
     const pageSize = checkRegionOptions(memoryType, opts);
     const size = opts.size;
     const fd = memfdCreate('uffd-engine-shmem', C.MFD_CLOEXEC);
-    let addr = 0;
-    let aliasAddr = 0;
     try {
       ftruncate(fd, size);
-      const flags = C.MAP_SHARED | (opts.noReserve ? C.MAP_NORESERVE : 0);
-      addr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
-      aliasAddr = mmap(size, C.PROT_READ | C.PROT_WRITE, flags, fd, 0);
     } catch (e) {
-      if (addr) munmap(addr, size);
       close(fd);
       throw e;
     }
-    let closed = false;
-    return {
-      type: 'shmem', addr, size, pageSize, fd, aliasAddr,
-      close() {
-        if (closed) return;
-        closed = true;
-        munmap(addr, size);
-        munmap(aliasAddr, size);
-        close(fd);
-      },
-    };
+    return mapSharedRegion('shmem', fd, size, pageSize, opts.noReserve);
   },
 };
 
