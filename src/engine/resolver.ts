@@ -163,6 +163,7 @@ export class Resolver {
         return 0;
       }
       this.latency(tRead);
+      c[C_FAULTS_MINOR] += n - 1;
       return n - 1;
     }
     c[C_FAULTS_MISSING]++;
@@ -178,7 +179,9 @@ export class Resolver {
       this.lastEnd = g + n;
       this.fill(row, local, n, 1 + Math.min(more, n - 1), false);
       this.latency(tRead);
-      return this.lastFilled > 0 ? Math.min(more, this.lastFilled - 1) : 0;
+      const absorbed = this.lastFilled > 0 ? Math.min(more, this.lastFilled - 1) : 0;
+      c[C_FAULTS_MISSING] += absorbed; // the faults this ioctl served for the caller's ring
+      return absorbed;
     }
     if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
       // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
