@@ -13,7 +13,7 @@ import { msgEvent, msgFaultAddress, msgFaultFlags, u64 } from '../src/kernel/mes
 import { MessageBuffer } from '../src/kernel/userfaultfd.js';
 import * as L from '../src/engine/layout.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
-import { C_EVENTS, C_HANDOFFS, C_INLINE, C_READS, PAGE_DROPPED, Ring } from '../src/engine/shared.js';
+import { C_EVENTS, C_HANDOFFS, C_INLINE, C_READS, C_REMOVES, PAGE_DROPPED, Ring } from '../src/engine/shared.js';
 
 const setup = workerData as L.EngineSetup;
 const r = new Resolver(setup, setup.workers, false);
@@ -153,6 +153,7 @@ function handleEvent(i: number): void {
       const start = u64(dv, base + 8);
       const end = u64(dv, base + 16);
       dropRange(start, end, false);
+      c[C_REMOVES]++;
       post({ type: 'remove', start, end });
       break;
     }

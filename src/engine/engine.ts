@@ -18,7 +18,7 @@ import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
-  C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
+  C_REMOVES, C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
   PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, Ring,
 } from './shared.js';
 
@@ -124,6 +124,8 @@ export interface EngineStats {
   spurious: number;
   /** Pages made zero again because a REMOVE raced with their fill. */
   rezeroed: number;
+  /** REMOVE events applied (madvise DONTNEED/REMOVE in a served range). */
+  removes: number;
   inline: number;
   handoffs: number;
   events: number;
@@ -489,6 +491,7 @@ export class Engine extends EventEmitter {
       errors: sum(C_ERRORS),
       spurious: sum(C_SPURIOUS),
       rezeroed: sum(C_REZEROED),
+      removes: sum(C_REMOVES),
       inline: sum(C_INLINE),
       handoffs: sum(C_HANDOFFS),
       events: sum(C_EVENTS),

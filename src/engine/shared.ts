@@ -203,6 +203,7 @@ export const C_EVENTS = 17; // non-fault events (dispatcher)
 export const C_ZERO_FILLS = 18; // pages zero-filled (zero source, or after REMOVE)
 export const C_SPURIOUS = 19; // faults on a page already present or being filled elsewhere
 export const C_REZEROED = 20; // pages made zero again after a REMOVE raced with their fill
+export const C_REMOVES = 21; // REMOVE events applied (dispatcher)
 export const C_HIST = 24; // latency histogram: bucket b counts [2^b, 2^(b+1)) µs, bucket 0 also < 1 µs
 export const HIST_BUCKETS = 32;
 export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
@@ -210,7 +211,7 @@ export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
 export const COUNTER_NAMES = [
   'faultsMissing', 'faultsMinor', 'faultsWp', 'faultsRwp', 'pagesDemand', 'pagesReadahead', 'pagesBackground',
   'bytes', 'ioctls', 'retries', 'eexist', 'wakes', 'errors', 'inline', 'handoffs', 'cpuSec', 'reads', 'events',
-  'zeroFills', 'spurious', 'rezeroed',
+  'zeroFills', 'spurious', 'rezeroed', 'removes',
 ] as const;
 export type CounterName = typeof COUNTER_NAMES[number];
 

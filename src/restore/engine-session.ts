@@ -382,6 +382,8 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       drainUffd(uffdFd);
       if (mode === 'complete' && summary.populatedMs === null && stats.incidents === 0) summary.populatedMs = Math.round(since() * 10) / 10;
       fillFromStats(summary, stats);
+      // The counter is exact; an event message may still be on its way to this thread.
+      summary.removes = Math.max(summary.removes, stats.removes);
       // Faults counted since the last tick happened before now, and before the moment
       // everything was present (later ones found their page there).
       if (stats.faults.missing !== lastFaults) summary.lastDemandFaultMs = summary.populatedMs ?? Math.round(since() * 10) / 10;
