@@ -443,3 +443,18 @@ export async function acceptAsync(listenFd: number, timeoutMs: number, signal?: 
     if (!(await whenReadable(listenFd, left, signal))) return -1;
   }
 }
+
+/**
+ * Calls `onEvent` from the event loop whenever `fd` is readable or its peer hung up (a libuv
+ * poll handle through koffi). Returns a function that stops watching.
+ */
+export function watchFd(fd: number, onEvent: () => void): () => void {
+  const handle = koffi.node.poll(fd, { readable: true, disconnect: true }, onEvent) as { stop(): void; close(): void };
+  let stopped = false;
+  return () => {
+    if (stopped) return;
+    stopped = true;
+    handle.stop();
+    handle.close();
+  };
+}

@@ -10,11 +10,11 @@
 // Sessions end when Firecracker goes away: it keeps the socket open for its whole life,
 // so the hang-up of the connection (ctx.hangup, ctx.signal) is the end of the VM.
 import * as fs from 'node:fs';
-import koffi from 'koffi';
 import * as C from '../kernel/constants.js';
 import { openFile, close as closeFd, getuid } from '../kernel/memory.js';
 import {
   acceptAsync, closeFds, closeSocket, listenUnix, peerCredentials, recvWithFds, whenReadable, PeerCredentials,
+  watchFd,
 } from '../kernel/socket.js';
 import {
   DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_REGIONS, Handshake, HandshakeError, jsonValueEnd, validateHandshake,
@@ -146,17 +146,17 @@ export async function receiveHandshake(conn: number, timeoutMs: number, maxBytes
  * handshake).
  */
 export function watchHangup(conn: number): { hangup: Promise<void>; cancel(): void } {
-  let handle: { stop(): void; close(): void } | undefined;
+  let unwatch: (() => void) | undefined;
   let resolveFn!: () => void;
   const hangup = new Promise<void>((r) => { resolveFn = r; });
   let done = false;
   const finish = (): void => {
     if (done) return;
     done = true;
-    if (handle) { handle.stop(); handle.close(); }
+    unwatch?.();
     resolveFn();
   };
-  handle = koffi.node.poll(conn, { readable: true, disconnect: true }, () => {
+  unwatch = watchFd(conn, () => {
     for (let i = 0; i < 64; i++) {
       let m;
       try {
