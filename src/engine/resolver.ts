@@ -289,8 +289,9 @@ export class Resolver {
     } catch (err) {
       const e = err instanceof UffdError ? err.errno : 0;
       if (e === ERRNO.ESRCH) Atomics.store(this.control, L.CT_PEER_GONE, 1);
-      c[C_ERRORS]++;
-      // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again.
+      // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again,
+      // and nobody was failed (a VM that exits mid-population). Anything else is an error.
+      if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH) c[C_ERRORS]++;
       this.releaseFrom(row, local, n, done, e === ERRNO.ENOENT || e === ERRNO.ESRCH ? PAGE_DROPPED : PAGE_MISSING);
       this.safeWake(dst + done, len - done);
       this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
