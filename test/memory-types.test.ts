@@ -1,5 +1,6 @@
 // Memory types: the registry, each type's declaration against what this kernel advertises on
 // a real region, region creation, and guest_memfd (created, then refused by this kernel).
+import { useCleanups } from './helpers/cleanups.js';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -23,14 +24,7 @@ const OP_MODE: Partial<Record<string, RegisterMode>> = { continue: 'minor', writ
 // or move (0x1cc); a file mapping registered wp (WP_ASYNC) gets the anon set.
 const EXPECTED_IOCTLS: Record<string, bigint> = { anon: 0x17cn, shmem: 0x1fcn, hugetlbfs: 0x1ccn, file: 0x17cn };
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  while (cleanups.length) {
-    try {
-      cleanups.pop()!();
-    } catch { /* best effort */ }
-  }
-});
+const cleanups = useCleanups();
 
 describe('memory types: registry', () => {
   it('discovers the five built-in types from the compiled directory', () => {

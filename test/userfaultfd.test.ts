@@ -2,6 +2,7 @@
 // hugetlbfs pages when they can be reserved. Every page served is compared byte by byte.
 // A registered page that is still missing must never be touched from the main thread (the
 // thread would sleep in the kernel forever): faults are taken by worker threads or children.
+import { useCleanups } from './helpers/cleanups.js';
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
@@ -93,14 +94,7 @@ function child(script: string, env: Record<string, string> = {}) {
   });
 }
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  while (cleanups.length) {
-    try {
-      cleanups.pop()!();
-    } catch { /* best effort */ }
-  }
-});
+const cleanups = useCleanups();
 function region(type: string, size: number, pageSize?: number): Region {
   const r = memoryType(type).create({ size, pageSize });
   cleanups.push(() => r.close());

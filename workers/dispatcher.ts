@@ -58,7 +58,7 @@ function route(addr: number, flags: number, t: number, batch: number): void {
   const ring = rings[shard];
   const kindOk = (flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true;
   if (inlineAll && kindOk && table[row * L.RT_WORDS + L.RT_MISSING_OP] !== L.MISS_CALLBACK) {
-    r.handleFault(addr, flags, t, 0);
+    r.handleFault(addr, flags, t, 0, row);
     if (!r.deferred) {
       c[C_INLINE]++;
       return;
@@ -68,7 +68,7 @@ function route(addr: number, flags: number, t: number, batch: number): void {
     // The worker sleeps and the batch is small: resolving here is cheaper than waking it.
     // A worker that is awake (or has work queued) gets the fault, keeping its order; a
     // large batch wakes the workers so they share it.
-    r.handleFault(addr, flags, t, 0);
+    r.handleFault(addr, flags, t, 0, row);
     if (!r.deferred) {
       c[C_INLINE]++;
       return;

@@ -38,10 +38,11 @@ export default function runShard(task: ShardTask): { shard: number } {
         const flags = ring.flagsAt(i);
         // Count the directly following faults on the next pages: one ioctl serves them all.
         let more = 0;
-        const ps = pageSizeAt(r, addr);
+        const row = r.findRow(addr);
+        const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
         while (i + more + 1 !== tail && ring.flagsAt(i + more + 1) === flags
           && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
-        const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more);
+        const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row);
         i += 1 + absorbed;
         ring.commit(i);
       }
@@ -59,18 +60,13 @@ export default function runShard(task: ShardTask): { shard: number } {
       while (ring.tail === tail && performance.now() < until) { /* spin */ }
       if (ring.tail !== tail) { lastGapMs = 0; continue; }
     }
-    r.updateCpu(true);
+    r.updateCpu(); // at most every 50 ms: the clock read is a syscall
     const slept = performance.now();
     ring.sleep(tail, 200);
     lastGapMs = performance.now() - slept;
   }
   r.updateCpu(true);
   return { shard };
-}
-
-function pageSizeAt(r: Resolver, addr: number): number {
-  const row = r.findRow(addr);
-  return row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
 }
 
 // Callback sources run on the main thread: ask it for the bytes over the port, wait on

@@ -170,7 +170,6 @@ export class Engine extends EventEmitter {
   private readonly states: PageStates;
   private readonly rings: Ring[];
   private pool: Piscina | null = null;
-  private dispatcher: Worker | null = null;
   private readonly tasks: Promise<void>[] = [];
   private stopping = false;
   private stopped = false;
@@ -375,7 +374,6 @@ export class Engine extends EventEmitter {
 
   private startDispatcher(): void {
     const w = new Worker(DISPATCHER, { workerData: this.setup });
-    this.dispatcher = w;
     w.on('message', (m: { type: string; ufd?: number; message?: string }) => {
       if (m.type === 'exit') return;
       if (m.type === 'incident') { this.incident(-1, m.message ?? 'dispatcher incident'); return; }

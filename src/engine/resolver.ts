@@ -114,9 +114,9 @@ export class Resolver {
    * Resolves one fault. `more` = how many directly following pages are also faulting
    * (from the ring), so they are served by the same ioctl.
    */
-  handleFault(addr: number, flags: number, tRead: number, more: number): number {
+  handleFault(addr: number, flags: number, tRead: number, more: number, knownRow = -2): number {
     const c = this.counters;
-    const row = this.findRow(addr);
+    const row = knownRow === -2 ? this.findRow(addr) : knownRow; // callers that looked it up pass it
     if (flags & L.FAULT_REZERO) {
       if (row >= 0) this.rezero(row, Math.floor((addr - this.table[row * L.RT_WORDS + L.RT_START]) / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]));
       return 0;

@@ -6,7 +6,7 @@
 import { mapSharedRegion } from './shared-mapping.js';
 import * as C from '../kernel/constants.js';
 import { UnsupportedError } from '../kernel/errors.js';
-import { close, ftruncate, hugetlbPages, memfdCreate } from '../kernel/memory.js';
+import { hugetlbPages, memfdCreate } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { Availability, MemoryType, Region, RegionOptions } from './types.js';
 
@@ -67,13 +67,7 @@ export const memoryType: MemoryType = {
     }
     const fd = memfdCreate('uffd-engine-hugetlb',
       C.MFD_CLOEXEC | C.MFD_HUGETLB | (pageSize === C.HUGE_PAGE_1G ? C.MFD_HUGE_1GB : C.MFD_HUGE_2MB));
-    try {
-      ftruncate(fd, size);
-    } catch (e) {
-      close(fd);
-      throw e;
-    }
-    return mapSharedRegion('hugetlbfs', fd, size, pageSize, opts.noReserve);
+    return mapSharedRegion('hugetlbfs', fd, size, pageSize, opts.noReserve, [], true);
   },
 };
 

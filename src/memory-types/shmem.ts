@@ -3,7 +3,7 @@
 // (never registered), then map the page in with UFFDIO_CONTINUE.
 import { mapSharedRegion } from './shared-mapping.js';
 import * as C from '../kernel/constants.js';
-import { close, ftruncate, memfdCreate } from '../kernel/memory.js';
+import { memfdCreate } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { MemoryType, Region, RegionOptions } from './types.js';
 
@@ -27,13 +27,7 @@ export const memoryType: MemoryType = {
     const pageSize = checkRegionOptions(memoryType, opts);
     const size = opts.size;
     const fd = memfdCreate('uffd-engine-shmem', C.MFD_CLOEXEC);
-    try {
-      ftruncate(fd, size);
-    } catch (e) {
-      close(fd);
-      throw e;
-    }
-    return mapSharedRegion('shmem', fd, size, pageSize, opts.noReserve);
+    return mapSharedRegion('shmem', fd, size, pageSize, opts.noReserve, [], true);
   },
 };
 
