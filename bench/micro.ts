@@ -195,6 +195,7 @@ function fakeSetup(uffdFd: number, regions: number, workers: number): L.EngineSe
     prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
     zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0, inlineBatch: 16, wpHook: null,
     callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
+    gates: [], gateCursors: new SharedArrayBuffer(4),
   };
 }
 

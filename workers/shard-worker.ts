@@ -48,7 +48,7 @@ export default function runShard(task: ShardTask): { shard: number } {
       }
       continue;
     }
-    if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && Atomics.load(ctl, L.CT_BG_DONE) === 0) {
+    if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && (Atomics.load(ctl, L.CT_BG_DONE) === 0 || r.arrivalsPending())) {
       r.backgroundStep();
       continue;
     }

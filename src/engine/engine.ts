@@ -13,6 +13,8 @@ import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
 import { checkResolve, registerChecked } from '../memory-types/check.js';
 import { memoryType } from '../memory-types/index.js';
 import type { MemoryTypeName, Region } from '../memory-types/types.js';
+import { openRemoteRegions, OpenedRemotes } from '../remote/engine-sources.js';
+import { GateSetup, watchArrivals } from '../remote/gate.js';
 import { OpenedSource, openSource, PageSource } from '../sources/index.js';
 import * as L from './layout.js';
 import {
@@ -177,6 +179,8 @@ export class Engine extends EventEmitter {
   private zeroLen = 0;
   private readonly failures: number[];
   private dispatcherExit: Promise<void> = Promise.resolve();
+  private remotes: OpenedRemotes | null = null;
+  private unwatchGates: (() => void) | null = null;
 
   private constructor(opts: EngineOptions) {
     super();
@@ -218,6 +222,8 @@ export class Engine extends EventEmitter {
     // destination an unmapped source makes the kernel take a spare huge page for the
     // retry (ENOMEM when none is free, e.g. zero-filling a page after a balloon REMOVE).
     const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE);
+    const gates: GateSetup[] = [];
+    for (const r of this.rows) if (r.source.gate && !gates.includes(r.source.gate)) gates.push(r.source.gate);
     let order: SharedArrayBuffer | null = null;
     if (pf.order && pf.order.length) {
       order = new SharedArrayBuffer(pf.order.length * 8);
@@ -258,6 +264,8 @@ export class Engine extends EventEmitter {
       callbackRunBytes,
       callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
       eventFd: eventfd(),
+      gates,
+      gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
     };
     this.control = new Int32Array(this.setup.control);
     this.counters = new Counters(this.setup.counters);
@@ -282,6 +290,7 @@ export class Engine extends EventEmitter {
       table[b + L.RT_MINOR] = r.source.minor ? 1 : 0;
       table[b + L.RT_OWN] = r.own ? 1 : 0;
       table[b + L.RT_PEER_PID] = opts.peerPid ?? 0;
+      table[b + L.RT_GATE] = r.source.gate ? gates.indexOf(r.source.gate) + 1 : 0;
     });
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
   }
@@ -344,7 +353,16 @@ export class Engine extends EventEmitter {
 
   /** Creates, registers and starts an engine; resolves when every thread is serving. */
   static async start(opts: EngineOptions): Promise<Engine> {
-    const e = new Engine(opts);
+    // Remote sources (s3, http) are opened first (async: their size and manifest are fetched).
+    const remotes = await openRemoteRegions(opts.regions);
+    let e: Engine;
+    try {
+      e = new Engine({ ...opts, regions: remotes.regions });
+    } catch (err) {
+      await remotes.close();
+      throw err;
+    }
+    e.remotes = remotes;
     try {
       await opts.beforeLaunch?.(e);
       await e.launch();
@@ -365,6 +383,8 @@ export class Engine extends EventEmitter {
     });
     for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
     this.startDispatcher();
+    // Chunks of remote sources arriving in the background: wake idle workers to install them.
+    if (this.setup.gates.length) this.unwatchGates = watchArrivals(this.setup.gates, () => { for (const r of this.rings) r.kick(); });
     const deadline = Date.now() + 20_000;
     while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
       if (Date.now() > deadline) throw new Error('engine threads did not start within 20 s');
@@ -652,6 +672,7 @@ export class Engine extends EventEmitter {
       if (Date.now() > deadline) this.incident(-1, `stop: pages still missing after ${opts.timeoutMs ?? 60_000} ms; abandoning them`);
     }
     this.stopping = true;
+    this.unwatchGates?.();
     // Unregistering wakes every thread still waiting in these ranges.
     for (const r of this.rows) {
       try {
@@ -671,6 +692,7 @@ export class Engine extends EventEmitter {
     if (this.ownsUffd) this.uffd.close();
     for (const r of this.rows) r.source.close();
     munmap(this.setup.zeroAddr, this.zeroLen);
+    await this.remotes?.close();
     this.stopped = true;
     return stats;
   }

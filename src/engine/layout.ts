@@ -1,5 +1,6 @@
 // What the engine hands its threads: the shared buffers and the numbers that say how
 // to read them. Built once by the Engine, structured-cloned to each thread.
+import type { GateSetup } from '../remote/gate.js';
 import type { RingBuffers } from './shared.js';
 
 // Region table: one row of float64 per region (rows may be added when a mremap moves
@@ -16,10 +17,11 @@ export const RT_SRC_OFFSET = 8; // byte offset of its first page within its sour
 export const RT_MINOR = 9; // 1: a page-cache source (minor faults, CONTINUE)
 export const RT_OWN = 10; // 1: memory of this process (the engine registered it)
 export const RT_PEER_PID = 11; // the process owning the memory, when known (for /proc/PID/mem)
+export const RT_GATE = 12; // 1 + index into EngineSetup.gates of the source's chunk gate (remote sources); 0: none
 
 /** Ring flag (beside the kernel's fault flags): make this page read zeros again (see Resolver.rezero). */
 export const FAULT_REZERO = 0x40000000;
-export const RT_WORDS = 12;
+export const RT_WORDS = 13;
 export const MAX_REGION_ROWS = 256;
 
 // How a missing fault is resolved.
@@ -90,5 +92,9 @@ export interface EngineSetup {
   callbackRunBytes: number;
   callbackTimeoutMs: number;
   eventFd: number; // wakes the dispatcher's poll for shutdown
+  /** Chunk gates of remote sources (a page is copied only once its chunk is in the cache). */
+  gates: GateSetup[];
+  /** Int32 per gate: how many of the gate's arrivals this engine's workers have installed. */
+  gateCursors: SharedArrayBuffer;
   /** The dispatcher's thread index in counters/claims is `workers`. */
 }

@@ -9,6 +9,7 @@ import { MADV_DONTNEED, O_RDWR } from '../kernel/constants.js';
 import { bytesAt, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
 import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
+import { Gate } from '../remote/gate.js';
 import * as L from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
@@ -40,6 +41,9 @@ export class Resolver {
   private readonly setup: L.EngineSetup;
   private readonly zeroAddr: number;
   private readonly order: Float64Array | null;
+  /** Chunk gates of remote sources (RT_GATE - 1 indexes them) and this engine's arrival cursors. */
+  private readonly gates: Gate[];
+  private readonly gateCursors: Int32Array;
   private wpHook: ((addr: number, len: number, bytes: Uint8Array) => void) | null = null;
   /** Set by a worker that can fetch callback bytes; the dispatcher has none. */
   fetchCallback: CallbackFetch | null = null;
@@ -67,6 +71,8 @@ export class Resolver {
     this.claim = new Float64Array(setup.claims, thread * L.CL_WORDS * 8, L.CL_WORDS);
     this.zeroAddr = setup.zeroAddr;
     this.order = setup.order ? new Float64Array(setup.order) : null;
+    this.gates = setup.gates.map((g) => new Gate(g));
+    this.gateCursors = new Int32Array(setup.gateCursors);
     this.window = setup.prefetch.readAheadMin;
     if (setup.wpHook) {
       const mod = require(setup.wpHook.module) as Record<string, unknown>;
@@ -224,7 +230,7 @@ export class Resolver {
     const ps = t[b + L.RT_PAGE_SIZE];
     const g = t[b + L.RT_STATE_BASE] + local;
     const dst = t[b + L.RT_START] + local * ps;
-    const len = n * ps;
+    let len = n * ps;
     let op = zero ? (t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO || ps > 4096 ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE) : t[b + L.RT_MISSING_OP];
     const claim = this.claim;
     claim[L.CL_ROW] = row;
@@ -244,11 +250,17 @@ export class Resolver {
       }
       src = this.callbackStagingAddr;
     }
+    this.deferred = false;
+    this.lastFilled = 0;
+    if (t[b + L.RT_GATE] !== 0 && op === L.MISS_COPY) {
+      // A remote source: copy only what its chunk cache holds.
+      n = this.gateRun(row, local, n, src, cause);
+      if (n <= 0) return;
+      len = n * ps;
+    }
     let done = 0;
     let retries = 0;
     let filled = 0;
-    this.deferred = false;
-    this.lastFilled = 0;
     try {
       while (done < len) {
         let got: number;
@@ -299,6 +311,85 @@ export class Resolver {
       return;
     }
     this.finish(row, local, n, n, demand, cause, op, filled);
+  }
+
+  /**
+   * For a fill from a remote source: how many of the n claimed pages from `src` can be
+   * copied now. A demand fill in a worker waits for the chunk (the fetch thread bounds the
+   * wait); the dispatcher never waits (the fault goes to a worker: `deferred`); a
+   * background fill takes only what is cached (arrivals install the rest), except when
+   * completing. Pages not taken are released; pages of a chunk that failed are failed
+   * (poisoned). Returns the pages to copy (0: nothing, all handled).
+   */
+  private gateRun(row: number, local: number, n: number, src: number, cause: number): number {
+    const gate = this.gates[this.table[row * L.RT_WORDS + L.RT_GATE] - 1];
+    const ps = this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+    let ok = gate.ready(src, n * ps);
+    if (ok === 0) {
+      if (!this.mayRetry) {
+        this.releaseFrom(row, local, n, 0, PAGE_MISSING);
+        this.deferred = true;
+        return 0;
+      }
+      if (cause !== CAUSE_BACKGROUND || Atomics.load(this.control, L.CT_COMPLETE) !== 0) {
+        ok = gate.wait(src, ps, n * ps, this.control, L.CT_STOP);
+      }
+    }
+    if (ok < 0) {
+      const bad = Math.min(n, Math.ceil(-ok / ps));
+      if (bad < n) this.releaseFrom(row, local, n, bad * ps, PAGE_MISSING);
+      this.failPages(row, local, bad);
+      return 0;
+    }
+    const take = Math.min(n, Math.floor(ok / ps));
+    if (take < n) {
+      this.releaseFrom(row, local, n, take * ps, PAGE_MISSING);
+      this.claim[L.CL_COUNT] = take;
+    }
+    return take;
+  }
+
+  /** Workers: some chunk arrived that this engine has not installed yet. */
+  arrivalsPending(): boolean {
+    for (let k = 0; k < this.gates.length; k++) if (Atomics.load(this.gateCursors, k) < this.gates[k].published()) return true;
+    return false;
+  }
+
+  /** Takes the next chunk that arrived in a gate's cache and fills this engine's missing pages of it. */
+  private installArrival(): boolean {
+    for (let k = 0; k < this.gates.length; k++) {
+      const gate = this.gates[k];
+      for (;;) {
+        const i = Atomics.load(this.gateCursors, k);
+        if (i >= gate.published()) break;
+        if (Atomics.compareExchange(this.gateCursors, k, i, i + 1) !== i) continue;
+        this.installChunk(k, Atomics.load(gate.arrivals, i));
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private installChunk(k: number, chunk: number): void {
+    const t = this.table;
+    const cs = this.gates[k].setup.chunkSize;
+    const from = this.gates[k].setup.base + chunk * cs;
+    const rows = this.rows();
+    for (let r = 0; r < rows; r++) {
+      const b = r * L.RT_WORDS;
+      if (t[b + L.RT_GATE] !== k + 1 || t[b + L.RT_ALIVE] === 0) continue;
+      const ps = t[b + L.RT_PAGE_SIZE];
+      const src = t[b + L.RT_SRC_ADDR];
+      const first = Math.max(0, Math.floor((from - src) / ps));
+      const last = Math.min(t[b + L.RT_SIZE] / ps, Math.ceil((from + cs - src) / ps));
+      const end = t[b + L.RT_STATE_BASE] + last;
+      let g = t[b + L.RT_STATE_BASE] + first;
+      while (g < end) {
+        g = this.states.nextMissing(g, end);
+        if (g < 0) break;
+        g += this.fillMissingAround(g, end - g, true);
+      }
+    }
   }
 
   private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number): void {
@@ -432,6 +523,7 @@ export class Resolver {
     const ctl = this.control;
     const chunk = this.setup.prefetch.chunkPages;
     const order = this.order;
+    if (this.gates.length && this.installArrival()) return true;
     if (order) {
       const i = Atomics.add(ctl, L.CT_ORDER_CURSOR, 16);
       if (i < this.setup.prefetch.orderLength) {
@@ -456,11 +548,13 @@ export class Resolver {
   }
 
   /** Claims and fills up to max MISSING pages from global page g (stays in one row). Returns pages consumed. */
-  private fillMissingAround(g: number, max: number): number {
+  private fillMissingAround(g: number, max: number, arrived = false): number {
     const row = this.rowOfPage(g);
     if (row < 0) return 1;
     const b = row * L.RT_WORDS;
     if (this.table[b + L.RT_MISSING_OP] === L.MISS_CALLBACK && !this.fetchCallback) return max;
+    // Remote pages are installed as their chunks arrive (installArrival), or waited for when completing.
+    if (this.table[b + L.RT_GATE] !== 0 && !arrived && Atomics.load(this.control, L.CT_COMPLETE) === 0) return max;
     if (!this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) return 1;
     const local = g - this.table[b + L.RT_STATE_BASE];
     const n = this.extendClaim(row, g, local, max);

@@ -7,6 +7,9 @@ import { MAP_POPULATE, MAP_PRIVATE, O_RDONLY, PROT_READ } from '../kernel/consta
 import { ConfigError } from '../kernel/errors.js';
 import { addressOf } from '../kernel/libc.js';
 import { close, mmap, munmap, openFile } from '../kernel/memory.js';
+import type { GateSetup } from '../remote/gate.js';
+import type { RemoteOptions } from '../remote/remote-memory.js';
+import { parseMemUrl, S3Credentials, StoreLocation } from '../remote/store.js';
 
 export type PageCallback = (offset: number, length: number) => Uint8Array | Promise<Uint8Array>;
 
@@ -26,7 +29,24 @@ export type PageSource =
    */
   | { kind: 'pageCache'; missing?: PageSource }
   /** A function of the byte offset and length, run on the main thread (may be async). */
-  | { kind: 'callback'; fetch: PageCallback };
+  | { kind: 'callback'; fetch: PageCallback }
+  /**
+   * A memory file in object storage (sources.s3 / sources.http): Engine.start opens it
+   * (a chunk cache and a fetch thread, docs/remote.md) and closes it when the engine stops.
+   */
+  | { kind: 'remote'; location: StoreLocation; options?: RemoteOptions }
+  /** The chunk cache of an open RemoteMemory from byte `offset` (RemoteMemory.source()); not owned by the engine. */
+  | { kind: 'chunked'; gate: GateSetup; offset: number; describe: string };
+
+export interface S3SourceOptions extends RemoteOptions {
+  bucket: string;
+  key: string;
+  /** An S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: AWS, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL). */
+  endpoint?: string;
+  region?: string;
+  credentials?: S3Credentials;
+  forcePathStyle?: boolean;
+}
 
 export const sources = {
   zero: (): PageSource => ({ kind: 'zero' }),
@@ -35,6 +55,17 @@ export const sources = {
   address: (addr: number, size: number): PageSource => ({ kind: 'address', addr, size }),
   pageCache: (missing?: PageSource): PageSource => ({ kind: 'pageCache', missing }),
   callback: (fetch: PageCallback): PageSource => ({ kind: 'callback', fetch }),
+  /** A memory file in an S3-compatible store, fetched in chunks on demand (ranged GetObject). */
+  s3: (o: S3SourceOptions): PageSource => {
+    const { bucket, key, endpoint, region, credentials, forcePathStyle, ...options } = o;
+    return { kind: 'remote', location: { kind: 's3', bucket, key, endpoint, region, credentials, forcePathStyle }, options };
+  },
+  /** A memory file behind any HTTP server that honours Range, fetched in chunks on demand. */
+  http: (url: string, options: RemoteOptions = {}): PageSource => {
+    const location = parseMemUrl(url);
+    if (location.kind !== 'http') throw new ConfigError(`sources.http needs an http(s):// URL (got ${url}); use sources.s3 for s3://`);
+    return { kind: 'remote', location, options };
+  },
 };
 
 /** What a source became on the main thread: how workers fill from it. */
@@ -49,6 +80,8 @@ export interface OpenedSource {
   fetch?: PageCallback;
   /** Keeps JS memory alive while the engine runs. */
   keep?: unknown;
+  /** A chunk cache: copy a page only once its chunk is present (remote sources). */
+  gate?: GateSetup;
   close(): void;
 }
 
@@ -99,7 +132,14 @@ export function openSource(src: PageSource, need: number, what: string): OpenedS
     case 'callback':
       if (typeof src.fetch !== 'function') throw new ConfigError(`${what}: callback source needs a fetch function`);
       return { mode: 'callback', addr: 0, size: Infinity, minor: false, fetch: src.fetch, close: none };
+    case 'chunked': {
+      const size = src.gate.size - src.offset;
+      if (size < need) throw new ConfigError(`${what}: ${src.describe} holds ${size} bytes from offset ${src.offset}, less than the region's ${need}`);
+      return { mode: 'copy', addr: src.gate.base + src.offset, size, minor: false, gate: src.gate, close: none };
+    }
+    case 'remote':
+      throw new ConfigError(`${what}: a remote source is opened by Engine.start (or RemoteMemory.open for one shared by several engines)`);
     default:
-      throw new ConfigError(`${what}: unknown source kind "${(src as { kind: string }).kind}"; use zero, buffer, file, address, pageCache or callback`);
+      throw new ConfigError(`${what}: unknown source kind "${(src as { kind: string }).kind}"; use zero, buffer, file, address, pageCache, callback, s3 or http`);
   }
 }
