@@ -399,3 +399,74 @@ describe('remote sources: nginx (plain HTTP Range)', function () {
     }
   });
 });
+
+describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built CLI, Firecracker-style client)', function () {
+  this.timeout(120_000);
+  const CLI = path.resolve(__dirname, '../src/cli/main.js');
+  function runCli(args: string[], env: NodeJS.ProcessEnv = {}): { done: Promise<{ code: number | null; stdout: string; stderr: string }>; err: () => string } {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b) => { stdout += String(b); });
+    child.stderr.on('data', (b) => { stderr += String(b); });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); }));
+    return { done, err: () => stderr };
+  }
+  async function waitFor(cond: () => boolean, what: string): Promise<void> {
+    const t0 = Date.now();
+    while (!cond()) {
+      if (Date.now() - t0 > 60_000) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  it('uploads a memory file to s3rver, then serves a VM from s3:// (AWS_* credentials from the environment): every byte checked', async () => {
+    const { spawnFcClient } = await import('../src/restore/fc-client.js');
+    const store = await startS3();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-memurl-'));
+    const memPath = path.join(dir, 'vm.mem');
+    fs.writeFileSync(memPath, makeSnapshot(16 * MiB, 25));
+    const env = { AWS_ACCESS_KEY_ID: store.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: store.credentials.secretAccessKey, AWS_REGION: 'us-east-1' };
+    try {
+      const up = await runCli(['snapshot', 'upload', memPath, `s3://${store.bucket}/vms/a.mem`, '--s3-endpoint', store.endpoint, '--chunk-size', '1M', '--part-size', '8M'], env).done;
+      assert.equal(up.code, 0, up.stderr);
+      assert.match(up.stdout, /16\.0 MiB in 2 part\(s\), 16 chunks of 1\.0 MiB/);
+      const sock = path.join(dir, 'h.sock');
+      const cli = runCli(['serve', '--socket', sock, '--mem-url', `s3://${store.bucket}/vms/a.mem`, '--s3-endpoint', store.endpoint, '--once', '--json'], env);
+      await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
+      assert.match(cli.err(), /chunks of 1\.0 MiB, verified against its manifest/);
+      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: 60_000 }).done;
+      assert.equal(run.code, 0, run.stderr + run.stdout);
+      const r = await cli.done;
+      assert.equal(r.code, 0, r.stderr);
+      const s = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop() as string);
+      assert.equal(s.errors, 0);
+      assert.equal(s.totalPages, 2048);
+      assert.match(r.stderr, /remote: \d+\/16 chunks of 1\.0 MiB cached .* every chunk verified against the manifest/);
+    } finally {
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('serve --mem-url refuses what it cannot use, saying why (exit 2)', async () => {
+    const srv = await startRangeServer(makeSnapshot(1 * MiB, 26));
+    try {
+      let r = await runCli(['serve', '--socket', '/tmp/x.sock', '--mem-url', 'ftp://h/x']).done;
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /neither s3:\/\/BUCKET\/KEY nor http\(s\)/);
+      r = await runCli(['serve', '--socket', '/tmp/x.sock', '--mem-url', srv.url, '--mem-file', '/etc/hostname']).done;
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /one of --mem-file or --mem-url/);
+      r = await runCli(['serve', '--socket', '/tmp/x.sock', '--mem-url', srv.url, '--verify', 'required']).done;
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /has no manifest/);
+      r = await runCli(['snapshot', 'upload', '/etc/hostname', srv.url]).done;
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /upload needs an s3:\/\/ URL/);
+    } finally {
+      await srv.close();
+    }
+  });
+});

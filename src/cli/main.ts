@@ -5,6 +5,7 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
   demo: { module: './demo.js', summary: 'serve a generated snapshot to several faulting threads and verify every byte' },
   bench: { module: './bench.js', summary: 'load benchmark, side by side with a native reference' },
   serve: { module: './serve.js', summary: 'Firecracker-compatible snapshot restore handler on a Unix socket' },
+  snapshot: { module: './snapshot.js', summary: 'upload a memory file (and its manifest) to object storage for serve --mem-url' },
   wss: { module: './wss.js', summary: 'working-set scanning and access tracking' },
 };
 

@@ -7,12 +7,15 @@ import { getuid } from '../kernel/memory.js';
 import { engineSessions, formatSummary, PrefetchMode, SessionSummary } from '../restore/engine-session.js';
 import { RestoreServer, ServerEvent } from '../restore/server.js';
 import { loadWorkingSet, saveWorkingSet, WorkingSet } from '../restore/working-set.js';
+import type { RemoteMemory } from '../remote/remote-memory.js';
 import { helpText, OptionSpec, parseArgs } from './args.js';
 import { formatBytes } from './format.js';
+import { checkRemoteArgs, formatRemoteStats, openRemote, REMOTE_SPEC, RemoteArgs } from './remote.js';
 
 const SPEC: OptionSpec = {
   socket: { type: 'string', help: 'Unix socket to listen on (Firecracker mem_backend.backend_path)' },
   memFile: { type: 'string', help: 'snapshot memory file (regions are served from their "offset" in it)' },
+  ...REMOTE_SPEC,
   workers: { type: 'number', default: 2, help: 'engine worker threads per VM' },
   prefetch: { type: 'string', help: 'off (demand faults only) | on (read-ahead + background population) | hot-first (on, recorded working set first); default on, hot-first with --preload-ws, off with --record-ws' },
   readAhead: { type: 'size', help: 'largest read-ahead window around a fault (default 1M with prefetch, 0 without)' },
@@ -36,6 +39,7 @@ interface ServeOptions {
   recordWs?: string; preloadWs?: string; once: boolean; stayAttached: boolean; socketMode: string;
   recvTimeoutMs: number; maxSessions: number; shutdown: string; json: boolean; quiet: boolean; help: boolean;
 }
+type Options = ServeOptions & RemoteArgs;
 
 class UsageError extends Error {}
 
@@ -65,13 +69,13 @@ function extractUids(args: string[]): { rest: string[]; uids?: number[] } {
 }
 
 export async function run(args: string[]): Promise<number> {
-  let o: ServeOptions & { _: string[] };
+  let o: Options & { _: string[] };
   let allowed: number[] | undefined;
   let preload: WorkingSet | undefined;
   let memSize: number;
   try {
     const x = extractUids(args);
-    o = parseArgs<ServeOptions & Record<string, unknown>>(x.rest, SPEC);
+    o = parseArgs<Options & Record<string, unknown>>(x.rest, SPEC);
     if (o.help) {
       console.log(helpText('serve', 'Firecracker-compatible snapshot restore handler: serves each VM that connects with the parallel engine.', {
         ...SPEC, allowUid: { ...SPEC.allowUid, type: 'string' },
@@ -79,14 +83,18 @@ export async function run(args: string[]): Promise<number> {
       return 0;
     }
     if (o._.length) throw new UsageError(`unexpected argument "${o._[0]}"`);
-    if (!o.socket || !o.memFile) throw new UsageError('--socket and --mem-file are required');
-    try {
-      const st = fs.statSync(o.memFile);
-      if (!st.isFile()) throw new UsageError(`--mem-file ${o.memFile} is not a regular file`);
-      memSize = st.size;
-    } catch (e) {
-      if (e instanceof UsageError) throw e;
-      throw new UsageError(`--mem-file ${o.memFile}: ${(e as Error).message}`);
+    if (!o.socket || !o.memFile === !o.memUrl) throw new UsageError('--socket and one of --mem-file or --mem-url are required');
+    checkRemoteArgs(o);
+    memSize = -1;
+    if (o.memFile) {
+      try {
+        const st = fs.statSync(o.memFile);
+        if (!st.isFile()) throw new UsageError(`--mem-file ${o.memFile} is not a regular file`);
+        memSize = st.size;
+      } catch (e) {
+        if (e instanceof UsageError) throw e;
+        throw new UsageError(`--mem-file ${o.memFile}: ${(e as Error).message}`);
+      }
     }
     if (!Number.isInteger(o.workers) || o.workers < 1 || o.workers > 64) throw new UsageError(`--workers must be 1 to 64 (got ${o.workers})`);
     if (o.prefetch !== undefined && !['off', 'on', 'hot-first'].includes(o.prefetch)) throw new UsageError(`--prefetch must be off, on or hot-first (got "${o.prefetch}")`);
@@ -97,7 +105,8 @@ export async function run(args: string[]): Promise<number> {
     if (o.recordWs && o.readAhead) throw new UsageError('--record-ws needs read-ahead off (pages filled around a fault were not needed)');
     if (o.prefetch === 'hot-first' && !o.preloadWs) throw new UsageError('--prefetch hot-first needs --preload-ws FILE (record one with --record-ws)');
     if (o.preloadWs && o.prefetch === 'off') throw new UsageError('--preload-ws needs background population: use --prefetch hot-first (or leave --prefetch out)');
-    if (o.preloadWs) preload = loadWorkingSet(o.preloadWs, memSize);
+    // A remote memory file's size is known once it is open (below).
+    if (o.preloadWs) preload = loadWorkingSet(o.preloadWs, o.memFile ? memSize : undefined);
     if (x.uids) allowed = x.uids.includes(-1) ? [] : x.uids;
   } catch (e) {
     console.error(`uffd-engine serve: ${(e as Error).message}`);
@@ -108,7 +117,27 @@ export async function run(args: string[]): Promise<number> {
   const tty = process.stderr.isTTY === true && !o.quiet;
   const clearLine = (): string => (tty ? '\r\x1b[K' : '');
   const prefetch: PrefetchMode = (o.prefetch as PrefetchMode | undefined) ?? (o.recordWs ? 'off' : preload ? 'hot-first' : 'on');
+  // A memory file in object storage: one chunk cache for every VM this process serves; the
+  // working set's chunks are fetched first, then (with prefetch) everything else.
+  let remote: RemoteMemory | undefined;
+  if (o.memUrl) {
+    try {
+      remote = await openRemote({ ...o, memUrl: o.memUrl }, { workingSet: preload?.pages, background: prefetch !== 'off' });
+      memSize = remote.size;
+      if (preload && preload.memFile.size !== memSize) {
+        await remote.close();
+        throw new Error(`working set ${o.preloadWs} was recorded for a ${preload.memFile.size}-byte memory file; ${o.memUrl} has ${memSize} bytes`);
+      }
+    } catch (e) {
+      console.error(`uffd-engine serve: ${(e as Error).message}`);
+      return 2;
+    }
+    const r = remote;
+    r.on('chunk-failed', (f: { chunk: number; offset: number; message: string }) => log(`remote: chunk ${f.chunk} (offset ${f.offset}) cannot be had: ${f.message}; ` +
+      'its pages are poisoned (a VM that touches them gets SIGBUS)'));
+  }
   const sessions = engineSessions({
+    pageSource: remote ? (r) => (remote as RemoteMemory).source(r.offset) : undefined,
     workers: o.workers, prefetch, readAhead: o.readAhead, chunk: o.chunk, workingSet: preload,
     record: !!o.recordWs, detachWhenPopulated: !o.stayAttached,
     onEvent: (e) => {
@@ -122,7 +151,10 @@ export async function run(args: string[]): Promise<number> {
         } catch (err) {
           log(`session ${e.id}: cannot write working set ${o.recordWs}: ${(err as Error).message}`);
         }
-      } else if (e.type === 'summary') printSummary(e.summary);
+      } else if (e.type === 'summary') {
+        printSummary(e.summary);
+        if (remote) log(formatRemoteStats(remote.remoteStats()));
+      }
     },
   });
   const printSummary = (s: SessionSummary): void => {
@@ -143,14 +175,17 @@ export async function run(args: string[]): Promise<number> {
   let server: RestoreServer;
   try {
     server = RestoreServer.listen({
-      socketPath: o.socket, memFilePath: o.memFile, serveConnection: sessions.serve, allowedUids: allowed,
+      socketPath: o.socket, memFilePath: o.memFile ?? o.memUrl as string, remoteMemory: remote ? { url: o.memUrl as string, size: memSize } : undefined,
+      serveConnection: sessions.serve, allowedUids: allowed,
       socketMode: parseInt(o.socketMode, 8), recvTimeoutMs: o.recvTimeoutMs, maxSessions: o.maxSessions, onEvent: onServerEvent,
     });
   } catch (e) {
     console.error(`uffd-engine serve: ${(e as Error).message}`);
+    await remote?.close();
     return 1;
   }
-  log(`listening on ${o.socket}: memory file ${o.memFile} (${formatBytes(memSize)}), ${o.workers} workers per VM, prefetch ${prefetch}` +
+  log(`listening on ${o.socket}: memory file ${o.memFile ?? o.memUrl} (${formatBytes(memSize)}${remote ? `, chunks of ${formatBytes(remote.chunkSize)}, ` +
+    `${remote.manifest ? 'verified against its manifest' : 'no manifest: not verified'}` : ''}), ${o.workers} workers per VM, prefetch ${prefetch}` +
     `${preload ? ` (${preload.pages.length} working-set pages from ${o.preloadWs})` : ''}${o.recordWs ? `, recording the working set to ${o.recordWs}` : ''}; ` +
     `allowed uids: ${allowed === undefined ? `${getuid()} (ours)` : allowed.length ? allowed.join(', ') : 'any'}`);
 
@@ -215,6 +250,7 @@ export async function run(args: string[]): Promise<number> {
     if (tty) process.stderr.write(clearLine());
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);
+    await remote?.close();
   }
   if (!o.once && sessions.summaries.length) log(`served ${sessions.summaries.length} VM(s)`);
   return exit;

@@ -48,7 +48,7 @@ import { ConfigError } from '../kernel/errors.js';
 import { mmap, munmap } from '../kernel/memory.js';
 import { setNonBlocking } from '../kernel/socket.js';
 import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
-import { sources } from '../sources/index.js';
+import { PageSource, sources } from '../sources/index.js';
 import type { Handshake } from './handshake.js';
 import type { MemoryFile, ServeConnection, SessionContext } from './server.js';
 import { PageSampler, startPageSampler, toEngineOrder, toFilePages, WorkingSet, WS_FORMAT, WS_PAGE_SIZE, WS_VERSION } from './working-set.js';
@@ -84,6 +84,11 @@ export interface EngineSessionOptions {
   populateSource?: 'auto' | 'always' | 'never';
   /** Limit for a 'complete' stop (detach or shutdown) before it falls back to 'abandon' (default 60 s). */
   stopTimeoutMs?: number;
+  /**
+   * Where a region's pages come from, given its offset in the memory file (e.g. a remote
+   * memory's chunk cache: RemoteMemory.source). Default: a private mapping of the memory file.
+   */
+  pageSource?: (region: { offset: number; size: number; pageSize: number }) => PageSource;
   /** Tuning passed to each engine. */
   engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity'>;
   onEvent?: (e: SessionEvent) => void;
@@ -280,7 +285,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         summary.preloaded = { pages: o.order.length, outside: o.outside };
         if (o.outside) warnings.push(`${o.outside} working-set pages lie outside this VM's regions and were skipped`);
       }
-      for (const r of handshake.regions) {
+      for (const r of opts.pageSource ? [] : handshake.regions) {
         const populate = opts.populateSource === 'always' || ((opts.populateSource ?? 'auto') === 'auto' && r.pageSize > PAGE_SIZE);
         const addr = mmap(r.size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), memFile.fd, r.offset);
         maps.push({ addr, len: r.size });
@@ -303,7 +308,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
         regions: handshake.regions.map((r, i) => ({
           start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: r.pageSize > PAGE_SIZE ? 'hugetlbfs' as const : 'anon' as const,
-          source: sources.address(maps[i].addr, r.size),
+          source: opts.pageSource ? opts.pageSource(r) : sources.address(maps[i].addr, r.size),
         })),
         workers,
         prefetch: {

@@ -21,8 +21,9 @@ import {
 } from './handshake.js';
 
 export interface MemoryFile {
+  /** The file's path (or, for a memory file elsewhere, its URL). */
   path: string;
-  /** Open read-only; the engine may mmap it. Owned by the server (closed on close()). */
+  /** Open read-only; the engine may mmap it. Owned by the server (closed on close()). -1 for a memory file elsewhere. */
   fd: number;
   size: number;
 }
@@ -54,6 +55,11 @@ export type ServerEvent =
 export interface RestoreServerOptions {
   socketPath: string;
   memFilePath: string;
+  /**
+   * A memory file that is not a local file (e.g. in object storage): its URL and size; the
+   * server opens nothing and serveConnection gets fd -1 (it brings its own page source).
+   */
+  remoteMemory?: { url: string; size: number };
   serveConnection: ServeConnection;
   /** Mode of the socket file (default 0o600). */
   socketMode?: number;
@@ -202,16 +208,16 @@ export class RestoreServer {
 
   /** Opens the memory file and starts listening (a stale socket file is replaced). */
   static listen(opts: RestoreServerOptions): RestoreServer {
-    const size = fs.statSync(opts.memFilePath).size;
-    const fd = openFile(opts.memFilePath, C.O_RDONLY);
+    const size = opts.remoteMemory ? opts.remoteMemory.size : fs.statSync(opts.memFilePath).size;
+    const fd = opts.remoteMemory ? -1 : openFile(opts.memFilePath, C.O_RDONLY);
     let listenFd: number;
     try {
       listenFd = listenUnix(opts.socketPath, { mode: opts.socketMode ?? 0o600 });
     } catch (e) {
-      closeFd(fd);
+      if (fd >= 0) closeFd(fd);
       throw e;
     }
-    const s = new RestoreServer(opts, listenFd, { path: opts.memFilePath, fd, size });
+    const s = new RestoreServer(opts, listenFd, { path: opts.remoteMemory?.url ?? opts.memFilePath, fd, size });
     s.emit({ type: 'listening', path: opts.socketPath });
     return s;
   }
