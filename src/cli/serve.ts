@@ -83,7 +83,8 @@ export async function run(args: string[]): Promise<number> {
       return 0;
     }
     if (o._.length) throw new UsageError(`unexpected argument "${o._[0]}"`);
-    if (!o.socket || !o.memFile === !o.memUrl) throw new UsageError('--socket and one of --mem-file or --mem-url are required');
+    if (o.memFile && o.memUrl) throw new UsageError('give --mem-file or --mem-url, not both');
+    if (!o.socket || !(o.memFile || o.memUrl)) throw new UsageError('--socket and --mem-file are required (or --mem-url instead of --mem-file)');
     checkRemoteArgs(o);
     memSize = -1;
     if (o.memFile) {

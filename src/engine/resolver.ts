@@ -329,6 +329,7 @@ export class Resolver {
       if (!this.mayRetry) {
         this.releaseFrom(row, local, n, 0, PAGE_MISSING);
         this.deferred = true;
+        this.counters[C_FAULTS_MISSING]--; // the worker that resolves it counts it
         return 0;
       }
       if (cause !== CAUSE_BACKGROUND || Atomics.load(this.control, L.CT_COMPLETE) !== 0) {

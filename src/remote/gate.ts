@@ -83,11 +83,10 @@ export class Gate {
     const last = Math.min(addr + len, this.end);
     let c = this.chunkOf(addr);
     const first = Atomics.load(this.states, c);
-    const chunkEnd = (k: number): number => this.base + (k + 1) * this.chunkSize;
-    if (first === CHUNK_FAILED) return -(Math.min(chunkEnd(c), last) - addr);
+    let upTo = this.base + (c + 1) * this.chunkSize; // the end of chunk c
+    if (first === CHUNK_FAILED) return -(Math.min(upTo, last) - addr);
     if (first !== CHUNK_PRESENT) return 0;
-    let upTo = chunkEnd(c);
-    while (upTo < last && Atomics.load(this.states, ++c) === CHUNK_PRESENT) upTo = chunkEnd(c);
+    while (upTo < last && Atomics.load(this.states, ++c) === CHUNK_PRESENT) upTo += this.chunkSize;
     return Math.min(upTo, last) - addr;
   }
 

@@ -33,6 +33,7 @@ export async function startRangeServer(data: Uint8Array, opts: { manifest?: stri
   const etag = `"${crypto.createHash('md5').update(data).digest('hex')}"`;
   const gets: { offset: number; len: number }[] = [];
   const attempts = new Map<number, number>();
+  const timers = new Set<NodeJS.Timeout>();
   const f = opts.faults ?? {};
   const server = http.createServer((req, res) => {
     if (req.url === '/mem.manifest.json') {
@@ -68,7 +69,7 @@ export async function startRangeServer(data: Uint8Array, opts: { manifest?: stri
       res.end(body);
     };
     const delay = f.delayMs?.(offset, attempt) ?? 0;
-    if (delay > 0) setTimeout(answer, delay); else answer();
+    if (delay > 0) timers.add(setTimeout(answer, delay)); else answer();
   });
   server.keepAliveTimeout = 60_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -76,7 +77,11 @@ export async function startRangeServer(data: Uint8Array, opts: { manifest?: stri
   return {
     url: `http://127.0.0.1:${port}/mem`,
     gets,
-    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    close: () => new Promise<void>((r) => {
+      for (const t of timers) clearTimeout(t);
+      server.closeAllConnections();
+      server.close(() => r());
+    }),
   };
 }
 
