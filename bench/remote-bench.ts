@@ -78,7 +78,7 @@ export function benchWorkingSet(pages: number, extents: number, extentPages: num
   return out;
 }
 
-async function runOne(config: string, o: Opts, file: string, fileMap: number, ws: number[], open: () => Promise<{ source: PageSource; remote?: RemoteMemory }>): Promise<RemoteRun> {
+async function runOne(config: string, o: Opts, fileMap: number, ws: number[], open: () => Promise<{ source: PageSource; remote?: RemoteMemory }>): Promise<RemoteRun> {
   const t0 = performance.now();
   const { source, remote } = await open();
   const openMs = performance.now() - t0;
@@ -105,7 +105,6 @@ async function runOne(config: string, o: Opts, file: string, fileMap: number, ws
   } finally {
     region.close();
     await remote?.close();
-    void file;
   }
 }
 
@@ -155,7 +154,7 @@ async function main(): Promise<void> {
     const runs = new Map<string, RemoteRun[]>();
     for (let round = 0; round < o.rounds; round++) {
       for (const [name, open] of configs) {
-        const r = await runOne(name, o, file, fileMap, ws, open);
+        const r = await runOne(name, o, fileMap, ws, open);
         log(`round ${round + 1}: ${name}: first fault ${r.firstFaultMs.toFixed(1)} ms, working set ${r.workingSetMs.toFixed(0)} ms, ` +
           `populated ${r.populatedMs.toFixed(0)} ms (${r.gibPerSec.toFixed(2)} GiB/s), ${r.requests} requests, ${r.mismatchedPages} wrong pages`);
         runs.set(name, [...(runs.get(name) ?? []), r]);

@@ -18,6 +18,7 @@ import { uploadSnapshot, writeManifest } from '../src/remote/upload.js';
 import { sources } from '../src/sources/index.js';
 import { makeSnapshot } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers } from '../src/workload/threads.js';
+import { useHugePages } from './helpers/hugetlb.js';
 import { Faults, nginxMissing, startNginx, startRangeServer, startS3 } from './helpers/remote-servers.js';
 
 const MiB = 1024 * 1024;
@@ -203,6 +204,30 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
       await mem.close();
       await srv.close();
     }
+  });
+
+  describe('2 MiB hugetlb region', () => {
+    const huge = useHugePages(8); // exactly the region: no spare huge page for the kernel
+    it('every huge page served whole from the chunk cache (chunks of 1 MiB: a huge page spans two)', async function () {
+      if (!huge.ok) { console.log(`      skipped: ${huge.reason}`); this.skip(); }
+      const srv = await startRangeServer(snap, { manifest });
+      const region = memoryType('hugetlbfs').create({ size, pageSize: 2 * MiB });
+      try {
+        const engine = await Engine.start({ regions: [{ region, source: sources.http(srv.url, { prefetch: { background: false } }) }], workers: 2 });
+        try {
+          const jobs = assignPages(size / (2 * MiB), 4, 'random').map((p) => ({ addr: region.addr, pageSize: 2 * MiB, pages: p, expectAddr: addressOf(snap), write: false }));
+          const res = await runTouchers(jobs, 120_000);
+          assert.equal(res.reduce((n, r) => n + r.mismatches, 0), 0, 'pages with wrong bytes');
+        } finally {
+          const st = await engine.stop();
+          assert.equal(st.errors, 0);
+          assert.equal(st.pages.total, size / (2 * MiB));
+        }
+      } finally {
+        region.close();
+        await srv.close();
+      }
+    });
   });
 
   it('working-set prefetch: recorded extents first in recorded order, then the rest; a demand fault jumps the queue', async () => {

@@ -209,20 +209,12 @@ export class RemoteMemory extends EventEmitter {
 
   remoteStats(): RemoteStats {
     const s = this.stats;
-    const states = new Int32Array(this.gate.states);
-    let cached = 0;
-    for (let c = 0; c < states.length; c++) if (Atomics.load(states, c) === CHUNK_PRESENT) cached++;
     return {
-      size: this.size, chunkSize: this.chunkSize, chunks: this.gate.chunks, cached, failed: s[F_FAILED],
+      size: this.size, chunkSize: this.chunkSize, chunks: this.gate.chunks, cached: s[F_CHUNKS], failed: s[F_FAILED],
       demandChunks: s[F_DEMAND], prefetchChunks: s[F_PREFETCH], requests: s[F_REQUESTS], bytesFetched: s[F_BYTES],
       retries: s[F_RETRIES], checksumMismatches: s[F_CHECKSUM], firstChunkMs: s[F_FIRST_MS] ? s[F_FIRST_MS] - this.openedAt : null,
       verified: this.manifest !== undefined,
     };
-  }
-
-  /** Chunks present so far (for tests and progress). */
-  get chunksPresent(): number {
-    return this.stats[F_CHUNKS];
   }
 
   /** The fetch thread is gone: every chunk not yet present fails, so no fault waits for it. */
