@@ -472,6 +472,35 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
     }
   });
 
+  it('serve --mem-url --preload-ws: the working set\'s chunks are fetched first, in recorded order; the VM gets every byte', async () => {
+    const { spawnFcClient } = await import('../src/restore/fc-client.js');
+    const size = 16 * MiB;
+    const snap = makeSnapshot(size, 27);
+    const srv = await startRangeServer(snap, { manifest: manifestOf(snap, MiB) });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-memurl-'));
+    const memPath = path.join(dir, 'vm.mem');
+    fs.writeFileSync(memPath, snap);
+    const wsFile = path.join(dir, 'ws.json');
+    const per = MiB / PAGE;
+    fs.writeFileSync(wsFile, JSON.stringify({ format: 'uffd-engine-working-set', version: 1, pageSize: 4096, memFile: { size }, pages: [11 * per + 5, 11 * per + 6, 3 * per, 14 * per + 9] }));
+    try {
+      const sock = path.join(dir, 'h.sock');
+      const cli = runCli(['serve', '--socket', sock, '--mem-url', srv.url, '--preload-ws', wsFile, '--remote-in-flight', '2', '--once', '--json']);
+      await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
+      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 8 * MiB, threads: 2, timeoutMs: 60_000 }).done;
+      assert.equal(run.code, 0, run.stderr + run.stdout);
+      const r = await cli.done;
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(srv.gets.slice(0, 3).map((g) => g.offset / MiB), [11, 3, 14], `fetch order: ${srv.gets.map((g) => g.offset / MiB).join(',')}`);
+      const s = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop() as string);
+      assert.equal(s.errors, 0);
+      assert.deepEqual(s.preloaded, { pages: 4, outside: 0 });
+    } finally {
+      await srv.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('serve --mem-url refuses what it cannot use, saying why (exit 2)', async () => {
     const srv = await startRangeServer(makeSnapshot(1 * MiB, 26));
     try {
