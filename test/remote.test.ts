@@ -176,6 +176,28 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
     }
   });
 
+  it('a file as the chunk cache (cacheFile): pages served from it, the file removed on close', async () => {
+    const srv = await startRangeServer(snap, { manifest });
+    const cacheFile = path.join(os.tmpdir(), `uffd-engine-cache-${process.pid}.bin`);
+    const mem = await RemoteMemory.open({ kind: 'http', url: srv.url }, { cacheFile });
+    const region = memoryType('anon').create({ size });
+    try {
+      assert.equal(fs.statSync(cacheFile).size, size);
+      const engine = await Engine.start({ regions: [{ region, source: mem.source(0) }], workers: 2 });
+      try {
+        await touchAndVerify(region, snap, 2);
+      } finally {
+        await engine.stop();
+      }
+      assertAllEqual(region, snap);
+    } finally {
+      region.close();
+      await mem.close();
+      await srv.close();
+    }
+    assert.equal(fs.existsSync(cacheFile), false, 'the cache file is removed');
+  });
+
   it('fault injection: slow chunks, dropped connections, 503s and corrupted bytes are retried; every page exact', async () => {
     const faults: Faults = {
       delayMs: (off, a) => (a === 0 && off % (4 * chunkSize) === 0 ? 200 : 0),
