@@ -160,10 +160,14 @@ async function main(): Promise<void> {
         runs.set(name, [...(runs.get(name) ?? []), r]);
       }
     }
-    const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    const med = (xs: number[]): number => {
+      const v = [...xs].sort((a, b) => a - b);
+      const m = v.length >> 1;
+      return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+    };
     const rows = [...runs.entries()].map(([config, rs]) => ({
       config, openMs: med(rs.map((r) => r.openMs)), firstFaultMs: med(rs.map((r) => r.firstFaultMs)), workingSetMs: med(rs.map((r) => r.workingSetMs)),
-      populatedMs: med(rs.map((r) => r.populatedMs)), gibPerSec: med(rs.map((r) => r.gibPerSec)), requests: med(rs.map((r) => r.requests)),
+      populatedMs: med(rs.map((r) => r.populatedMs)), gibPerSec: o.size / 2 ** 30 / (med(rs.map((r) => r.populatedMs)) / 1000), requests: med(rs.map((r) => r.requests)),
       bytesFetched: med(rs.map((r) => r.bytesFetched)), mismatchedPages: Math.max(...rs.map((r) => r.mismatchedPages)),
     }));
     if (o.json) {
