@@ -49,6 +49,7 @@ export type SupervisorEvent =
   | { type: 'engine-unresponsive'; id: number; pid: number; silentMs: number }
   | { type: 'handover'; id: number; pid: number; generation: number; resident: number; removed: number; scan: string; ms: number }
   | { type: 'engine-log'; pid: number; line: string }
+  | { type: 'removed'; id: number; start: number; end: number }
   | { type: 'gave-up'; id: number; restarts: number };
 
 interface EngineProc {
@@ -203,7 +204,10 @@ export class Supervisor {
     }
     if (!s || s.proc !== p) return;
     if (m.type === 'stats') s.current = m.stats as StatsReport;
-    else if (m.type === 'removed') s.removed.push([m.start as number, m.end as number]);
+    else if (m.type === 'removed') {
+      s.removed.push([m.start as number, m.end as number]);
+      this.emit({ type: 'removed', id: s.id, start: m.start as number, end: m.end as number });
+    }
     else if (m.type === 'handover') {
       this.emit({ type: 'handover', id: s.id, pid: p.pid, generation: m.generation as number, resident: m.resident as number,
         removed: m.removed as number, scan: m.scan as string, ms: m.ms as number });
