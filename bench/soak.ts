@@ -76,6 +76,8 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       }
       res.faults += run.engine?.faults.total ?? 0;
       res.mismatches += run.mismatches;
+      // With --expose-gc, collect first: the figure is then what is really kept.
+      (globalThis as { gc?: () => void }).gc?.();
       const rss = process.memoryUsage().rss / MiB;
       res.rssMiB.samples.push(Math.round(rss * 10) / 10);
       res.seconds = (Date.now() - t0) / 1000;
