@@ -149,7 +149,8 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     const snap = sup.snapshot();
     // Kills at the hand-over and at a REMOVE always hit a live engine; the demand ones nearly always.
     assert.ok(snap.restarts >= 36, `only ${snap.restarts} engine deaths in 60 restores`);
-    assert.equal(snap.handovers, snap.restarts);
+    // A death after the VM hung up (a demand kill as the client exits) ends the session instead.
+    assert.ok(snap.handovers <= snap.restarts && snap.handovers >= 36, `${snap.handovers} hand-overs for ${snap.restarts} deaths`);
     assert.ok(sup.summaries.filter((x) => x.pages.zeroFilled > 0).length >= 12, 'removed ranges read zeros (zero-filled by the engine that took over)');
   });
 
