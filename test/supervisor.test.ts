@@ -162,6 +162,33 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     assert.ok(sup.summaries.some((x) => x.engineRestarts && x.eexist + x.pages.total > 0));
   });
 
+  it('--max-restarts exceeded: the session is given up and the connection closed, so a watching client fails loudly', async () => {
+    const sock = path.join(dir, 'giveup.sock');
+    const events: SupervisorEvent[] = [];
+    const sup = new Supervisor({
+      engine: { workers: 1, prefetch: 'off', memFileSize: 16 * MiB, record: false, detachWhenPopulated: true },
+      maxRestarts: 0, onEvent: (e) => events.push(e),
+    });
+    const server = RestoreServer.listen({ socketPath: sock, memFilePath: memPath, serveConnection: sup.serve });
+    const running = server.run();
+    try {
+      const c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 1, timeoutMs: 60_000, onHandlerHangup: 'fail' });
+      await waitFor(() => events.some((e) => e.type === 'engine-started'), 'the engine to serve');
+      kill(sup.enginePid(1));
+      const r = await c.done;
+      assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
+      assert.match(r.stderr, /hung up with \d+ page\(s\) never served/);
+      assert.ok(events.some((e) => e.type === 'gave-up' && e.restarts === 1));
+      assert.match(sup.summaries[0].error ?? '', /gave up after 1 engine process deaths/);
+      assert.equal(sup.snapshot().gaveUp, 1);
+    } finally {
+      await sup.shutdown('abandon');
+      await server.close();
+      await sup.close();
+      await running;
+    }
+  });
+
   /** The built CLI with JSON logs; resolves the stderr lines as they come. */
   function runServe(args: string[]): { child: ChildProcess; lines: () => Record<string, unknown>[]; err: () => string; done: Promise<number | null> } {
     const child = spawn(process.execPath, [CLI, 'serve', '--log-format', 'json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
