@@ -66,7 +66,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   /**
-   * Runs `n` restores (2 at a time) through one supervisor, killing each session's engine
+   * Runs `n` restores (4 at a time) through one supervisor, killing each session's engine
    * process at the point `pointOf(i)` names; every client must verify every byte.
    */
   async function killLoop(prefetch: 'off' | 'on', n: number, pointOf: (i: number) => KillPoint, client: Partial<FcClientOptions>,
@@ -75,8 +75,8 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     const events: SupervisorEvent[] = [];
     const listeners = new Set<(e: SupervisorEvent) => void>();
     const sup = new Supervisor({
-      engine: { workers: 2, prefetch, memFileSize: 16 * MiB, record: false, detachWhenPopulated: true },
-      spares: 2, maxRestarts: 5,
+      engine: { workers: 1, prefetch, memFileSize: 16 * MiB, record: false, detachWhenPopulated: true },
+      spares: 3, maxRestarts: 5,
       onEvent: (e) => {
         if (e.type !== 'engine-log') events.push(e);
         for (const l of listeners) l(e);
@@ -128,7 +128,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       if (r.code !== 0 || !r.result?.ok) failures.push(`run ${i} (${point}): exit ${r.code} ${r.signal ?? ''} ${r.stderr.trim()} ${r.stdout.trim()}`);
     };
     try {
-      for (let i = 0; i < n; i += 2) await Promise.all([one(i), ...(i + 1 < n ? [one(i + 1)] : [])]);
+      for (let i = 0; i < n; i += 4) await Promise.all(Array.from({ length: Math.min(4, n - i) }, (_, k) => one(i + k)));
       await waitFor(() => sup.snapshot().sessionsActive === 0, 'every session to end');
     } finally {
       await sup.shutdown('abandon');
