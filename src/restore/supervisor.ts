@@ -58,7 +58,8 @@ interface EngineProc {
   ch: Channel;
   session: Supervised | null;
   lastHeard: number;
-  spawnedAt: number;
+  /** It said 'ready' (its modules loaded). */
+  ready: boolean;
   exited: boolean;
 }
 
@@ -157,7 +158,7 @@ export class Supervisor {
     } finally {
       closeSocket(theirs);
     }
-    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), spawnedAt: Date.now(), exited: false } as unknown as EngineProc;
+    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, exited: false } as unknown as EngineProc;
     p.ch = new Channel(mine, (m, fds) => this.onMessage(p, m, fds), () => undefined);
     this.procs.add(p);
     let partial = '';
@@ -174,8 +175,8 @@ export class Supervisor {
   }
 
   private ensureSpares(): void {
-    // An engine that dies at once, again and again (a broken install), is not respawned
-    // in a loop: spares wait until a session needs one.
+    // Engines that die before they are ready, again and again (a broken install), are not
+    // respawned in a loop: spares wait until a session needs one.
     if (this.closed || this.closing || this.quickDeaths >= 3) return;
     while (this.spares.length < (this.opts.spares ?? 1)) this.spares.push(this.spawnEngine());
   }
@@ -199,6 +200,7 @@ export class Supervisor {
     p.lastHeard = Date.now();
     const s = p.session;
     if (m.type === 'ready') {
+      p.ready = true;
       this.quickDeaths = 0;
       return;
     }
@@ -226,7 +228,7 @@ export class Supervisor {
     p.ch.close();
     const spare = this.spares.indexOf(p);
     if (spare >= 0) this.spares.splice(spare, 1);
-    if (Date.now() - p.spawnedAt < 2000 && code !== 0) this.quickDeaths++;
+    if (!p.ready) this.quickDeaths++; // died before loading: a broken install, not a kill
     const s = p.session;
     if (!s || s.done || s.proc !== p) {
       if (spare >= 0) this.emit({ type: 'engine-died', pid: p.pid, code, signal });
