@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Engine } from '../src/engine/engine.js';
-import { parseArgs } from '../src/cli/args.js';
+import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from './engine-bench.js';
 
 interface SoakOptions {
@@ -97,7 +97,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
 }
 
 async function main(): Promise<void> {
-  const o = parseArgs<SoakOptions & Record<string, unknown>>(process.argv.slice(2), {
+  const spec: OptionSpec = {
     faults: { type: 'number', default: 1e8, help: 'engine faults to serve' },
     size: { type: 'size', default: 32 * MiB, help: 'region of each run (the C program re-faults all of it each round)' },
     rounds: { type: 'number', default: 120, help: 'bounce rounds per run (each run ends with every byte checked)' },
@@ -107,7 +107,12 @@ async function main(): Promise<void> {
     maxMinutes: { type: 'number', default: 60, help: 'stop after this long even if --faults is not reached' },
     json: { type: 'boolean', default: false, help: 'print the summary as JSON' },
     help: { type: 'boolean', default: false, help: 'show this help' },
-  });
+  };
+  const o = parseArgs<SoakOptions & Record<string, unknown>>(process.argv.slice(2), spec);
+  if (o.help) {
+    console.log(helpText('soak (node dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked.', spec));
+    return;
+  }
   const r = await soak(o, (s) => process.stderr.write(`${s}\n`));
   const rss = r.rssMiB.samples;
   if (o.json) console.log(JSON.stringify(r));
