@@ -189,9 +189,16 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     }
   });
 
+  const clis: ChildProcess[] = [];
+  afterEach(() => {
+    // A failed assertion must not leave a server (and its engine processes) running.
+    for (const c of clis.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  });
+
   /** The built CLI with JSON logs; resolves the stderr lines as they come. */
   function runServe(args: string[]): { child: ChildProcess; lines: () => Record<string, unknown>[]; err: () => string; done: Promise<number | null> } {
     const child = spawn(process.execPath, [CLI, 'serve', '--log-format', 'json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    clis.push(child);
     let err = '';
     child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
     child.stdout!.resume();
