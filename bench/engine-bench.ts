@@ -221,6 +221,8 @@ export interface Hooks {
   onRunProgress?(fraction: number): void;
   onRunEnd?(run: SideRun): void;
   onNote?(note: string): void;
+  /** The engine of an engine-side run is serving (the soak kills its workers). */
+  onEngine?(engine: Engine): void;
 }
 
 // ---- workload mapping ----------------------------------------------------------------
@@ -511,6 +513,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
     });
     const tReady = performance.now();
+    hooks.onEngine?.(engine);
     const before = engine.stats();
     const expect = cfg.size + cfg.bounce * bouncePages(cfg) * cfg.pageSize;
     sampler = new Sampler(child.child.pid ?? -1, t0, cfg.kind === 'wp' ? 0 : expect, hooks.onRunProgress);
@@ -655,7 +658,7 @@ export interface CaseOptions {
 const sourceCache = new Map<string, string>();
 
 /** Writes (once per tmpDir, size and seed) the pattern file both sides serve and verify. */
-async function sourceFileFor(cfg: BenchConfig, tmpDir: string, binary: string): Promise<string | null> {
+export async function sourceFileFor(cfg: BenchConfig, tmpDir: string, binary: string): Promise<string | null> {
   // Minor and wp runs pre-fill their pages from the C program's own pattern; only missing
   // faults copy from a source.
   if (cfg.source === 'zero' || cfg.kind !== 'missing') return null;

@@ -1,7 +1,7 @@
 // Command-line options for memory files in object storage, shared by `serve --mem-url` and
 // `snapshot upload`. Credentials come from the environment only (AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or the AWS SDK's other sources), never argv.
-import { RemoteMemory, RemoteOptions, RemoteStats } from '../remote/remote-memory.js';
+import { RemoteConfig, RemoteMemory, RemoteOptions, RemoteStats } from '../remote/remote-memory.js';
 import { parseMemUrl, StoreLocation } from '../remote/store.js';
 import type { OptionSpec } from './args.js';
 import { formatBytes } from './format.js';
@@ -44,12 +44,21 @@ export function checkRemoteArgs(o: RemoteArgs): void {
   if (o.memUrl) locationOf(o.memUrl, o);
 }
 
+/** Where the memory file at --mem-url is and how to fetch it: plain data, so an engine process can be given it. */
+export function remoteConfig(o: RemoteArgs & { memUrl: string }): RemoteConfig {
+  return {
+    location: locationOf(o.memUrl, o),
+    options: {
+      chunkSize: o.remoteChunk, maxInFlight: o.remoteInFlight, timeoutMs: o.remoteTimeoutMs, retries: o.remoteRetries,
+      cacheFile: o.remoteCache, verify: o.verify as RemoteOptions['verify'],
+    },
+  };
+}
+
 /** Opens the memory file at --mem-url with the options given. */
 export function openRemote(o: RemoteArgs & { memUrl: string }, prefetch: RemoteOptions['prefetch']): Promise<RemoteMemory> {
-  return RemoteMemory.open(locationOf(o.memUrl, o), {
-    chunkSize: o.remoteChunk, maxInFlight: o.remoteInFlight, timeoutMs: o.remoteTimeoutMs, retries: o.remoteRetries,
-    cacheFile: o.remoteCache, verify: o.verify as RemoteOptions['verify'], prefetch,
-  });
+  const c = remoteConfig(o);
+  return RemoteMemory.open(c.location, { ...c.options, prefetch });
 }
 
 export function formatRemoteStats(s: RemoteStats): string {

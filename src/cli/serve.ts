@@ -1,16 +1,18 @@
 // `uffd-engine serve`: a Firecracker-compatible snapshot restore handler. Listens on a Unix
 // socket; each VM that connects (Firecracker's `Uffd` memory backend) is served by its own
-// parallel engine from the memory file. Progress on stderr (on a terminal), a summary per
-// session on stdout, clean shutdown on SIGINT/SIGTERM.
+// parallel engine, in an engine process this supervisor restarts (and hands the VM over to)
+// if it dies. Progress on stderr (on a terminal), a summary per session on stdout, metrics
+// on request, clean shutdown on SIGINT/SIGTERM.
 import * as fs from 'node:fs';
 import { getuid } from '../kernel/memory.js';
-import { engineSessions, formatSummary, PrefetchMode, SessionSummary } from '../restore/engine-session.js';
+import { formatSummary, PrefetchMode, SessionSummary } from '../restore/engine-session.js';
+import { ConnectionCounts, MetricsAddress, parseMetricsAddress, renderPrometheus, serveMetrics } from '../restore/metrics.js';
 import { RestoreServer, ServerEvent } from '../restore/server.js';
+import { Supervisor, SupervisorEvent } from '../restore/supervisor.js';
 import { loadWorkingSet, saveWorkingSet, WorkingSet } from '../restore/working-set.js';
-import type { RemoteMemory } from '../remote/remote-memory.js';
 import { helpText, OptionSpec, parseArgs } from './args.js';
 import { formatBytes } from './format.js';
-import { checkRemoteArgs, formatRemoteStats, openRemote, REMOTE_SPEC, RemoteArgs } from './remote.js';
+import { checkRemoteArgs, openRemote, remoteConfig, REMOTE_SPEC, RemoteArgs } from './remote.js';
 
 const SPEC: OptionSpec = {
   socket: { type: 'string', help: 'Unix socket to listen on (Firecracker mem_backend.backend_path)' },
@@ -30,6 +32,10 @@ const SPEC: OptionSpec = {
   maxSessions: { type: 'number', default: 64, help: 'VMs served at once (more wait in the backlog)' },
   shutdown: { type: 'string', default: 'complete', help: 'what SIGINT/SIGTERM does to running VMs: complete (fill what is left, then detach) | abandon (detach now)' },
   json: { type: 'boolean', default: false, help: 'print each session summary as one JSON line' },
+  metrics: { type: 'string', help: 'serve Prometheus metrics over HTTP on this Unix socket path or 127.0.0.1:PORT' },
+  logFormat: { type: 'string', default: 'text', help: 'event log on stderr: text | json (one object per line)' },
+  spares: { type: 'number', default: 1, help: 'idle engine processes kept started for new VMs and hand-overs' },
+  maxRestarts: { type: 'number', default: 10, help: 'engine process deaths one VM survives before its session is given up' },
   quiet: { type: 'boolean', default: false, help: 'no event log on stderr' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 };
@@ -38,6 +44,7 @@ interface ServeOptions {
   socket?: string; memFile?: string; workers: number; prefetch?: string; readAhead?: number; chunk?: number;
   recordWs?: string; preloadWs?: string; once: boolean; stayAttached: boolean; socketMode: string;
   recvTimeoutMs: number; maxSessions: number; shutdown: string; json: boolean; quiet: boolean; help: boolean;
+  metrics?: string; logFormat: string; spares: number; maxRestarts: number;
 }
 type Options = ServeOptions & RemoteArgs;
 
@@ -73,6 +80,7 @@ export async function run(args: string[]): Promise<number> {
   let allowed: number[] | undefined;
   let preload: WorkingSet | undefined;
   let memSize: number;
+  let metricsAt: MetricsAddress | undefined;
   try {
     const x = extractUids(args);
     o = parseArgs<Options & Record<string, unknown>>(x.rest, SPEC);
@@ -108,54 +116,80 @@ export async function run(args: string[]): Promise<number> {
     if (o.preloadWs && o.prefetch === 'off') throw new UsageError('--preload-ws needs background population: use --prefetch hot-first (or leave --prefetch out)');
     // A remote memory file's size is known once it is open (below).
     if (o.preloadWs) preload = loadWorkingSet(o.preloadWs, o.memFile ? memSize : undefined);
+    if (!['text', 'json'].includes(o.logFormat)) throw new UsageError(`--log-format must be text or json (got "${o.logFormat}")`);
+    if (!Number.isInteger(o.spares) || o.spares < 0 || o.spares > 16) throw new UsageError(`--spares must be 0 to 16 (got ${o.spares})`);
+    if (!Number.isInteger(o.maxRestarts) || o.maxRestarts < 0) throw new UsageError(`--max-restarts must be 0 or more (got ${o.maxRestarts})`);
+    if (o.metrics !== undefined) {
+      try {
+        metricsAt = parseMetricsAddress(o.metrics);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    }
     if (x.uids) allowed = x.uids.includes(-1) ? [] : x.uids;
   } catch (e) {
     console.error(`uffd-engine serve: ${(e as Error).message}`);
     return 2;
   }
 
-  const log = (s: string): void => { if (!o.quiet) process.stderr.write(`${clearLine()}${s}\n`); };
-  const tty = process.stderr.isTTY === true && !o.quiet;
+  const jsonLog = o.logFormat === 'json';
+  // One line per event: the text, or (--log-format json) an object with the event's fields.
+  const log = (s: string, fields: Record<string, unknown> = {}): void => {
+    if (o.quiet) return;
+    if (jsonLog) process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), msg: s, ...fields })}\n`);
+    else process.stderr.write(`${clearLine()}${s}\n`);
+  };
+  const tty = process.stderr.isTTY === true && !o.quiet && !jsonLog;
   const clearLine = (): string => (tty ? '\r\x1b[K' : '');
   const prefetch: PrefetchMode = (o.prefetch as PrefetchMode | undefined) ?? (o.recordWs ? 'off' : preload ? 'hot-first' : 'on');
-  // A memory file in object storage: one chunk cache for every VM this process serves; the
-  // working set's chunks are fetched first, then (with prefetch) everything else.
-  let remote: RemoteMemory | undefined;
+  // A memory file in object storage: opened here once to check it (size, manifest) before
+  // listening; each engine process opens its own chunk cache when its VM arrives (a cache
+  // lives in the process that serves from it), fetching the working set's chunks first.
+  let remoteInfo = '';
   if (o.memUrl) {
     try {
-      remote = await openRemote({ ...o, memUrl: o.memUrl }, { workingSet: preload?.pages, background: prefetch !== 'off' });
+      const remote = await openRemote({ ...o, memUrl: o.memUrl }, { background: false });
       memSize = remote.size;
+      remoteInfo = `, chunks of ${formatBytes(remote.chunkSize)}, ${remote.manifest ? 'verified against its manifest' : 'no manifest: not verified'}`;
+      await remote.close();
       if (preload && preload.memFile.size !== memSize) {
-        await remote.close();
         throw new Error(`working set ${o.preloadWs} was recorded for a ${preload.memFile.size}-byte memory file; ${o.memUrl} has ${memSize} bytes`);
       }
     } catch (e) {
       console.error(`uffd-engine serve: ${(e as Error).message}`);
       return 2;
     }
-    const r = remote;
-    r.on('chunk-failed', (f: { chunk: number; offset: number; message: string }) => log(`remote: chunk ${f.chunk} (offset ${f.offset}) cannot be had: ${f.message}; ` +
-      'its pages are poisoned (a VM that touches them gets SIGBUS)'));
   }
-  const sessions = engineSessions({
-    pageSource: remote ? (r) => (remote as RemoteMemory).source(r.offset) : undefined,
-    workers: o.workers, prefetch, readAhead: o.readAhead, chunk: o.chunk, workingSet: preload,
-    record: !!o.recordWs, detachWhenPopulated: !o.stayAttached,
-    onEvent: (e) => {
-      if (e.type === 'engine-started') log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(0)} ms)`);
-      else if (e.type === 'incident') log(`session ${e.id}: incident: ${e.message}`);
-      else if (e.type === 'populated') log(`session ${e.id}: fully populated after ${e.ms.toFixed(0)} ms`);
+  const sessions = new Supervisor({
+    engine: {
+      workers: o.workers, prefetch, readAhead: o.readAhead, chunk: o.chunk, preloadWs: o.preloadWs, memFileSize: memSize,
+      record: !!o.recordWs, detachWhenPopulated: !o.stayAttached,
+      remote: o.memUrl ? remoteConfig({ ...o, memUrl: o.memUrl }) : undefined,
+    },
+    spares: o.spares, maxRestarts: o.maxRestarts,
+    onEvent: (e: SupervisorEvent) => {
+      const f = { event: e.type, ...e };
+      if (e.type === 'engine-started') log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(0)} ms)`, f);
+      else if (e.type === 'incident') log(`session ${e.id}: incident: ${e.message}`, f);
+      else if (e.type === 'populated') log(`session ${e.id}: fully populated after ${e.ms.toFixed(0)} ms`, f);
       else if (e.type === 'recorded' && o.recordWs) {
         try {
           saveWorkingSet(o.recordWs, e.workingSet);
-          log(`session ${e.id}: recorded ${e.workingSet.pages.length} pages (first-needed order) to ${o.recordWs}`);
+          log(`session ${e.id}: recorded ${e.workingSet.pages.length} pages (first-needed order) to ${o.recordWs}`, { event: 'recorded', id: e.id, pages: e.workingSet.pages.length });
         } catch (err) {
-          log(`session ${e.id}: cannot write working set ${o.recordWs}: ${(err as Error).message}`);
+          log(`session ${e.id}: cannot write working set ${o.recordWs}: ${(err as Error).message}`, { event: 'record-failed', id: e.id });
         }
-      } else if (e.type === 'summary') {
-        printSummary(e.summary);
-        if (remote) log(formatRemoteStats(remote.remoteStats()));
-      }
+      } else if (e.type === 'summary') printSummary(e.summary);
+      else if (e.type === 'engine-died') {
+        log(e.id === undefined ? `engine process ${e.pid} (spare) died (${e.signal ?? `exit ${e.code}`})`
+          : `session ${e.id}: engine process ${e.pid} died (${e.signal ?? `exit ${e.code}`}); handing the VM over (restart ${e.restarts})`, f);
+      } else if (e.type === 'handover') {
+        log(`session ${e.id}: engine process ${e.pid} took over (generation ${e.generation}): ${e.resident} page(s) already present, ` +
+          `${e.removed} removed by the balloon, found in ${e.ms} ms (scan: ${e.scan})`, f);
+      } else if (e.type === 'engine-unresponsive') log(`session ${e.id}: engine process ${e.pid} silent for ${e.silentMs} ms: killed`, f);
+      else if (e.type === 'gave-up') log(`session ${e.id}: engine processes died ${e.restarts} times: giving the session up`, f);
+      else if (e.type === 'engine-log') log(`engine process ${e.pid}: ${e.line}`, f);
+      else if (e.type === 'engine-assigned' && jsonLog) log(`session ${e.id}: engine process ${e.pid} (generation ${e.generation})`, f);
     },
   });
   const printSummary = (s: SessionSummary): void => {
@@ -163,32 +197,50 @@ export async function run(args: string[]): Promise<number> {
     if (o.json) console.log(JSON.stringify(s));
     else for (const l of formatSummary(s)) console.log(l);
   };
+  const conns: ConnectionCounts = { accepted: 0, rejected: {} };
   const onServerEvent = (e: ServerEvent): void => {
-    if (e.type === 'accepted') log(`connection ${e.id}: pid ${e.peer.pid}, uid ${e.peer.uid}`);
-    else if (e.type === 'rejected') log(`connection ${e.id}: refused (${e.code}): ${e.reason}`);
-    else if (e.type === 'session-start') {
+    if (e.type === 'accepted') log(`connection ${e.id}: pid ${e.peer.pid}, uid ${e.peer.uid}`, { event: e.type, id: e.id, peer: e.peer });
+    else if (e.type === 'rejected') {
+      conns.rejected[e.code] = (conns.rejected[e.code] ?? 0) + 1;
+      log(`connection ${e.id}: refused (${e.code}): ${e.reason}`, { event: e.type, id: e.id, code: e.code, reason: e.reason });
+    } else if (e.type === 'session-start') {
+      conns.accepted++;
       const h = e.handshake;
       log(`session ${e.id}: handshake ${h.variant}, ${h.regions.length} region(s), ${formatBytes(h.totalSize)}` +
-        `${h.warnings.length ? ` (warnings: ${h.warnings.join('; ')})` : ''}`);
-    } else if (e.type === 'session-end' && e.error) log(`session ${e.id}: ended with an error: ${e.error}`);
+        `${h.warnings.length ? ` (warnings: ${h.warnings.join('; ')})` : ''}`,
+      { event: e.type, id: e.id, variant: h.variant, regions: h.regions.length, bytes: h.totalSize, warnings: h.warnings });
+    } else if (e.type === 'session-end' && e.error) log(`session ${e.id}: ended with an error: ${e.error}`, { event: e.type, id: e.id, error: e.error });
   };
 
   let server: RestoreServer;
   try {
     server = RestoreServer.listen({
-      socketPath: o.socket, memFilePath: o.memFile ?? o.memUrl as string, remoteMemory: remote ? { url: o.memUrl as string, size: memSize } : undefined,
+      socketPath: o.socket, memFilePath: o.memFile ?? o.memUrl as string, remoteMemory: o.memUrl ? { url: o.memUrl, size: memSize } : undefined,
       serveConnection: sessions.serve, allowedUids: allowed,
       socketMode: parseInt(o.socketMode, 8), recvTimeoutMs: o.recvTimeoutMs, maxSessions: o.maxSessions, onEvent: onServerEvent,
     });
   } catch (e) {
     console.error(`uffd-engine serve: ${(e as Error).message}`);
-    await remote?.close();
+    await sessions.close();
     return 1;
   }
-  log(`listening on ${o.socket}: memory file ${o.memFile ?? o.memUrl} (${formatBytes(memSize)}${remote ? `, chunks of ${formatBytes(remote.chunkSize)}, ` +
-    `${remote.manifest ? 'verified against its manifest' : 'no manifest: not verified'}` : ''}), ${o.workers} workers per VM, prefetch ${prefetch}` +
+  const startedAt = Date.now();
+  let metrics: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+  if (metricsAt) {
+    try {
+      metrics = await serveMetrics(metricsAt, () => renderPrometheus(sessions.snapshot(), conns, startedAt));
+      log(`metrics on ${metrics.where}`, { event: 'metrics', where: metrics.where });
+    } catch (e) {
+      console.error(`uffd-engine serve: cannot serve metrics on ${o.metrics}: ${(e as Error).message}`);
+      await server.close();
+      await sessions.close();
+      return 1;
+    }
+  }
+  log(`listening on ${o.socket}: memory file ${o.memFile ?? o.memUrl} (${formatBytes(memSize)}${remoteInfo}), ${o.workers} workers per VM, prefetch ${prefetch}` +
     `${preload ? ` (${preload.pages.length} working-set pages from ${o.preloadWs})` : ''}${o.recordWs ? `, recording the working set to ${o.recordWs}` : ''}; ` +
-    `allowed uids: ${allowed === undefined ? `${getuid()} (ours)` : allowed.length ? allowed.join(', ') : 'any'}`);
+    `allowed uids: ${allowed === undefined ? `${getuid()} (ours)` : allowed.length ? allowed.join(', ') : 'any'}`,
+  { event: 'listening', socket: o.socket, memFile: o.memFile, workers: o.workers, prefetch });
 
   // Progress on a terminal: one line, every session's pages by demand vs prefetch and GiB/s.
   const ticker = tty ? setInterval(() => {
@@ -211,11 +263,11 @@ export async function run(args: string[]): Promise<number> {
     if (signals === 1) {
       const n = sessions.live.size;
       log(`${sig}: shutting down${n ? `; ${o.shutdown === 'complete' ? 'filling what is left of' : 'detaching from'} ${n} VM(s)` +
-        `${o.shutdown === 'complete' ? ` (${sig} again to abandon)` : ''}` : ''}`);
+        `${o.shutdown === 'complete' ? ` (${sig} again to abandon)` : ''}` : ''}`, { event: 'signal', signal: sig, mode: o.shutdown, sessions: n });
       void sessions.shutdown(o.shutdown as 'complete' | 'abandon');
       stopRequested();
     } else {
-      log(`${sig} again: abandoning the remaining VM(s)`);
+      log(`${sig} again: abandoning the remaining VM(s)`, { event: 'signal', signal: sig, mode: 'abandon' });
       void sessions.shutdown('abandon');
     }
   };
@@ -247,12 +299,13 @@ export async function run(args: string[]): Promise<number> {
   } finally {
     await sessions.shutdown(o.shutdown as 'complete' | 'abandon');
     await server.close();
+    await sessions.close();
+    await metrics?.close();
     if (ticker) clearInterval(ticker);
     if (tty) process.stderr.write(clearLine());
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);
-    await remote?.close();
   }
-  if (!o.once && sessions.summaries.length) log(`served ${sessions.summaries.length} VM(s)`);
+  if (!o.once && sessions.summaries.length) log(`served ${sessions.summaries.length} VM(s)`, { event: 'exit', sessions: sessions.summaries.length });
   return exit;
 }

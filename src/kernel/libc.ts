@@ -43,6 +43,7 @@ export const libc = {
   dup: lib.func('int dup(int fd)') as (fd: number) => number,
   fcntl: lib.func('int fcntl(int fd, int cmd, long arg)') as (fd: number, cmd: number, arg: number) => number,
   socket: lib.func('int socket(int domain, int type, int protocol)') as (d: number, t: number, p: number) => number,
+  socketpair: lib.func('int socketpair(int domain, int type, int protocol, uint64_t sv)') as (d: number, t: number, p: number, sv: number) => number,
   bind: lib.func('int bind(int fd, uint64_t addr, unsigned int len)') as (fd: number, addr: number, len: number) => number,
   listen: lib.func('int listen(int fd, int backlog)') as (fd: number, backlog: number) => number,
   accept4: lib.func('int accept4(int fd, uint64_t addr, uint64_t len, int flags)') as (fd: number, a: number, l: number, f: number) => number,

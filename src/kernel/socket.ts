@@ -197,6 +197,18 @@ export function listenUnix(path: string, opts: ListenOptions = {}): number {
   return fd;
 }
 
+const pairBuf = new Int32Array(new ArrayBuffer(8));
+const pairAddr = addressOf(pairBuf);
+
+/**
+ * A connected pair of Unix stream sockets (close-on-exec; non-blocking unless asked): a
+ * private channel to a child process, which gets one end as an inherited fd.
+ */
+export function socketPair(nonBlocking = true): [number, number] {
+  if (libc.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0), 0, pairAddr) < 0) fail('socketpair');
+  return [pairBuf[0], pairBuf[1]];
+}
+
 /** Connects to a Unix stream socket; the socket is blocking unless nonBlocking. */
 export function connectUnix(path: string, nonBlocking = false): number {
   const fd = newSocket(false);

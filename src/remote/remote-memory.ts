@@ -46,6 +46,12 @@ export interface RemoteOptions {
   prefetch?: { workingSet?: ArrayLike<number>; background?: boolean };
 }
 
+/** A memory file in object storage and how to fetch it, as plain data (it crosses processes as JSON). */
+export interface RemoteConfig {
+  location: StoreLocation;
+  options: Omit<RemoteOptions, 'prefetch'>;
+}
+
 export interface RemoteStats {
   size: number;
   chunkSize: number;

@@ -92,6 +92,11 @@ export interface EngineSessionOptions {
   /** Tuning passed to each engine. */
   engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity'>;
   onEvent?: (e: SessionEvent) => void;
+  /**
+   * Runs after each session's engine has its tables and before its threads start (awaited):
+   * e.g. mark pages the VM already has (a hand-over from an engine process that died).
+   */
+  beforeServe?: (engine: Engine, handshake: Handshake, ctx: SessionContext) => void | Promise<void>;
 }
 
 export type SessionEvent =
@@ -138,6 +143,8 @@ export interface SessionSummary {
   preloaded?: { pages: number; outside: number };
   /** Recording: pages recorded. */
   recorded?: number;
+  /** Supervised serve: engine processes that died during the session (each handed it over to a new one). */
+  engineRestarts?: number;
   warnings: string[];
 }
 
@@ -254,15 +261,8 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
   const serveOne = async (handshake: Handshake, uffdFd: number, memFile: MemoryFile, ctx: SessionContext): Promise<SessionSummary> => {
     const t0 = performance.now();
     const since = (): number => performance.now() - t0;
-    const warnings = [...handshake.warnings];
-    const regions = handshake.regions.map((r) => ({ offset: r.offset, size: r.size, pageSize: r.pageSize }));
-    const totalPages = handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0);
-    const summary: SessionSummary = {
-      id: ctx.id, peer: { pid: ctx.peer.pid, uid: ctx.peer.uid }, regions, totalBytes: handshake.totalSize, totalPages,
-      prefetch, workers, endReason: 'error', lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
-      pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0 }, bytes: 0, gibPerSec: 0,
-      latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, incidents: [], warnings,
-    };
+    const summary = newSummary(handshake, ctx, prefetch, workers);
+    const { warnings, totalPages } = summary;
     const maps: { addr: number; len: number }[] = [];
     let engine: Engine | undefined;
     let timer: NodeJS.Timeout | undefined;
@@ -302,7 +302,10 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       sampler = record ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
       const smp = sampler;
       const starting = Engine.start({
-        beforeLaunch: smp ? (e) => smp.attach(e.setup.states, e.totalPages) : undefined,
+        beforeLaunch: async (e) => {
+          await opts.beforeServe?.(e, handshake, ctx);
+          if (smp) await smp.attach(e.setup.states, e.totalPages);
+        },
         uffd: Userfaultfd.fromFd(uffdFd, uf.features),
         ownsUffd: false,
         peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
@@ -320,7 +323,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       engine = await starting;
       const eng = engine;
       summary.engineStartMs = Math.round(since() * 10) / 10;
-      emit({ type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: regions.length, totalBytes: handshake.totalSize });
+      emit({ type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: handshake.regions.length, totalBytes: handshake.totalSize });
       eng.on('incident', (inc: { message: string }) => {
         if (summary.incidents.length < 20) summary.incidents.push(inc.message);
         emit({ type: 'incident', id: ctx.id, message: inc.message });
@@ -435,6 +438,19 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
   };
 }
 
+/** The summary of a session before anything was served (its end reason 'error' until known). */
+export function newSummary(handshake: Handshake, ctx: Pick<SessionContext, 'id' | 'peer'>, prefetch: PrefetchMode, workers: number): SessionSummary {
+  return {
+    id: ctx.id, peer: { pid: ctx.peer.pid, uid: ctx.peer.uid },
+    regions: handshake.regions.map((r) => ({ offset: r.offset, size: r.size, pageSize: r.pageSize })),
+    totalBytes: handshake.totalSize, totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0),
+    prefetch, workers, endReason: 'error', lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
+    pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0 }, bytes: 0, gibPerSec: 0,
+    latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, incidents: [],
+    warnings: [...handshake.warnings],
+  };
+}
+
 function fillFromStats(s: SessionSummary, st: EngineStats): void {
   s.faults = st.faults.total;
   s.pages = {
@@ -464,6 +480,7 @@ export function formatSummary(s: SessionSummary): string[] {
   ];
   if (s.preloaded) lines.push(`  hot-first: ${s.preloaded.pages} working-set pages first${s.preloaded.outside ? ` (${s.preloaded.outside} outside the regions)` : ''}`);
   if (s.recorded !== undefined) lines.push(`  recorded working set: ${s.recorded} pages`);
+  if (s.engineRestarts) lines.push(`  engine process restarts: ${s.engineRestarts} (the session was handed over; counts include the dead engines' last reports)`);
   for (const w of s.warnings) lines.push(`  warning: ${w}`);
   for (const i of s.incidents) lines.push(`  incident: ${i}`);
   return lines;

@@ -22,7 +22,10 @@ import { spawn, ChildProcess } from 'node:child_process';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import * as C from '../kernel/constants.js';
 import { bytesAt, madvise, mapAnonymous, memcmp, mmap, openFile } from '../kernel/memory.js';
-import { connectUnix, sendWithFds } from '../kernel/socket.js';
+import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
+import { libc } from '../kernel/libc.js';
+import { Scanner } from '../kernel/pagemap.js';
+import { connectUnix, recvWithFds, sendWithFds, watchFd } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { encodeHandshake, HandshakeVariant } from './handshake.js';
 import { parseArgs, parseSize, OptionSpec, helpText } from '../cli/args.js';
@@ -47,6 +50,18 @@ export interface FcClientOptions {
   timeoutMs?: number;
   /** Pages each reader takes in turn (interleaves the threads). */
   stripePages?: number;
+  /**
+   * 'fail': when the handler's end of the socket closes while pages of the regions are
+   * still not present, exit 3 at once with a message, instead of waiting (no handler is
+   * left to serve them) — what a VMM can do to fail loudly when its page-fault handler is
+   * gone. Default 'ignore' (Firecracker does not watch the socket).
+   */
+  onHandlerHangup?: 'ignore' | 'fail';
+  /**
+   * With remove: before the madvise, create FILE.ready and wait until FILE exists (a test
+   * stops the handler in between, so the REMOVE is still unread when it dies).
+   */
+  removeGate?: string;
 }
 
 export interface Mismatch {
@@ -164,6 +179,45 @@ function startWatchdog(timeoutMs: number): { cancel(): void } {
   };
 }
 
+/**
+ * Exits 3 when the handler hangs up while pages are still missing (the removed range does
+ * not count: it is empty on purpose). A hang-up after every page is present is a handler
+ * that finished and detached.
+ */
+function watchHandler(sock: number, regions: { base: number; size: number }[], removed?: { base: number; len: number }): void {
+  const stop = watchFd(sock, () => {
+    let eof = false;
+    try {
+      for (;;) {
+        const m = recvWithFds(sock, 4096, 4);
+        if (m.eof) { eof = true; break; }
+        if (m.wouldBlock) break;
+      }
+    } catch {
+      eof = true;
+    }
+    if (!eof) return;
+    stop();
+    const scanner = new Scanner();
+    let present = 0;
+    let total = 0;
+    for (const r of regions) {
+      total += r.size;
+      scanner.scan(r.base, r.base + r.size, { categoryAnyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED }, (s, e) => {
+        const cut = removed ? Math.max(0, Math.min(e, removed.base + removed.len) - Math.max(s, removed.base)) : 0;
+        present += e - s - cut;
+      });
+    }
+    scanner.close();
+    const missing = (total - (removed?.len ?? 0) - present) / C.PAGE_SIZE;
+    if (missing > 0) {
+      fs.writeSync(2, `fc-client: the page-fault handler hung up with ${missing} page(s) never served; failing now instead of waiting forever\n`);
+      // Not process.exit(): it would wait for reader threads that wait for the pages.
+      libc._exit(3);
+    }
+  });
+}
+
 function parseRemove(spec: string): { region: number; offset: number; length: number } {
   const parts = spec.split(':');
   if (parts.length !== 3) throw new Error(`--remove wants region:offset:length, got "${spec}"`);
@@ -206,6 +260,7 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   // the hang-up as the end of the session.
 
   const removed = o.remove ? parseRemove(o.remove) : undefined;
+  if (o.onHandlerHangup === 'fail') watchHandler(sock, regions, removed && { base: regions[removed.region]?.base + removed.offset, len: removed.length });
   if (removed) {
     const r = regions[removed.region];
     if (!r || removed.offset % pageSize || removed.length % pageSize || removed.length <= 0 || removed.offset + removed.length > r.size) {
@@ -238,6 +293,10 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   if (!mismatch) {
     // Phase 2: the rest of memory, while (if asked) the balloon range is dropped.
     const readers = all.length ? runReaders(all, pageSize, threads, stripePages, 'file') : Promise.resolve({ pages: 0 } as ReaderResult);
+    if (removeTask && o.removeGate) {
+      fs.writeFileSync(`${o.removeGate}.ready`, '');
+      while (!fs.existsSync(o.removeGate)) await new Promise((r) => setTimeout(r, 2));
+    }
     if (removeTask) {
       // With EVENT_REMOVE this blocks until the handler has read the REMOVE message.
       madvise(removeTask.addr, removeTask.len, C.MADV_DONTNEED);
@@ -271,6 +330,8 @@ export const FC_CLIENT_OPTIONS: OptionSpec = {
   stripePages: { type: 'number', help: 'pages each reader takes in turn' },
   remove: { type: 'string', help: 'region:offset:length to madvise(DONTNEED) during the restore; must then read zeros' },
   timeoutMs: { type: 'number', default: 30000, help: 'give up (exit 2) after this long' },
+  removeGate: { type: 'string', help: 'with --remove: create FILE.ready, then wait for FILE before the madvise (tests)' },
+  onHandlerHangup: { type: 'string', default: 'ignore', help: 'ignore | fail: exit 3 at once if the handler hangs up while pages are still missing' },
 };
 
 /** The argv that runs the client with these options. */
@@ -286,6 +347,8 @@ export function fcClientArgs(o: FcClientOptions): string[] {
   add('stripe-pages', o.stripePages);
   add('remove', o.remove);
   add('timeout-ms', o.timeoutMs);
+  add('on-handler-hangup', o.onHandlerHangup);
+  add('remove-gate', o.removeGate);
   return args;
 }
 

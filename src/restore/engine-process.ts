@@ -1,0 +1,215 @@
+// An engine process of `uffd-engine serve`: started by the supervisor (supervisor.ts) with
+// one end of a socketpair as fd 3, it waits for one session — the VM's handshake, and
+// over SCM_RIGHTS its userfaultfd, the memory file and the VM's connection — and serves it
+// with engineSessions() (the same session code as an in-process server), then exits.
+//
+// Hand-over: when the session comes from an engine process that died, the VM already has
+// some pages and the dead process's page-state table is gone. Before the new engine's
+// threads start, the pages the VM has (PAGEMAP_SCAN of its process: present or swapped)
+// and the ranges a balloon removed (the supervisor's journal of this session's REMOVE
+// events) are marked resident (DROPPED: never filled again; a fault there is a hole and
+// gets zeros). Anything else the engine finds already there answers EEXIST and counts as
+// present. Faults the dead process had read but not resolved were woken by the supervisor
+// (UFFDIO_WAKE over every region) as soon as it saw the death: those threads fault again
+// and the new engine reads their faults like any other.
+//
+// The supervisor going away (EOF on fd 3) is not the VM going away: a live session is
+// then ended with shutdown 'complete' — every page left is filled, the regions are
+// unregistered — so the VM keeps running with every byte right; then this process exits.
+import { Engine, EngineStats } from '../engine/engine.js';
+import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
+import { getpid } from '../kernel/memory.js';
+import { Scanner } from '../kernel/pagemap.js';
+import { closeFds } from '../kernel/socket.js';
+import { Channel, ChannelMessage } from './channel.js';
+import { engineSessions, PrefetchMode, SessionSummary } from './engine-session.js';
+import type { Handshake } from './handshake.js';
+import type { SessionContext } from './server.js';
+import { loadWorkingSet } from './working-set.js';
+import { RemoteConfig, RemoteMemory } from '../remote/remote-memory.js';
+import { formatRemoteStats } from '../cli/remote.js';
+
+/** What every engine process of one supervisor is started with (argv[2], JSON). */
+export interface EngineProcessConfig {
+  workers: number;
+  prefetch?: PrefetchMode;
+  readAhead?: number;
+  chunk?: number;
+  /** A working-set file to preload (validated by the supervisor against memFileSize). */
+  preloadWs?: string;
+  memFileSize: number;
+  record: boolean;
+  detachWhenPopulated: boolean;
+  stopTimeoutMs?: number;
+  /** How often live statistics are reported (ms). */
+  statsIntervalMs: number;
+  /**
+   * The memory file is in object storage (serve --mem-url): no memory-file descriptor comes
+   * with a session; this process opens its own chunk cache when its VM arrives (a spare
+   * fetches nothing), working set first, then the rest with background prefetch.
+   */
+  remote?: RemoteConfig;
+}
+
+/** Engine counters a supervisor aggregates (a subset of EngineStats). */
+export interface StatsReport {
+  faults: { missing: number; minor: number; wp: number; rwp: number };
+  pages: { demand: number; readahead: number; background: number; zeroFilled: number };
+  bytes: number;
+  eexist: number;
+  retries: number;
+  errors: number;
+  removes: number;
+  /** Engine-side fault latency, log2 µs buckets (bucket i: below 2^(i+1) µs). */
+  histogram: number[];
+}
+
+export function statsReport(s: EngineStats): StatsReport {
+  return {
+    faults: { missing: s.faults.missing, minor: s.faults.minor, wp: s.faults.wp, rwp: s.faults.rwp },
+    pages: { demand: s.pages.demand, readahead: s.pages.readahead, background: s.pages.background, zeroFilled: s.pages.zeroFilled },
+    bytes: s.bytes, eexist: s.eexist, retries: s.retries, errors: s.errors, removes: s.removes, histogram: s.latencyUs.histogram,
+  };
+}
+
+export interface SessionMessage {
+  type: 'session';
+  id: number;
+  handshake: Handshake;
+  peer: { pid: number; uid: number; gid: number };
+  memFile: { path: string; size: number };
+  /** Set when an earlier engine process served this session and died. */
+  handover: { generation: number; removed: [number, number][] } | null;
+  /** The supervisor is draining: end the session at once with this stop mode. */
+  shutdown?: 'complete' | 'abandon';
+}
+
+/** Marks what the VM already has as resident; returns the pages marked. */
+function rediscover(engine: Engine, h: Handshake, peerPid: number, removed: [number, number][]): { resident: number; removed: number; scan: string } {
+  let resident = 0;
+  let gone = 0;
+  const mark = (start: number, end: number, ps: number): number => {
+    const s = Math.floor(start / ps) * ps;
+    const e = Math.ceil(end / ps) * ps;
+    if (e > s) engine.markResident(s, e - s);
+    return (e - s) / ps;
+  };
+  for (const [start, end] of removed) {
+    for (const r of h.regions) {
+      const s = Math.max(start, r.baseHostVirtAddr);
+      const e = Math.min(end, r.baseHostVirtAddr + r.size);
+      if (e > s) gone += mark(s, e, r.pageSize);
+    }
+  }
+  let scan = 'pagemap';
+  let scanner: Scanner | undefined;
+  try {
+    scanner = new Scanner({ pid: peerPid });
+    for (const r of h.regions) {
+      scanner.scan(r.baseHostVirtAddr, r.baseHostVirtAddr + r.size, { categoryAnyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED },
+        (s, e) => { resident += mark(s, e, r.pageSize); });
+    }
+  } catch (e) {
+    // No PAGEMAP_SCAN (before 6.7) or no access to the VM's page tables: the engine finds
+    // each present page on its first copy instead (EEXIST).
+    scan = `none (${(e as Error).message}); present pages are found by EEXIST`;
+  } finally {
+    scanner?.close();
+  }
+  return { resident, removed: gone, scan };
+}
+
+function main(): void {
+  const config = JSON.parse(process.argv[2] ?? '{}') as EngineProcessConfig;
+  let ch: Channel;
+  let session: { id: number; hangup: () => void; engine?: Engine } | null = null;
+  let serving: Promise<unknown> | null = null;
+  const send = (m: ChannelMessage, fds?: number[]): boolean => ch.send(m, fds);
+  const workingSet = config.preloadWs ? loadWorkingSet(config.preloadWs, config.memFileSize) : undefined;
+  let remote: RemoteMemory | undefined;
+  const sessions = engineSessions({
+    workers: config.workers, prefetch: config.prefetch, readAhead: config.readAhead, chunk: config.chunk, workingSet,
+    pageSource: config.remote ? (r) => (remote as RemoteMemory).source(r.offset) : undefined,
+    record: config.record, detachWhenPopulated: config.detachWhenPopulated, stopTimeoutMs: config.stopTimeoutMs,
+    onEvent: (event) => { send({ type: 'event', event }); },
+    beforeServe: (engine, h, ctx) => {
+      if (session) session.engine = engine;
+      // The supervisor journals every REMOVE: a later engine must not fill those pages again.
+      engine.on('remove', (e: { start: number; end: number }) => { send({ type: 'removed', id: ctx.id, start: e.start, end: e.end }); });
+      const ho = pending?.handover;
+      if (ho) {
+        const t0 = performance.now();
+        const r = rediscover(engine, h, ctx.peer.pid, ho.removed);
+        send({ type: 'handover', id: ctx.id, generation: ho.generation, ...r, ms: Math.round((performance.now() - t0) * 10) / 10 });
+      }
+    },
+  });
+  let pending: SessionMessage | null = null;
+
+  // Log lines on stderr reach the supervisor's log (engine-log events).
+  const openRemote = async (c: RemoteConfig): Promise<RemoteMemory> => {
+    const cacheFile = c.options.cacheFile ? `${c.options.cacheFile}.${getpid()}` : undefined; // one cache per process
+    const mem = await RemoteMemory.open(c.location, {
+      ...c.options, cacheFile, prefetch: { workingSet: workingSet?.pages, background: config.prefetch !== 'off' },
+    });
+    mem.on('chunk-failed', (f: { chunk: number; offset: number; message: string }) => process.stderr.write(
+      `remote: chunk ${f.chunk} (offset ${f.offset}) cannot be had: ${f.message}; its pages are poisoned (a VM that touches them gets SIGBUS)\n`));
+    return mem;
+  };
+
+  const start = async (m: SessionMessage, fds: number[]): Promise<void> => {
+    if (session || fds.length !== (config.remote ? 2 : 3)) {
+      closeFds(fds);
+      return;
+    }
+    const [uffd, memFd, conn] = config.remote ? [fds[0], -1, fds[1]] : fds;
+    if (config.remote) {
+      try {
+        remote = await openRemote(config.remote);
+      } catch (e) {
+        send({ type: 'ended', id: m.id, summary: undefined, error: `cannot open the remote memory file: ${(e as Error).message}` });
+        closeFds(fds);
+        process.exit(0);
+      }
+    }
+    pending = m;
+    let hangup!: () => void;
+    const hung = new Promise<void>((r) => { hangup = r; });
+    const ac = new AbortController();
+    void hung.then(() => ac.abort());
+    session = { id: m.id, hangup };
+    const ctx: SessionContext = { id: m.id, conn, peer: m.peer, hangup: hung, signal: ac.signal, extraFds: [] };
+    const timer = setInterval(() => {
+      if (session?.engine) send({ type: 'stats', id: m.id, stats: statsReport(session.engine.stats()) });
+    }, config.statsIntervalMs);
+    if (m.shutdown) void sessions.shutdown(m.shutdown);
+    serving = sessions.serve(m.handshake, uffd, { path: m.memFile.path, fd: memFd, size: m.memFile.size }, ctx)
+      .then((summary) => ({ summary: summary as SessionSummary, error: undefined as string | undefined }),
+        (e: Error & { summary?: SessionSummary }) => ({ summary: e.summary, error: e.message }))
+      .then(({ summary, error }) => {
+        clearInterval(timer);
+        if (session?.engine) send({ type: 'stats', id: m.id, stats: statsReport(session.engine.stats()), final: true });
+        if (remote) process.stderr.write(`${formatRemoteStats(remote.remoteStats())}\n`);
+        send({ type: 'ended', id: m.id, summary, error });
+        closeFds(config.remote ? [uffd, conn] : [uffd, memFd, conn]);
+        process.exit(0);
+      });
+  };
+
+  ch = new Channel(3, (m, fds) => {
+    if (m.type === 'session') void start(m as unknown as SessionMessage, fds);
+    else {
+      closeFds(fds);
+      if (m.type === 'hangup') session?.hangup();
+      else if (m.type === 'shutdown') void sessions.shutdown(m.mode === 'abandon' ? 'abandon' : 'complete');
+    }
+  }, () => {
+    // The supervisor is gone. A VM being served is completed (nobody could restart us if we
+    // died now, and nobody will tell us of its hang-up); otherwise there is nothing to do.
+    if (!serving) process.exit(0);
+    void sessions.shutdown('complete');
+  });
+  send({ type: 'ready', pid: getpid() });
+}
+
+if (require.main === module) main();

@@ -1,0 +1,414 @@
+// The supervisor of `uffd-engine serve`: the restore server's `serveConnection` that does
+// not serve faults itself. Each session (one VM) is handed to an engine process
+// (engine-process.ts: a child process running the parallel engine) over a socketpair,
+// with the VM's userfaultfd, the memory file and the VM's connection passed by SCM_RIGHTS.
+// The supervisor keeps its own copy of the userfaultfd, the regions and a journal of the
+// session's REMOVE events, so that when an engine process dies — a crash, the OOM killer,
+// SIGKILL — the session goes on:
+//
+//  1. the death is seen (child exit: every thread of it is gone, it reads nothing more);
+//  2. UFFDIO_WAKE over every region of the session: faults the dead process had read but
+//     not resolved are never delivered again, and their threads would wait forever; woken,
+//     they fault again and their new messages wait in the userfaultfd for the next engine;
+//  3. the session goes to a new engine process (a spare one, started in advance, so no
+//     Node start-up is on the path), marked as a hand-over: before its threads start, it
+//     marks what the VM already has (PAGEMAP_SCAN of the VM) and the journaled REMOVE
+//     ranges as resident, then serves the rest — EEXIST for anything else already there.
+//
+// Engine processes are started in their own process group (a Ctrl-C reaches only the
+// supervisor, which drains them), report statistics every statsIntervalMs, and one that
+// reports nothing for engineTimeoutMs is killed and replaced the same way.
+import { ChildProcess, spawn } from 'node:child_process';
+import * as path from 'node:path';
+import { closeFds, closeSocket, socketPair } from '../kernel/socket.js';
+import { Userfaultfd } from '../kernel/userfaultfd.js';
+import { Channel, ChannelMessage } from './channel.js';
+import type { EngineProcessConfig, SessionMessage, StatsReport } from './engine-process.js';
+import { newSummary, PrefetchMode, SessionEvent, SessionProgress, SessionSummary } from './engine-session.js';
+import type { Handshake } from './handshake.js';
+import type { MemoryFile, ServeConnection, SessionContext } from './server.js';
+
+const ENGINE_SCRIPT = path.resolve(__dirname, 'engine-process.js');
+
+export interface SupervisorOptions {
+  engine: Omit<EngineProcessConfig, 'statsIntervalMs'> & { statsIntervalMs?: number };
+  /** Idle engine processes kept started (default 1): a new VM or a hand-over does not wait for Node to start. */
+  spares?: number;
+  /** Engine deaths a session survives; one more ends it (default 10). */
+  maxRestarts?: number;
+  /** An engine process silent this long is killed and replaced (default 15000 ms). */
+  engineTimeoutMs?: number;
+  onEvent?: (e: SupervisorEvent) => void;
+}
+
+export type SupervisorEvent =
+  | SessionEvent
+  | { type: 'engine-spawned'; pid: number }
+  | { type: 'engine-assigned'; id: number; pid: number; generation: number }
+  | { type: 'engine-died'; id?: number; pid: number; code: number | null; signal: string | null; restarts?: number }
+  | { type: 'engine-unresponsive'; id: number; pid: number; silentMs: number }
+  | { type: 'handover'; id: number; pid: number; generation: number; resident: number; removed: number; scan: string; ms: number }
+  | { type: 'engine-log'; pid: number; line: string }
+  | { type: 'removed'; id: number; start: number; end: number }
+  | { type: 'gave-up'; id: number; restarts: number };
+
+interface EngineProc {
+  pid: number;
+  child: ChildProcess;
+  ch: Channel;
+  session: Supervised | null;
+  lastHeard: number;
+  /** It said 'ready' (its modules loaded). */
+  ready: boolean;
+  exited: boolean;
+}
+
+interface Supervised {
+  id: number;
+  handshake: Handshake;
+  uffdFd: number;
+  memFile: MemoryFile;
+  ctx: SessionContext;
+  startedAt: number;
+  totalPages: number;
+  proc: EngineProc | null;
+  generation: number;
+  restarts: number;
+  /** REMOVE ranges [start, end) reported by the engines, oldest first. */
+  removed: [number, number][];
+  /** Sum of the last reports of the engines that died. */
+  carried: StatsReport;
+  current: StatsReport | null;
+  summary: SessionSummary | null;
+  finish: (r: { summary?: SessionSummary; error?: string }) => void;
+  done: boolean;
+}
+
+export const emptyReport = (): StatsReport => ({
+  faults: { missing: 0, minor: 0, wp: 0, rwp: 0 }, pages: { demand: 0, readahead: 0, background: 0, zeroFilled: 0 },
+  bytes: 0, eexist: 0, retries: 0, errors: 0, removes: 0, histogram: [],
+});
+
+/** a += b, field by field (histograms bucket by bucket). */
+export function addReport(a: StatsReport, b: StatsReport): StatsReport {
+  for (const k of ['missing', 'minor', 'wp', 'rwp'] as const) a.faults[k] += b.faults[k];
+  for (const k of ['demand', 'readahead', 'background', 'zeroFilled'] as const) a.pages[k] += b.pages[k];
+  a.bytes += b.bytes; a.eexist += b.eexist; a.retries += b.retries; a.errors += b.errors; a.removes += b.removes;
+  b.histogram.forEach((v, i) => { a.histogram[i] = (a.histogram[i] ?? 0) + v; });
+  return a;
+}
+
+/** What the metrics endpoint shows (metrics.ts renders it). */
+export interface SupervisorSnapshot {
+  sessionsActive: number;
+  sessionsStarted: number;
+  sessionsEnded: Record<string, number>;
+  engineProcesses: number;
+  spares: number;
+  restarts: number;
+  handovers: number;
+  gaveUp: number;
+  /** Every engine's counters: finished sessions, dead engines' last reports, live engines' latest. */
+  totals: StatsReport;
+  live: { id: number; peerPid: number; totalPages: number; pagesServed: number; generation: number; restarts: number }[];
+}
+
+export class Supervisor {
+  readonly live = new Map<number, { progress(): SessionProgress }>();
+  readonly summaries: SessionSummary[] = [];
+  private readonly sessions = new Map<number, Supervised>();
+  private readonly spares: EngineProc[] = [];
+  private readonly procs = new Set<EngineProc>();
+  private readonly config: EngineProcessConfig;
+  private readonly finished = emptyReport();
+  private closing: 'complete' | 'abandon' | undefined;
+  private closed = false;
+  private readonly health: NodeJS.Timeout;
+  private quickDeaths = 0;
+  private counts = { started: 0, ended: {} as Record<string, number>, restarts: 0, handovers: 0, gaveUp: 0 };
+
+  constructor(private readonly opts: SupervisorOptions) {
+    this.config = { statsIntervalMs: 250, ...opts.engine };
+    this.health = setInterval(() => this.checkHealth(), 1000);
+    this.health.unref();
+    this.ensureSpares();
+  }
+
+  private emit(e: SupervisorEvent): void {
+    try { this.opts.onEvent?.(e); } catch { /* a logger must not break the supervisor */ }
+  }
+
+  /** Pids of the engine processes now (serving or spare). */
+  get enginePids(): number[] {
+    return [...this.procs].filter((p) => !p.exited).map((p) => p.pid);
+  }
+
+  /** The pid of the engine process serving session id now, if any. */
+  enginePid(id: number): number | undefined {
+    return this.sessions.get(id)?.proc?.pid;
+  }
+
+  private spawnEngine(): EngineProc {
+    const [mine, theirs] = socketPair();
+    let child: ChildProcess;
+    try {
+      child = spawn(process.execPath, [ENGINE_SCRIPT, JSON.stringify(this.config)], {
+        stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true,
+      });
+    } finally {
+      closeSocket(theirs);
+    }
+    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, exited: false } as unknown as EngineProc;
+    p.ch = new Channel(mine, (m, fds) => this.onMessage(p, m, fds), () => undefined);
+    this.procs.add(p);
+    let partial = '';
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (d: string) => {
+      const lines = (partial + d).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) if (line.trim()) this.emit({ type: 'engine-log', pid: p.pid, line });
+    });
+    child.on('error', (e) => this.emit({ type: 'engine-log', pid: p.pid, line: `cannot start an engine process: ${e.message}` }));
+    child.on('exit', (code, signal) => this.onExit(p, code, signal));
+    this.emit({ type: 'engine-spawned', pid: p.pid });
+    return p;
+  }
+
+  private ensureSpares(): void {
+    // Engines that die before they are ready, again and again (a broken install), are not
+    // respawned in a loop: spares wait until a session needs one.
+    if (this.closed || this.closing || this.quickDeaths >= 3) return;
+    while (this.spares.length < (this.opts.spares ?? 1)) this.spares.push(this.spawnEngine());
+  }
+
+  private takeEngine(): EngineProc {
+    for (;;) {
+      const p = this.spares.shift();
+      if (!p) break;
+      if (!p.exited && p.ch.isOpen) {
+        this.ensureSpares();
+        return p;
+      }
+    }
+    const p = this.spawnEngine();
+    this.ensureSpares();
+    return p;
+  }
+
+  private onMessage(p: EngineProc, m: ChannelMessage, fds: number[]): void {
+    closeFds(fds);
+    p.lastHeard = Date.now();
+    const s = p.session;
+    if (m.type === 'ready') {
+      p.ready = true;
+      this.quickDeaths = 0;
+      return;
+    }
+    if (!s || s.proc !== p) return;
+    if (m.type === 'stats') s.current = m.stats as StatsReport;
+    else if (m.type === 'removed') {
+      s.removed.push([m.start as number, m.end as number]);
+      this.emit({ type: 'removed', id: s.id, start: m.start as number, end: m.end as number });
+    }
+    else if (m.type === 'handover') {
+      this.emit({ type: 'handover', id: s.id, pid: p.pid, generation: m.generation as number, resident: m.resident as number,
+        removed: m.removed as number, scan: m.scan as string, ms: m.ms as number });
+    } else if (m.type === 'event') {
+      const e = m.event as SessionEvent;
+      if (e.type === 'summary') s.summary = e.summary;
+      else this.emit(e);
+    } else if (m.type === 'ended') {
+      this.end(s, (m.summary as SessionSummary | undefined) ?? s.summary ?? undefined, m.error as string | undefined);
+    }
+  }
+
+  private onExit(p: EngineProc, code: number | null, signal: string | null): void {
+    p.exited = true;
+    this.procs.delete(p);
+    p.ch.close();
+    const spare = this.spares.indexOf(p);
+    if (spare >= 0) this.spares.splice(spare, 1);
+    if (!p.ready) this.quickDeaths++; // died before loading: a broken install, not a kill
+    const s = p.session;
+    if (!s || s.done || s.proc !== p) {
+      if (spare >= 0) this.emit({ type: 'engine-died', pid: p.pid, code, signal });
+      this.ensureSpares();
+      return;
+    }
+    s.proc = null;
+    if (s.current) addReport(s.carried, s.current);
+    s.current = null;
+    s.restarts++;
+    this.counts.restarts++;
+    this.emit({ type: 'engine-died', id: s.id, pid: p.pid, code, signal, restarts: s.restarts });
+    // Threads whose faults the dead process read are asleep in the kernel until someone
+    // wakes their address: wake every region, so they fault again for the next engine.
+    const uffd = Userfaultfd.fromFd(s.uffdFd);
+    for (const r of s.handshake.regions) {
+      try { uffd.wake(r.baseHostVirtAddr, r.size); } catch { /* the VM is gone */ }
+    }
+    if (s.ctx.signal.aborted) {
+      this.end(s, undefined, undefined, 'hangup');
+      return;
+    }
+    if (s.restarts > (this.opts.maxRestarts ?? 10)) {
+      this.counts.gaveUp++;
+      this.emit({ type: 'gave-up', id: s.id, restarts: s.restarts });
+      this.end(s, undefined, `gave up after ${s.restarts} engine process deaths`);
+      return;
+    }
+    // Back off when engines die right after the hand-over, again and again.
+    const delay = s.restarts > 2 ? Math.min(1000, 25 * 2 ** s.restarts) : 0;
+    setTimeout(() => { if (!s.done) this.assign(s); }, delay);
+  }
+
+  private assign(s: Supervised): void {
+    const p = this.takeEngine();
+    p.session = s;
+    p.lastHeard = Date.now();
+    s.proc = p;
+    s.generation++;
+    if (s.generation > 1) this.counts.handovers++;
+    const msg: SessionMessage = {
+      type: 'session', id: s.id, handshake: s.handshake, peer: s.ctx.peer, memFile: { path: s.memFile.path, size: s.memFile.size },
+      handover: s.generation > 1 ? { generation: s.generation, removed: s.removed } : null, shutdown: this.closing,
+    };
+    this.emit({ type: 'engine-assigned', id: s.id, pid: p.pid, generation: s.generation });
+    // If the process died meanwhile, its exit (then or soon) hands the session on.
+    // A memory file in object storage has no descriptor: the engine process fetches it itself.
+    p.ch.send(msg as unknown as ChannelMessage, s.memFile.fd >= 0 ? [s.uffdFd, s.memFile.fd, s.ctx.conn] : [s.uffdFd, s.ctx.conn]);
+  }
+
+  private end(s: Supervised, summary: SessionSummary | undefined, error: string | undefined, reason?: 'hangup'): void {
+    if (s.done) return;
+    s.done = true;
+    const sum = summary ?? newSummary(s.handshake, s.ctx, this.config.prefetch ?? 'on', this.config.workers);
+    if (!summary) {
+      sum.endReason = reason ?? 'error';
+      if (error) sum.error = error;
+      sum.durationMs = Date.now() - s.startedAt;
+    }
+    // Counts of engines that died before the last one are added to its summary.
+    const c = s.carried;
+    sum.faults += c.faults.missing + c.faults.minor + c.faults.wp + c.faults.rwp;
+    sum.pages.demand += c.pages.demand;
+    sum.pages.readahead += c.pages.readahead;
+    sum.pages.background += c.pages.background;
+    sum.pages.prefetch += c.pages.readahead + c.pages.background;
+    sum.pages.total += c.pages.demand + c.pages.readahead + c.pages.background;
+    sum.pages.zeroFilled += c.pages.zeroFilled;
+    sum.bytes += c.bytes;
+    sum.eexist += c.eexist;
+    sum.retries += c.retries;
+    sum.errors += c.errors;
+    sum.engineRestarts = s.restarts;
+    addReport(this.finished, s.carried);
+    if (s.current) addReport(this.finished, s.current);
+    s.current = null;
+    this.counts.ended[sum.endReason] = (this.counts.ended[sum.endReason] ?? 0) + 1;
+    this.sessions.delete(s.id);
+    this.live.delete(s.id);
+    this.summaries.push(sum);
+    this.emit({ type: 'summary', summary: sum });
+    s.finish({ summary: sum, error });
+  }
+
+  private checkHealth(): void {
+    const limit = this.opts.engineTimeoutMs ?? 15_000;
+    for (const s of this.sessions.values()) {
+      const p = s.proc;
+      if (!p || p.exited) continue;
+      const silent = Date.now() - p.lastHeard;
+      if (silent > limit) {
+        this.emit({ type: 'engine-unresponsive', id: s.id, pid: p.pid, silentMs: silent });
+        try { process.kill(p.pid, 'SIGKILL'); } catch { /* already gone */ }
+        p.lastHeard = Date.now();
+      }
+    }
+  }
+
+  /** The restore server's serveConnection: hands the session to an engine process and keeps it served. */
+  readonly serve: ServeConnection = (handshake, uffdFd, memFile, ctx) => new Promise((resolve, reject) => {
+    const s: Supervised = {
+      id: ctx.id, handshake, uffdFd, memFile, ctx, startedAt: Date.now(),
+      totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0), proc: null, generation: 0, restarts: 0,
+      removed: [], carried: emptyReport(), current: null, summary: null, done: false,
+      finish: ({ summary, error }) => {
+        if (error) reject(Object.assign(new Error(error), { summary }));
+        else resolve(summary);
+      },
+    };
+    this.counts.started++;
+    this.sessions.set(s.id, s);
+    this.live.set(s.id, { progress: () => this.progress(s) });
+    void ctx.hangup.then(() => {
+      if (s.done) return;
+      if (s.proc) s.proc.ch.send({ type: 'hangup' });
+      else this.end(s, undefined, undefined, 'hangup');
+    });
+    this.assign(s);
+  });
+
+  private progress(s: Supervised): SessionProgress {
+    const r = addReport(addReport(emptyReport(), s.carried), s.current ?? emptyReport());
+    const sec = (Date.now() - s.startedAt) / 1000;
+    return {
+      id: s.id, peerPid: s.ctx.peer.pid, elapsedSec: sec, totalPages: s.totalPages, pagesDemand: r.pages.demand,
+      pagesPrefetch: r.pages.readahead + r.pages.background, bytes: r.bytes,
+      faults: r.faults.missing + r.faults.minor + r.faults.wp + r.faults.rwp, gibPerSec: sec > 0 ? r.bytes / 2 ** 30 / sec : 0,
+    };
+  }
+
+  snapshot(): SupervisorSnapshot {
+    const totals = addReport(emptyReport(), this.finished);
+    const live: SupervisorSnapshot['live'] = [];
+    for (const s of this.sessions.values()) {
+      addReport(totals, s.carried);
+      if (s.current) addReport(totals, s.current);
+      const p = this.progress(s);
+      live.push({ id: s.id, peerPid: s.ctx.peer.pid, totalPages: s.totalPages, pagesServed: p.pagesDemand + p.pagesPrefetch,
+        generation: s.generation, restarts: s.restarts });
+    }
+    return {
+      sessionsActive: this.sessions.size, sessionsStarted: this.counts.started, sessionsEnded: { ...this.counts.ended },
+      engineProcesses: [...this.procs].filter((p) => !p.exited).length, spares: this.spares.length,
+      restarts: this.counts.restarts, handovers: this.counts.handovers, gaveUp: this.counts.gaveUp, totals, live,
+    };
+  }
+
+  /**
+   * Ends every session with the given stop mode ('complete': fill what is left, then
+   * detach; 'abandon': detach now) — sessions that start or are handed over later too —
+   * and resolves when they have ended.
+   */
+  async shutdown(mode: 'complete' | 'abandon' = 'complete'): Promise<void> {
+    this.closing = mode;
+    for (const p of this.spares.splice(0)) this.kill(p);
+    const waits: Promise<unknown>[] = [];
+    for (const s of this.sessions.values()) {
+      s.proc?.ch.send({ type: 'shutdown', mode });
+      waits.push(new Promise<void>((r) => {
+        const f = s.finish;
+        s.finish = (x) => { f(x); r(); };
+      }));
+    }
+    await Promise.all(waits);
+  }
+
+  private kill(p: EngineProc): void {
+    if (!p.exited) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+
+  /** Stops the spare engines (call after the sessions ended); resolves when every engine process has exited. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.health);
+    for (const p of this.spares.splice(0)) this.kill(p);
+    await Promise.all([...this.procs].map((p) => new Promise<void>((r) => {
+      if (p.exited) r();
+      else p.child.once('exit', () => r());
+    })));
+  }
+}
+
+export type { PrefetchMode };
