@@ -162,12 +162,12 @@ function startWatchdog(timeoutMs: number): { cancel(): void } {
   const w = new Worker(`
     const { workerData } = require('node:worker_threads');
     const fs = require('node:fs');
-    let exit;
-    try { exit = require(workerData.libc).libc._exit; } catch (e) { fs.writeSync(2, 'fc-client watchdog: ' + e + '\\n'); }
     const flag = new Int32Array(workerData.sab);
     if (Atomics.wait(flag, 0, 0, workerData.timeoutMs) === 'timed-out') {
       fs.writeSync(2, 'fc-client: timed out after ' + workerData.timeoutMs + ' ms (faults not served?)\\n');
-      if (exit) exit(2);
+      // koffi is loaded only here: a thread torn down by the process's exit while it loads
+      // koffi aborts the process (napi_throw), and a restore that ends early must not.
+      try { require(workerData.libc).libc._exit(2); } catch (e) { fs.writeSync(2, 'fc-client watchdog: ' + e + '\\n'); }
       process.kill(process.pid, 'SIGKILL');
     }`, { eval: true, workerData: { sab, timeoutMs, libc: require.resolve('../kernel/libc.js') } });
   w.unref();
