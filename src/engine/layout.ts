@@ -38,7 +38,8 @@ export const CT_READY = 5; // threads that started
 export const CT_BG_DONE = 6; // background population passed the end
 export const CT_DISPATCHER_DONE = 7;
 export const CT_PEER_GONE = 8; // the process owning the memory exited (ESRCH)
-export const CT_EPOCH = 9; // bumped by the dispatcher after each REMOVE/UNMAP/REMAP applied
+export const CT_EPOCH = 9; // bumped after each REMOVE/UNMAP/REMAP applied
+export const CT_READ_LOCK = 10; // 1 while a thread reads the uffd and applies the batch's events (see reader.ts)
 export const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 export const CT_KILL = 48; // test hook: worker i exits at its next fill when CT_KILL + i is 1
 export const CT_WORDS = 96;
@@ -80,6 +81,8 @@ export interface EngineSetup {
   zeroAddr: number; // a zero-filled buffer of the largest page size
   onSourceError: 'poison' | 'zero';
   afterRemove: 'zero' | 'source';
+  /** Who reads the userfaultfd: every engine thread ('all'), or the dispatcher alone, handing faults to rings. */
+  readers: 'all' | 'dispatcher';
   inline: 'auto' | 'never' | 'always';
   spinMicros: number;
   dispatcherSpinMicros: number;

@@ -11,7 +11,7 @@ import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import * as L from './layout.js';
 import {
-  C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
+  C_BYTES, C_CPU_SEC, C_EEXIST, C_FIRST_MS, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
   COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
 } from './shared.js';
@@ -421,7 +421,9 @@ export class Resolver {
   }
 
   private latency(tRead: number): void {
-    recordLatency(this.counters, (nowMs() - tRead) * 1000);
+    const now = nowMs();
+    recordLatency(this.counters, (now - tRead) * 1000);
+    if (this.counters[C_FIRST_MS] === 0) this.counters[C_FIRST_MS] = now;
   }
 
   /**
