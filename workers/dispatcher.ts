@@ -8,7 +8,7 @@
 // cross-CPU wake-up, which is slower than the ioctl).
 import { parentPort, workerData } from 'node:worker_threads';
 import { UFFD_PAGEFAULT_FLAG_WP } from '../src/kernel/constants.js';
-import { eventfdDrain, Poller } from '../src/kernel/memory.js';
+import { EpollWaiter, eventfdDrain } from '../src/kernel/memory.js';
 import * as L from '../src/engine/layout.js';
 import { UffdReader, ThreadMessage } from '../src/engine/reader.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
@@ -22,7 +22,6 @@ const table = r.table;
 const c = r.counters;
 const rings = setup.rings.map((b) => new Ring(b));
 const staged = new Int32Array(rings.length);
-const poller = new Poller([setup.uffdFd, setup.eventFd]);
 const reader = new UffdReader(r, 256, post);
 const inlineAuto = setup.inline === 'auto';
 const inlineAll = setup.inline === 'always';
@@ -84,6 +83,16 @@ function route(addr: number, flags: number, t: number, batch: number): void {
 
 // ---- main loop -----------------------------------------------------------------------
 
+/** readers 'all': a worker is busy away from the uffd (or not started): read in its place. */
+function helpWanted(): boolean {
+  for (let w = 0; w < setup.workers; w++) if (Atomics.load(ctl, L.CT_HELP + w) !== 0) return true;
+  return false;
+}
+
+const alwaysReads = setup.readers !== 'all';
+// Exclusive on the uffd when the workers wait on it too: a fault wakes one reader, not all.
+const both = new EpollWaiter([setup.uffdFd, setup.eventFd], [!alwaysReads, false]);
+const wakeOnly = new EpollWaiter([setup.eventFd], [false]);
 Atomics.add(ctl, L.CT_READY, 1);
 let idleReads = 0;
 let idleSince = 0;
@@ -91,30 +100,43 @@ let lastBusy = false; // faults arrived since the last sleep
 const spinMs = setup.dispatcherSpinMicros / 1000;
 for (;;) {
   if (Atomics.load(ctl, L.CT_STOP) !== 0) break;
-  const n = reader.read();
-  if (n === 0) {
-    // Nothing pending: keep trying for a moment before sleeping in poll, but only while
-    // faults keep coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
+  if (alwaysReads || helpWanted()) {
+    const n = reader.read();
+    if (n > 0) {
+      idleReads = 0;
+      lastBusy = true;
+      const t = nowMs();
+      for (let i = 0; i < n; i++) if (reader.isFault(i)) route(reader.address(i), reader.flags(i), t, n);
+      for (let s = 0; s < rings.length; s++) {
+        if (staged[s] !== 0) {
+          rings[s].publish(staged[s]);
+          staged[s] = 0;
+        }
+      }
+      continue;
+    }
+    // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
+    // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
     if (idleReads === 0) idleSince = performance.now();
     if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
-    idleReads = 0;
-    lastBusy = false;
-    r.updateCpu();
-    poller.wait(-1);
-    if (poller.revents(1) !== 0) eventfdDrain(setup.eventFd);
-    continue;
   }
   idleReads = 0;
-  lastBusy = true;
-  const t = nowMs();
-  for (let i = 0; i < n; i++) if (reader.isFault(i)) route(reader.address(i), reader.flags(i), t, n);
-  for (let s = 0; s < rings.length; s++) {
-    if (staged[s] !== 0) {
-      rings[s].publish(staged[s]);
-      staged[s] = 0;
-    }
+  lastBusy = false;
+  r.updateCpu();
+  if (alwaysReads) {
+    both.wait(-1);
+  } else {
+    // The flag is raised before the help words are read; a worker raises its word before it
+    // reads the flag: one of the two sees the other.
+    Atomics.store(ctl, L.CT_DISPATCHER_IDLE, 1);
+    if (helpWanted()) both.wait(5); // reading in a worker's place: look again soon, it may be back
+    else wakeOnly.wait(-1);
+    Atomics.store(ctl, L.CT_DISPATCHER_IDLE, 0);
   }
+  eventfdDrain(setup.eventFd);
 }
 r.updateCpu(true);
+both.close();
+wakeOnly.close();
 Atomics.store(ctl, L.CT_DISPATCHER_DONE, 1);
 post({ type: 'exit' });

@@ -7,7 +7,7 @@
 // ring, or in poll(2) on the uffd and the ring's eventfd). If the thread dies, the engine
 // starts this task again on a fresh thread and it resumes where the ring's head stands.
 import { threadId, workerData, type MessagePort } from 'node:worker_threads';
-import { eventfdDrain, Poller } from '../src/kernel/memory.js';
+import { EpollWaiter, eventfdDrain } from '../src/kernel/memory.js';
 import * as L from '../src/engine/layout.js';
 import { ThreadMessage, UffdReader } from '../src/engine/reader.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
@@ -32,7 +32,7 @@ export default function runShard(task: ShardTask): { shard: number } {
   if (port && setup.callbackStaging && setup.callbackControl) installCallbackFetch(r, setup, shard, port);
   const reads = setup.readers === 'all';
   const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
-  const poller = reads ? new Poller([setup.uffdFd, ring.eventFd]) : null;
+  const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
   // A predecessor may have died holding claims: finish them first.
   r.recoverClaims(shard);
   Atomics.add(ctl, L.CT_READY, 1);
@@ -44,11 +44,14 @@ export default function runShard(task: ShardTask): { shard: number } {
     const head = ring.head;
     const tail = ring.tail;
     if (head !== tail) {
+      r.needReader();
       drainRing(r, ring, head, tail);
       continue;
     }
+    r.readerAgain();
     if (reader && readAndResolve(r, reader) > 0) { lastGapMs = 0; continue; }
     if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && Atomics.load(ctl, L.CT_BG_DONE) === 0) {
+      r.needReader();
       r.backgroundStep();
       continue;
     }
@@ -74,7 +77,9 @@ export default function runShard(task: ShardTask): { shard: number } {
     }
     lastGapMs = performance.now() - slept;
   }
+  r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
+  poller?.close();
   return { shard };
 }
 
@@ -129,6 +134,7 @@ function installCallbackFetch(r: Resolver, setup: L.EngineSetup, shard: number, 
     const id = ++seq;
     Atomics.store(ctl, L.CB_ID, id);
     Atomics.store(ctl, L.CB_STATE, 1);
+    r.needReader();
     port.postMessage({ type: 'callback', shard, id, source, offset, len });
     const deadline = performance.now() + setup.callbackTimeoutMs;
     while (Atomics.load(ctl, L.CB_STATE) === 1) {

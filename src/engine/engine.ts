@@ -312,6 +312,8 @@ export class Engine extends EventEmitter {
       table[b + L.RT_PEER_PID] = opts.peerPid ?? 0;
     });
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
+    // Until a worker reads the uffd for the first time, the dispatcher reads in its place.
+    for (let w = 0; w < workers; w++) this.control[L.CT_HELP + w] = 1;
   }
 
   /** Undoes a half-made engine: unregisters what it registered, closes what it opened. */
@@ -452,6 +454,8 @@ export class Engine extends EventEmitter {
         return;
       } catch (err) {
         if (this.stopping) return;
+        Atomics.store(this.control, L.CT_HELP + shard, 1); // the dispatcher reads until the replacement does
+        eventfdSignal(this.setup.eventFd);
         this.failures[shard]++;
         this.incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (this.failures[shard] > 3) await sleep(Math.min(1000, 10 * this.failures[shard]));
