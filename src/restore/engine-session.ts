@@ -139,6 +139,8 @@ export interface SessionSummary {
   eexist: number;
   errors: number;
   removes: number;
+  /** Fill ioctls (UFFDIO_COPY/ZEROPAGE/CONTINUE...) the engine issued. */
+  ioctls: number;
   incidents: string[];
   /** Hot-first: pages of the working set used (and not covered by any region). */
   preloaded?: { pages: number; outside: number };
@@ -270,7 +272,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       id: ctx.id, peer: { pid: ctx.peer.pid, uid: ctx.peer.uid }, regions, totalBytes: handshake.totalSize, totalPages,
       prefetch, workers, endReason: 'error', firstFaultMs: null, warm: false, lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
       pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0 }, bytes: 0, gibPerSec: 0,
-      latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, incidents: [], warnings,
+      latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, ioctls: 0, incidents: [], warnings,
     };
     const maps: { addr: number; len: number }[] = [];
     let engine: Engine | undefined;
@@ -468,6 +470,7 @@ function fillFromStats(s: SessionSummary, st: EngineStats, t0: number): void {
   s.retries = st.retries;
   s.eexist = st.eexist;
   s.errors = st.errors;
+  s.ioctls = st.ioctls;
 }
 
 /** Human-readable lines for a session summary. */
