@@ -44,6 +44,7 @@ export class EngineThreads {
     this.ready = (async () => {
       const deadline = Date.now() + 20_000;
       while (Atomics.load(signal, 1) < workers + 1) {
+        if (this.taken) return; // taken by an engine (it waits for its threads itself), or destroyed
         if (Date.now() > deadline) throw new Error('warm engine threads did not start within 20 s');
         await Promise.race([sleep(1), failed]);
       }
