@@ -13,9 +13,10 @@ import * as L from '../src/engine/layout.js';
 import { UffdReader, ThreadMessage } from '../src/engine/reader.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
 import { C_HANDOFFS, C_INLINE, Ring } from '../src/engine/shared.js';
-import { waitForSetup } from '../src/engine/warm-up.js';
+import { waitForSetup, warmUpOnce } from '../src/engine/warm-up.js';
 
 const setup: L.EngineSetup = waitForSetup(workerData);
+if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
 const r = new Resolver(setup, setup.workers, false);
 const ctl = r.control;
 const table = r.table;

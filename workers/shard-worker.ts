@@ -12,7 +12,7 @@ import * as L from '../src/engine/layout.js';
 import { ThreadMessage, UffdReader } from '../src/engine/reader.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
 import { C_DIRECT, Ring } from '../src/engine/shared.js';
-import { warmUpIfAsked } from '../src/engine/warm-up.js';
+import { warmUpIfAsked, warmUpOnce } from '../src/engine/warm-up.js';
 
 export interface ShardTask {
   setup: L.EngineSetup;
@@ -25,6 +25,7 @@ warmUpIfAsked(workerData);
 
 export default function runShard(task: ShardTask): { shard: number } {
   const { setup, shard, port } = task;
+  if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, shard, true);
   const ring = new Ring(setup.rings[shard]);
   const ctl = r.control;

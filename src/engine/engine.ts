@@ -109,6 +109,12 @@ export interface EngineOptions {
    */
   initially?: 'missing' | 'resident';
   /**
+   * Before serving, each engine thread runs the per-fault path on a private scratch region so
+   * V8 has compiled it before the first real fault (default false: it costs start-up time,
+   * 10-30 ms per thread on a quiet machine; warm threads, `threads`, always did it ahead).
+   */
+  warmUp?: boolean;
+  /**
    * Threads started ahead (EngineThreads.start(workers), e.g. kept warm by a restore server):
    * the engine takes them instead of starting its own. Their worker count must match.
    */
@@ -276,6 +282,7 @@ export class Engine extends EventEmitter {
       onSourceError: opts.onSourceError ?? 'poison',
       afterRemove: opts.afterRemove ?? 'zero',
       readers,
+      warmUp: opts.warmUp ?? false,
       inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
       spinMicros: opts.spinMicros ?? 30,
       dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,

@@ -85,6 +85,8 @@ export interface EngineSetup {
   afterRemove: 'zero' | 'source';
   /** Who reads the userfaultfd: every engine thread ('all'), or the dispatcher alone, handing faults to rings. */
   readers: 'all' | 'dispatcher';
+  /** Each thread runs the fault path on a private region before serving (warm-up.ts). */
+  warmUp: boolean;
   inline: 'auto' | 'never' | 'always';
   spinMicros: number;
   dispatcherSpinMicros: number;

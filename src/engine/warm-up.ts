@@ -47,7 +47,7 @@ export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number
     counters: Counters.allocate(workers + 1), control, claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
     rings: [], order: null,
     prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
-    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0,
+    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0,
     inlineBatch: 16, wpHook: null, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
   };
 }
@@ -58,7 +58,15 @@ export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number
  * before the first real fault. No fault is involved: UFFDIO_COPY fills a registered range
  * whether or not a thread waits there.
  */
+let warmed = false;
+
+/** warmUp() once per thread: a thread started warm, or a pool thread reused, does not repeat it. */
+export function warmUpOnce(): void {
+  if (!warmed) warmUp();
+}
+
 export function warmUp(rounds = 40): void {
+  warmed = true;
   const pages = 64;
   const len = pages * PAGE_SIZE;
   const uffd = Userfaultfd.create();
