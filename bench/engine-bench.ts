@@ -58,6 +58,8 @@ export interface BenchConfig {
   prefetch: boolean;
   /** Engine: who reads the uffd (default: the engine's, 'all'). */
   readers?: 'all' | 'dispatcher';
+  /** Engine: compile the fault path on a scratch region before serving (outside the measured phase). */
+  warmUp?: boolean;
   inline?: 'auto' | 'never' | 'always';
   /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
@@ -511,7 +513,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
         source: engineSource(cfg, env.sourceFile, r.offset),
       })),
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
-      readers: cfg.readers, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
+      readers: cfg.readers, warmUp: cfg.warmUp, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
     });
     const tReady = performance.now();

@@ -40,6 +40,7 @@ const SPEC: OptionSpec = {
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
   plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
   readers: { type: 'string', help: 'engine: who reads the uffd: all (workers read it themselves, the dispatcher while they are busy) or dispatcher (it hands faults to the workers) (default all)' },
+  warmUp: { type: 'boolean', help: 'engine: compile the fault path on a scratch region before serving, as warm `serve` threads do (default off)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
@@ -66,7 +67,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  readers?: string; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  readers?: string; warmUp?: boolean; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -122,6 +123,7 @@ export function configFromOptions(o: Opts): BenchConfig {
   else if (cfg.memcpy) cfg.memcpy = Math.min(cfg.size, 2 * GiB);
   if (o.plainFaults !== undefined) cfg.plainFaults = o.plainFaults;
   if (o.readers !== undefined) cfg.readers = oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers');
+  if (o.warmUp !== undefined) cfg.warmUp = o.warmUp;
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never', 'always'] as const, '--inline');
   if (o.inlineBatch !== undefined) cfg.inlineBatch = o.inlineBatch;
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
@@ -228,12 +230,13 @@ export async function run(args: string[]): Promise<number> {
   }
 
   if (o.sweep) {
-    const engine = { readers: o.readers ? oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers') : undefined };
+    const engine = { readers: o.readers ? oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers') : undefined, warmUp: o.warmUp };
     let rows: SweepRow[];
     try {
       rows = await runSweep({
         threads: counts(o.sweepThreads, '--sweep-threads'), workers: counts(o.sweepWorkers, '--sweep-workers'),
-        size: o.size, repeat: o.repeat, noNative: !o.native, hooks, engine: engine.readers ? engine : undefined,
+        size: o.size, repeat: o.repeat, noNative: !o.native, hooks,
+        engine: Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)),
       });
     } finally {
       progress.end();
