@@ -4,7 +4,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Engine, EngineStats, PAGE_DROPPED } from '../src/engine/index.js';
+import { Engine, EngineStats, EngineThreads, PAGE_DROPPED } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
 import { addressOf } from '../src/kernel/libc.js';
 import {
@@ -414,6 +414,33 @@ describe('engine: concurrency and failures', function () {
       munmap(addr, len / 2 - MiB);
     } finally {
       await engine.stop({ mode: 'abandon' });
+    }
+  });
+});
+
+describe('engine: warm threads (EngineThreads)', function () {
+  this.timeout(120_000);
+  it('an engine takes a warm set and serves byte-exact; a set for another worker count is refused; unused sets end', async () => {
+    const size = 8 * MiB;
+    const snap = makeSnapshot(size, 5);
+    const region = memoryType('anon').create({ size });
+    const threads = EngineThreads.start(2);
+    const other = EngineThreads.start(1);
+    const never = EngineThreads.start(1);
+    try {
+      await threads.ready;
+      assert.equal(threads.isReady, true);
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads: other }),
+        /started for 1 workers, not 2/);
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads });
+      await touchAll(region, addressOf(snap), 4);
+      const st = await engine.stop();
+      assertFilledOnce(st, size / PAGE);
+      assert.ok(st.firstFaultAt > 0 && st.firstFaultAt <= Date.now() + 1, 'the first fault is timed');
+      assert.throws(() => threads.take(engine.setup), /already used/);
+    } finally {
+      await Promise.all([other.destroy(), never.destroy()]); // one still warming up, maybe: it ends all the same
+      region.close();
     }
   });
 });

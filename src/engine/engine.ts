@@ -61,10 +61,11 @@ export interface EngineOptions {
   stripe?: number;
   prefetch?: boolean | PrefetchOptions;
   /**
-   * Who reads the userfaultfd. 'all' (default): the dispatcher and every worker poll and
-   * read it, each resolving what it read (native handlers work this way); non-fault events
-   * are applied under a read lock before any later fault is looked at. 'dispatcher': the
-   * dispatcher alone reads, and hands faults to the workers' rings (see `inline`).
+   * Who reads the userfaultfd. 'all' (default): every worker waits on it and resolves what
+   * it read (native handlers work this way), the dispatcher reads in the place of a worker
+   * busy elsewhere; non-fault events are applied under a read lock before any later fault is
+   * looked at. 'dispatcher': the dispatcher alone reads and hands faults to the workers'
+   * rings (see `inline`).
    */
   readers?: 'all' | 'dispatcher';
   /**
@@ -211,6 +212,12 @@ export class Engine extends EventEmitter {
       throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
     }
     if (!opts.regions || opts.regions.length === 0) throw new ConfigError('an engine needs at least one region to serve');
+    if (opts.readers !== undefined && opts.readers !== 'all' && opts.readers !== 'dispatcher') {
+      throw new ConfigError(`readers must be 'all' or 'dispatcher' (got ${String(opts.readers)})`);
+    }
+    if (opts.threads && opts.threads.workers !== workers) {
+      throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
+    }
     this.workers = workers;
     this.failures = new Array<number>(workers).fill(0);
     const created = !opts.uffd;
@@ -238,10 +245,6 @@ export class Engine extends EventEmitter {
     const pf = normalizePrefetch(opts.prefetch, minPage);
     const ringCapacity = opts.ringCapacity ?? 4096;
     const readers = opts.readers ?? 'all';
-    if (readers !== 'all' && readers !== 'dispatcher') throw new ConfigError(`readers must be 'all' or 'dispatcher' (got ${String(readers)})`);
-    if (opts.threads && opts.threads.workers !== workers) {
-      throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
-    }
     this.threads = opts.threads;
     const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
     const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
@@ -271,7 +274,7 @@ export class Engine extends EventEmitter {
       counters: Counters.allocate(workers + 1),
       control: new SharedArrayBuffer(L.CT_WORDS * 4),
       claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
-      // Workers that read the uffd sleep in poll(2): a ring wakes them through an eventfd.
+      // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
       rings: Array.from({ length: workers }, () => Ring.allocate(ringCapacity, readers === 'all' ? eventfd() : -1)),
       order,
       prefetch: {
