@@ -56,6 +56,10 @@ export interface BenchConfig {
   source: 'file' | 'zero';
   /** Engine prefetch: read-ahead up to 1 MiB around sequential faults plus background population. */
   prefetch: boolean;
+  /** Engine: who reads the uffd (default: the engine's, 'all'). */
+  readers?: 'all' | 'dispatcher';
+  /** Engine: compile the fault path on a scratch region before serving (outside the measured phase). */
+  warmUp?: boolean;
   inline?: 'auto' | 'never' | 'always';
   /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
@@ -129,6 +133,8 @@ export interface EngineInfo {
   pages: EngineStats['pages'];
   inline: number;
   handoffs: number;
+  /** Faults workers read from the uffd themselves (readers 'all'). */
+  direct: number;
   reads: number;
   ioctls: number;
   eexist: number;
@@ -509,7 +515,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
         source: engineSource(cfg, env.sourceFile, r.offset),
       })),
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
-      inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
+      readers: cfg.readers, warmUp: cfg.warmUp, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
     });
     const tReady = performance.now();
@@ -598,7 +604,7 @@ function engineInfo(a: EngineStats, b: EngineStats, startSec: number, ackDelayMs
   const inline = d(a.inline, b.inline);
   const handoffs = d(a.handoffs, b.handoffs);
   return {
-    startSec, ackDelayMs, faults, pages, inline, handoffs, reads,
+    startSec, ackDelayMs, faults, pages, inline, handoffs, direct: d(a.direct, b.direct), reads,
     ioctls: d(a.ioctls, b.ioctls), eexist: d(a.eexist, b.eexist), spurious: d(a.spurious, b.spurious),
     retries: d(a.retries, b.retries), wakes: d(a.wakes, b.wakes), events: d(a.events, b.events), errors: d(a.errors, b.errors),
     incidents: [],

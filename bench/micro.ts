@@ -19,6 +19,7 @@ import { threadCpuSeconds } from '../src/kernel/time.js';
 import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
 import * as L from '../src/engine/layout.js';
 import { nowMs, Resolver } from '../src/engine/resolver.js';
+import { scratchSetup } from '../src/engine/warm-up.js';
 import { Counters, PAGE_FILLING, PAGE_MISSING, PageStates, Ring } from '../src/engine/shared.js';
 
 export interface MicroResult {
@@ -173,30 +174,8 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
 
 /** An EngineSetup with `regions` 64 GiB rows, enough for a Resolver to route (it is never started). */
 function fakeSetup(uffdFd: number, regions: number, workers: number): L.EngineSetup {
-  const table = new SharedArrayBuffer(L.MAX_REGION_ROWS * L.RT_WORDS * 8);
-  const t = new Float64Array(table);
-  const size = 64 * 2 ** 30;
-  let base = 0;
-  for (let r = 0; r < regions; r++) {
-    const b = r * L.RT_WORDS;
-    t[b + L.RT_START] = 0x7f0000000000 + r * 0x1000000000;
-    t[b + L.RT_SIZE] = size;
-    t[b + L.RT_PAGE_SIZE] = 4096;
-    t[b + L.RT_STATE_BASE] = base;
-    t[b + L.RT_ALIVE] = 1;
-    base += size / 4096;
-  }
-  const control = new SharedArrayBuffer(L.CT_WORDS * 4);
-  Atomics.store(new Int32Array(control), L.CT_REGION_ROWS, regions);
-  return {
-    uffdFd, features: '0', workers, stripePages: 16, regionTable: table, states: PageStates.allocate(16), totalPages: base,
-    counters: Counters.allocate(workers + 1), control, claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
-    rings: [], order: null,
-    prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
-    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0, inlineBatch: 16, wpHook: null,
-    callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
-    gates: [], gateCursors: new SharedArrayBuffer(4),
-  };
+  const rows = Array.from({ length: regions }, (_, r) => ({ start: 0x7f0000000000 + r * 0x1000000000, size: 64 * 2 ** 30, srcAddr: 0 }));
+  return { ...scratchSetup(uffdFd, rows, workers), states: PageStates.allocate(16) };
 }
 
 export function formatMicro(results: MicroResult[]): string {

@@ -133,6 +133,8 @@ export interface NativeResult extends PhaseResult {
   verifiedBytes: number;
   /** CLOCK_MONOTONIC ns (the clock of process.hrtime) when the first round started and the last one ended. */
   phaseStartNs: number;
+  /** External handler: from the handshake sent to the first touch served, ns (the VM's first fault). */
+  handshakeToFirstTouchNs?: number;
   phaseEndNs: number;
   setupSec: number;
   verifySec: number;

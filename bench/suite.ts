@@ -7,10 +7,12 @@
 //   restore     a sequential restore (1 thread) with prefetch on, vs Firecracker's page-at-a-time
 //               handler (fc), plus memcpy bandwidth measured in the same run
 //   bounce      steady state: 5 rounds of zap + re-fault after the initial population
+//   sweep       the throughput case at 1/2/4/8/16/64 faulting threads x 1/2/4 workers (bench/sweep.ts)
 //   memory      RSS overhead of an engine over a 1 TiB sparse registered region (fresh process)
 import { BenchConfig, CaseResult, DEFAULT_CONFIG, formatBytes, formatCase, formatNum, formatRate, GiB, Hooks, MiB, runCase } from './engine-bench.js';
 import type { TargetRow } from './report.js';
 import { measureRss, RssMeasurement } from './rss.js';
+import { formatSweep, runSweep, SweepRow } from './sweep.js';
 
 export interface SuiteOptions {
   repeat?: number;
@@ -24,16 +26,20 @@ export interface SuiteOptions {
   /** Only these cases (names). */
   only?: string[];
   /** Overrides applied to every case (e.g. spinMicros, inline) for tuning experiments. */
-  engine?: Partial<Pick<BenchConfig, 'inline' | 'inlineBatch' | 'spinMicros' | 'dispatcherSpinMicros' | 'stripe'>>;
+  engine?: Partial<Pick<BenchConfig, 'readers' | 'inline' | 'inlineBatch' | 'spinMicros' | 'dispatcherSpinMicros' | 'stripe'>>;
+  /** The sweep case: thread and worker counts (default SWEEP_THREADS x SWEEP_WORKERS), region per run (default 32 MiB). */
+  sweep?: { threads?: number[]; workers?: number[]; size?: number };
 }
 
 export interface SuiteResult {
   cases: CaseResult[];
   rss: { big: RssMeasurement; small: RssMeasurement } | null;
+  /** The scaling sweep (engine/native at each thread and worker count). */
+  sweep: SweepRow[] | null;
   targets: TargetRow[];
 }
 
-export const SUITE_CASES = ['throughput', 'serial', 'restore', 'bounce', 'memory'] as const;
+export const SUITE_CASES = ['throughput', 'serial', 'restore', 'bounce', 'sweep', 'memory'] as const;
 
 /** The case configurations of the suite (and of `bench --mode NAME`). */
 export function suiteConfig(name: string, o: SuiteOptions = {}): BenchConfig {
@@ -114,7 +120,7 @@ export async function runSuite(o: SuiteOptions = {}): Promise<SuiteResult> {
   for (const n of names) if (!(SUITE_CASES as readonly string[]).includes(n)) throw new Error(`unknown case "${n}"; cases: ${SUITE_CASES.join(', ')}`);
   const cases: CaseResult[] = [];
   for (const name of names) {
-    if (name === 'memory') continue;
+    if (name === 'memory' || name === 'sweep') continue;
     cases.push(await runCase(suiteConfig(name, o), { noNative: o.noNative, hooks: o.hooks, workload: o.workload }));
   }
   let rss: SuiteResult['rss'] = null;
@@ -125,7 +131,15 @@ export async function runSuite(o: SuiteOptions = {}): Promise<SuiteResult> {
     const small = await measureRss(GiB);
     rss = { big, small };
   }
-  return { cases, rss, targets: suiteTargets(cases, rss) };
+  let sweep: SweepRow[] | null = null;
+  if (names.includes('sweep')) {
+    const engine = Object.fromEntries(Object.entries(o.engine ?? {}).filter(([, v]) => v !== undefined));
+    sweep = await runSweep({
+      threads: o.sweep?.threads, workers: o.sweep?.workers, size: o.sweep?.size ?? 32 * MiB, repeat: o.repeat,
+      noNative: o.noNative, hooks: o.hooks, engine,
+    });
+  }
+  return { cases, rss, sweep, targets: suiteTargets(cases, rss) };
 }
 
 export function rssLines(rss: NonNullable<SuiteResult['rss']>): string[] {
@@ -186,6 +200,7 @@ export function formatSuite(r: SuiteResult): string {
 export function formatSuiteDetails(r: SuiteResult): string {
   const parts = [formatSuite(r)];
   for (const c of r.cases) parts.push(formatCase(c));
+  if (r.sweep) parts.push(`scaling sweep (anon random, no prefetch; engine workers vs as many native handler threads):\n${formatSweep(r.sweep)}`);
   if (r.rss) parts.push(rssLines(r.rss).join('\n'));
   return parts.join('\n\n');
 }

@@ -97,6 +97,18 @@ describe('uffd-engine bench', function () {
       for (const k of ['faultsPerSec', 'pagesPerSec', 'p50', 'p99']) assert.ok(out.ratios[k] > 0, `ratio ${k}`);
     });
 
+    it('--sweep: one row per thread x worker count, engine beside native, ratios under a stable key', async () => {
+      const out = json(await cli(['--sweep', '--sweep-threads', '1,4', '--sweep-workers', '1,2', '--size', '4M', '--repeat', '1', '--json']));
+      assert.deepEqual(out.sweep.map((r: { threads: number; workers: number }) => `${r.threads}/${r.workers}`), ['1/1', '4/1', '1/2', '4/2']);
+      for (const r of out.sweep) {
+        assert.equal(r.mismatches, 0);
+        assert.ok(r.engineFaultsPerSec > 0 && r.nativeFaultsPerSec > 0, 'both sides ran');
+        for (const k of ['faultsPerSec', 'p50', 'cpuPerFaultUs']) assert.ok(r.ratios[k] > 0, `ratio ${k}`);
+      }
+      const text = await cli(['--sweep', '--sweep-threads', '2', '--sweep-workers', '1', '--size', '2M', '--repeat', '1']);
+      assert.match(text.stdout, /\| faulting threads \| workers/);
+    });
+
     it('bounce on memfd minor faults: steady state for both sides, a report with both plots', async () => {
       const report = path.join(tmp, 'bench.html');
       const out = json(await cli(['--type', 'memfd', '--kind', 'minor', '--size', '4M', '--threads', '2', '--bounce', '2',
@@ -196,7 +208,7 @@ describe('uffd-engine bench', function () {
   });
 
   it('options: presets, overrides, features of the received uffd, targets', () => {
-    const base = { native: true, workload: 'c', suite: false, micro: false, microTime: 300, json: false, help: false, _: [] };
+    const base = { native: true, workload: 'c', suite: false, sweep: false, micro: false, microTime: 300, json: false, help: false, _: [] };
     const serial = configFromOptions({ ...base, mode: 'serial', size: 8 * MiB });
     assert.equal(serial.threads, 1);
     assert.equal(serial.workers, 1);

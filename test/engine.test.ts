@@ -4,7 +4,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Engine, EngineStats, PAGE_DROPPED } from '../src/engine/index.js';
+import { Engine, EngineStats, EngineThreads, PAGE_DROPPED } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
 import { addressOf } from '../src/kernel/libc.js';
 import {
@@ -46,10 +46,12 @@ describe('engine: byte-exact serving', function () {
   let snap: Uint8Array;
   before(() => { snap = makeSnapshot(size, 7); });
 
-  for (const [threads, inline] of [[1, 'auto'], [4, 'auto'], [16, 'auto'], [4, 'never'], [16, 'never']] as const) {
-    it(`anon, missing, buffer source, ${threads} faulting thread(s), inline ${inline}`, async () => {
+  const variants = [[1, 'all', 'always'], [4, 'all', 'always'], [16, 'all', 'always'], [16, 'all', 'never'],
+    [1, 'dispatcher', 'auto'], [4, 'dispatcher', 'auto'], [16, 'dispatcher', 'auto'], [4, 'dispatcher', 'never'], [16, 'dispatcher', 'never']] as const;
+  for (const [threads, readers, inline] of variants) {
+    it(`anon, missing, buffer source, ${threads} faulting thread(s), readers ${readers}, inline ${inline}`, async () => {
       const region = memoryType('anon').create({ size });
-      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers, inline });
       try {
         await touchAll(region, addressOf(snap), threads, threads === 16 ? 'interleaved' : 'random');
         const st = await engine.stop();
@@ -323,6 +325,56 @@ describe('engine: concurrency and failures', function () {
     }
   });
 
+  it('REMOVE read by one reader while another fills the page (readers all): removed pages end as zeros, never source bytes', async () => {
+    // Workers and the dispatcher all read the uffd. Faulting threads keep re-touching a hot
+    // set while this thread removes parts of it: a REMOVE is read by one thread while
+    // another is filling, or has just read a fault on, the same page. Whatever the
+    // interleaving, a page whose last operation was a remove must read zeros afterwards
+    // (as the kernel gives), and every other page exactly its source bytes.
+    const hot = 512;
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers: 'all' });
+    try {
+      const rounds = 60;
+      const jobs = assignPages(hot, 4, 'random').map((p) => {
+        const pages = new Float64Array(p.length * rounds);
+        for (let k = 0; k < rounds; k++) pages.set(p, k * p.length);
+        return { addr: region.addr, pageSize: PAGE, pages, expectAddr: 0, write: false, verify: false };
+      });
+      const touching = runTouchers(jobs);
+      let done = false;
+      void touching.finally(() => { done = true; });
+      const removed = new Uint8Array(hot);
+      let seed = 99;
+      let removes = 0;
+      while (!done || removes < 200) {
+        seed = (seed * 1103515245 + 12345) >>> 0;
+        const at = seed % (hot - 4);
+        madvise(region.addr + at * PAGE, 4 * PAGE, MADV_DONTNEED); // returns once a reader read the REMOVE
+        removed.fill(1, at, at + 4);
+        removes++;
+        if (removes % 16 === 0) await new Promise((r) => setImmediate(r));
+        if (removes > 20000) break;
+      }
+      await touching;
+      const st = await engine.stop({ mode: 'abandon' });
+      console.log(`      (${removes} removes during ${jobs.length * jobs[0].pages.length} touches; ${st.rezeroed} pages zeroed again, ` +
+        `${st.direct} faults read by workers, ${st.inline} by the dispatcher)`);
+      // A page zeroed again by the engine (its fill landed after the zap) is zapped with
+      // MADV_DONTNEED, which sends a REMOVE of its own.
+      assert.equal(st.removes, removes + st.rezeroed, 'every REMOVE applied once');
+      const view = bytesAt(region.addr, hot * PAGE);
+      for (let p = 0; p < hot; p++) {
+        const page = view.subarray(p * PAGE, (p + 1) * PAGE);
+        if (removed[p]) assert.ok(page.every((b) => b === 0), `page ${p} was removed last but holds non-zero bytes`);
+        else assert.equal(memcmp(region.addr + p * PAGE, addressOf(snap) + p * PAGE, PAGE), 0, `page ${p} (never removed) differs from its source`);
+      }
+    } finally {
+      await engine.stop({ mode: 'abandon' });
+      region.close();
+    }
+  });
+
   it("REMOVE with afterRemove: 'source' serves the source again", async () => {
     const region = memoryType('anon').create({ size });
     const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, afterRemove: 'source' });
@@ -362,6 +414,33 @@ describe('engine: concurrency and failures', function () {
       munmap(addr, len / 2 - MiB);
     } finally {
       await engine.stop({ mode: 'abandon' });
+    }
+  });
+});
+
+describe('engine: warm threads (EngineThreads)', function () {
+  this.timeout(120_000);
+  it('an engine takes a warm set and serves byte-exact; a set for another worker count is refused; unused sets end', async () => {
+    const size = 8 * MiB;
+    const snap = makeSnapshot(size, 5);
+    const region = memoryType('anon').create({ size });
+    const threads = EngineThreads.start(2);
+    const other = EngineThreads.start(1);
+    const never = EngineThreads.start(1);
+    try {
+      await threads.ready;
+      assert.equal(threads.isReady, true);
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads: other }),
+        /started for 1 workers, not 2/);
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads });
+      await touchAll(region, addressOf(snap), 4);
+      const st = await engine.stop();
+      assertFilledOnce(st, size / PAGE);
+      assert.ok(st.firstFaultAt > 0 && st.firstFaultAt <= Date.now() + 1, 'the first fault is timed');
+      assert.throws(() => threads.take(engine.setup), /already used/);
+    } finally {
+      await Promise.all([other.destroy(), never.destroy()]); // one still warming up, maybe: it ends all the same
+      region.close();
     }
   });
 });

@@ -127,6 +127,24 @@ describe('serve: the restore server backed by the parallel engine', function () 
     });
   }
 
+  it('warm engines: each VM gets a fresh set of threads started before its handshake; the first fault is timed', async () => {
+    await withServer({ prefetch: 'off', warm: true }, async ({ sessions }) => {
+      for (let vm = 1; vm <= 2; vm++) {
+        await sessions.ready(); // a fresh spare for each VM (the first at start, the next once the previous session ended)
+        const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: 20000, regions: 1, regionSize: 2 * MiB, threads: 2 }).done;
+        assert.equal(run.code, 0, run.stderr + run.stdout);
+        assert.equal(run.result!.pagesChecked, 512);
+        await waitFor(() => sessions.summaries.length === vm, `session ${vm}'s summary`);
+        const s = sessions.summaries[vm - 1];
+        assert.equal(s.error, undefined);
+        assert.equal(s.warm, true, `VM ${vm} got warm threads`);
+        assert.equal(s.pages.demand, 512);
+        assert.ok(s.firstFaultMs !== null && s.firstFaultMs >= 0 && s.firstFaultMs < s.durationMs, `first fault at ${s.firstFaultMs} ms`);
+        console.log(`      (VM ${vm}: engine up ${s.engineStartMs} ms, first fault served ${s.firstFaultMs} ms after the handshake)`);
+      }
+    });
+  });
+
   for (const prefetch of ['off', 'on'] as const) {
     it(`3 regions, 3 reader threads, a balloon REMOVE mid-restore (prefetch ${prefetch}): the range reads zeros after`, async () => {
       // Stay attached: with prefetch on the session would otherwise detach once populated,

@@ -1,26 +1,39 @@
-// A piscina task that serves one shard for the life of the engine: a loop over the
-// shard's ring. Faults first; when the ring is empty, background population; then a
-// short spin and a sleep on the ring. If the thread dies, the engine starts this task
-// again on a fresh thread and it resumes where the ring's head stands.
-import { threadId, type MessagePort } from 'node:worker_threads';
+// A piscina task that serves one shard for the life of the engine. With readers 'all' the
+// worker reads the userfaultfd itself (as a native multi-threaded handler does) and
+// resolves what it read, exactly once by the page-state claim; with readers 'dispatcher'
+// faults arrive on its ring only. Either way the ring carries what the dispatcher hands it
+// (faults it could not finish, re-zeroing, callback-source faults), and it goes first.
+// When nothing is pending: background population; then a short spin and a sleep (on the
+// ring, or in poll(2) on the uffd and the ring's eventfd). If the thread dies, the engine
+// starts this task again on a fresh thread and it resumes where the ring's head stands.
+import { threadId, workerData, type MessagePort } from 'node:worker_threads';
+import { EpollWaiter, eventfdDrain } from '../src/kernel/memory.js';
 import * as L from '../src/engine/layout.js';
-import { Resolver } from '../src/engine/resolver.js';
-import { Ring } from '../src/engine/shared.js';
+import { ThreadMessage, UffdReader } from '../src/engine/reader.js';
+import { nowMs, Resolver } from '../src/engine/resolver.js';
+import { C_DIRECT, Ring } from '../src/engine/shared.js';
+import { warmUpIfAsked, warmUpOnce } from '../src/engine/warm-up.js';
 
 export interface ShardTask {
   setup: L.EngineSetup;
   shard: number;
-  /** For callback sources: where to ask the main thread for bytes. */
+  /** To the main thread: events this worker read, and (callback sources) requests for bytes. */
   port: MessagePort | null;
 }
 
+warmUpIfAsked(workerData);
+
 export default function runShard(task: ShardTask): { shard: number } {
   const { setup, shard, port } = task;
+  if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, shard, true);
   const ring = new Ring(setup.rings[shard]);
   const ctl = r.control;
   Atomics.store(ctl, L.CT_THREAD_IDS + shard, threadId);
   if (port && setup.callbackStaging && setup.callbackControl) installCallbackFetch(r, setup, shard, port);
+  const reads = setup.readers === 'all';
+  const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
+  const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
   // A predecessor may have died holding claims: finish them first.
   r.recoverClaims(shard);
   Atomics.add(ctl, L.CT_READY, 1);
@@ -32,41 +45,82 @@ export default function runShard(task: ShardTask): { shard: number } {
     const head = ring.head;
     const tail = ring.tail;
     if (head !== tail) {
-      let i = head;
-      while (i !== tail) {
-        const addr = ring.addrAt(i);
-        const flags = ring.flagsAt(i);
-        // Count the directly following faults on the next pages: one ioctl serves them all.
-        let more = 0;
-        const row = r.findRow(addr);
-        const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
-        while (i + more + 1 !== tail && ring.flagsAt(i + more + 1) === flags
-          && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
-        const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row);
-        i += 1 + absorbed;
-        ring.commit(i);
-      }
+      r.needReader();
+      drainRing(r, ring, head, tail);
       continue;
     }
+    r.readerAgain();
+    if (reader && readAndResolve(r, reader) > 0) { lastGapMs = 0; continue; }
     if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && (Atomics.load(ctl, L.CT_BG_DONE) === 0 || r.arrivalsPending())) {
+      r.needReader();
       r.backgroundStep();
       continue;
     }
     // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine. But
     // only while work keeps arriving soon after the last sleep began (adaptive): spinning
     // through idle gaps steals the CPU the faulting threads need on a small machine.
-    if (spinMs > 0 && lastGapMs < 4 * spinMs) {
+    if (spinMs > 0 && lastGapMs < 4 * spinMs && !reader) {
       const until = performance.now() + spinMs;
       while (ring.tail === tail && performance.now() < until) { /* spin */ }
       if (ring.tail !== tail) { lastGapMs = 0; continue; }
     }
     r.updateCpu(); // at most every 50 ms: the clock read is a syscall
     const slept = performance.now();
-    ring.sleep(tail, 200);
+    if (poller) {
+      // The flag makes a producer signal the eventfd; the tail is checked after raising it.
+      if (ring.mayPoll(tail)) {
+        poller.wait(200);
+        if (poller.revents(1) !== 0) eventfdDrain(ring.eventFd);
+      }
+      ring.awake();
+    } else {
+      ring.sleep(tail, 200);
+    }
     lastGapMs = performance.now() - slept;
   }
+  r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
+  poller?.close();
   return { shard };
+}
+
+/** Resolves the ring's entries from head to tail, a run of faults on consecutive pages with one ioctl. */
+function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
+  let i = head;
+  while (i !== tail) {
+    const addr = ring.addrAt(i);
+    const flags = ring.flagsAt(i);
+    let more = 0;
+    const row = r.findRow(addr);
+    const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+    while (i + more + 1 !== tail && ring.flagsAt(i + more + 1) === flags
+      && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
+    const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row);
+    i += 1 + absorbed;
+    ring.commit(i);
+  }
+}
+
+/** One batch read from the uffd and resolved here; returns the messages read. */
+function readAndResolve(r: Resolver, reader: UffdReader): number {
+  const n = reader.read();
+  if (n === 0) return 0;
+  const t = nowMs();
+  let i = 0;
+  while (i < n) {
+    if (!reader.isFault(i)) { i++; continue; }
+    const addr = reader.address(i);
+    const flags = reader.flags(i);
+    const row = r.findRow(addr);
+    const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+    let more = 0;
+    while (i + more + 1 < n && reader.isFault(i + more + 1) && reader.flags(i + more + 1) === flags
+      && reader.address(i + more + 1) === addr + (more + 1) * ps) more++;
+    const absorbed = r.handleFault(addr, flags, t, more, row);
+    r.counters[C_DIRECT] += 1 + absorbed;
+    i += 1 + absorbed;
+  }
+  return n;
 }
 
 // Callback sources run on the main thread: ask it for the bytes over the port, wait on
@@ -81,7 +135,8 @@ function installCallbackFetch(r: Resolver, setup: L.EngineSetup, shard: number, 
     const id = ++seq;
     Atomics.store(ctl, L.CB_ID, id);
     Atomics.store(ctl, L.CB_STATE, 1);
-    port.postMessage({ shard, id, source, offset, len });
+    r.needReader();
+    port.postMessage({ type: 'callback', shard, id, source, offset, len });
     const deadline = performance.now() + setup.callbackTimeoutMs;
     while (Atomics.load(ctl, L.CB_STATE) === 1) {
       const left = deadline - performance.now();

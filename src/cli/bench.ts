@@ -15,6 +15,7 @@ import { Progress } from '../../bench/progress.js';
 import { renderHtml, renderSvg, ReportDoc } from '../../bench/report.js';
 import { formatSuiteDetails, rssLines, runSuite, SUITE_CASES, suiteConfig, SuiteResult } from '../../bench/suite.js';
 import type { FaultKind } from '../../bench/native.js';
+import { formatSweep, runSweep, SweepRow } from '../../bench/sweep.js';
 
 const SPEC: OptionSpec = {
   mode: { type: 'string', help: 'start from a preset: throughput, serial, restore or bounce (the suite\'s cases; options given override it), or memory (RSS of an engine over a --size sparse region, default 1T)' },
@@ -38,6 +39,8 @@ const SPEC: OptionSpec = {
   native: { type: 'boolean', default: true, help: 'run the native reference (--no-native: engine only)' },
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
   plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
+  readers: { type: 'string', help: 'engine: who reads the uffd: all (workers read it themselves, the dispatcher while they are busy) or dispatcher (it hands faults to the workers) (default all)' },
+  warmUp: { type: 'boolean', help: 'engine: compile the fault path on a scratch region before serving, as warm `serve` threads do (default off)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
@@ -47,6 +50,9 @@ const SPEC: OptionSpec = {
   workload: { type: 'string', default: 'c', help: 'faulting side: c (the C program) or js (JavaScript threads, engine only; automatic without a C compiler)' },
   suite: { type: 'boolean', default: false, help: `run the suite (${SUITE_CASES.join(', ')}) and print one table` },
   only: { type: 'string', help: 'with --suite: a comma-separated subset of the cases' },
+  sweep: { type: 'boolean', default: false, help: 'the scaling sweep: the throughput case at each --sweep-threads x --sweep-workers, engine beside native (also a --suite case)' },
+  sweepThreads: { type: 'string', help: 'with --sweep: faulting thread counts (default 1,2,4,8,16,64)' },
+  sweepWorkers: { type: 'string', help: 'with --sweep: worker / native handler counts (default 1,2,4)' },
   restoreSize: { type: 'size', help: 'with --suite: size of the sequential restore (default 256M; the issue\'s figure: 2G)' },
   micro: { type: 'boolean', default: false, help: 'run the micro-benchmarks (ns/op) instead' },
   microTime: { type: 'number', default: 300, help: 'with --micro: ms per micro-benchmark' },
@@ -61,7 +67,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  readers?: string; warmUp?: boolean; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -71,6 +77,14 @@ function onOff(v: string, what: string): boolean {
   if (['on', 'true', 'yes', '1'].includes(s)) return true;
   if (['off', 'false', 'no', '0'].includes(s)) return false;
   throw new Error(`${what} takes on or off (got ${v})`);
+}
+
+/** "1,2,4" -> [1, 2, 4] (positive integers), or undefined. */
+function counts(v: string | undefined, what: string): number[] | undefined {
+  if (v === undefined) return undefined;
+  const xs = v.split(',').map((s) => Number(s.trim()));
+  if (!xs.length || xs.some((x) => !Number.isInteger(x) || x < 1)) throw new Error(`${what} takes a comma-separated list of positive integers (got ${v})`);
+  return xs;
 }
 
 function oneOf<T extends string>(v: string, allowed: readonly T[], what: string): T {
@@ -108,6 +122,8 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.memcpy !== undefined) cfg.memcpy = o.memcpy ? Math.min(cfg.size, 2 * GiB) : 0;
   else if (cfg.memcpy) cfg.memcpy = Math.min(cfg.size, 2 * GiB);
   if (o.plainFaults !== undefined) cfg.plainFaults = o.plainFaults;
+  if (o.readers !== undefined) cfg.readers = oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers');
+  if (o.warmUp !== undefined) cfg.warmUp = o.warmUp;
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never', 'always'] as const, '--inline');
   if (o.inlineBatch !== undefined) cfg.inlineBatch = o.inlineBatch;
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
@@ -192,8 +208,9 @@ export async function run(args: string[]): Promise<number> {
     try {
       result = await runSuite({
         repeat: o.repeat, restoreSize: o.restoreSize, noNative: !o.native, hooks, only, workload,
+        sweep: { threads: counts(o.sweepThreads, '--sweep-threads'), workers: counts(o.sweepWorkers, '--sweep-workers') },
         engine: {
-          inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, spinMicros: o.spinUs,
+          readers: o.readers as BenchConfig['readers'], inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, spinMicros: o.spinUs,
           dispatcherSpinMicros: o.dispatcherSpinUs, stripe: o.stripe,
         },
       });
@@ -210,6 +227,23 @@ export async function run(args: string[]): Promise<number> {
       if (!o.json) console.log(`\nreport: ${o.report}`);
     }
     return result.cases.some((c) => c.runs.some((r) => r.mismatches > 0)) ? 3 : 0;
+  }
+
+  if (o.sweep) {
+    const engine = { readers: o.readers ? oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers') : undefined, warmUp: o.warmUp };
+    let rows: SweepRow[];
+    try {
+      rows = await runSweep({
+        threads: counts(o.sweepThreads, '--sweep-threads'), workers: counts(o.sweepWorkers, '--sweep-workers'),
+        size: o.size, repeat: o.repeat, noNative: !o.native, hooks,
+        engine: Object.fromEntries(Object.entries(engine).filter(([, v]) => v !== undefined)),
+      });
+    } finally {
+      progress.end();
+    }
+    if (o.json) console.log(JSON.stringify({ command, machine: machineJson(), sweep: rows }, null, 2));
+    else console.log(formatSweep(rows));
+    return rows.some((r) => r.mismatches > 0) ? 3 : 0;
   }
 
   if (o.mode === 'memory') {

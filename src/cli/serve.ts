@@ -26,6 +26,7 @@ const SPEC: OptionSpec = {
   preloadWs: { type: 'string', help: 'populate the pages of this recorded working set first (hot-first)' },
   allowUid: { type: 'string', help: 'peer uid allowed to connect (repeat or comma-separate; "any": every uid that can reach the socket; default: our own uid)' },
   once: { type: 'boolean', default: false, help: 'exit after serving one VM' },
+  warm: { type: 'boolean', default: true, help: 'keep engine threads warm for the next VM, started before its handshake (--no-warm: start them per VM)' },
   stayAttached: { type: 'boolean', default: false, help: 'keep serving a VM after it is fully populated, until it exits' },
   socketMode: { type: 'string', default: '0600', help: 'mode of the socket file (octal)' },
   recvTimeoutMs: { type: 'number', default: 5000, help: 'time a peer has to send its handshake' },
@@ -42,7 +43,7 @@ const SPEC: OptionSpec = {
 
 interface ServeOptions {
   socket?: string; memFile?: string; workers: number; prefetch?: string; readAhead?: number; chunk?: number;
-  recordWs?: string; preloadWs?: string; once: boolean; stayAttached: boolean; socketMode: string;
+  recordWs?: string; preloadWs?: string; once: boolean; warm: boolean; stayAttached: boolean; socketMode: string;
   recvTimeoutMs: number; maxSessions: number; shutdown: string; json: boolean; quiet: boolean; help: boolean;
   metrics?: string; logFormat: string; spares: number; maxRestarts: number;
 }
@@ -163,13 +164,13 @@ export async function run(args: string[]): Promise<number> {
   const sessions = new Supervisor({
     engine: {
       workers: o.workers, prefetch, readAhead: o.readAhead, chunk: o.chunk, preloadWs: o.preloadWs, memFileSize: memSize,
-      record: !!o.recordWs, detachWhenPopulated: !o.stayAttached,
+      record: !!o.recordWs, detachWhenPopulated: !o.stayAttached, warm: o.warm,
       remote: o.memUrl ? remoteConfig({ ...o, memUrl: o.memUrl }) : undefined,
     },
     spares: o.spares, maxRestarts: o.maxRestarts,
     onEvent: (e: SupervisorEvent) => {
       const f = { event: e.type, ...e };
-      if (e.type === 'engine-started') log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(0)} ms)`, f);
+      if (e.type === 'engine-started') log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(1)} ms)`, f);
       else if (e.type === 'incident') log(`session ${e.id}: incident: ${e.message}`, f);
       else if (e.type === 'populated') log(`session ${e.id}: fully populated after ${e.ms.toFixed(0)} ms`, f);
       else if (e.type === 'recorded' && o.recordWs) {

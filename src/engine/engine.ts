@@ -17,10 +17,12 @@ import { openRemoteRegions, OpenedRemotes } from '../remote/engine-sources.js';
 import { GateSetup, watchArrivals } from '../remote/gate.js';
 import { OpenedSource, openSource, PageSource } from '../sources/index.js';
 import * as L from './layout.js';
+import type { ThreadMessage } from './reader.js';
+import { DISPATCHER, EngineThreads, SHARD_WORKER } from './threads.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
-  C_REMOVES, C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
+  C_DIRECT, C_FIRST_MS, C_REMOVES, C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
   PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, Ring,
 } from './shared.js';
 
@@ -60,7 +62,19 @@ export interface EngineOptions {
   /** Bytes of address space per shard stripe (a multiple of the page size). */
   stripe?: number;
   prefetch?: boolean | PrefetchOptions;
-  /** 'auto': the dispatcher resolves a lone fault itself when its worker sleeps. */
+  /**
+   * Who reads the userfaultfd. 'all' (default): every worker waits on it and resolves what
+   * it read (native handlers work this way), the dispatcher reads in the place of a worker
+   * busy elsewhere; non-fault events are applied under a read lock before any later fault is
+   * looked at. 'dispatcher': the dispatcher alone reads and hands faults to the workers'
+   * rings (see `inline`).
+   */
+  readers?: 'all' | 'dispatcher';
+  /**
+   * What the dispatcher does with a fault it read. 'auto' (default with readers
+   * 'dispatcher'): resolve it itself when its worker sleeps and the batch is small;
+   * 'always' (default with readers 'all'): resolve it itself; 'never': hand it to a worker.
+   */
   inline?: 'auto' | 'never' | 'always';
   /** 'auto': the largest batch (faults per read) the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
@@ -97,6 +111,17 @@ export interface EngineOptions {
    * only those. Costs one write of the whole table (64 MiB per TiB of 4 KiB pages).
    */
   initially?: 'missing' | 'resident';
+  /**
+   * Before serving, each engine thread runs the per-fault path on a private scratch region so
+   * V8 has compiled it before the first real fault (default false: it costs start-up time,
+   * 10-30 ms per thread on a quiet machine; warm threads, `threads`, always did it ahead).
+   */
+  warmUp?: boolean;
+  /**
+   * Threads started ahead (EngineThreads.start(workers), e.g. kept warm by a restore server):
+   * the engine takes them instead of starting its own. Their worker count must match.
+   */
+  threads?: EngineThreads;
 }
 
 export interface StopOptions {
@@ -130,6 +155,10 @@ export interface EngineStats {
   removes: number;
   inline: number;
   handoffs: number;
+  /** Faults a worker read from the uffd and resolved itself (readers 'all'). */
+  direct: number;
+  /** Wall-clock ms (Date.now() scale) when the first fault was resolved; 0: none yet. */
+  firstFaultAt: number;
   events: number;
   reads: number;
   incidents: number;
@@ -140,9 +169,6 @@ export interface EngineStats {
 }
 
 export interface Incident { time: number; shard: number; message: string }
-
-const SHARD_WORKER = path.resolve(__dirname, '../../workers/shard-worker.js');
-const DISPATCHER = path.resolve(__dirname, '../../workers/dispatcher.js');
 
 const DEFAULT_FEATURES: FeatureName[] = [
   'EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP', 'THREAD_ID', 'MISSING_SHMEM', 'MISSING_HUGETLBFS', 'MINOR_SHMEM',
@@ -181,6 +207,7 @@ export class Engine extends EventEmitter {
   private dispatcherExit: Promise<void> = Promise.resolve();
   private remotes: OpenedRemotes | null = null;
   private unwatchGates: (() => void) | null = null;
+  private readonly threads: EngineThreads | undefined;
 
   private constructor(opts: EngineOptions) {
     super();
@@ -189,6 +216,12 @@ export class Engine extends EventEmitter {
       throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
     }
     if (!opts.regions || opts.regions.length === 0) throw new ConfigError('an engine needs at least one region to serve');
+    if (opts.readers !== undefined && opts.readers !== 'all' && opts.readers !== 'dispatcher') {
+      throw new ConfigError(`readers must be 'all' or 'dispatcher' (got ${String(opts.readers)})`);
+    }
+    if (opts.threads && opts.threads.workers !== workers) {
+      throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
+    }
     this.workers = workers;
     this.failures = new Array<number>(workers).fill(0);
     const created = !opts.uffd;
@@ -215,6 +248,8 @@ export class Engine extends EventEmitter {
     const totalPages = this.rows.reduce((n, r) => n + r.size / r.pageSize, 0);
     const pf = normalizePrefetch(opts.prefetch, minPage);
     const ringCapacity = opts.ringCapacity ?? 4096;
+    const readers = opts.readers ?? 'all';
+    this.threads = opts.threads;
     const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
     const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
     this.zeroLen = maxPage;
@@ -245,7 +280,8 @@ export class Engine extends EventEmitter {
       counters: Counters.allocate(workers + 1),
       control: new SharedArrayBuffer(L.CT_WORDS * 4),
       claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
-      rings: Array.from({ length: workers }, () => Ring.allocate(ringCapacity)),
+      // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
+      rings: Array.from({ length: workers }, () => Ring.allocate(ringCapacity, readers === 'all' ? eventfd() : -1)),
       order,
       prefetch: {
         readAheadMin: pf.readAheadMin, readAheadMax: pf.readAheadMax, background: pf.background,
@@ -254,7 +290,9 @@ export class Engine extends EventEmitter {
       zeroAddr,
       onSourceError: opts.onSourceError ?? 'poison',
       afterRemove: opts.afterRemove ?? 'zero',
-      inline: opts.inline ?? 'auto',
+      readers,
+      warmUp: opts.warmUp ?? false,
+      inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
       spinMicros: opts.spinMicros ?? 30,
       dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
       inlineBatch: opts.inlineBatch ?? 64,
@@ -293,6 +331,8 @@ export class Engine extends EventEmitter {
       table[b + L.RT_GATE] = r.source.gate ? gates.indexOf(r.source.gate) + 1 : 0;
     });
     Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
+    // Until a worker reads the uffd for the first time, the dispatcher reads in its place.
+    for (let w = 0; w < workers; w++) this.control[L.CT_HELP + w] = 1;
   }
 
   /** Undoes a half-made engine: unregisters what it registered, closes what it opened. */
@@ -374,15 +414,22 @@ export class Engine extends EventEmitter {
   }
 
   private async launch(): Promise<void> {
-    this.pool = new Piscina({
-      filename: SHARD_WORKER,
-      minThreads: this.workers,
-      maxThreads: this.workers,
-      concurrentTasksPerWorker: 1,
-      idleTimeout: 2 ** 31 - 1,
-    });
+    let dispatcher: Worker | undefined;
+    if (this.threads) {
+      const t = this.threads.take(this.setup);
+      this.pool = t.pool;
+      dispatcher = t.dispatcher;
+    } else {
+      this.pool = new Piscina({
+        filename: SHARD_WORKER,
+        minThreads: this.workers,
+        maxThreads: this.workers,
+        concurrentTasksPerWorker: 1,
+        idleTimeout: 2 ** 31 - 1,
+      });
+    }
     for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
-    this.startDispatcher();
+    this.startDispatcher(dispatcher);
     // Chunks of remote sources arriving in the background: wake idle workers to install them.
     if (this.setup.gates.length) this.unwatchGates = watchArrivals(this.setup.gates, () => { for (const r of this.rings) r.kick(); });
     const deadline = Date.now() + 20_000;
@@ -392,20 +439,23 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private startDispatcher(): void {
-    const w = new Worker(DISPATCHER, { workerData: this.setup });
-    w.on('message', (m: { type: string; ufd?: number; message?: string }) => {
-      if (m.type === 'exit') return;
-      if (m.type === 'incident') { this.incident(-1, m.message ?? 'dispatcher incident'); return; }
-      if (m.type === 'fork' && m.ufd !== undefined) {
-        const child = Userfaultfd.fromFd(m.ufd, this.uffd.features);
-        if (this.listenerCount('fork') === 0) child.close(); // nobody serves the child: its ranges fall back to the kernel
-        else this.emit('fork', { uffd: child });
-        return;
-      }
-      this.emit('event', m);
-      this.emit(m.type, m);
-    });
+  /** A message from the dispatcher or a worker: an event it read, or an incident. */
+  private onThreadMessage(m: ThreadMessage | { type: 'exit' }, shard: number): void {
+    if (m.type === 'exit') return;
+    if (m.type === 'incident') { this.incident(shard, m.message); return; }
+    if (m.type === 'fork') {
+      const child = Userfaultfd.fromFd(m.ufd, this.uffd.features);
+      if (this.listenerCount('fork') === 0) child.close(); // nobody serves the child: its ranges fall back to the kernel
+      else this.emit('fork', { uffd: child });
+      return;
+    }
+    this.emit('event', m);
+    this.emit(m.type, m);
+  }
+
+  private startDispatcher(warm?: Worker): void {
+    const w = warm ?? new Worker(DISPATCHER, { workerData: this.setup });
+    w.on('message', (m: ThreadMessage | { type: 'exit' }) => this.onThreadMessage(m, -1));
     this.dispatcherExit = new Promise((resolve) => {
       w.on('error', (err) => this.incident(-1, `dispatcher failed: ${err.message}`));
       w.on('exit', () => {
@@ -421,18 +471,21 @@ export class Engine extends EventEmitter {
 
   private async runShard(shard: number): Promise<void> {
     while (!this.stopping) {
-      let port = null;
-      if (this.setup.callbackControl) {
-        const ch = new MessageChannel();
-        ch.port1.on('message', (m: { shard: number; id: number; source: number; offset: number; len: number }) => this.answerCallback(m));
-        ch.port1.unref();
-        port = ch.port2;
-      }
+      // Events the worker reads, and requests for bytes of callback sources.
+      const ch = new MessageChannel();
+      ch.port1.on('message', (m: ThreadMessage | CallbackRequest) => {
+        if (m.type === 'callback') this.answerCallback(m);
+        else this.onThreadMessage(m, shard);
+      });
+      ch.port1.unref();
+      const port = ch.port2;
       try {
-        await (this.pool as Piscina).run({ setup: this.setup, shard, port }, port ? { transferList: [port] } : undefined);
+        await (this.pool as Piscina).run({ setup: this.setup, shard, port }, { transferList: [port] });
         return;
       } catch (err) {
         if (this.stopping) return;
+        Atomics.store(this.control, L.CT_HELP + shard, 1); // the dispatcher reads until the replacement does
+        eventfdSignal(this.setup.eventFd);
         this.failures[shard]++;
         this.incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (this.failures[shard] > 3) await sleep(Math.min(1000, 10 * this.failures[shard]));
@@ -440,7 +493,7 @@ export class Engine extends EventEmitter {
     }
   }
 
-  private answerCallback(m: { shard: number; id: number; source: number; offset: number; len: number }): void {
+  private answerCallback(m: CallbackRequest): void {
     const ctl = new Int32Array(this.setup.callbackControl as SharedArrayBuffer, m.shard * L.CB_WORDS * 4, L.CB_WORDS);
     const staging = new Uint8Array(this.setup.callbackStaging as SharedArrayBuffer, m.shard * this.setup.callbackRunBytes, this.setup.callbackRunBytes);
     const fetch = this.rows[m.source].source.fetch;
@@ -512,6 +565,8 @@ export class Engine extends EventEmitter {
       removes: sum(C_REMOVES),
       inline: sum(C_INLINE),
       handoffs: sum(C_HANDOFFS),
+      direct: sum(C_DIRECT),
+      firstFaultAt: firstFault(c),
       events: sum(C_EVENTS),
       reads: sum(C_READS),
       incidents: this.incidents.length,
@@ -687,8 +742,10 @@ export class Engine extends EventEmitter {
     await Promise.all(this.tasks);
     await this.dispatcherExit;
     await this.pool?.destroy();
+    if (!this.pool) await this.threads?.destroy(); // never launched: the threads it was given
     const stats = this.stats();
     closeFd(this.setup.eventFd);
+    for (const r of this.rings) if (r.eventFd >= 0) closeFd(r.eventFd);
     if (this.ownsUffd) this.uffd.close();
     for (const r of this.rows) r.source.close();
     munmap(this.setup.zeroAddr, this.zeroLen);
@@ -704,6 +761,18 @@ function normalizePrefetch(p: EngineOptions['prefetch'], page: number) {
   const readAheadMin = Math.min(readAheadMax, Math.floor((o.readAheadMin ?? Math.min(o.readAhead ?? 0, 16 * 1024)) / page));
   const chunkPages = Math.max(1, Math.floor((o.chunk ?? 256 * 1024) / page));
   return { readAheadMax, readAheadMin, background: !!o.background, chunkPages, order: o.order };
+}
+
+interface CallbackRequest { type: 'callback'; shard: number; id: number; source: number; offset: number; len: number }
+
+/** The earliest first-fault time of any thread (0: none), as Date.now() milliseconds. */
+function firstFault(c: Counters): number {
+  let first = 0;
+  for (let t = 0; t < c.threads; t++) {
+    const v = c.all[t * COUNTER_WORDS + C_FIRST_MS];
+    if (v > 0 && (first === 0 || v < first)) first = v;
+  }
+  return first;
 }
 
 function sleep(ms: number): Promise<void> {

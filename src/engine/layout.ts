@@ -40,10 +40,13 @@ export const CT_READY = 5; // threads that started
 export const CT_BG_DONE = 6; // background population passed the end
 export const CT_DISPATCHER_DONE = 7;
 export const CT_PEER_GONE = 8; // the process owning the memory exited (ESRCH)
-export const CT_EPOCH = 9; // bumped by the dispatcher after each REMOVE/UNMAP/REMAP applied
+export const CT_EPOCH = 9; // bumped after each REMOVE/UNMAP/REMAP applied
+export const CT_READ_LOCK = 10; // 1 while a thread reads the uffd and applies the batch's events (see reader.ts)
+export const CT_DISPATCHER_IDLE = 11; // 1 while the dispatcher sleeps without watching the uffd (readers 'all')
 export const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 export const CT_KILL = 48; // test hook: worker i exits at its next fill when CT_KILL + i is 1
-export const CT_WORDS = 96;
+export const CT_HELP = 96; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd (the dispatcher reads then)
+export const CT_WORDS = 160;
 
 // Claim records: per thread, the pages it has claimed and not yet finished, so the
 // replacement of a thread that died can finish them.
@@ -82,6 +85,10 @@ export interface EngineSetup {
   zeroAddr: number; // a zero-filled buffer of the largest page size
   onSourceError: 'poison' | 'zero';
   afterRemove: 'zero' | 'source';
+  /** Who reads the userfaultfd: every engine thread ('all'), or the dispatcher alone, handing faults to rings. */
+  readers: 'all' | 'dispatcher';
+  /** Each thread runs the fault path on a private region before serving (warm-up.ts). */
+  warmUp: boolean;
   inline: 'auto' | 'never' | 'always';
   spinMicros: number;
   dispatcherSpinMicros: number;

@@ -6,13 +6,13 @@ import { UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
 import { MADV_DONTNEED, O_RDWR } from '../kernel/constants.js';
-import { bytesAt, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
+import { bytesAt, eventfdSignal, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
 import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { Gate } from '../remote/gate.js';
 import * as L from './layout.js';
 import {
-  C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
+  C_BYTES, C_CPU_SEC, C_EEXIST, C_FIRST_MS, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
   COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
 } from './shared.js';
@@ -58,6 +58,9 @@ export class Resolver {
   deferred = false;
   /** Pages the last fill made present, counted from its first page without a gap. */
   lastFilled = 0;
+  /** This worker's CT_HELP word (readers 'all'), or -1 (the dispatcher; readers 'dispatcher'). */
+  private readonly helpWord: number;
+  private helping = false;
 
   constructor(setup: L.EngineSetup, thread: number, mayRetry: boolean) {
     this.setup = setup;
@@ -74,12 +77,32 @@ export class Resolver {
     this.gates = setup.gates.map((g) => new Gate(g));
     this.gateCursors = new Int32Array(setup.gateCursors);
     this.window = setup.prefetch.readAheadMin;
+    this.helpWord = setup.readers === 'all' && thread < setup.workers ? L.CT_HELP + thread : -1;
+    this.helping = this.helpWord >= 0; // raised until this worker first reads (the Engine raised it)
     if (setup.wpHook) {
       const mod = require(setup.wpHook.module) as Record<string, unknown>;
       const fn = mod[setup.wpHook.export];
       if (typeof fn !== 'function') throw new Error(`wpHook: ${setup.wpHook.module} has no function export "${setup.wpHook.export}"`);
       this.wpHook = fn as (addr: number, len: number, bytes: Uint8Array) => void;
     }
+  }
+
+  /**
+   * This worker is about to be busy away from the uffd (background population, ring work,
+   * waiting for an event to be read, a callback): the dispatcher reads meanwhile, so faults
+   * and events never wait for a worker. Lowered by readerAgain() when the worker reads again.
+   */
+  needReader(): void {
+    if (this.helpWord < 0 || this.helping) return;
+    this.helping = true;
+    Atomics.store(this.control, this.helpWord, 1);
+    if (Atomics.load(this.control, L.CT_DISPATCHER_IDLE) !== 0) eventfdSignal(this.setup.eventFd);
+  }
+
+  readerAgain(): void {
+    if (!this.helping) return;
+    this.helping = false;
+    Atomics.store(this.control, this.helpWord, 0);
   }
 
   rows(): number {
@@ -296,6 +319,7 @@ export class Resolver {
           this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
           return;
         }
+        this.needReader();
         yieldCpu();
       }
     } catch (err) {
@@ -439,7 +463,7 @@ export class Resolver {
         while (done < n * ps) {
           done += this.uffd.poison(dst + done, n * ps - done);
           if (this.uffd.lastErrno === ERRNO.EEXIST) done += ps;
-          else if (this.uffd.lastErrno === ERRNO.EAGAIN) yieldCpu();
+          else if (this.uffd.lastErrno === ERRNO.EAGAIN) { this.needReader(); yieldCpu(); }
         }
         this.finish(row, local, n, n, 0, CAUSE_DEMAND, -1, 0);
       } else {
@@ -465,6 +489,7 @@ export class Resolver {
       if (e === ERRNO.EEXIST) { this.counters[C_EEXIST]++; done += ps; continue; }
       this.counters[C_RETRIES]++;
       if (!this.mayRetry || ++retries > EAGAIN_LIMIT) { this.safeWake(dst + done, n * ps - done); break; }
+      this.needReader();
       yieldCpu();
     }
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
@@ -487,6 +512,7 @@ export class Resolver {
       return;
     }
     this.counters[C_REZEROED]++;
+    this.needReader(); // both ways below wait for a reader (the REMOVE we cause, the fault pwrite takes)
     if (this.table[b + L.RT_OWN] === 1) {
       tryMadvise(addr, ps, MADV_DONTNEED);
       return;
@@ -513,7 +539,9 @@ export class Resolver {
   }
 
   private latency(tRead: number): void {
-    recordLatency(this.counters, (nowMs() - tRead) * 1000);
+    const now = nowMs();
+    recordLatency(this.counters, (now - tRead) * 1000);
+    if (this.counters[C_FIRST_MS] === 0) this.counters[C_FIRST_MS] = now;
   }
 
   /**

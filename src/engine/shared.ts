@@ -2,6 +2,7 @@
 // sees the same bytes: the fault ring (one per worker), the page-state table and the
 // per-thread counters. Threads rebuild the views from the buffers they are handed.
 // Nothing here allocates after construction.
+import { eventfdSignal } from '../kernel/memory.js';
 
 // ---------------------------------------------------------------------------
 // Ring: single producer (the dispatcher), single consumer (one worker).
@@ -19,26 +20,31 @@ const R_WORDS = 48;
 export interface RingBuffers {
   control: SharedArrayBuffer;
   entries: SharedArrayBuffer;
+  /** An eventfd the consumer may sleep on in poll(2) (beside the uffd) instead of Atomics.wait; -1: none. */
+  eventFd: number;
 }
 
 export class Ring {
   readonly control: Int32Array;
   readonly entries: Float64Array;
   readonly capacity: number;
+  readonly eventFd: number;
   private readonly mask: number;
 
   constructor(buffers: RingBuffers) {
+    this.eventFd = buffers.eventFd;
     this.control = new Int32Array(buffers.control);
     this.entries = new Float64Array(buffers.entries);
     this.capacity = this.entries.length / ENTRY_WORDS;
     this.mask = this.capacity - 1;
   }
 
-  static allocate(capacity: number): RingBuffers {
+  static allocate(capacity: number, eventFd = -1): RingBuffers {
     if (capacity < 2 || (capacity & (capacity - 1)) !== 0) throw new RangeError('ring capacity must be a power of two');
     return {
       control: new SharedArrayBuffer(R_WORDS * 4),
       entries: new SharedArrayBuffer(capacity * ENTRY_WORDS * 8),
+      eventFd,
     };
   }
 
@@ -62,7 +68,7 @@ export class Ring {
   publish(n: number): boolean {
     Atomics.add(this.control, R_TAIL, n);
     if (Atomics.load(this.control, R_SLEEPING) !== 0) {
-      Atomics.notify(this.control, R_TAIL, 1);
+      this.kick();
       return true;
     }
     return false;
@@ -71,6 +77,7 @@ export class Ring {
   /** Wakes the consumer regardless (shutdown, or work that is not in the ring). */
   kick(): void {
     Atomics.notify(this.control, R_TAIL, 1);
+    if (this.eventFd >= 0) eventfdSignal(this.eventFd);
   }
 
   // Consumer side -----------------------------------------------------------
@@ -88,6 +95,17 @@ export class Ring {
     if (Atomics.load(this.control, R_TAIL) === seenTail) {
       Atomics.wait(this.control, R_TAIL, seenTail, timeoutMs);
     }
+    Atomics.store(this.control, R_SLEEPING, 0);
+  }
+  /**
+   * Sleeping in poll(2) instead (a consumer that also waits for the uffd): raise the flag,
+   * then re-check the tail; true if the consumer may sleep. Lower it with awake().
+   */
+  mayPoll(seenTail: number): boolean {
+    Atomics.store(this.control, R_SLEEPING, 1);
+    return Atomics.load(this.control, R_TAIL) === seenTail;
+  }
+  awake(): void {
     Atomics.store(this.control, R_SLEEPING, 0);
   }
 }
@@ -198,12 +216,14 @@ export const C_ERRORS = 12; // pages failed (poisoned or zero-filled after a sou
 export const C_INLINE = 13; // faults the dispatcher resolved itself
 export const C_HANDOFFS = 14; // faults handed to a worker ring
 export const C_CPU_SEC = 15; // thread CPU time (seconds)
-export const C_READS = 16; // read(2) calls that returned messages (dispatcher)
-export const C_EVENTS = 17; // non-fault events (dispatcher)
+export const C_READS = 16; // read(2) calls that returned messages
+export const C_EVENTS = 17; // non-fault events applied
 export const C_ZERO_FILLS = 18; // pages zero-filled (zero source, or after REMOVE)
 export const C_SPURIOUS = 19; // faults on a page already present or being filled elsewhere
 export const C_REZEROED = 20; // pages made zero again after a REMOVE raced with their fill
-export const C_REMOVES = 21; // REMOVE events applied (dispatcher)
+export const C_REMOVES = 21; // REMOVE events applied
+export const C_DIRECT = 22; // faults a worker read from the uffd and resolved itself
+export const C_FIRST_MS = 23; // wall-clock ms when this thread resolved its first fault (0: none yet)
 export const C_HIST = 24; // latency histogram: bucket b counts [2^b, 2^(b+1)) µs, bucket 0 also < 1 µs
 export const HIST_BUCKETS = 32;
 export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
@@ -211,7 +231,7 @@ export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
 export const COUNTER_NAMES = [
   'faultsMissing', 'faultsMinor', 'faultsWp', 'faultsRwp', 'pagesDemand', 'pagesReadahead', 'pagesBackground',
   'bytes', 'ioctls', 'retries', 'eexist', 'wakes', 'errors', 'inline', 'handoffs', 'cpuSec', 'reads', 'events',
-  'zeroFills', 'spurious', 'rezeroed', 'removes',
+  'zeroFills', 'spurious', 'rezeroed', 'removes', 'direct', 'firstMs',
 ] as const;
 export type CounterName = typeof COUNTER_NAMES[number];
 

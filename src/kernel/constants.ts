@@ -195,6 +195,12 @@ export const POLLERR = 0x008;
 export const POLLHUP = 0x010;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+// epoll: EPOLLEXCLUSIVE wakes one of the threads waiting on an fd, not all of them.
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLLIN = 0x001;
+export const EPOLLEXCLUSIVE = 1 << 28;
+export const SIZEOF_EPOLL_EVENT = 12; // packed on x86_64: u32 events, u64 data
 
 // KVM (for guest_memfd and the guest runner)
 export const KVMIO = 0xae;

@@ -20,6 +20,9 @@ export const libc = {
   pread: lib.func('long pread(int fd, uint64_t buf, size_t n, long off)') as (fd: number, buf: number, n: number, off: number) => number,
   pwrite: lib.func('long pwrite(int fd, uint64_t buf, size_t n, long off)') as (fd: number, buf: number, n: number, off: number) => number,
   poll: lib.func('int poll(uint64_t fds, unsigned long nfds, int timeout)') as (fds: number, n: number, t: number) => number,
+  epoll_create1: lib.func('int epoll_create1(int flags)') as (flags: number) => number,
+  epoll_ctl: lib.func('int epoll_ctl(int epfd, int op, int fd, uint64_t event)') as (ep: number, op: number, fd: number, ev: number) => number,
+  epoll_wait: lib.func('int epoll_wait(int epfd, uint64_t events, int max, int timeout)') as (ep: number, ev: number, max: number, t: number) => number,
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as (v: number, f: number) => number,
   mmap: lib.func('uint64_t mmap(uint64_t addr, size_t len, int prot, int flags, int fd, long off)') as (
     addr: number, len: number, prot: number, flags: number, fd: number, off: number) => number,

@@ -141,6 +141,57 @@ export class Poller {
   }
 }
 
+/**
+ * epoll(7) over a fixed set of fds, each added with EPOLLEXCLUSIVE when asked: of several
+ * threads waiting on the same fd (each with its own EpollWaiter), a wake-up reaches one,
+ * not all (poll(2) wakes every waiter: a thundering herd per userfault). Same use as Poller.
+ */
+export class EpollWaiter {
+  private readonly epfd: number;
+  private readonly buf: Uint8Array;
+  private readonly dv: DataView;
+  private readonly addr: number;
+  private readonly ready: Uint8Array;
+  readonly count: number;
+  constructor(fds: number[], exclusive: boolean[]) {
+    this.count = fds.length;
+    this.buf = new Uint8Array(C.SIZEOF_EPOLL_EVENT * fds.length);
+    this.dv = new DataView(this.buf.buffer);
+    this.addr = addressOf(this.buf);
+    this.ready = new Uint8Array(fds.length);
+    this.epfd = libc.epoll_create1(C.EPOLL_CLOEXEC);
+    if (this.epfd < 0) fail('epoll_create1');
+    const ev = new Uint8Array(C.SIZEOF_EPOLL_EVENT);
+    const evv = new DataView(ev.buffer);
+    fds.forEach((fd, i) => {
+      evv.setUint32(0, C.EPOLLIN | (exclusive[i] ? C.EPOLLEXCLUSIVE : 0), true);
+      evv.setBigUint64(4, BigInt(i), true);
+      if (libc.epoll_ctl(this.epfd, C.EPOLL_CTL_ADD, fd, addressOf(ev)) < 0) {
+        libc.close(this.epfd);
+        fail('epoll_ctl');
+      }
+    });
+  }
+  /** Waits up to timeoutMs (-1: forever); returns the number of ready fds (0 on timeout or EINTR). */
+  wait(timeoutMs: number): number {
+    this.ready.fill(0);
+    const n = libc.epoll_wait(this.epfd, this.addr, this.count, timeoutMs);
+    if (n < 0) {
+      if (errno() === 4 /* EINTR */) return 0;
+      fail('epoll_wait');
+    }
+    for (let k = 0; k < n; k++) this.ready[this.dv.getUint32(k * C.SIZEOF_EPOLL_EVENT + 4, true)] = 1;
+    return n;
+  }
+  /** Non-zero if fd i was ready in the last wait. */
+  revents(i: number): number {
+    return this.ready[i];
+  }
+  close(): void {
+    libc.close(this.epfd);
+  }
+}
+
 const efdBuf = new BigUint64Array(1);
 const efdAddr = addressOf(efdBuf);
 export function eventfdSignal(fd: number): void {

@@ -40,6 +40,8 @@ export interface EngineProcessConfig {
   memFileSize: number;
   record: boolean;
   detachWhenPopulated: boolean;
+  /** Keep the engine threads started and their fault path compiled before the VM arrives. */
+  warm?: boolean;
   stopTimeoutMs?: number;
   /** How often live statistics are reported (ms). */
   statsIntervalMs: number;
@@ -130,7 +132,7 @@ function main(): void {
   const sessions = engineSessions({
     workers: config.workers, prefetch: config.prefetch, readAhead: config.readAhead, chunk: config.chunk, workingSet,
     pageSource: config.remote ? (r) => (remote as RemoteMemory).source(r.offset) : undefined,
-    record: config.record, detachWhenPopulated: config.detachWhenPopulated, stopTimeoutMs: config.stopTimeoutMs,
+    record: config.record, detachWhenPopulated: config.detachWhenPopulated, warm: config.warm ? 'once' : false, stopTimeoutMs: config.stopTimeoutMs,
     onEvent: (event) => { send({ type: 'event', event }); },
     beforeServe: (engine, h, ctx) => {
       if (session) session.engine = engine;

@@ -49,6 +49,7 @@ import { mmap, munmap } from '../kernel/memory.js';
 import { setNonBlocking } from '../kernel/socket.js';
 import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
 import { PageSource, sources } from '../sources/index.js';
+import { WarmPool } from './warm-pool.js';
 import type { Handshake } from './handshake.js';
 import type { MemoryFile, ServeConnection, SessionContext } from './server.js';
 import { PageSampler, startPageSampler, toEngineOrder, toFilePages, WorkingSet, WS_FORMAT, WS_PAGE_SIZE, WS_VERSION } from './working-set.js';
@@ -90,7 +91,13 @@ export interface EngineSessionOptions {
    */
   pageSource?: (region: { offset: number; size: number; pageSize: number }) => PageSource;
   /** Tuning passed to each engine. */
-  engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity'>;
+  engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity' | 'readers'>;
+  /**
+   * Keep a set of engine threads warm for the next VM (threads started, JIT warmed up before
+   * the handshake arrives; a fresh set for each VM). Default false; `serve` turns it on.
+   * shutdown() ends the spare.
+   */
+  warm?: boolean | 'once';
   onEvent?: (e: SessionEvent) => void;
   /**
    * Runs after each session's engine has its tables and before its threads start (awaited):
@@ -121,6 +128,10 @@ export interface SessionSummary {
   error?: string;
   /** From the handshake (session start) to the engine serving. */
   engineStartMs?: number;
+  /** From the handshake (session start) to the first fault resolved; null without faults. */
+  firstFaultMs: number | null;
+  /** The engine's threads were warm (pre-started) when the handshake arrived. */
+  warm: boolean;
   /** From session start to the last demand fault seen (10 ms resolution); null without faults. */
   lastDemandFaultMs: number | null;
   /** From session start to every page present; null if the session ended before. */
@@ -138,6 +149,8 @@ export interface SessionSummary {
   eexist: number;
   errors: number;
   removes: number;
+  /** Fill ioctls (UFFDIO_COPY/ZEROPAGE/CONTINUE...) the engine issued. */
+  ioctls: number;
   incidents: string[];
   /** Hot-first: pages of the working set used (and not covered by any region). */
   preloaded?: { pages: number; outside: number };
@@ -181,6 +194,8 @@ export interface EngineSessions {
    * once the same way); resolves when they have ended. Call before RestoreServer.close().
    */
   shutdown(mode?: 'complete' | 'abandon'): Promise<void>;
+  /** Resolves once the warm threads for the next VM are up (at once without `warm`). */
+  ready(): Promise<void>;
 }
 
 export class SessionError extends Error {
@@ -254,6 +269,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
   const running = new Set<Promise<unknown>>();
   let closing: 'complete' | 'abandon' | undefined;
   const shutdownWaiters = new Set<() => void>();
+  const pool = opts.warm ? new WarmPool({ workers, once: opts.warm === 'once' }) : undefined;
   const emit = (e: SessionEvent): void => {
     try { opts.onEvent?.(e); } catch { /* a logger must not break a session */ }
   };
@@ -301,7 +317,10 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       // before any engine thread runs, so it sees the very first fault.
       sampler = record ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
       const smp = sampler;
+      const threads = pool?.take();
+      summary.warm = threads?.isReady ?? false;
       const starting = Engine.start({
+        threads,
         beforeLaunch: async (e) => {
           await opts.beforeServe?.(e, handshake, ctx);
           if (smp) await smp.attach(e.setup.states, e.totalPages);
@@ -320,7 +339,12 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         },
         ...opts.engine,
       });
-      engine = await starting;
+      try {
+        engine = await starting;
+      } catch (e) {
+        await threads?.destroy(); // not taken by an engine that failed before launching
+        throw e;
+      }
       const eng = engine;
       summary.engineStartMs = Math.round(since() * 10) / 10;
       emit({ type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: handshake.regions.length, totalBytes: handshake.totalSize });
@@ -389,7 +413,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       engine = undefined;
       drainUffd(uffdFd);
       if (mode === 'complete' && summary.populatedMs === null && stats.incidents === 0) summary.populatedMs = Math.round(since() * 10) / 10;
-      fillFromStats(summary, stats);
+      fillFromStats(summary, stats, t0);
       // The counter is exact; an event message may still be on its way to this thread.
       summary.removes = Math.max(summary.removes, stats.removes);
       // Faults counted since the last tick happened before now, and before the moment
@@ -406,10 +430,11 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       if (engine) {
         const st = await engine.stop({ mode: 'abandon' }).catch(() => undefined);
         drainUffd(uffdFd);
-        if (st) fillFromStats(summary, st);
+        if (st) fillFromStats(summary, st, t0);
       }
       for (const m of maps) munmap(m.addr, m.len);
       live.delete(ctx.id);
+      pool?.refill();
       summary.durationMs = Math.round(since() * 10) / 10;
       const basis = summary.populatedMs ?? summary.lastDemandFaultMs ?? summary.durationMs;
       summary.gibPerSec = basis > 0 ? summary.bytes / 2 ** 30 / (basis / 1000) : 0;
@@ -434,7 +459,9 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       closing = mode;
       for (const w of [...shutdownWaiters]) w();
       await Promise.allSettled([...running]);
+      await pool?.close();
     },
+    ready: async () => { await pool?.ready(); },
   };
 }
 
@@ -444,15 +471,17 @@ export function newSummary(handshake: Handshake, ctx: Pick<SessionContext, 'id' 
     id: ctx.id, peer: { pid: ctx.peer.pid, uid: ctx.peer.uid },
     regions: handshake.regions.map((r) => ({ offset: r.offset, size: r.size, pageSize: r.pageSize })),
     totalBytes: handshake.totalSize, totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0),
-    prefetch, workers, endReason: 'error', lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
+    prefetch, workers, endReason: 'error', firstFaultMs: null, warm: false, lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
     pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0 }, bytes: 0, gibPerSec: 0,
-    latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, incidents: [],
+    latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, ioctls: 0, incidents: [],
     warnings: [...handshake.warnings],
   };
 }
 
-function fillFromStats(s: SessionSummary, st: EngineStats): void {
+function fillFromStats(s: SessionSummary, st: EngineStats, t0: number): void {
   s.faults = st.faults.total;
+  // Both clocks are wall-clock ms: the engine threads' performance.timeOrigin + now().
+  if (st.firstFaultAt > 0) s.firstFaultMs = Math.round((st.firstFaultAt - (performance.timeOrigin + t0)) * 100) / 100;
   s.pages = {
     demand: st.pages.demand, readahead: st.pages.readahead, background: st.pages.background,
     prefetch: st.pages.readahead + st.pages.background, total: st.pages.total, zeroFilled: st.pages.zeroFilled,
@@ -462,6 +491,7 @@ function fillFromStats(s: SessionSummary, st: EngineStats): void {
   s.retries = st.retries;
   s.eexist = st.eexist;
   s.errors = st.errors;
+  s.ioctls = st.ioctls;
 }
 
 /** Human-readable lines for a session summary. */
@@ -472,7 +502,7 @@ export function formatSummary(s: SessionSummary): string[] {
     `session ${s.id} (pid ${s.peer.pid}, uid ${s.peer.uid}): ${s.regions.length} region(s), ${gib(s.totalBytes)}, ` +
       `page size ${[...new Set(s.regions.map((r) => r.pageSize))].join('/')}; prefetch ${s.prefetch}, ${s.workers} workers`,
     `  ended: ${s.endReason}${s.stopMode ? ` (engine stopped: ${s.stopMode})` : ''}${s.error ? ` - ${s.error}` : ''}; ` +
-      `engine up ${ms(s.engineStartMs)}, last demand fault ${ms(s.lastDemandFaultMs)}, fully populated ${ms(s.populatedMs)}, session ${ms(s.durationMs)}`,
+      `engine up ${ms(s.engineStartMs)}${s.warm ? ' (warm)' : ''}, first fault served ${ms(s.firstFaultMs)}, last demand fault ${ms(s.lastDemandFaultMs)}, fully populated ${ms(s.populatedMs)}, session ${ms(s.durationMs)}`,
     `  pages: ${s.pages.demand} demand + ${s.pages.prefetch} prefetch (${s.pages.readahead} read-ahead, ${s.pages.background} background)` +
       ` of ${s.totalPages}; ${s.faults} faults; ${gib(s.bytes)} filled, ${s.gibPerSec.toFixed(2)} GiB/s`,
     `  engine fault latency: p50 ${s.latencyUs.p50} µs, p90 ${s.latencyUs.p90} µs, p99 ${s.latencyUs.p99} µs, max ${s.latencyUs.max} µs` +

@@ -1,0 +1,117 @@
+// The thread side of warm engine threads (threads.ts): the JIT warm-up every engine thread
+// runs before it serves anything, and the dispatcher's wait for its setup.
+import { parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE } from '../kernel/constants.js';
+import { madvise, mapAnonymous, munmap } from '../kernel/memory.js';
+import { Userfaultfd } from '../kernel/userfaultfd.js';
+import * as L from './layout.js';
+import { UffdReader } from './reader.js';
+import { nowMs, Resolver } from './resolver.js';
+import { Counters, PageStates } from './shared.js';
+
+/** What a warm thread gets as workerData. */
+export interface WarmData {
+  warm: true;
+  /** [0] dispatcher: 0 waiting, 1 a setup was posted, 2 quit. [1]: threads that finished their warm-up. */
+  signal: SharedArrayBuffer;
+}
+
+export function isWarm(data: unknown): data is WarmData {
+  return typeof data === 'object' && data !== null && (data as WarmData).warm === true;
+}
+
+/** A row of a scratch setup: `size` bytes at `start`, copied from `srcAddr` (0: no source). */
+export interface ScratchRow { start: number; size: number; srcAddr: number }
+
+/** An EngineSetup over the given rows (4 KiB pages, COPY from srcAddr), for warm-ups and micro-benchmarks. */
+export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number): L.EngineSetup {
+  const table = new SharedArrayBuffer(L.MAX_REGION_ROWS * L.RT_WORDS * 8);
+  const t = new Float64Array(table);
+  let base = 0;
+  rows.forEach((r, i) => {
+    const b = i * L.RT_WORDS;
+    t[b + L.RT_START] = r.start;
+    t[b + L.RT_SIZE] = r.size;
+    t[b + L.RT_PAGE_SIZE] = PAGE_SIZE;
+    t[b + L.RT_STATE_BASE] = base;
+    t[b + L.RT_MISSING_OP] = L.MISS_COPY;
+    t[b + L.RT_SRC_ADDR] = r.srcAddr;
+    t[b + L.RT_ALIVE] = 1;
+    t[b + L.RT_OWN] = 1;
+    base += r.size / PAGE_SIZE;
+  });
+  const control = new SharedArrayBuffer(L.CT_WORDS * 4);
+  Atomics.store(new Int32Array(control), L.CT_REGION_ROWS, rows.length);
+  return {
+    uffdFd, features: '0', workers, stripePages: 16, regionTable: table, states: PageStates.allocate(base), totalPages: base,
+    counters: Counters.allocate(workers + 1), control, claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
+    rings: [], order: null,
+    prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
+    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0,
+    inlineBatch: 16, wpHook: null, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
+    gates: [], gateCursors: new SharedArrayBuffer(4),
+  };
+}
+
+/**
+ * Runs the per-fault path (read, claim, UFFDIO_COPY, finish, latency) `rounds` times over
+ * a private 64-page region registered on a private userfaultfd, so V8 has compiled it
+ * before the first real fault. No fault is involved: UFFDIO_COPY fills a registered range
+ * whether or not a thread waits there.
+ */
+let warmed = false;
+
+/** warmUp() once per thread: a thread started warm, or a pool thread reused, does not repeat it. */
+export function warmUpOnce(): void {
+  if (!warmed) warmUp();
+}
+
+export function warmUp(rounds = 40): void {
+  warmed = true;
+  const pages = 64;
+  const len = pages * PAGE_SIZE;
+  const uffd = Userfaultfd.create();
+  const region = mapAnonymous(len);
+  const src = mapAnonymous(len, MAP_POPULATE);
+  try {
+    uffd.register(region, len, ['missing']);
+    const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: src }], 1);
+    const r = new Resolver(setup, 0, true);
+    const reader = new UffdReader(r, 64, () => undefined);
+    const words = new Int32Array(setup.states);
+    for (let k = 0; k < rounds; k++) {
+      reader.read(); // nothing pending: EAGAIN
+      for (let p = 0; p < pages; p++) r.handleFault(region + p * PAGE_SIZE, 0, nowMs(), 0);
+      madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
+      words.fill(0);
+    }
+  } finally {
+    uffd.close();
+    munmap(region, len);
+    munmap(src, len);
+  }
+}
+
+/** In a pool thread: warm up at load when the pool was started warm. */
+export function warmUpIfAsked(data: unknown): void {
+  if (!isWarm(data)) return;
+  try { warmUp(); } finally { Atomics.add(new Int32Array(data.signal), 1, 1); }
+}
+
+/**
+ * In the dispatcher thread: its setup — workerData itself (a cold start), or, for a warm
+ * thread, warm up, then wait for the Engine to post the setup.
+ */
+export function waitForSetup(data: unknown): L.EngineSetup {
+  if (!isWarm(data)) return data as L.EngineSetup;
+  const signal = new Int32Array(data.signal);
+  try { warmUp(); } finally { Atomics.add(signal, 1, 1); }
+  for (;;) {
+    Atomics.wait(signal, 0, 0);
+    if (Atomics.load(signal, 0) === 2) process.exit(0);
+    const m = receiveMessageOnPort(parentPort as unknown as MessagePort);
+    if (m) return m.message as L.EngineSetup;
+    Atomics.wait(signal, 0, 1, 1); // posted, not yet visible here
+  }
+}
+
