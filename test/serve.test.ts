@@ -315,10 +315,11 @@ describe('serve: the restore server backed by the parallel engine', function () 
       // Restore 1: record. The client touches group 1, waits, touches group 2, exits.
       let cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', bigMem, '--once', '--json', '--record-ws', wsFile]);
       await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
-      // One group per page of group 1, 5 ms apart: far above the sampler's resolution
-      // (pages first seen in one 0.2 ms pass are recorded in address order).
+      // One group per page of group 1, 20 ms apart: far above the sampler's resolution
+      // (pages first seen in one 0.2 ms pass are recorded in address order) and above the
+      // time a loaded 2-CPU machine keeps the sampler thread off a CPU.
       const t = await runNode(TOUCH_CLIENT, ['--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M',
-        '--touch', JSON.stringify([...group1.map((p) => [p]), group2]), '--gap-ms', '5']).done;
+        '--touch', JSON.stringify([...group1.map((p) => [p]), group2]), '--gap-ms', '20']).done;
       assert.equal(t.code, 0, t.stderr + t.stdout);
       assert.equal(lastJson<{ touched: number }>(t.stdout).touched, 20);
       let r = await cli.done;
