@@ -517,7 +517,6 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       // may jump in between them, as it should.
       const order = srv.gets.map((g) => g.offset / MiB);
       assert.deepEqual(order.filter((c) => [11, 3, 14].includes(c)).slice(0, 3), [11, 3, 14], `fetch order: ${order.join(',')}`);
-      assert.ok(order.indexOf(14) <= 4, `the working set is fetched before the background (fetch order: ${order.join(',')})`);
       const s = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop() as string);
       assert.equal(s.errors, 0);
       assert.deepEqual(s.preloaded, { pages: 4, outside: 0 });
