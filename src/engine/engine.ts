@@ -609,6 +609,23 @@ export class Engine extends EventEmitter {
     return this.pagesMissing();
   }
 
+  /**
+   * Opens (true) or closes (false) an RWP window. While it is open, RWP faults are left
+   * waiting instead of being un-protected at once: the owner can scan PAGE_IS_ACCESSED,
+   * re-protect and evict in sync mode (UFFDIO_SET_MODE) without an access slipping between
+   * its scan and its re-protection. Closing wakes every waiting thread of every region; switch
+   * the uffd back to RWP_ASYNC first, so they resolve in the kernel when they retry.
+   */
+  holdRwp(on: boolean): void {
+    Atomics.store(this.control, L.CT_RWP_HOLD, on ? 1 : 0);
+    if (on) return;
+    const table = new Float64Array(this.setup.regionTable);
+    for (let r = 0, n = Atomics.load(this.control, L.CT_REGION_ROWS); r < n; r++) {
+      const b = r * L.RT_WORDS;
+      if (table[b + L.RT_ALIVE] !== 0) this.wakeRange(table[b + L.RT_START], table[b + L.RT_SIZE]);
+    }
+  }
+
   /** Write-protects [start, start+len) of a region registered with mode wp. */
   writeProtect(start: number, len: number, protect = true): void {
     this.uffd.writeprotect(start, len, protect);

@@ -39,6 +39,7 @@ export const CT_BG_DONE = 6; // background population passed the end
 export const CT_DISPATCHER_DONE = 7;
 export const CT_PEER_GONE = 8; // the process owning the memory exited (ESRCH)
 export const CT_EPOCH = 9; // bumped by the dispatcher after each REMOVE/UNMAP/REMAP applied
+export const CT_RWP_HOLD = 10; // 1: an RWP window is open: RWP faults wait (see Engine.holdRwp)
 export const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 export const CT_KILL = 48; // test hook: worker i exits at its next fill when CT_KILL + i is 1
 export const CT_WORDS = 96;
