@@ -365,9 +365,9 @@ export class Engine extends EventEmitter {
     });
     for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
     this.startDispatcher();
-    const deadline = Date.now() + 20_000;
+    const deadline = Date.now() + 300_000; // generous: under emulation (QEMU TCG) a worker thread takes seconds to load
     while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
-      if (Date.now() > deadline) throw new Error('engine threads did not start within 20 s');
+      if (Date.now() > deadline) throw new Error('engine threads did not start within 300 s');
       await sleep(2);
     }
   }

@@ -180,3 +180,24 @@ export function kernelRelease(): string {
   const fs = require('node:fs') as typeof import('node:fs');
   return fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 }
+
+/**
+ * Forks a child that only waits: it blocks reading the (blocking) eventfd `efd` into `buf`
+ * and then exits; the parent can inspect its memory meanwhile (/proc/PID/pagemap). The child
+ * runs nothing but that read. End it with endChild(). For tests of what fork copies.
+ */
+export function forkWaitingChild(efd: number, buf: number): number {
+  const pid = libc.fork();
+  if (pid === 0) {
+    libc.read(efd, buf, 8);
+    libc._exit(0);
+  }
+  if (pid < 0) throw new Error(`fork failed: ${errnoName(errno())}`);
+  return pid;
+}
+
+/** Kills a child forked by forkWaitingChild and reaps it. */
+export function endChild(pid: number): void {
+  libc.kill(pid, 9);
+  libc.waitpid(pid, 0, 0);
+}

@@ -201,6 +201,18 @@ export class Userfaultfd {
     return this.dv.getBigUint64(24, true);
   }
 
+  /**
+   * UFFDIO_REGISTER with raw mode bits and none of register()'s checks, so that a test can
+   * see the kernel's own answer to a combination register() refuses (e.g. wp+rwp: EINVAL).
+   */
+  registerUnchecked(start: number, len: number, modeBits: number): bigint {
+    this.range(start, len);
+    writeU64(this.dv, 16, modeBits);
+    writeU64(this.dv, 24, 0);
+    if (libc.ioctl(this.fd, C.UFFDIO_REGISTER, this.argAddr) < 0) fail('register', start, len);
+    return this.dv.getBigUint64(24, true);
+  }
+
   unregister(start: number, len: number, align = C.PAGE_SIZE): void {
     this.checkRange('unregister', start, len, align);
     this.range(start, len);

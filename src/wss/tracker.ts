@@ -377,10 +377,10 @@ export class WssTracker implements SoftDirtyUser {
       // in later (from the page cache) comes in protected and reads are not taken for writes.
       this.uffd!.writeprotect(region.addr, region.size, true);
     }
+    if (!this.isHugetlb) this.splitHugeMappings();
     if (this.access === 'rwp') {
       this.scanner.scan(region.addr, region.addr + region.size, { categoryAnyof: C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED },
         (s, e) => { const [f, l] = this.pageRange(s, e); this.mark(this.hist, f, l, false); });
-      if (!this.isHugetlb) this.splitHugeMappings();
       this.uffd!.rwprotect(region.addr, region.size, true);
       if (this.write === 'soft-dirty') {
         addSoftDirtyUser(this);
@@ -702,22 +702,23 @@ export class WssTracker implements SoftDirtyUser {
   }
 
   // A THP mapped before tracking (anon with THP 'always') would be protected, and reported
-  // accessed, as one 2 MiB unit: protecting part of a PMD makes the kernel split it into
-  // 4 KiB PTEs (change_protection), and MADV_NOHUGEPAGE (create()) keeps new faults at 4 KiB.
+  // accessed, as one 2 MiB unit; even split into PTEs, a large folio has a read fault dirty
+  // its neighbours (soft-dirty). MADV_COLD of one 4 KiB page of each huge page splits the
+  // mapping and the folio (the kernel splits a large folio an advice covers in part; the data
+  // stays, the one page is only moved to the inactive list), and MADV_NOHUGEPAGE (create())
+  // keeps new faults at 4 KiB.
   private splitHugeMappings(): void {
     const { region } = this;
     const H = C.HUGE_PAGE_2M;
-    const P = C.PAGE_SIZE;
-    const huge: number[] = [];
+    let last = -1;
     this.scanner.scan(region.addr, region.addr + region.size, { categoryMask: C.PAGE_IS_HUGE | C.PAGE_IS_PRESENT, returnMask: C.PAGE_IS_HUGE },
-      (s, e) => { for (let a = s - (s % H); a < e; a += H) if (huge[huge.length - 1] !== a) huge.push(a); });
-    for (const a of huge) {
-      const s = Math.max(a, region.addr);
-      const e = Math.min(a + H, region.addr + region.size);
-      if (e - s <= P) continue;
-      this.uffd!.rwprotect(s, P, true);
-      this.uffd!.rwprotect(s + P, e - s - P, true);
-    }
+      (s, e) => {
+        for (let a = s - (s % H); a < e; a += H) {
+          if (a === last) continue;
+          last = a;
+          tryMadvise(Math.max(a, region.addr), C.PAGE_SIZE, C.MADV_COLD);
+        }
+      });
   }
 
   /**
