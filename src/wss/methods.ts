@@ -144,7 +144,8 @@ export function chooseMethods(type: string, req: {
   let access: AccessMethod;
   const reqAccess = req.access ?? 'auto';
   if (reqAccess === 'auto') {
-    if (hasRwp) {
+    // The trap thread cannot store-evict anon memory under RWP (below): auto takes move there.
+    if (hasRwp && !(type === 'anon' && req.evict && reqServer === 'trap')) {
       access = 'rwp';
       notes.push('access: rwp (the kernel offers UFFD_FEATURE_RWP)');
     } else {
