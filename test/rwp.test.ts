@@ -22,6 +22,7 @@ import { Engine } from '../src/engine/engine.js';
 import { sources } from '../src/sources/index.js';
 import { PagePins } from '../src/wss/pins.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
+import { within } from './helpers/within.js';
 
 const KINDS = ['anon', 'shmem', 'shmem-private', 'hugetlb', 'hugetlb-private'] as const;
 type Kind = typeof KINDS[number];
@@ -93,15 +94,6 @@ function badPagesFromThread(m: Mem, first: number, last: number): Promise<number
   });
 }
 
-async function within<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, rej) => { timer = setTimeout(() => rej(new Error(`${what}: no answer after ${WAIT_MS} ms`)), WAIT_MS); });
-  try {
-    return await Promise.race([p, t]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 async function until(cond: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + WAIT_MS;
@@ -166,7 +158,7 @@ const CASES: RwpCase[] = [
       const u = c.uffd(['RWP']);
       const e = await c.engine(u);
       u.rwprotect(c.m.addr, c.m.size, true);
-      assert.deepEqual(await within(badPagesFromThread(c.m, 0, PAGES), 'reading the protected pages'), []);
+      assert.deepEqual(await within(badPagesFromThread(c.m, 0, PAGES), WAIT_MS, 'reading the protected pages'), []);
       const st = e.stats();
       assert.ok(st.faults.rwp > 0, `RWP faults served: ${st.faults.rwp}`);
       assert.equal(st.faults.missing + st.faults.minor + st.faults.wp, 0);
@@ -238,7 +230,7 @@ const CASES: RwpCase[] = [
       assert.deepEqual(badPages(m, 0, half), []); // async: no message
       assert.equal(e.stats().faults.rwp, 0);
       u.setMode([], ['RWP_ASYNC']);
-      assert.deepEqual(await within(badPagesFromThread(m, half, PAGES), 'sync faults on the second half'), []);
+      assert.deepEqual(await within(badPagesFromThread(m, half, PAGES), WAIT_MS, 'sync faults on the second half'), []);
       const sync = e.stats().faults.rwp;
       assert.ok(sync > 0 && sync <= half, `sync faults ${sync}`);
       // A fault in flight across the switch back: the engine holds it (an RWP window), async
@@ -249,7 +241,7 @@ const CASES: RwpCase[] = [
       await until(() => e.stats().faults.rwp > sync, 'the held fault reached the engine');
       u.setMode(['RWP_ASYNC'], []);
       e.holdRwp(false);
-      assert.deepEqual(await within(pending, 'the held fault after the switch to async'), []);
+      assert.deepEqual(await within(pending, WAIT_MS, 'the held fault after the switch to async'), []);
       assert.equal(e.stats().faults.rwp, sync + 1);
       // Async again: re-protect and touch everything, nothing reaches the engine.
       u.rwprotect(m.addr, m.size, true);

@@ -19,6 +19,7 @@ import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
 import { assertBytes, assertFilled, pattern } from './helpers/bytes.js';
 import { useHugePages } from './helpers/hugetlb.js';
+import { within } from './helpers/within.js';
 
 const P = C.PAGE_SIZE;
 
@@ -70,15 +71,6 @@ function touch(addr: number, len: number, op: 'write' | 'read', value?: number):
   return { worker, started, done, finished: () => isDone };
 }
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, rej) => { timer = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms); });
-  try {
-    return await Promise.race([p, t]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A JS-heap source buffer (stable address) with a pattern. */
 function source(len: number, seed: number, pageSize = P): { bytes: Uint8Array; addr: number } {
