@@ -187,7 +187,10 @@ export function kernelRelease(): string {
  * runs nothing but that read. End it with endChild(). For tests of what fork copies.
  */
 export function forkWaitingChild(efd: number, buf: number): number {
-  const pid = libc.fork();
+  // The raw clone(SIGCHLD), not glibc's fork(): fork() holds malloc's locks across the system
+  // call, and with UFFD_FEATURE_EVENT_FORK the call waits until a reader of the userfaultfd
+  // (another thread of this process, which allocates) has read the FORK event: a deadlock.
+  const pid = libc.syscall5(SYS_CLONE, SIGCHLD, 0, 0, 0, 0);
   if (pid === 0) {
     libc.read(efd, buf, 8);
     libc._exit(0);
@@ -195,6 +198,9 @@ export function forkWaitingChild(efd: number, buf: number): number {
   if (pid < 0) throw new Error(`fork failed: ${errnoName(errno())}`);
   return pid;
 }
+
+const SYS_CLONE = 56; // x86_64
+const SIGCHLD = 17;
 
 /** Kills a child forked by forkWaitingChild and reaps it. */
 export function endChild(pid: number): void {
