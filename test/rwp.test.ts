@@ -12,7 +12,7 @@ import { Worker } from 'node:worker_threads';
 import * as C from '../src/kernel/constants.js';
 import { ConfigError, UffdError } from '../src/kernel/errors.js';
 import {
-  close as closeFd, endChild, eventfd, eventfdSignal, forkWaitingChild, ftruncate, madvise, mapAnonymous, memcmp, memfdCreate, memset, mmap, mprotect, munmap,
+  close as closeFd, endChild, forkIntoFrozenCgroup, ftruncate, madvise, mapAnonymous, memcmp, memfdCreate, memset, mmap, mprotect, munmap,
 } from '../src/kernel/memory.js';
 import { Scanner } from '../src/kernel/pagemap.js';
 import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
@@ -127,6 +127,11 @@ function readPagemapEntry(pid: number, addr: number): bigint {
   } finally {
     fs.closeSync(fd);
   }
+}
+/** Where a cgroup2 hierarchy is mounted, or null. */
+function cgroup2Mount(): string | null {
+  const line = fs.readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
+  return line ? line.split(' ')[1] : null;
 }
 const PM_UFFD = 1n << 57n; // pagemap bit 57: "pte is tracked by userfaultfd" (RWP-protected in an RWP VMA)
 
@@ -262,6 +267,8 @@ const CASES: RwpCase[] = [
   },
   {
     name: 'rwp-fork', features: ['RWP', 'EVENT_FORK'],
+    needs: () => (cgroup2Mount() ? null : 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this ' +
+      'multi-threaded process must not run), and /proc/mounts lists none'),
     async run(c) {
       const u = c.uffd(['RWP', 'EVENT_FORK']);
       const e = await c.engine(u); // reads the FORK event (fork() waits for it)
@@ -269,19 +276,21 @@ const CASES: RwpCase[] = [
       e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
       u.rwprotect(c.m.addr, c.m.P, true);
       assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'bit 57 in the parent');
-      const efd = eventfd(C.EFD_CLOEXEC);
-      const buf = mapAnonymous(C.PAGE_SIZE);
-      const pid = forkWaitingChild(efd, buf);
+      const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-${process.pid}`);
+      fs.mkdirSync(cg);
+      let pid = 0;
+      const cgFd = fs.openSync(cg, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
       try {
+        fs.writeFileSync(path.join(cg, 'cgroup.freeze'), '1');
+        pid = forkIntoFrozenCgroup(cgFd);
         await until(() => child !== undefined, 'the FORK event');
         assert.notEqual(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "bit 57 in the child's pagemap");
         assert.equal(readPagemapEntry(pid, c.m.addr + c.m.P) & PM_UFFD, 0n, 'an unprotected page has no bit 57 in the child');
       } finally {
-        eventfdSignal(efd);
-        endChild(pid);
+        if (pid > 0) endChild(pid);
+        fs.closeSync(cgFd);
+        fs.rmdirSync(cg);
         child?.close();
-        closeFd(efd);
-        munmap(buf, C.PAGE_SIZE);
       }
       assert.deepEqual(badPages(c.m, 1, PAGES), []);
     },

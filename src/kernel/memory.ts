@@ -182,27 +182,28 @@ export function kernelRelease(): string {
 }
 
 /**
- * Forks a child that only waits: it blocks reading the (blocking) eventfd `efd` into `buf`
- * and then exits; the parent can inspect its memory meanwhile (/proc/PID/pagemap). The child
- * runs nothing but that read. End it with endChild(). For tests of what fork copies.
+ * Forks this process into the cgroup open at `cgroupFd` (clone3 with CLONE_INTO_CGROUP,
+ * Linux 5.7), for tests of what fork copies (the child's /proc/PID/pagemap). The cgroup must
+ * be frozen (cgroup.freeze 1): the child then never runs, which it must not — a copy of this
+ * multi-threaded process cannot run JavaScript. (glibc's fork() is no way out either: it holds
+ * malloc's locks across the system call, which with UFFD_FEATURE_EVENT_FORK waits for a reader
+ * of the userfaultfd, another thread here, which allocates.) End the child with endChild().
  */
-export function forkWaitingChild(efd: number, buf: number): number {
-  // The raw clone(SIGCHLD), not glibc's fork(): fork() holds malloc's locks across the system
-  // call, and with UFFD_FEATURE_EVENT_FORK the call waits until a reader of the userfaultfd
-  // (another thread of this process, which allocates) has read the FORK event: a deadlock.
-  const pid = libc.syscall5(SYS_CLONE, SIGCHLD, 0, 0, 0, 0);
-  if (pid === 0) {
-    libc.read(efd, buf, 8);
-    libc._exit(0);
-  }
-  if (pid < 0) throw new Error(`fork failed: ${errnoName(errno())}`);
+export function forkIntoFrozenCgroup(cgroupFd: number): number {
+  const args = new BigUint64Array(11); // struct clone_args, 88 bytes
+  args[0] = CLONE_INTO_CGROUP;
+  args[4] = BigInt(SIGCHLD); // exit_signal
+  args[10] = BigInt(cgroupFd);
+  const pid = libc.syscall5(SYS_CLONE3, addressOf(args), 88, 0, 0, 0);
+  if (pid < 0) throw new Error(`clone3(CLONE_INTO_CGROUP) failed: ${errnoName(errno())}`);
   return pid;
 }
 
-const SYS_CLONE = 56; // x86_64
+const SYS_CLONE3 = 435; // x86_64
+const CLONE_INTO_CGROUP = 0x200000000n;
 const SIGCHLD = 17;
 
-/** Kills a child forked by forkWaitingChild and reaps it. */
+/** Kills a child (SIGKILL ends a frozen one too) and reaps it. */
 export function endChild(pid: number): void {
   libc.kill(pid, 9);
   libc.waitpid(pid, 0, 0);

@@ -34,7 +34,7 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
       'Reads are invisible. Zero-page mappings (reads of never-written anon pages) and holes are not counted as written',
   },
   'soft-dirty': {
-    name: 'soft-dirty', sees: 'writes (with rwp)', types: 'anon, shmem/memfd, hugetlbfs', kernel: 'CONFIG_MEM_SOFT_DIRTY + PAGE_IS_SOFT_DIRTY (6.8+)',
+    name: 'soft-dirty', sees: 'writes (with rwp)', types: 'anon, shmem/memfd (not hugetlbfs: clear_refs never clears its bits)', kernel: 'CONFIG_MEM_SOFT_DIRTY + PAGE_IS_SOFT_DIRTY (6.8+)',
     cost: 'with rwp only (MODE_WP and MODE_RWP exclude each other): in the sample window, one PAGEMAP_SCAN of PAGE_IS_SOFT_DIRTY and ' +
       'a write of "4" to /proc/self/clear_refs, which write-protects every page of the process: the first write to any page of ' +
       'the process afterwards takes one in-kernel fault',
@@ -174,7 +174,9 @@ export function chooseMethods(type: string, req: {
   let write: WriteMethod;
   const reqWrite = req.write ?? 'auto';
   const wpOk = Userfaultfd.hasFeature('WP_ASYNC') && (type === 'anon' || Userfaultfd.hasFeature('WP_HUGETLBFS_SHMEM'));
-  const sd = access === 'rwp' && reqWrite !== false ? softDirtyProbe() : undefined;
+  // clear_refs does not clear the soft-dirty bits of hugetlb pages: they would stay dirty.
+  const sd = access !== 'rwp' || reqWrite === false ? undefined : type === 'hugetlbfs'
+    ? { ok: false, reason: 'soft-dirty bits of hugetlb pages are never cleared (clear_refs skips hugetlb mappings)' } : softDirtyProbe();
   if (reqWrite === 'auto') {
     if (access === 'rwp') {
       write = sd!.ok ? 'soft-dirty' : 'none';
