@@ -12,7 +12,7 @@ import { Worker } from 'node:worker_threads';
 import * as C from '../src/kernel/constants.js';
 import { ConfigError, UffdError } from '../src/kernel/errors.js';
 import {
-  close as closeFd, endChild, forkIntoFrozenCgroup, ftruncate, madvise, mapAnonymous, memcmp, memfdCreate, memset, mmap, mprotect, munmap,
+  close as closeFd, endChild, forkIntoFrozenCgroup, ftruncate, pinLongterm, madvise, mapAnonymous, memcmp, memfdCreate, memset, mmap, mprotect, munmap,
 } from '../src/kernel/memory.js';
 import { Scanner } from '../src/kernel/pagemap.js';
 import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
@@ -132,6 +132,18 @@ function readPagemapEntry(pid: number, addr: number): bigint {
 function cgroup2Mount(): string | null {
   const line = fs.readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
   return line ? line.split(' ')[1] : null;
+}
+/** Why no long-term pin can be taken here (io_uring fixed buffers), or null. */
+function pinProbe(): string | null {
+  const a = mapAnonymous(C.PAGE_SIZE);
+  try {
+    pinLongterm(a, C.PAGE_SIZE)();
+    return null;
+  } catch (e) {
+    return `needs a long-term pin (an io_uring fixed buffer; the selftest uses gup_test): ${(e as Error).message}`;
+  } finally {
+    munmap(a, C.PAGE_SIZE);
+  }
 }
 const PM_UFFD = 1n << 57n; // pagemap bit 57: "pte is tracked by userfaultfd" (RWP-protected in an RWP VMA)
 
@@ -297,9 +309,46 @@ const CASES: RwpCase[] = [
   },
   {
     name: 'rwp-fork-pin', features: ['RWP', 'RWP_ASYNC', 'EVENT_FORK'], kinds: ['anon'],
-    needs: () => (fs.existsSync('/sys/kernel/debug/gup_test') ? 'gup_test is present, but this suite has no RO-longterm pin through it yet'
-      : 'needs an RO-longterm pin from gup_test (/sys/kernel/debug/gup_test, CONFIG_GUP_TEST), which this kernel does not offer'),
-    run() { /* skipped by needs() */ },
+    needs: () => (!cgroup2Mount() ? 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this ' +
+      'multi-threaded process must not run), and /proc/mounts lists none' : pinProbe()),
+    async run(c) {
+      const u = c.uffd(['RWP', 'RWP_ASYNC', 'EVENT_FORK']);
+      const e = await c.engine(u);
+      let child: Userfaultfd | undefined;
+      e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
+      u.rwprotect(c.m.addr, c.m.P, true);
+      // A long-term pin (io_uring fixed buffer; the selftest uses gup_test's RO-longterm pin)
+      // makes fork copy the page for the child (copy_present_page) instead of sharing it.
+      const unpin = pinLongterm(c.m.addr, c.m.P);
+      const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-pin-${process.pid}`);
+      fs.mkdirSync(cg);
+      let pid = 0;
+      const cgFd = fs.openSync(cg, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+      try {
+        fs.writeFileSync(path.join(cg, 'cgroup.freeze'), '1');
+        pid = forkIntoFrozenCgroup(cgFd);
+        await until(() => child !== undefined, 'the FORK event');
+        assert.notEqual(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "bit 57 on the child's copied page");
+        // A read of the child's page (through /proc/PID/mem: GUP in the child's mm) auto-resolves it.
+        const mem = fs.openSync(`/proc/${pid}/mem`, 'r');
+        const one = Buffer.alloc(1);
+        try {
+          fs.readSync(mem, one, 0, 1, c.m.addr + 7);
+        } finally {
+          fs.closeSync(mem);
+        }
+        assert.equal(one[0], 1, "the child's copy holds the page's bytes");
+        assert.equal(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "the child's read resolved the protection");
+        assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'the parent page stays protected');
+      } finally {
+        if (pid > 0) endChild(pid);
+        fs.closeSync(cgFd);
+        fs.rmdirSync(cg);
+        child?.close();
+        unpin();
+      }
+      assert.deepEqual(badPages(c.m), []);
+    },
   },
   {
     name: 'rwp-wp-exclusive', features: ['RWP', 'PAGEFAULT_FLAG_WP'],

@@ -208,3 +208,24 @@ export function endChild(pid: number): void {
   libc.kill(pid, 9);
   libc.waitpid(pid, 0, 0);
 }
+
+/**
+ * Pins [addr, addr+len) long-term (FOLL_LONGTERM) by registering it as an io_uring fixed
+ * buffer, as a DMA user would; the returned function unpins (closes the ring). A pinned anon
+ * page is copied at fork instead of shared (copy_present_page). Throws when io_uring is not
+ * available (io_uring_disabled, seccomp).
+ */
+export function pinLongterm(addr: number, len: number): () => void {
+  const params = new Uint8Array(120); // struct io_uring_params, zeroed
+  const ring = libc.syscall5(SYS_IO_URING_SETUP, 1, addressOf(params), 0, 0, 0);
+  if (ring < 0) throw new Error(`io_uring_setup failed: ${errnoName(errno())}`);
+  const iov = new BigUint64Array([BigInt(addr), BigInt(len)]);
+  if (libc.syscall5(SYS_IO_URING_REGISTER, ring, 0 /* IORING_REGISTER_BUFFERS */, addressOf(iov), 1, 0) < 0) {
+    const e = errnoName(errno());
+    libc.close(ring);
+    throw new Error(`io_uring_register(IORING_REGISTER_BUFFERS) failed: ${e}`);
+  }
+  return () => { libc.close(ring); };
+}
+const SYS_IO_URING_SETUP = 425;
+const SYS_IO_URING_REGISTER = 427;
