@@ -316,10 +316,12 @@ const CASES: RwpCase[] = [
       const e = await c.engine(u);
       let child: Userfaultfd | undefined;
       e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
-      u.rwprotect(c.m.addr, c.m.P, true);
       // A long-term pin (io_uring fixed buffer; the selftest uses gup_test's RO-longterm pin)
-      // makes fork copy the page for the child (copy_present_page) instead of sharing it.
+      // makes fork copy the page for the child (copy_present_page) instead of sharing it. Pin
+      // first: pinning goes through GUP, which resolves a protected page (async).
       const unpin = pinLongterm(c.m.addr, c.m.P);
+      u.rwprotect(c.m.addr, c.m.P, true);
+      assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'bit 57 in the parent');
       const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-pin-${process.pid}`);
       fs.mkdirSync(cg);
       let pid = 0;
