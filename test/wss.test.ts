@@ -140,7 +140,10 @@ describe('wss: method choice', () => {
   });
 
   it('requesting RWP on a kernel without it is a clear error naming the fallback', async function () {
-    if (kernelHasRwp()) this.skip();
+    if (kernelHasRwp()) {
+      console.log('      skipped: this kernel offers RWP (nothing to refuse)');
+      this.skip();
+    }
     for (const [type, fallback] of [['anon', "'move'"], ['shmem', "'zap'"]] as const) {
       assert.throws(() => chooseMethods(type, { access: 'rwp' }), (e: unknown) =>
         e instanceof UnsupportedError && /UFFD_FEATURE_RWP/.test(e.message) && /7\.3/.test(e.message) && e.message.includes(fallback));
