@@ -133,6 +133,33 @@ function cgroup2Mount(): string | null {
   const line = fs.readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
   return line ? line.split(' ')[1] : null;
 }
+const NO_CGROUP2 = 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this multi-threaded process ' +
+  'must not run), and /proc/mounts lists none';
+
+/**
+ * Forks this process into a frozen cgroup (the child never runs), waits until the engine has
+ * read the FORK event, runs check(child pid), then kills and reaps the child.
+ */
+async function withFrozenChild(e: Engine, check: (pid: number) => void): Promise<void> {
+  let child: Userfaultfd | undefined;
+  e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
+  const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-${process.pid}`);
+  fs.mkdirSync(cg);
+  let pid = 0;
+  const cgFd = fs.openSync(cg, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.writeFileSync(path.join(cg, 'cgroup.freeze'), '1');
+    pid = forkIntoFrozenCgroup(cgFd);
+    await until(() => child !== undefined, 'the FORK event');
+    check(pid);
+  } finally {
+    if (pid > 0) endChild(pid);
+    fs.closeSync(cgFd);
+    fs.rmdirSync(cg);
+    child?.close();
+  }
+}
+
 /** Why no long-term pin can be taken here (io_uring fixed buffers), or null. */
 function pinProbe(): string | null {
   const a = mapAnonymous(C.PAGE_SIZE);
@@ -279,74 +306,47 @@ const CASES: RwpCase[] = [
   },
   {
     name: 'rwp-fork', features: ['RWP', 'EVENT_FORK'],
-    needs: () => (cgroup2Mount() ? null : 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this ' +
-      'multi-threaded process must not run), and /proc/mounts lists none'),
+    needs: () => (cgroup2Mount() ? null : NO_CGROUP2),
     async run(c) {
       const u = c.uffd(['RWP', 'EVENT_FORK']);
       const e = await c.engine(u); // reads the FORK event (fork() waits for it)
-      let child: Userfaultfd | undefined;
-      e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
       u.rwprotect(c.m.addr, c.m.P, true);
       assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'bit 57 in the parent');
-      const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-${process.pid}`);
-      fs.mkdirSync(cg);
-      let pid = 0;
-      const cgFd = fs.openSync(cg, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-      try {
-        fs.writeFileSync(path.join(cg, 'cgroup.freeze'), '1');
-        pid = forkIntoFrozenCgroup(cgFd);
-        await until(() => child !== undefined, 'the FORK event');
+      await withFrozenChild(e, (pid) => {
         assert.notEqual(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "bit 57 in the child's pagemap");
         assert.equal(readPagemapEntry(pid, c.m.addr + c.m.P) & PM_UFFD, 0n, 'an unprotected page has no bit 57 in the child');
-      } finally {
-        if (pid > 0) endChild(pid);
-        fs.closeSync(cgFd);
-        fs.rmdirSync(cg);
-        child?.close();
-      }
+      });
       assert.deepEqual(badPages(c.m, 1, PAGES), []);
     },
   },
   {
     name: 'rwp-fork-pin', features: ['RWP', 'RWP_ASYNC', 'EVENT_FORK'], kinds: ['anon'],
-    needs: () => (!cgroup2Mount() ? 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this ' +
-      'multi-threaded process must not run), and /proc/mounts lists none' : pinProbe()),
+    needs: () => (cgroup2Mount() ? pinProbe() : NO_CGROUP2),
     async run(c) {
       const u = c.uffd(['RWP', 'RWP_ASYNC', 'EVENT_FORK']);
       const e = await c.engine(u);
-      let child: Userfaultfd | undefined;
-      e.on('fork', (ev: { uffd: Userfaultfd }) => { child = ev.uffd; });
       // A long-term pin (io_uring fixed buffer; the selftest uses gup_test's RO-longterm pin)
       // makes fork copy the page for the child (copy_present_page) instead of sharing it. Pin
       // first: pinning goes through GUP, which resolves a protected page (async).
       const unpin = pinLongterm(c.m.addr, c.m.P);
-      u.rwprotect(c.m.addr, c.m.P, true);
-      assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'bit 57 in the parent');
-      const cg = path.join(cgroup2Mount()!, `uffd-engine-rwp-fork-pin-${process.pid}`);
-      fs.mkdirSync(cg);
-      let pid = 0;
-      const cgFd = fs.openSync(cg, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
       try {
-        fs.writeFileSync(path.join(cg, 'cgroup.freeze'), '1');
-        pid = forkIntoFrozenCgroup(cgFd);
-        await until(() => child !== undefined, 'the FORK event');
-        assert.notEqual(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "bit 57 on the child's copied page");
-        // A read of the child's page (through /proc/PID/mem: GUP in the child's mm) auto-resolves it.
-        const mem = fs.openSync(`/proc/${pid}/mem`, 'r');
-        const one = Buffer.alloc(1);
-        try {
-          fs.readSync(mem, one, 0, 1, c.m.addr + 7);
-        } finally {
-          fs.closeSync(mem);
-        }
-        assert.equal(one[0], 1, "the child's copy holds the page's bytes");
-        assert.equal(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "the child's read resolved the protection");
-        assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'the parent page stays protected');
+        u.rwprotect(c.m.addr, c.m.P, true);
+        assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'bit 57 in the parent');
+        await withFrozenChild(e, (pid) => {
+          assert.notEqual(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "bit 57 on the child's copied page");
+          // A read of the child's page (through /proc/PID/mem: GUP in the child's mm) auto-resolves it.
+          const mem = fs.openSync(`/proc/${pid}/mem`, 'r');
+          const one = Buffer.alloc(1);
+          try {
+            fs.readSync(mem, one, 0, 1, c.m.addr + 7);
+          } finally {
+            fs.closeSync(mem);
+          }
+          assert.equal(one[0], 1, "the child's copy holds the page's bytes");
+          assert.equal(readPagemapEntry(pid, c.m.addr) & PM_UFFD, 0n, "the child's read resolved the protection");
+          assert.notEqual(readPagemapEntry(process.pid, c.m.addr) & PM_UFFD, 0n, 'the parent page stays protected');
+        });
       } finally {
-        if (pid > 0) endChild(pid);
-        fs.closeSync(cgFd);
-        fs.rmdirSync(cg);
-        child?.close();
         unpin();
       }
       assert.deepEqual(badPages(c.m), []);
