@@ -19,6 +19,7 @@ import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
 import { assertBytes, assertFilled, pattern } from './helpers/bytes.js';
 import { useHugePages } from './helpers/hugetlb.js';
+import { within } from './helpers/within.js';
 
 const P = C.PAGE_SIZE;
 
@@ -70,15 +71,6 @@ function touch(addr: number, len: number, op: 'write' | 'read', value?: number):
   return { worker, started, done, finished: () => isDone };
 }
 
-async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, rej) => { timer = setTimeout(() => rej(new Error(`${what}: timed out after ${ms} ms`)), ms); });
-  try {
-    return await Promise.race([p, t]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A JS-heap source buffer (stable address) with a pattern. */
 function source(len: number, seed: number, pageSize = P): { bytes: Uint8Array; addr: number } {
@@ -362,8 +354,8 @@ describe('userfaultfd on memfd (shmem) memory: minor faults and CONTINUE', () =>
   });
 });
 
-describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.2)', () => {
-  it('rwprotect and setMode are UnsupportedError naming RWP and 7.2', function () {
+describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.3)', () => {
+  it('rwprotect and setMode are UnsupportedError naming RWP and 7.3', function () {
     if (Userfaultfd.hasFeature('RWP')) {
       console.log('      (this kernel offers RWP: nothing to refuse)');
       this.skip();
@@ -371,7 +363,7 @@ describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.2)', () => {
     const r = region('anon', P);
     const u = uffdCleanup(uffdFor(r, ['missing']));
     const io = registerChecked(u, r, ['missing']);
-    const names = (e: unknown) => e instanceof UnsupportedError && /RWP/.test((e as Error).message) && /7\.2/.test((e as Error).message);
+    const names = (e: unknown) => e instanceof UnsupportedError && /RWP/.test((e as Error).message) && /7\.3/.test((e as Error).message);
     assert.throws(() => u.rwprotect(r.addr, P, true), names);
     assert.throws(() => u.setMode(['RWP_ASYNC'], []), names);
     assert.throws(() => checkResolve(memoryType('anon'), 'rwprotect', io), names);

@@ -432,9 +432,14 @@ export class Engine extends EventEmitter {
     this.startDispatcher(dispatcher);
     // Chunks of remote sources arriving in the background: wake idle workers to install them.
     if (this.setup.gates.length) this.unwatchGates = watchArrivals(this.setup.gates, () => { for (const r of this.rings) r.kick(); });
-    const deadline = Date.now() + 20_000;
+    // Threads start in about a second; far slower under emulation (QEMU TCG), where
+    // UFFD_ENGINE_START_TIMEOUT_MS raises the limit (scripts/kernel-init.sh sets it).
+    const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+    const deadline = Date.now() + limitMs;
     while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
-      if (Date.now() > deadline) throw new Error('engine threads did not start within 20 s');
+      if (Date.now() > deadline) {
+        throw new Error(`engine threads did not start within ${limitMs / 1000} s (set UFFD_ENGINE_START_TIMEOUT_MS on a slow machine)`);
+      }
       await sleep(2);
     }
   }
@@ -682,6 +687,23 @@ export class Engine extends EventEmitter {
       if (!this.stopping) Atomics.store(this.control, L.CT_COMPLETE, 0);
     }
     return this.pagesMissing();
+  }
+
+  /**
+   * Opens (true) or closes (false) an RWP window. While it is open, RWP faults are left
+   * waiting instead of being un-protected at once: the owner can scan PAGE_IS_ACCESSED,
+   * re-protect and evict in sync mode (UFFDIO_SET_MODE) without an access slipping between
+   * its scan and its re-protection. Closing wakes every waiting thread of every region; switch
+   * the uffd back to RWP_ASYNC first, so they resolve in the kernel when they retry.
+   */
+  holdRwp(on: boolean): void {
+    Atomics.store(this.control, L.CT_RWP_HOLD, on ? 1 : 0);
+    if (on) return;
+    const table = new Float64Array(this.setup.regionTable);
+    for (let r = 0, n = Atomics.load(this.control, L.CT_REGION_ROWS); r < n; r++) {
+      const b = r * L.RT_WORDS;
+      if (table[b + L.RT_ALIVE] !== 0) this.wakeRange(table[b + L.RT_START], table[b + L.RT_SIZE]);
+    }
   }
 
   /** Write-protects [start, start+len) of a region registered with mode wp. */

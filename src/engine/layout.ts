@@ -43,6 +43,7 @@ export const CT_PEER_GONE = 8; // the process owning the memory exited (ESRCH)
 export const CT_EPOCH = 9; // bumped after each REMOVE/UNMAP/REMAP applied
 export const CT_READ_LOCK = 10; // 1 while a thread reads the uffd and applies the batch's events (see reader.ts)
 export const CT_DISPATCHER_IDLE = 11; // 1 while the dispatcher sleeps without watching the uffd (readers 'all')
+export const CT_RWP_HOLD = 12; // 1: an RWP window is open: RWP faults wait (see Engine.holdRwp)
 export const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 export const CT_KILL = 48; // test hook: worker i exits at its next fill when CT_KILL + i is 1
 export const CT_HELP = 96; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd (the dispatcher reads then)

@@ -173,6 +173,9 @@ export class Resolver {
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
       c[C_FAULTS_RWP]++;
+      // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
+      // thread waits; closing the window wakes it and it retries (async by then).
+      if (Atomics.load(this.control, L.CT_RWP_HOLD) !== 0) return 0;
       this.uffd.rwprotect(pageAddr, ps, false);
       c[C_IOCTLS]++;
       this.latency(tRead);

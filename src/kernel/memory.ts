@@ -231,3 +231,52 @@ export function kernelRelease(): string {
   const fs = require('node:fs') as typeof import('node:fs');
   return fs.readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 }
+
+/**
+ * Forks this process into the cgroup open at `cgroupFd` (clone3 with CLONE_INTO_CGROUP,
+ * Linux 5.7), for tests of what fork copies (the child's /proc/PID/pagemap). The cgroup must
+ * be frozen (cgroup.freeze 1): the child then never runs, which it must not — a copy of this
+ * multi-threaded process cannot run JavaScript. (glibc's fork() is no way out either: it holds
+ * malloc's locks across the system call, which with UFFD_FEATURE_EVENT_FORK waits for a reader
+ * of the userfaultfd, another thread here, which allocates.) End the child with endChild().
+ */
+export function forkIntoFrozenCgroup(cgroupFd: number): number {
+  const args = new BigUint64Array(11); // struct clone_args, 88 bytes
+  args[0] = CLONE_INTO_CGROUP;
+  args[4] = BigInt(SIGCHLD); // exit_signal
+  args[10] = BigInt(cgroupFd);
+  const pid = libc.syscall5(SYS_CLONE3, addressOf(args), 88, 0, 0, 0);
+  if (pid < 0) throw new Error(`clone3(CLONE_INTO_CGROUP) failed: ${errnoName(errno())}`);
+  return pid;
+}
+
+const SYS_CLONE3 = 435; // x86_64
+const CLONE_INTO_CGROUP = 0x200000000n;
+const SIGCHLD = 17;
+
+/** Kills a child (SIGKILL ends a frozen one too) and reaps it. */
+export function endChild(pid: number): void {
+  libc.kill(pid, 9);
+  libc.waitpid(pid, 0, 0);
+}
+
+/**
+ * Pins [addr, addr+len) long-term (FOLL_LONGTERM) by registering it as an io_uring fixed
+ * buffer, as a DMA user would; the returned function unpins (closes the ring). A pinned anon
+ * page is copied at fork instead of shared (copy_present_page). Throws when io_uring is not
+ * available (io_uring_disabled, seccomp).
+ */
+export function pinLongterm(addr: number, len: number): () => void {
+  const params = new Uint8Array(120); // struct io_uring_params, zeroed
+  const ring = libc.syscall5(SYS_IO_URING_SETUP, 1, addressOf(params), 0, 0, 0);
+  if (ring < 0) throw new Error(`io_uring_setup failed: ${errnoName(errno())}`);
+  const iov = new BigUint64Array([BigInt(addr), BigInt(len)]);
+  if (libc.syscall5(SYS_IO_URING_REGISTER, ring, 0 /* IORING_REGISTER_BUFFERS */, addressOf(iov), 1, 0) < 0) {
+    const e = errnoName(errno());
+    libc.close(ring);
+    throw new Error(`io_uring_register(IORING_REGISTER_BUFFERS) failed: ${e}`);
+  }
+  return () => { libc.close(ring); };
+}
+const SYS_IO_URING_SETUP = 425;
+const SYS_IO_URING_REGISTER = 427;

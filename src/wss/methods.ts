@@ -4,9 +4,10 @@ import { ConfigError, UnsupportedError } from '../kernel/errors.js';
 import { kernelRelease } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { PagePins } from './pins.js';
+import { softDirtyProbe } from './soft-dirty.js';
 
 export type AccessMethod = 'rwp' | 'zap' | 'minor' | 'move' | 'none';
-export type WriteMethod = 'wp-async' | 'none';
+export type WriteMethod = 'wp-async' | 'soft-dirty' | 'none';
 /**
  * Who serves the faults of the trap methods and of evicted pages: the parallel engine
  * (src/engine/, its dispatcher and workers), the tracker's own single handler thread
@@ -32,8 +33,17 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
     exactness: 'exact at page granularity: scan and re-arm are one atomic step, so no write is lost between intervals. ' +
       'Reads are invisible. Zero-page mappings (reads of never-written anon pages) and holes are not counted as written',
   },
+  'soft-dirty': {
+    name: 'soft-dirty', sees: 'writes (with rwp)', types: 'anon, shmem/memfd (not hugetlbfs: clear_refs never clears its bits)', kernel: 'CONFIG_MEM_SOFT_DIRTY + PAGE_IS_SOFT_DIRTY (6.8+)',
+    cost: 'with rwp only (MODE_WP and MODE_RWP exclude each other): in the sample window, one PAGEMAP_SCAN of PAGE_IS_SOFT_DIRTY and ' +
+      'a write of "4" to /proc/self/clear_refs, which write-protects every page of the process: the first write to any page of ' +
+      'the process afterwards takes one in-kernel fault',
+    exactness: 'exact for pages written in place: the region is read-write-protected before the scan, so nothing is written between ' +
+      'the scan and the clear. A page the engine served back is installed dirty by the kernel: it counts as written when its bytes ' +
+      'differ from the store copy it came from. The clear is process-wide; other trackers save their bits before it',
+  },
   rwp: {
-    name: 'rwp', sees: 'reads and writes', types: 'anon, shmem/memfd, hugetlbfs', kernel: 'UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.2 series)',
+    name: 'rwp', sees: 'reads and writes', types: 'anon, shmem/memfd, hugetlbfs', kernel: 'UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.3)',
     cost: 'the first access to a page per interval takes one in-kernel protnone fault resolved in place (async); ' +
       'per interval: SET_MODE to sync, one PAGEMAP_SCAN of PAGE_IS_ACCESSED, one UFFDIO_RWPROTECT over the region, SET_MODE back',
     exactness: 'exact: accesses during the scan-and-re-arm window block (sync mode) and are counted in the next interval. ' +
@@ -100,7 +110,7 @@ function rwpMissing(type: string): string {
   const fb = type === 'anon'
     ? "'move' (UFFDIO_MOVE access trap: pages moved to a holding area and moved back on the first touch)"
     : "'zap' (MADV_DONTNEED + PAGE_IS_PRESENT scan, async) or 'minor' (MINOR-fault trap, sync, safe for eviction)";
-  return `access method 'rwp' needs UFFD_FEATURE_RWP and RWP_ASYNC (userfaultfd read-write-protect, the Linux 7.2 series), ` +
+  return `access method 'rwp' needs UFFD_FEATURE_RWP and RWP_ASYNC (userfaultfd read-write-protect, Linux 7.3), ` +
     `which this kernel (${kernelRelease()}) does not offer; the fallback for ${type} is ${fb}`;
 }
 
@@ -134,7 +144,8 @@ export function chooseMethods(type: string, req: {
   let access: AccessMethod;
   const reqAccess = req.access ?? 'auto';
   if (reqAccess === 'auto') {
-    if (hasRwp) {
+    // The trap thread cannot store-evict anon memory under RWP (below): auto takes move there.
+    if (hasRwp && !(type === 'anon' && req.evict && reqServer === 'trap')) {
       access = 'rwp';
       notes.push('access: rwp (the kernel offers UFFD_FEATURE_RWP)');
     } else {
@@ -163,10 +174,15 @@ export function chooseMethods(type: string, req: {
   let write: WriteMethod;
   const reqWrite = req.write ?? 'auto';
   const wpOk = Userfaultfd.hasFeature('WP_ASYNC') && (type === 'anon' || Userfaultfd.hasFeature('WP_HUGETLBFS_SHMEM'));
+  // clear_refs does not clear the soft-dirty bits of hugetlb pages: they would stay dirty.
+  const sd = access !== 'rwp' || reqWrite === false ? undefined : type === 'hugetlbfs'
+    ? { ok: false, reason: 'soft-dirty bits of hugetlb pages are never cleared (clear_refs skips hugetlb mappings)' } : softDirtyProbe();
   if (reqWrite === 'auto') {
     if (access === 'rwp') {
-      write = 'none';
-      notes.push('write: none (MODE_WP and MODE_RWP exclude each other on one range; RWP reports accesses)');
+      write = sd!.ok ? 'soft-dirty' : 'none';
+      notes.push(sd!.ok
+        ? 'write: soft-dirty (MODE_WP and MODE_RWP exclude each other on one range; PAGE_IS_SOFT_DIRTY tells the writes)'
+        : `write: none (MODE_WP and MODE_RWP exclude each other on one range, and ${sd!.reason})`);
     } else if (wpOk) {
       write = 'wp-async';
       notes.push('write: wp-async (WP_ASYNC + PAGEMAP_SCAN PAGE_IS_WRITTEN)');
@@ -176,12 +192,17 @@ export function chooseMethods(type: string, req: {
     }
   } else if (reqWrite) {
     if (access === 'rwp') {
-      throw new ConfigError("write tracking (MODE_WP) and access method 'rwp' (MODE_RWP) exclude each other on one range; " +
-        'RWP reports every access, writes included; or choose a fallback access method to get writes separately');
+      if (!sd!.ok) {
+        throw new UnsupportedError("write tracking with access method 'rwp' uses soft-dirty bits (MODE_WP and MODE_RWP exclude each " +
+          `other on one range), and ${sd!.reason}; track writes with a fallback access method (wp-async), or accesses only`);
+      }
+      write = 'soft-dirty';
+      notes.push('write: soft-dirty (requested with rwp: PAGE_IS_SOFT_DIRTY + clear_refs)');
+    } else {
+      if (!wpOk) throw new UnsupportedError(`write tracking needs UFFD_FEATURE_WP_ASYNC (Linux 6.7)${isFile ? ' and WP_HUGETLBFS_SHMEM' : ''}`);
+      write = 'wp-async';
+      notes.push('write: wp-async (requested)');
     }
-    if (!wpOk) throw new UnsupportedError(`write tracking needs UFFD_FEATURE_WP_ASYNC (Linux 6.7)${isFile ? ' and WP_HUGETLBFS_SHMEM' : ''}`);
-    write = 'wp-async';
-    notes.push('write: wp-async (requested)');
   } else {
     write = 'none';
   }
@@ -197,21 +218,23 @@ export function chooseMethods(type: string, req: {
   const needsServer = access === 'move' || access === 'minor' || !!req.evict;
   if (!needsServer) {
     server = 'none';
-  } else if (access === 'minor' || access === 'rwp') {
+  } else if (access === 'minor') {
     if (reqServer === 'engine') {
-      throw new UnsupportedError(access === 'minor'
-        ? "access method 'minor' needs the trap server: the engine maps a minor fault with UFFDIO_CONTINUE at once, so it can " +
+      throw new UnsupportedError("access method 'minor' needs the trap server: the engine maps a minor fault with UFFDIO_CONTINUE at once, so it can " +
           'neither install a page write-protected for a read (write tracking) nor keep a page away while it is saved and ' +
-          "punched; use 'zap' (evicted pages are then served by the engine) or server 'trap'"
-        : "eviction under 'rwp' needs the trap server: RWP faults in the eviction window must wait for the evictor, and the " +
-          'engine un-protects them at once');
+          "punched; use 'zap' (evicted pages are then served by the engine) or server 'trap'");
     }
     server = 'trap';
-    notes.push(`server: trap (${access} needs the tracker's own handler; see docs/wss.md)`);
+    notes.push("server: trap (minor needs the tracker's own handler; see docs/wss.md)");
+  } else if (access === 'rwp' && reqServer === 'trap' && type === 'anon') {
+    throw new UnsupportedError("store eviction of anon memory under RWP needs the engine server: the trap thread cannot save a protected " +
+      'anon page (reading it would fault on itself, and MADV_DONTNEED would drop the marker with the data); the engine moves each ' +
+      "cold page into its store with UFFDIO_MOVE in the sync window. Use server 'engine' (the default), or evictCold('pageout'|'cold')");
   } else {
     server = reqServer === 'trap' ? 'trap' : 'engine';
     notes.push(server === 'engine'
-      ? `server: engine (${access === 'move' ? 'held and evicted pages' : 'evicted pages'} are served back by the parallel engine's workers)`
+      ? `server: engine (${access === 'move' ? 'held and evicted pages' : 'evicted pages'} are served back by the parallel engine's workers` +
+        `${access === 'rwp' ? '; RWP faults in a sync window wait for the evictor' : ''})`
       : 'server: trap (the tracker\'s single handler thread, requested)');
   }
   return { write, access, server, notes };

@@ -6,8 +6,11 @@
 // Methods (see methods.ts for costs and exactness):
 //   write  wp-async  UFFD_FEATURE_WP_ASYNC, MODE_WP; PAGEMAP_SCAN with PM_SCAN_WP_MATCHING
 //                    re-arms what it reports in the same walk
+//          soft-dirty with rwp (MODE_WP and MODE_RWP exclude each other): PAGE_IS_SOFT_DIRTY,
+//                    cleared with /proc/self/clear_refs in the sample window
 //   access rwp       RWP + RWP_ASYNC; PAGE_IS_ACCESSED, re-armed with UFFDIO_RWPROTECT while
-//                    the uffd is switched to sync (7.2 series)
+//                    the uffd is switched to sync (Linux 7.3); the engine leaves RWP faults
+//                    waiting while the window is open (Engine.holdRwp)
 //          zap       memfd/hugetlbfs: MADV_DONTNEED of the pages seen present; PAGE_IS_PRESENT
 //                    later says which were touched again
 //          minor     like zap, registered MINOR: each first touch is a fault served by the
@@ -21,8 +24,8 @@
 // on the tracker's userfaultfd, with the store as the region's source and the page-state
 // table started 'resident'; the tracker hands it each page it moves aside or evicts
 // (hold → move/save+punch → forget). The small dedicated handler thread (TrapServer, serve.ts)
-// is kept for the methods the engine cannot serve: minor (CONTINUE with MODE_WP for reads,
-// and eviction that must keep a minor fault waiting) and rwp eviction.
+// is kept for the method the engine cannot serve: minor (CONTINUE with MODE_WP for reads,
+// and eviction that must keep a minor fault waiting), and for server 'trap' on request.
 import * as C from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
@@ -42,6 +45,7 @@ import { sources } from '../sources/index.js';
 import { TrapHandler } from './handler.js';
 import { AccessMethod, chooseMethods, MethodChoice, ServerKind, WriteMethod } from './methods.js';
 import { PagePins } from './pins.js';
+import { addSoftDirtyUser, clearSoftDirty, removeSoftDirtyUser, SoftDirtyUser } from './soft-dirty.js';
 import {
   CHUNK_PAGES, CHUNK_SHIFT, PS_EVICTED, PS_EVICTING, PS_HELD, PS_NONE, PS_SERVING, SharedPageStates, SparseBytes,
 } from './pages.js';
@@ -142,7 +146,7 @@ function popcount8(x: number): number {
   return n;
 }
 
-export class WssTracker {
+export class WssTracker implements SoftDirtyUser {
   readonly region: TrackedRegion;
   readonly pageSize: number;
   readonly pages: number;
@@ -229,10 +233,6 @@ export class WssTracker {
       throw new UnsupportedError('with the engine server, anon pages are evicted by UFFDIO_MOVE into an anonymous store (MOVE cannot ' +
         "move into a file), which MADV_PAGEOUT hands to swap; a file store for anon needs server 'trap' (it copies the held pages)");
     }
-    if (opts.evict && access === 'rwp' && region.type === 'anon') {
-      throw new UnsupportedError("store eviction of anon memory under RWP is not possible (the VMM cannot read a protected anon page " +
-        "without faulting on it); use evictCold('pageout'|'cold') or access 'move'");
-    }
     const modes: RegisterMode[] = [];
     const features = new Set<FeatureName>();
     if (write === 'wp-async' || access === 'zap') {
@@ -249,7 +249,10 @@ export class WssTracker {
     // again from its store copy. The tracker's own DONTNEEDs of the store then wait for the
     // dispatcher to read the event (one per run moved aside). Files keep their data in the page
     // cache over a DONTNEED, so the zap method (one DONTNEED per run per sample) goes without.
-    if (server === 'engine' && access === 'move') features.add('EVENT_REMOVE');
+    // Anon under RWP with eviction moves cold pages into the store the same way.
+    const moveStore = access === 'move' || (access === 'rwp' && useEngine && !!opts.evict && region.type === 'anon');
+    if (server === 'engine' && moveStore) features.add('EVENT_REMOVE');
+    if (moveStore) features.add('MOVE');
     if (access === 'minor') modes.push('minor', 'missing');
     if (opts.evict && !modes.includes('missing')) modes.push('missing');
     const needsHandler = server === 'trap';
@@ -265,20 +268,20 @@ export class WssTracker {
     try {
       if (modes.length) {
         for (const f of featuresFor(memoryType(region.type), modes)) features.add(f);
-        if (access === 'move') features.add('PAGEFAULT_FLAG_WP'); // the holding area is registered wp
+        if (moveStore) features.add('PAGEFAULT_FLAG_WP'); // the holding area is registered wp
         uffd = Userfaultfd.create({ features: [...features] });
       }
       // Page granularity: a THP would be tracked (and, for RWP on files, lose its marks) as a whole.
       if (region.type !== 'hugetlbfs') madvise(region.addr, region.size, C.MADV_NOHUGEPAGE);
       if (uffd) uffd.register(region.addr, region.size, modes, P);
-      if (access === 'move') {
+      if (moveStore) {
         // UFFDIO_MOVE needs its destination registered with the same uffd. wp mode never
         // raises a missing fault, so reading the holding area cannot fault.
         holdingAddr = mapAnonymous(region.size, C.MAP_NORESERVE);
         madvise(holdingAddr, region.size, C.MADV_NOHUGEPAGE);
         uffd!.register(holdingAddr, region.size, ['wp']);
       }
-      if (useEngine && access === 'move') {
+      if (useEngine && moveStore) {
         // The holding area is the store: pages moved aside (atomically, no copy) stay there
         // until the engine copies them back; cold ones are the evicted ones.
         storeAddr = holdingAddr;
@@ -374,10 +377,15 @@ export class WssTracker {
       // in later (from the page cache) comes in protected and reads are not taken for writes.
       this.uffd!.writeprotect(region.addr, region.size, true);
     }
+    if (!this.isHugetlb) this.splitHugeMappings();
     if (this.access === 'rwp') {
       this.scanner.scan(region.addr, region.addr + region.size, { categoryAnyof: C.PAGE_IS_PRESENT | C.PAGE_IS_SWAPPED },
         (s, e) => { const [f, l] = this.pageRange(s, e); this.mark(this.hist, f, l, false); });
       this.uffd!.rwprotect(region.addr, region.size, true);
+      if (this.write === 'soft-dirty') {
+        addSoftDirtyUser(this);
+        clearSoftDirty(this);
+      }
     } else {
       this.scanAndRearm(true);
     }
@@ -591,23 +599,9 @@ export class WssTracker {
     while (a < e) {
       const h = this.holdPresent(a, e - a);
       if (h === 0) { a += P; continue; } // the engine is still filling this page: leave it for the next sample
-      const off = a - this.region.addr;
-      const pf = off / P;
-      // Copies of pages that came back are stale now (the region has them): MOVE needs the
-      // destination empty.
-      madvise(this.storeAddr + off, h, C.MADV_DONTNEED);
-      let done = 0;
-      let failed = false;
-      for (let tries = 0; done < h && tries < 100; tries++) {
-        try {
-          done += uffd.move(this.storeAddr + off + done, a + done, h - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
-          if (uffd.lastErrno === ERRNO.EEXIST) { failed = true; break; }
-          if (uffd.lastErrno === ERRNO.EAGAIN) yieldCpu(); // an event (REMOVE) not read yet
-        } catch {
-          failed = true; // EBUSY: a page that cannot move (pinned, KSM); leave the rest in place
-          break;
-        }
-      }
+      const pf = (a - this.region.addr) / P;
+      // Copies of pages that came back are stale now (the region has them).
+      const { done, failed } = this.moveIntoStore(a, h);
       if (done > 0) {
         states.setRange(pf, pf + done / P, PS_HELD);
         eng.forget(a, done);
@@ -640,7 +634,10 @@ export class WssTracker {
       if (es === PAGE_PRESENT) {
         if (bs >= 0 && be === p) be++;
         else { flushBack(); bs = p; be = p + 1; }
-      } else if (es === PAGE_DROPPED) {
+      }
+      // Under RWP the copy of a page that came back goes at once: its writes were told in
+      // this sample's window (soft-dirty, compared with the copy), and a later eviction moves it again.
+      if (es === PAGE_DROPPED || (es === PAGE_PRESENT && this.access === 'rwp')) {
         if (gs >= 0 && ge === p) ge++;
         else { flushGone(); gs = p; ge = p + 1; }
       }
@@ -670,7 +667,7 @@ export class WssTracker {
     let calls = 0;
     if (this.access === 'rwp') {
       const r = this.sampleRwp();
-      accessed = r.accessed; rearmMs = r.rearmMs; regions = r.regions; calls = r.calls;
+      accessed = r.accessed; written = r.written; rearmMs = r.rearmMs; regions = r.regions; calls = r.calls;
     } else {
       const r = this.scanAndRearm(false);
       accessed = r.accessed; written = r.written; rearmMs = r.rearmMs; regions = r.regions; calls = r.calls;
@@ -687,7 +684,7 @@ export class WssTracker {
     this.lastFaults = now2;
     const st = this.states?.counts();
     const scanSec = scanMs / 1000;
-    const tracksWrites = this.write === 'wp-async';
+    const tracksWrites = this.write !== 'none';
     return {
       interval: this.intervals,
       elapsedMs,
@@ -704,18 +701,66 @@ export class WssTracker {
     };
   }
 
-  // RWP: freeze (sync mode), scan the hot set, re-protect everything, thaw. Accesses in the
-  // window block and resume once async mode is back, counted in the next interval.
-  private sampleRwp(): { accessed: number; rearmMs: number; regions: number; calls: number } {
+  // A THP mapped before tracking (anon with THP 'always') would be protected, and reported
+  // accessed, as one 2 MiB unit; even split into PTEs, a large folio has a read fault dirty
+  // its neighbours (soft-dirty). MADV_COLD of one 4 KiB page of each huge page splits the
+  // mapping and the folio (the kernel splits a large folio an advice covers in part; the data
+  // stays, the one page is only moved to the inactive list), and MADV_NOHUGEPAGE (create())
+  // keeps new faults at 4 KiB.
+  private splitHugeMappings(): void {
+    const { region } = this;
+    const H = C.HUGE_PAGE_2M;
+    let last = -1;
+    this.scanner.scan(region.addr, region.addr + region.size, { categoryMask: C.PAGE_IS_HUGE | C.PAGE_IS_PRESENT, returnMask: C.PAGE_IS_HUGE },
+      (s, e) => {
+        for (let a = s - (s % H); a < e; a += H) {
+          if (a === last) continue;
+          last = a;
+          tryMadvise(Math.max(a, region.addr), C.PAGE_SIZE, C.MADV_COLD);
+        }
+      });
+  }
+
+  /**
+   * Pages still mapped as huge pages (PAGE_IS_HUGE) in a region tracked at 4 KiB: accesses
+   * there are seen per huge page. Empty after arm() split them; for reports.
+   */
+  hugeMappedBytes(): number {
+    if (this.isHugetlb) return 0;
+    return this.scanner.countBytes(this.region.addr, this.region.addr + this.region.size, { categoryMask: C.PAGE_IS_HUGE | C.PAGE_IS_PRESENT });
+  }
+
+  /**
+   * Runs fn in an RWP window: the uffd in sync mode, so a touch of a protected page waits
+   * (the engine leaves RWP faults alone while the window is open; the trap handler always
+   * does). Afterwards async mode is back and every waiting thread is woken: it retries and
+   * its access resolves in the kernel, counted in the next interval.
+   */
+  private rwpWindow<T>(fn: () => T): T {
+    const uffd = this.uffd!;
+    this.engine?.holdRwp(true);
+    uffd.setMode([], ['RWP_ASYNC']);
+    try {
+      return fn();
+    } finally {
+      uffd.setMode(['RWP_ASYNC'], []);
+      if (this.engine) this.engine.holdRwp(false);
+      else uffd.wake(this.region.addr, this.region.size);
+    }
+  }
+
+  // RWP: freeze (sync mode), scan the hot set, re-protect everything, read and clear the
+  // soft-dirty bits, thaw. Accesses in the window wait and resume once async mode is back,
+  // counted in the next interval.
+  private sampleRwp(): { accessed: number; written: number; rearmMs: number; regions: number; calls: number } {
     const { region } = this;
     const uffd = this.uffd!;
     const t0 = performance.now();
     const scan0 = this.scanner.nanos;
-    uffd.setMode([], ['RWP_ASYNC']);
     let accessed = 0;
-    let sum;
-    try {
-      sum = this.scanner.scan(region.addr, region.addr + region.size, {
+    let written = 0;
+    const sum = this.rwpWindow(() => {
+      const r = this.scanner.scan(region.addr, region.addr + region.size, {
         categoryMask: C.PAGE_IS_ACCESSED, returnMask: C.PAGE_IS_ACCESSED,
       }, (s, e) => {
         // The scan reports exactly this interval's accesses (everything was re-protected at
@@ -725,12 +770,69 @@ export class WssTracker {
         accessed += l - f;
       });
       uffd.rwprotect(region.addr, region.size, true);
-    } finally {
-      uffd.setMode(['RWP_ASYNC'], []);
-    }
-    // Re-arm cost: the mode switches and the RWPROTECT, i.e. the window minus the scan.
-    return { accessed, rearmMs: (performance.now() - t0) - Number(this.scanner.nanos - scan0) / 1e6, regions: sum.regions, calls: sum.calls };
+      if (this.write === 'soft-dirty') {
+        // Nothing present can be written now (every page is protected and a touch waits):
+        // the bits read here and cleared next are exactly this interval's writes.
+        this.lateAccesses = 0;
+        written = this.sampleSoftDirty();
+        accessed += this.lateAccesses;
+      }
+      return r;
+    });
+    // Re-arm cost: the mode switches, the RWPROTECT and the clear, i.e. the window minus the scans.
+    const rearmMs = (performance.now() - t0) - Number(this.scanner.nanos - scan0) / 1e6;
+    return { accessed, written, rearmMs: Math.max(0, rearmMs), regions: sum.regions, calls: sum.calls };
   }
+
+  // ---- writes under RWP: soft-dirty ---------------------------------------------------------
+  private readonly dirtySaved: [number, number][] = [];
+
+  /** Another tracker is about to clear the process's soft-dirty bits: keep this region's. */
+  collectSoftDirty(): void {
+    if (this.closed || !this.armed) return;
+    this.scanner.scan(this.region.addr, this.region.addr + this.region.size, { categoryMask: C.PAGE_IS_SOFT_DIRTY | C.PAGE_IS_PRESENT },
+      (s, e) => { this.dirtySaved.push(this.pageRange(s, e)); });
+  }
+
+  // Marks the pages written since the last clear (saved ones too) and clears the bits. A
+  // page the engine copied back from the store is installed dirty: for those, written means
+  // its bytes differ from the copy. Reading a protected page would wait on this very window,
+  // so such a run is un-protected (without waking anyone) for the comparison and protected again.
+  private sampleSoftDirty(): number {
+    const runs = this.dirtySaved.splice(0);
+    this.scanner.scan(this.region.addr, this.region.addr + this.region.size, { categoryMask: C.PAGE_IS_SOFT_DIRTY | C.PAGE_IS_PRESENT },
+      (s, e) => { runs.push(this.pageRange(s, e)); });
+    clearSoftDirty(this);
+    let n = 0;
+    const P = this.pageSize;
+    for (const [f, l] of runs) {
+      if (!this.states || !this.engine) { n += this.markWrite(f, l); continue; }
+      let p = f;
+      while (p < l) {
+        let q = p;
+        while (q < l && !this.hasCopy(this.states.get(q))) q++;
+        if (q > p) { n += this.markWrite(p, q); p = q; continue; }
+        while (q < l && this.hasCopy(this.states.get(q))) q++;
+        const a = this.region.addr + p * P;
+        this.uffd!.rwprotect(a, (q - p) * P, false, true);
+        try {
+          n += this.markWritten(p, q);
+        } finally {
+          this.uffd!.rwprotect(a, (q - p) * P, true);
+        }
+        this.lateAccesses += this.mark(this.hist, p, q, true);
+        p = q;
+      }
+    }
+    return n;
+  }
+
+  // A written page was accessed too (a write in the instant between the two scans of a window shows only here).
+  private markWrite(f: number, l: number): number {
+    this.lateAccesses += this.mark(this.hist, f, l, true);
+    return this.mark(this.whist, f, l, true);
+  }
+  private lateAccesses = 0;
 
   private classify(): number[] {
     const out = [0, 0, 0, 0];
@@ -881,16 +983,14 @@ export class WssTracker {
       throw new ConfigError("evictCold('store') needs a tracker created with { evict: true }");
     }
     if (this.access === 'rwp') {
-      this.uffd!.setMode([], ['RWP_ASYNC']);
-      try {
+      pages = this.rwpWindow(() => {
         // In the frozen window: whatever was touched since the last sample is hot now.
         this.scanner.scan(this.region.addr, this.region.addr + this.region.size,
           { categoryMask: C.PAGE_IS_ACCESSED, returnMask: C.PAGE_IS_ACCESSED },
           (s, e) => { const [f, l] = this.pageRange(s, e); this.mark(this.hist, f, l, true); });
-        pages = this.evictRuns(isIdle, maxPages);
-      } finally {
-        this.uffd!.setMode(['RWP_ASYNC'], []);
-      }
+        if (!this.engine) return this.evictRuns(isIdle, maxPages);
+        return this.isAnon ? this.evictAnonRwp(isIdle, maxPages) : this.evictRunsEngine(isIdle, maxPages);
+      });
     } else if (this.engine) {
       pages = this.evictRunsEngine(isIdle, maxPages);
     } else {
@@ -998,6 +1098,70 @@ export class WssTracker {
     return pages;
   }
 
+  // Anon under RWP, served by the engine, in the sync window: each cold run is claimed from
+  // the engine, un-protected without waking anyone (a protnone PTE would arrive in the store
+  // still protected), moved into the store with UFFDIO_MOVE (atomic: a write up to the move
+  // is in the moved page; a touch after it is a missing fault the engine holds) and handed
+  // to the engine, which copies each page back on its next touch.
+  private evictAnonRwp(isIdle: (b: number) => boolean, maxPages: number): number {
+    const states = this.states!;
+    const eng = this.engine!;
+    const uffd = this.uffd!;
+    const P = this.pageSize;
+    const base = this.region.addr;
+    let pages = 0;
+    this.forPages(this.hist, isIdle, (f, l) => {
+      let p = f;
+      while (p < l && pages < maxPages) {
+        if (states.get(p) !== PS_NONE) { p++; continue; }
+        let q = p + 1;
+        while (q < l && pages + (q - p) < maxPages && states.get(q) === PS_NONE) q++;
+        const a = base + p * P;
+        const h = eng.hold(a, (q - p) * P);
+        if (h === 0) { p++; continue; } // being served right now: not cold any more
+        uffd.rwprotect(a, h, false, true);
+        const { done, failed } = this.moveIntoStore(a, h);
+        const pf = p;
+        if (done > 0) {
+          states.setRange(pf, pf + done / P, PS_EVICTED);
+          eng.forget(a, done);
+          tryMadvise(this.storeAddr + (a - base), done, C.MADV_PAGEOUT);
+        }
+        if (done < h) {
+          uffd.rwprotect(a + done, h - done, true); // stays, protected again
+          eng.markResident(a + done, h - done);
+        }
+        pages += done / P;
+        if (failed) return false;
+        p += h / P;
+      }
+      return pages < maxPages;
+    });
+    return pages;
+  }
+
+  /**
+   * Moves [a, a+len) of the region into the store at the same offset (UFFDIO_MOVE, holes
+   * allowed), after freeing stale store copies there (MOVE needs its destination empty).
+   * Stops at a page that cannot move (EBUSY: pinned, KSM, shared; EEXIST).
+   */
+  private moveIntoStore(a: number, len: number): { done: number; failed: boolean } {
+    const uffd = this.uffd!;
+    const dst = this.storeAddr + (a - this.region.addr);
+    madvise(dst, len, C.MADV_DONTNEED);
+    let done = 0;
+    for (let tries = 0; done < len && tries < 100; tries++) {
+      try {
+        done += uffd.move(dst + done, a + done, len - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+        if (uffd.lastErrno === ERRNO.EEXIST) return { done, failed: true };
+        if (uffd.lastErrno === ERRNO.EAGAIN) yieldCpu(); // an event (REMOVE) not read yet
+      } catch {
+        return { done, failed: true };
+      }
+    }
+    return { done, failed: false };
+  }
+
   /**
    * Puts every page back in the region: held pages moved back, evicted pages copied from the
    * store. Safe while the workload runs (each page is claimed against the server first). With
@@ -1069,6 +1233,7 @@ export class WssTracker {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    removeSoftDirtyUser(this);
     try {
       if (!this.engine) await this.restoreAll();
     } finally {
