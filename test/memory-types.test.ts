@@ -153,7 +153,7 @@ describe('memory types: declarations against this kernel (real regions)', () => 
         return;
       }
       assert.throws(() => checkRegister(t, ['rwp'], Userfaultfd.offered().features),
-        (e: unknown) => e instanceof UnsupportedError && /lacks UFFD_FEATURE_RWP/.test((e as Error).message) && /Linux 7\.2/.test((e as Error).message));
+        (e: unknown) => e instanceof UnsupportedError && /lacks UFFD_FEATURE_RWP/.test((e as Error).message) && /Linux 7\.3/.test((e as Error).message));
       // ... and the kernel itself indeed refuses the mode bit.
       const r = regionFor(t);
       const u = Userfaultfd.create({});

@@ -76,7 +76,7 @@ function checkReport(r: ProbeReport): void {
     for (const n of ['anon', 'shmem', 'hugetlbfs']) {
       const g = reg(type(n), 'rwp');
       assert.equal(g.registered, false);
-      assert.match(g.blocker!, /lacks UFFD_FEATURE_RWP.*RWP needs Linux 7\.2/);
+      assert.match(g.blocker!, /lacks UFFD_FEATURE_RWP.*RWP needs Linux 7\.3/);
     }
   }
 
@@ -106,7 +106,7 @@ describe('probe', () => {
     assert.match(text, new RegExp(`kernel ${r.kernel.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
     for (const t of r.types) assert.match(text, new RegExp(`^${t.name}: `, 'm'));
     assert.match(text, /missing\+wp\+minor/);
-    if (!Userfaultfd.hasFeature('RWP')) assert.match(text, /not offered: RWP \(Linux 7\.2\)/);
+    if (!Userfaultfd.hasFeature('RWP')) assert.match(text, /not offered: RWP \(Linux 7\.3\)/);
     assert.match(text, /refuses userfaultfd registration/);
   });
 

@@ -362,8 +362,8 @@ describe('userfaultfd on memfd (shmem) memory: minor faults and CONTINUE', () =>
   });
 });
 
-describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.2)', () => {
-  it('rwprotect and setMode are UnsupportedError naming RWP and 7.2', function () {
+describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.3)', () => {
+  it('rwprotect and setMode are UnsupportedError naming RWP and 7.3', function () {
     if (Userfaultfd.hasFeature('RWP')) {
       console.log('      (this kernel offers RWP: nothing to refuse)');
       this.skip();
@@ -371,7 +371,7 @@ describe('userfaultfd: ioctls this kernel may lack (RWP, Linux 7.2)', () => {
     const r = region('anon', P);
     const u = uffdCleanup(uffdFor(r, ['missing']));
     const io = registerChecked(u, r, ['missing']);
-    const names = (e: unknown) => e instanceof UnsupportedError && /RWP/.test((e as Error).message) && /7\.2/.test((e as Error).message);
+    const names = (e: unknown) => e instanceof UnsupportedError && /RWP/.test((e as Error).message) && /7\.3/.test((e as Error).message);
     assert.throws(() => u.rwprotect(r.addr, P, true), names);
     assert.throws(() => u.setMode(['RWP_ASYNC'], []), names);
     assert.throws(() => checkResolve(memoryType('anon'), 'rwprotect', io), names);

@@ -136,7 +136,7 @@ describe('wss: method choice', () => {
     if (kernelHasRwp()) this.skip();
     for (const [type, fallback] of [['anon', "'move'"], ['shmem', "'zap'"]] as const) {
       assert.throws(() => chooseMethods(type, { access: 'rwp' }), (e: unknown) =>
-        e instanceof UnsupportedError && /UFFD_FEATURE_RWP/.test(e.message) && /7\.2/.test(e.message) && e.message.includes(fallback));
+        e instanceof UnsupportedError && /UFFD_FEATURE_RWP/.test(e.message) && /7\.3/.test(e.message) && e.message.includes(fallback));
     }
     const region = memoryType('anon').create({ size: 16 * P4K });
     try {
@@ -460,7 +460,7 @@ describe('wss: a sparse 1 TiB region with bounded tracker memory', () => {
   });
 });
 
-describe('wss: RWP (read-write protect, Linux 7.2 series)', () => {
+describe('wss: RWP (read-write protect, Linux 7.3)', () => {
   it('ioctl numbers, struct sizes and mode bits match the documented layout', () => {
     assert.equal(C.UFFDIO_RWPROTECT, 0xc018aa09);
     assert.equal(C.UFFDIO_SET_MODE, 0x4010aa0a);

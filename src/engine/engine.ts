@@ -365,9 +365,14 @@ export class Engine extends EventEmitter {
     });
     for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
     this.startDispatcher();
-    const deadline = Date.now() + 20_000;
+    // Threads start in about a second; far slower under emulation (QEMU TCG), where
+    // UFFD_ENGINE_START_TIMEOUT_MS raises the limit (scripts/kernel-init.sh sets it).
+    const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+    const deadline = Date.now() + limitMs;
     while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
-      if (Date.now() > deadline) throw new Error('engine threads did not start within 20 s');
+      if (Date.now() > deadline) {
+        throw new Error(`engine threads did not start within ${limitMs / 1000} s (set UFFD_ENGINE_START_TIMEOUT_MS on a slow machine)`);
+      }
       await sleep(2);
     }
   }

@@ -193,7 +193,7 @@ export class Scanner {
     if (code === 'ENOTTY' || code === 'EOPNOTSUPP') {
       throw new UnsupportedError('PAGEMAP_SCAN is not available on this kernel (needs Linux 6.7 or later)');
     } else if (code === 'EINVAL' && ((t.categoryMask | t.categoryInverted | t.categoryAnyof | t.returnMask) & C.PAGE_IS_ACCESSED)) {
-      hint = 'PAGE_IS_ACCESSED needs a kernel with userfaultfd RWP (Linux 7.2 series); on older kernels use the zap (memfd) or move (anon) access fallbacks';
+      hint = 'PAGE_IS_ACCESSED needs a kernel with userfaultfd RWP (Linux 7.3); on older kernels use the zap (memfd) or move (anon) access fallbacks';
     } else if (code === 'EINVAL' && (t.flags & C.PM_SCAN_WP_MATCHING)) {
       hint = 'PM_SCAN_WP_MATCHING is refused on RWP-registered ranges and needs a page-aligned start; check the range';
     } else if (code === 'EPERM' && (t.flags & C.PM_SCAN_CHECK_WPASYNC)) {

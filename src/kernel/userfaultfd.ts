@@ -125,7 +125,7 @@ export class Userfaultfd {
     const missing = required & ~offered;
     if (missing) {
       throw new UnsupportedError(`this kernel does not offer userfaultfd feature(s) ${featureNames(missing).join(', ')}` +
-        (featureNames(missing).some((n) => n.startsWith('RWP')) ? ' (RWP needs Linux 7.2 with the RWP series)' : '') +
+        (featureNames(missing).some((n) => n.startsWith('RWP')) ? ' (RWP needs Linux 7.3)' : '') +
         `; it offers ${featureNames(offered).join(', ')}`);
     }
     let wanted = required | (featureMask(opts.optionalFeatures ?? []) & offered);
@@ -282,10 +282,10 @@ export class Userfaultfd {
     if (libc.ioctl(this.fd, C.UFFDIO_WRITEPROTECT, this.argAddr) < 0) fail('writeprotect', start, len);
   }
 
-  /** Read-write-protects (Linux 7.2 RWP) or restores access to the range. */
+  /** Read-write-protects (Linux 7.3 RWP) or restores access to the range. */
   rwprotect(start: number, len: number, protect: boolean, dontWake = false): void {
     if (!this.has('RWP')) {
-      throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.2 read-write-protect), which this userfaultfd was not granted; ' +
+      throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.3 read-write-protect), which this userfaultfd was not granted; ' +
         'use WP_ASYNC write tracking or the access-tracking fallbacks instead');
     }
     this.range(start, len);
@@ -293,13 +293,13 @@ export class Userfaultfd {
     if (libc.ioctl(this.fd, C.UFFDIO_RWPROTECT, this.argAddr) < 0) fail('rwprotect', start, len);
   }
 
-  /** UFFDIO_SET_MODE (7.2): toggles features such as RWP_ASYNC at run time. */
+  /** UFFDIO_SET_MODE (Linux 7.3): toggles features such as RWP_ASYNC at run time. */
   setMode(enable: FeatureName[], disable: FeatureName[]): void {
     const en = featureMask(enable);
     const dis = featureMask(disable);
     if (en & dis) throw new ConfigError(`setMode: ${featureNames(en & dis).join(', ')} cannot be both enabled and disabled`);
     if (!this.has('RWP')) {
-      throw new UnsupportedError('setMode (UFFDIO_SET_MODE) needs Linux 7.2 with UFFD_FEATURE_RWP; this userfaultfd lacks it');
+      throw new UnsupportedError('setMode (UFFDIO_SET_MODE) needs Linux 7.3 with UFFD_FEATURE_RWP; this userfaultfd lacks it');
     }
     this.dv.setBigUint64(0, en, true);
     this.dv.setBigUint64(8, dis, true);

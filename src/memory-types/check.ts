@@ -17,7 +17,7 @@ export const FEATURE_SINCE: Record<FeatureName, string> = {
   MISSING_HUGETLBFS: '4.11', MISSING_SHMEM: '4.11', EVENT_UNMAP: '4.11', SIGBUS: '4.14',
   THREAD_ID: '4.14', MINOR_HUGETLBFS: '5.13', MINOR_SHMEM: '5.14', EXACT_ADDRESS: '5.18',
   WP_HUGETLBFS_SHMEM: '5.19', WP_UNPOPULATED: '6.4', POISON: '6.6', WP_ASYNC: '6.7', MOVE: '6.8',
-  RWP: '7.2', RWP_ASYNC: '7.2',
+  RWP: '7.3', RWP_ASYNC: '7.3',
 };
 
 const FEATURE_FALLBACK: Partial<Record<FeatureName, string>> = {
@@ -33,7 +33,7 @@ const MODE_FOR_OP: Partial<Record<ResolveOp, RegisterMode>> = {
   continue: 'minor', writeprotect: 'wp', rwprotect: 'rwp',
 };
 
-/** Why a kernel lacks a feature, and what to do: "this kernel lacks UFFD_FEATURE_RWP: RWP needs Linux 7.2; fall back to ...". */
+/** Why a kernel lacks a feature, and what to do: "this kernel lacks UFFD_FEATURE_RWP: RWP needs Linux 7.3; fall back to ...". */
 export function lacksFeatureMessage(feature: FeatureName, neededFor?: string): string {
   const fallback = FEATURE_FALLBACK[feature];
   const what = feature.startsWith('RWP') ? 'RWP' : 'it';

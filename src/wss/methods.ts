@@ -33,7 +33,7 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
       'Reads are invisible. Zero-page mappings (reads of never-written anon pages) and holes are not counted as written',
   },
   rwp: {
-    name: 'rwp', sees: 'reads and writes', types: 'anon, shmem/memfd, hugetlbfs', kernel: 'UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.2 series)',
+    name: 'rwp', sees: 'reads and writes', types: 'anon, shmem/memfd, hugetlbfs', kernel: 'UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.3)',
     cost: 'the first access to a page per interval takes one in-kernel protnone fault resolved in place (async); ' +
       'per interval: SET_MODE to sync, one PAGEMAP_SCAN of PAGE_IS_ACCESSED, one UFFDIO_RWPROTECT over the region, SET_MODE back',
     exactness: 'exact: accesses during the scan-and-re-arm window block (sync mode) and are counted in the next interval. ' +
@@ -100,7 +100,7 @@ function rwpMissing(type: string): string {
   const fb = type === 'anon'
     ? "'move' (UFFDIO_MOVE access trap: pages moved to a holding area and moved back on the first touch)"
     : "'zap' (MADV_DONTNEED + PAGE_IS_PRESENT scan, async) or 'minor' (MINOR-fault trap, sync, safe for eviction)";
-  return `access method 'rwp' needs UFFD_FEATURE_RWP and RWP_ASYNC (userfaultfd read-write-protect, the Linux 7.2 series), ` +
+  return `access method 'rwp' needs UFFD_FEATURE_RWP and RWP_ASYNC (userfaultfd read-write-protect, Linux 7.3), ` +
     `which this kernel (${kernelRelease()}) does not offer; the fallback for ${type} is ${fb}`;
 }
 

@@ -7,7 +7,7 @@
 //   write  wp-async  UFFD_FEATURE_WP_ASYNC, MODE_WP; PAGEMAP_SCAN with PM_SCAN_WP_MATCHING
 //                    re-arms what it reports in the same walk
 //   access rwp       RWP + RWP_ASYNC; PAGE_IS_ACCESSED, re-armed with UFFDIO_RWPROTECT while
-//                    the uffd is switched to sync (7.2 series)
+//                    the uffd is switched to sync (Linux 7.3)
 //          zap       memfd/hugetlbfs: MADV_DONTNEED of the pages seen present; PAGE_IS_PRESENT
 //                    later says which were touched again
 //          minor     like zap, registered MINOR: each first touch is a fault served by the
