@@ -3,8 +3,6 @@
 # virtiofs. Mount the kernel file systems, give the guest its own /tmp, /dev/shm and hugetlbfs,
 # run mocha (or --run's command) in the checkout, print "<marker>=<status>" and power off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-# Under TCG node runs ~10x slower than on the host: let engine threads take their time to start.
-export UFFD_ENGINE_START_TIMEOUT_MS=300000
 . "$tk_conf" || { echo "kernel-init: cannot read $tk_conf"; exit 1; }
 
 if [ -n "${tk_probe:-}" ]; then # the KVM probe: did we get this far?
