@@ -73,10 +73,11 @@ case "$checkout" in *[[:space:]]*) die "the checkout path '$checkout' has a spac
 
 # --- per-run state: virtiofsd socket, guest config, console log ---
 state=$(mktemp -d /tmp/test-kernel.XXXXXX)
-qemu_pid=""; vfsd_pid=""
+qemu_pid=""; vfsd_pid=""; files_pid=""
 cleanup() {
   [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null
   [ -n "$vfsd_pid" ] && kill "$vfsd_pid" 2>/dev/null
+  [ -n "$files_pid" ] && kill "$files_pid" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$state"
 }
@@ -95,15 +96,20 @@ mocha_args+=("${extra[@]}" "${files[@]}")
 } > "$state/conf"
 marker="test-kernel-status-$$"
 
-# Start a virtiofsd for one boot (it serves one VM and exits) and wait for its socket.
-start_virtiofsd() {
-  rm -f "$state/vfsd.sock"
-  "$virtiofsd" --socket-path="$state/vfsd.sock" -o source=/ -o cache=none -o sandbox=chroot \
-    >"$state/vfsd.log" 2>&1 &
-  vfsd_pid=$!
-  for _ in $(seq 100); do [ -S "$state/vfsd.sock" ] && return 0; sleep 0.1; done
-  echo "test-kernel: virtiofsd did not create its socket:" >&2; cat "$state/vfsd.log" >&2
+# serve_dir NAME SOURCE CACHE: start a virtiofsd sharing SOURCE for one boot (it serves one
+# VM and exits) and wait for its socket $state/NAME.sock; its pid in $last_pid.
+serve_dir() {
+  rm -f "$state/$1.sock"
+  "$virtiofsd" --socket-path="$state/$1.sock" -o source="$2" -o cache="$3" -o sandbox=chroot \
+    >"$state/$1.log" 2>&1 &
+  last_pid=$!
+  for _ in $(seq 100); do [ -S "$state/$1.sock" ] && return 0; sleep 0.1; done
+  echo "test-kernel: virtiofsd did not create its socket:" >&2; cat "$state/$1.log" >&2
   exit 3
+}
+# The root: cache=none, the host's files as they are (MAP_SHARED of them fails with ENODEV).
+start_virtiofsd() {
+  serve_dir vfsd / none; vfsd_pid=$last_pid
 }
 
 # qemu_cmd ACCEL [CMDLINE...]: the QEMU command line for one boot (in $cmd).
@@ -148,7 +154,12 @@ if [ "$accel" = tcg ]; then
 fi
 echo "test-kernel: booting $kernel under QEMU ($accel, ${mem_mib} MiB, $smp CPUs, timeout ${timeout_s}s)"
 start_virtiofsd
+# An empty directory with cache=auto, the guest's /var/tmp: a disk-like filesystem whose files
+# map MAP_SHARED, for file regions.
+mkdir -p "$state/files"
+serve_dir files "$state/files" auto; files_pid=$last_pid
 qemu_cmd "$accel"
+cmd+=(-chardev "socket,id=char1,path=$state/files.sock" -device vhost-user-fs-pci,chardev=char1,tag=files)
 # timeout(1) kills QEMU if the guest hangs; its status 124 says so.
 timeout -k 10 "$timeout_s" "${cmd[@]}" </dev/null > >(tee "$state/console.log") 2>&1 &
 qemu_pid=$!
