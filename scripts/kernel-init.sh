@@ -6,7 +6,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 . "$tk_conf" || { echo "kernel-init: cannot read $tk_conf"; exit 1; }
 
 if [ -n "${tk_probe:-}" ]; then # the KVM probe: did we get this far?
-  echo "$marker=0"; echo o > /proc/sysrq-trigger 2>/dev/null; poweroff -f; exit 0
+  echo "$marker=0"; poweroff -f; exit 0
 fi
 
 mount -t proc proc /proc
@@ -16,10 +16,10 @@ mkdir -p /dev/shm /dev/pts /dev/hugepages
 mount -t tmpfs shm /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t hugetlbfs hugetlbfs /dev/hugepages
-# A guest-private /tmp (MAP_SHARED of virtiofs files fails with cache=none, and the host's
-# /tmp stays untouched). If the checkout lives under /tmp, keep it reachable at its path.
 # /var/tmp: test-kernel.sh's cache=auto share, where files map MAP_SHARED (file regions).
 mount -t virtiofs files /var/tmp || echo "kernel-init: no 'files' share; file regions will be unavailable"
+# A guest-private /tmp (MAP_SHARED of virtiofs files fails with cache=none, and the host's
+# /tmp stays untouched). If the checkout lives under /tmp, keep it reachable at its path.
 mount -t tmpfs run /run
 case "$checkout" in
   /tmp/*)

@@ -90,11 +90,11 @@ mocha_args=(--no-color --timeout "$mocha_timeout")
 # Files on mocha's command line add to .mocharc.json's spec; --no-config makes them replace it.
 [ ${#files[@]} -gt 0 ] && mocha_args+=(--no-config --exit)
 mocha_args+=("${extra[@]}" "${files[@]}")
+marker="test-kernel-status-$$" # the guest's last line: "$marker=<mocha's status>"
 {
-  printf 'checkout=%q\nnode=%q\nmarker=%q\nrun_cmd=%q\n' "$checkout" "$node" "test-kernel-status-$$" "$run_cmd"
+  printf 'checkout=%q\nnode=%q\nmarker=%q\nrun_cmd=%q\n' "$checkout" "$node" "$marker" "$run_cmd"
   printf 'mocha_args=('; printf '%q ' "${mocha_args[@]}"; printf ')\n'
 } > "$state/conf"
-marker="test-kernel-status-$$"
 
 # serve_dir NAME SOURCE CACHE: start a virtiofsd sharing SOURCE for one boot (it serves one
 # VM and exits) and wait for its socket $state/NAME.sock; its pid in $last_pid.
