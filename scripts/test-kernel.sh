@@ -58,6 +58,7 @@ if [ -z "$virtiofsd" ]; then
     [ -x "$c" ] && { virtiofsd=$c; break; }
   done
 fi
+[ -z "$virtiofsd" ] || [ -x "$virtiofsd" ] || die "VIRTIOFSD=$virtiofsd is not an executable" 3
 [ -n "$virtiofsd" ] ||
   die "virtiofsd is missing (looked in /usr/lib/qemu, /usr/libexec, /usr/lib; or set VIRTIOFSD): Debian 12 ships it in 'apt-get install qemu-system-x86', later releases in 'apt-get install virtiofsd'" 3
 if [ -z "$kernel" ]; then
