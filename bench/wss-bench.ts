@@ -3,7 +3,9 @@
 //  1. Scan speed at scale: a 1 TiB sparse anon region (MAP_NORESERVE) with a working set of
 //     --ws bytes in 2 MiB clusters spread over it. PAGEMAP_SCAN of PAGE_IS_PRESENT over the
 //     whole TiB; a write-tracking interval (WP_ASYNC, scan + atomic re-arm) after the working
-//     set is partly rewritten; tracker state and process RSS / page-table growth.
+//     set is partly rewritten; tracker state and process RSS / page-table growth. Where the
+//     kernel offers RWP (Linux 7.3), the same with access tracking (RWP_ASYNC: SET_MODE sync,
+//     scan of PAGE_IS_ACCESSED, UFFDIO_RWPROTECT re-arm, SET_MODE async) after reads.
 //  2. Scan cost on a dense region: the tracker's filtered scan (generic kernel path) against the
 //     PAGE_IS_WRITTEN-only fast path and against reading /proc/self/pagemap (8 bytes per page).
 //  3. Overhead on a running workload: guest threads touching a known hot set, measured with
@@ -20,7 +22,7 @@ import * as C from '../src/kernel/constants.js';
 import { bytesAt, close, kernelRelease, madvise, memset, munmap, openFile, preadTo, mapAnonymous } from '../src/kernel/memory.js';
 import { Scanner } from '../src/kernel/pagemap.js';
 import { memoryType } from '../src/memory-types/index.js';
-import { AccessMethod, chooseMethods } from '../src/wss/methods.js';
+import { AccessMethod, chooseMethods, kernelHasRwp } from '../src/wss/methods.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
 
@@ -34,7 +36,7 @@ const SPEC: OptionSpec = {
   phase: { type: 'number', default: 1500, help: 'length of each measured phase, ms' },
   rounds: { type: 'number', default: 2, help: 'untracked/tracked phase pairs per method' },
   methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap,anon:move:trap (type:access[:server])' },
-  skip: { type: 'string', default: '', help: 'parts to skip: scale,dense,overhead,evict' },
+  skip: { type: 'string', default: '', help: 'parts to skip: scale,rwp-scale,dense,overhead,evict' },
   evictSize: { type: 'size', default: 256 * 1024 * 1024, help: 'region of the eviction test' },
   readers: { type: 'number', default: 2, help: 'guest threads reading evicted pages back in the eviction test' },
   workers: { type: 'number', default: 2, help: 'engine worker threads in the eviction test' },
@@ -58,7 +60,8 @@ function status(): { rss: number; pte: number } {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
 
-async function scale(o: Opts, log: (s: string) => void) {
+/** tracking 'write': WP_ASYNC, a page in ten rewritten per interval; 'rwp': RWP_ASYNC, a page in ten read. */
+async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp' = 'write') {
   const region = memoryType('anon').create({ size: o.region, noReserve: true });
   try {
     const clusters = Math.max(1, Math.round(o.ws / (2 * MiB)));
@@ -76,21 +79,26 @@ async function scale(o: Opts, log: (s: string) => void) {
     }
     scanner.close();
     const presentMs = median(present);
-    const t = await WssTracker.create(region, { access: 'none', write: true });
+    const t = await WssTracker.create(region, tracking === 'write' ? { access: 'none', write: true } : { access: 'rwp', write: false });
     const s2 = status();
+    const a0 = performance.now();
     t.arm();
+    const armMs = performance.now() - a0;
     const s3 = status();
-    // rewrite one page in ten of the working set, then one interval
+    // rewrite (or read) one page in ten of the working set, then one interval
     const samples: { ms: number; written: number; rearm: number; wall: number }[] = [];
+    let sink = 0;
     for (let i = 0; i < 3; i++) {
       for (let c = 0; c < clusters; c++) {
         const v = bytesAt(region.addr + c * stride, 2 * MiB);
-        for (let p = 0; p < 512; p += 10) v[p * P] = i + 2;
+        if (tracking === 'write') for (let p = 0; p < 512; p += 10) v[p * P] = i + 2;
+        else for (let p = 0; p < 512; p += 10) sink += v[p * P];
       }
       const w0 = performance.now();
       const st = t.sample();
-      samples.push({ ms: st.scanMs, written: st.written ?? 0, rearm: st.rearmMs, wall: performance.now() - w0 });
+      samples.push({ ms: st.scanMs, written: (tracking === 'write' ? st.written : st.accessed) ?? 0, rearm: st.rearmMs, wall: performance.now() - w0 });
     }
+    if (sink < 0) log('');
     const s4 = status();
     const footprint = t.footprint();
     await t.close();
@@ -99,7 +107,9 @@ async function scale(o: Opts, log: (s: string) => void) {
       regionBytes: o.region, workingSetBytes: clusters * 2 * MiB, clusters,
       presentScan: { ms: presentMs, bytesFound: bytes, regionPagesPerSec: (o.region / P) / (presentMs / 1000),
         msPerGiBRegion: presentMs / (o.region / GiB), msPerGiBResident: presentMs / (clusters * 2 * MiB / GiB) },
-      writeInterval: { scanMs: median(samples.map((s) => s.ms)), sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1].written,
+      tracking, armMs,
+      writeInterval: { scanMs: median(samples.map((s) => s.ms)), rearmMs: median(samples.map((s) => s.rearm)),
+        sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1].written,
         expectedWritten: clusters * Math.ceil(512 / 10),
         residentPagesPerSec: wsPages / (median(samples.map((s) => s.ms)) / 1000),
         msPerGiBResident: median(samples.map((s) => s.ms)) / (clusters * 2 * MiB / GiB) },
@@ -107,11 +117,12 @@ async function scale(o: Opts, log: (s: string) => void) {
       rss: { workingSet: s1.rss - s0.rss, trackerCreateAndArm: s3.rss - s1.rss, afterIntervals: s4.rss - s1.rss,
         pageTablesWs: s1.pte - s0.pte, pageTablesTracking: s4.pte - s1.pte, createOnly: s2.rss - s1.rss },
     };
-    log(`scale: ${(o.region / GiB).toFixed(0)} GiB sparse anon region, working set ${(res.workingSetBytes / MiB).toFixed(0)} MiB in ${clusters} clusters of 2 MiB`);
+    log(`${tracking === 'rwp' ? '\nrwp-scale' : 'scale'}: ${(o.region / GiB).toFixed(0)} GiB sparse anon region, working set ${(res.workingSetBytes / MiB).toFixed(0)} MiB in ${clusters} clusters of 2 MiB`);
     log(`  PAGEMAP_SCAN PRESENT over the region: ${presentMs.toFixed(2)} ms = ${(res.presentScan.regionPagesPerSec / 1e9).toFixed(1)} G region pages/s, ` +
       `${res.presentScan.msPerGiBRegion.toFixed(4)} ms per GiB of region, ${res.presentScan.msPerGiBResident.toFixed(2)} ms per resident GiB`);
-    log(`  write-tracking interval (scan + atomic re-arm): ${res.writeInterval.scanMs.toFixed(2)} ms in the ioctl, ` +
-      `${res.writeInterval.sampleMs.toFixed(2)} ms for the whole sample(), written ${res.writeInterval.written} ` +
+    const what = tracking === 'write' ? 'write-tracking interval (scan + atomic re-arm)' : 'RWP access-tracking interval (sync, scan, RWPROTECT re-arm, async)';
+    log(`  ${what}: first arm ${armMs.toFixed(2)} ms; ${res.writeInterval.scanMs.toFixed(2)} ms scanning, ${res.writeInterval.rearmMs.toFixed(2)} ms re-arming, ` +
+      `${res.writeInterval.sampleMs.toFixed(2)} ms for the whole sample(), ${tracking === 'write' ? 'written' : 'accessed'} ${res.writeInterval.written} ` +
       `(expected ${res.writeInterval.expectedWritten}), ${(res.writeInterval.residentPagesPerSec / 1e6).toFixed(1)} M resident pages/s, ` +
       `${res.writeInterval.msPerGiBResident.toFixed(2)} ms per resident GiB`);
     log(`  tracker state ${(footprint / MiB).toFixed(2)} MiB; process RSS +${(res.rss.afterIntervals / MiB).toFixed(1)} MiB over the working set ` +
@@ -333,6 +344,10 @@ async function main(): Promise<void> {
   log(`uffd-engine wss-bench on Linux ${kernelRelease()}, ${require('node:os').cpus().length} CPUs, node ${process.version}`);
   const result: Record<string, unknown> = { kernel: kernelRelease() };
   if (!skip.has('scale')) result.scale = await scale(o, log);
+  if (!skip.has('rwp-scale')) {
+    if (kernelHasRwp()) result.rwpScale = await scale(o, log, 'rwp');
+    else log(`\nrwp-scale: skipped, this kernel (${kernelRelease()}) does not offer UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.3)`);
+  }
   if (!skip.has('dense')) result.dense = dense(o, log);
   if (!skip.has('overhead')) result.overhead = await overhead(o, log);
   if (!skip.has('evict')) result.evict = await evict(o, log);

@@ -10,12 +10,13 @@ import { buildNative } from '../bench/native.js';
 import { BenchConfig, checkConfig, DEFAULT_CONFIG, externalFeatures, MiB, summarize, SideRun } from '../bench/engine-bench.js';
 import { configFromOptions } from '../src/cli/bench.js';
 import { suiteConfig, suiteTargets } from '../bench/suite.js';
+import { limit } from './helpers/limits.js';
 
 const CLI = path.resolve(__dirname, '../src/cli/main.js');
 
 interface CliRun { code: number; stdout: string; stderr: string }
 
-function cli(args: string[], timeoutMs = 60_000): Promise<CliRun> {
+function cli(args: string[], timeoutMs = limit(60_000)): Promise<CliRun> {
   return new Promise((resolve) => {
     execFile(process.execPath, [CLI, 'bench', ...args], { timeout: timeoutMs, maxBuffer: 64 * MiB }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
@@ -50,12 +51,12 @@ function assertRun(r: Record<string, any>, pages: number, what: string): void {
 }
 
 describe('uffd-engine bench', function () {
-  this.timeout(60_000);
+  this.timeout(limit(60_000));
   let skipReason: string | undefined;
   let tmp: string;
 
   before(async function () {
-    this.timeout(180_000);
+    this.timeout(limit(180_000));
     const b = await buildNative();
     if (typeof b !== 'string') {
       skipReason = b.skipped;

@@ -17,6 +17,7 @@ import { sources } from '../src/sources/index.js';
 import { makeSnapshot, writeSnapshotFile } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers, TouchResult } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
+import { limit } from './helpers/limits.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -41,7 +42,7 @@ function assertFilledOnce(st: EngineStats, pages: number): void {
 }
 
 describe('engine: byte-exact serving', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   const size = 32 * MiB;
   let snap: Uint8Array;
   before(() => { snap = makeSnapshot(size, 7); });
@@ -186,7 +187,7 @@ describe('engine: byte-exact serving', function () {
 });
 
 describe('engine: concurrency and failures', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   const size = 16 * MiB;
   let snap: Uint8Array;
   before(() => { snap = makeSnapshot(size, 5); });
@@ -239,7 +240,7 @@ describe('engine: concurrency and failures', function () {
       const t0 = Date.now();
       const st = await engine.stop();
       await run;
-      assert.ok(Date.now() - t0 < 30_000);
+      assert.ok(Date.now() - t0 < limit(30_000));
       assertFilledOnce(st, size / PAGE);
       assert.equal(memcmp(region.addr, addressOf(snap), size), 0);
     } finally {
@@ -253,7 +254,7 @@ describe('engine: concurrency and failures', function () {
     try {
       const pages = size / PAGE;
       const jobs = assignPages(pages, 4, 'random').map((p) => ({ addr: region.addr, pageSize: PAGE, pages: p, expectAddr: 0, write: false, verify: false }));
-      const run = runTouchers(jobs, 30_000);
+      const run = runTouchers(jobs, limit(30_000));
       await new Promise((r) => setTimeout(r, 20));
       await engine.stop({ mode: 'abandon' });
       await run; // bounded: runTouchers rejects after 30 s
@@ -446,7 +447,7 @@ describe('engine: warm threads (EngineThreads)', function () {
 });
 
 describe('engine: bad configuration and source failures', function () {
-  this.timeout(60_000);
+  this.timeout(limit(60_000));
   const snap = new Uint8Array(new SharedArrayBuffer(MiB));
 
   it('refuses zero workers, a stripe that is not a page multiple, a source smaller than the region', async () => {
@@ -482,7 +483,7 @@ describe('engine: bad configuration and source failures', function () {
         workers: 2, onSourceError: 'zero',
       });
       try {
-        const res = await runTouchers([{ addr: region.addr, pageSize: PAGE, pages: Float64Array.from([10, 11]), expectAddr: 0, write: false, verify: false }], 20_000);
+        const res = await runTouchers([{ addr: region.addr, pageSize: PAGE, pages: Float64Array.from([10, 11]), expectAddr: 0, write: false, verify: false }], limit(20_000));
         assert.equal(res[0].touched, 2);
         assert.equal(bytesAt(region.addr + 10 * PAGE, PAGE).every((b) => b === 0), true, 'the failed page reads zeros');
         const st = await engine.stop({ mode: 'abandon' });
@@ -505,13 +506,13 @@ describe('engine: bad configuration and source failures', function () {
         const { Worker } = require('node:worker_threads');
         new Worker('const k=require(' + JSON.stringify(${JSON.stringify(path.resolve(__dirname, '../src/kernel/memory.js'))}) + '); k.bytesAt(' + region.addr + ', 4096)[0];', { eval: true });
       })();`;
-    const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+    const r = spawnSync(process.execPath, ['-e', script], { timeout: limit(30_000) });
     assert.equal(r.signal, 'SIGBUS', `child ended with ${r.signal ?? 'code ' + r.status}: ${r.stderr}`);
   });
 });
 
 describe('engine: write-protect faults and the live-snapshot hook', function () {
-  this.timeout(60_000);
+  this.timeout(limit(60_000));
   it('WP faults are resolved by un-protecting, after the hook saw each page as it was before the write', async () => {
     const size = 1 * MiB;
     const snap = makeSnapshot(size, 9);

@@ -18,6 +18,7 @@ import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { ChecksumGuest, guestChecksum, kvmAvailable, CHECKSUM_PORT } from '../src/restore/kvm-guest.js';
 import { startHandler } from './helpers/simple-handler.js';
 import { withHugePages } from './helpers/restore-fixtures.js';
+import { limit } from './helpers/limits.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -28,7 +29,7 @@ function firstDifferentPage(a: number, b: number, size: number, pageSize: number
 }
 
 describe('KVM guest checksum runner', function () {
-  this.timeout(60000);
+  this.timeout(limit(60000));
   const kvm = kvmAvailable();
   let dir: string;
   before(function () {

@@ -16,9 +16,10 @@ import { msgEvent, msgFaultAddress } from '../src/kernel/messages.js';
 import { acceptAsync, closeFds, closeSocket, listenUnix, recvWithFds, whenReadable } from '../src/kernel/socket.js';
 import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { useHugePages } from './helpers/hugetlb.js';
+import { limit } from './helpers/limits.js';
 
 const MiB = 1024 * 1024;
-const RUN = { timeoutMs: 60_000 };
+const RUN = { timeoutMs: limit(60_000) };
 
 function assertPhase(p: PhaseResult, pages: number, what: string): void {
   assert.equal(p.pagesTouched, pages, `${what}: pages touched`);
@@ -52,7 +53,7 @@ function assertRun(r: NativeResult, what: string): void {
 }
 
 describe('native reference benchmark (bench/native)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   let skipReason: string | undefined;
 
   before(async function () {
@@ -253,9 +254,9 @@ describe('native reference benchmark (bench/native)', function () {
       let fds: number[] = [];
       try {
         const client = await startExternal({ socket: sock, size, sourceFile: src, threads: 2, access: 'random' }, RUN);
-        conn = await acceptAsync(listenFd, 10_000);
+        conn = await acceptAsync(listenFd, limit(10_000));
         assert.ok(conn >= 0, 'the C workload connected');
-        assert.ok(await whenReadable(conn, 10_000), 'handshake arrives');
+        assert.ok(await whenReadable(conn, limit(10_000)), 'handshake arrives');
         const msg = recvWithFds(conn, 4096, 4);
         fds = msg.fds;
         assert.equal(fds.length, 1, 'exactly one fd: the uffd');
@@ -270,7 +271,7 @@ describe('native reference benchmark (bench/native)', function () {
         const buf = new MessageBuffer(64);
         const poller = new Poller([uffd.fd, conn]);
         let served = 0;
-        const deadline = Date.now() + 30_000;
+        const deadline = Date.now() + limit(30_000);
         for (;;) {
           assert.ok(Date.now() < deadline, 'the TypeScript handler finished in time');
           poller.wait(20);

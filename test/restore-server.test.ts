@@ -12,11 +12,12 @@ import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { spawnFcClient, FcClientOptions, FcClientRun } from '../src/restore/fc-client.js';
 import { RestoreServer, RestoreServerOptions, ServerEvent, kernelPageSizes } from '../src/restore/server.js';
 import { openFdCount, simpleServe, withHugePages, writeSnapshot } from './helpers/restore-fixtures.js';
+import { limit } from './helpers/limits.js';
 
 const MiB = 1 << 20;
 
 describe('restore server with the Firecracker-style client', function () {
-  this.timeout(60000);
+  this.timeout(limit(60000));
   let dir: string;
   let memPath: string;
   let sockPath: string;
@@ -36,8 +37,8 @@ describe('restore server with the Firecracker-style client', function () {
       socketPath: sockPath, memFilePath: memPath, serveConnection: s.serve, onEvent: (e) => events.push(e), ...serverOpts,
     });
     try {
-      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: 20000, ...client });
-      const accepted = await server.acceptOne(10000);
+      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: limit(20000), ...client });
+      const accepted = await server.acceptOne(limit(10000));
       assert.ok(accepted, 'the client connected');
       const run: FcClientRun = await done;
       const o = await accepted.outcome;
@@ -98,8 +99,8 @@ describe('restore server with the Firecracker-style client', function () {
       },
     });
     try {
-      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: MiB, timeoutMs: 20000 });
-      const accepted = await server.acceptOne(10000);
+      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: MiB, timeoutMs: limit(20000) });
+      const accepted = await server.acceptOne(limit(10000));
       const run = await done;
       await accepted!.outcome;
       assert.equal(run.code, 1, run.stderr);
@@ -133,8 +134,8 @@ describe('restore server with the Firecracker-style client', function () {
     writeSnapshot(small, MiB);
     const server = RestoreServer.listen({ socketPath: sockPath, memFilePath: small, serveConnection: async () => undefined });
     try {
-      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 1, regionSize: 2 * MiB, timeoutMs: 1500 });
-      const outcome = await (await server.acceptOne(10000))!.outcome;
+      const { done } = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 1, regionSize: 2 * MiB, timeoutMs: limit(1500) });
+      const outcome = await (await server.acceptOne(limit(10000)))!.outcome;
       assert.equal(outcome.accepted, false);
       assert.equal(outcome.code, 'out-of-file');
       const run = await done;
@@ -147,7 +148,7 @@ describe('restore server with the Firecracker-style client', function () {
 });
 
 describe('restore server: hostile and broken peers', function () {
-  this.timeout(20000);
+  this.timeout(limit(20000));
   let dir: string;
   let memPath: string;
   let sockPath: string;
@@ -163,7 +164,7 @@ describe('restore server: hostile and broken peers', function () {
   beforeEach(() => {
     served = 0;
     server = RestoreServer.listen({
-      socketPath: sockPath, memFilePath: memPath, recvTimeoutMs: 300,
+      socketPath: sockPath, memFilePath: memPath, recvTimeoutMs: limit(300),
       serveConnection: async () => { served++; },
     });
   });
@@ -173,7 +174,7 @@ describe('restore server: hostile and broken peers', function () {
 
   async function attempt(send: (c: number) => void | Promise<void>): Promise<{ accepted: boolean; code?: string; reason?: string }> {
     const before = openFdCount();
-    const accepting = server.acceptOne(5000);
+    const accepting = server.acceptOne(limit(5000));
     const c = connectUnix(sockPath);
     await send(c);
     const outcome = await (await accepting)!.outcome;
@@ -237,7 +238,7 @@ describe('restore server: hostile and broken peers', function () {
   it('an incomplete handshake, then close: refused and the fd closed', async () => {
     const m = memfdCreate('partial');
     const before = openFdCount();
-    const accepting = server.acceptOne(5000);
+    const accepting = server.acceptOne(limit(5000));
     const c = connectUnix(sockPath);
     sendWithFds(c, Buffer.from(good.slice(0, 20)), [m]);
     closeSocket(c);
@@ -294,12 +295,12 @@ describe('restore server: hostile and broken peers', function () {
     const conns = [connectUnix(sockPath), connectUnix(sockPath)];
     for (const c of conns) sendWithFds(c, Buffer.from(good), [u.fd]);
     const t0 = Date.now();
-    while (started < 2 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+    while (started < 2 && Date.now() - t0 < limit(5000)) await new Promise((r) => setTimeout(r, 10));
     assert.equal(started, 2);
     assert.equal(server.activeSessions, 2);
     // One peer hangs up: its session ends.
     closeSocket(conns[0]);
-    while (server.activeSessions > 1 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+    while (server.activeSessions > 1 && Date.now() - t0 < limit(5000)) await new Promise((r) => setTimeout(r, 10));
     assert.equal(server.activeSessions, 1);
     await server.close();
     await running;

@@ -18,6 +18,7 @@ import { RestoreServer, ServerEvent, kernelPageSizes } from '../src/restore/serv
 import { parseWorkingSet, toEngineOrder, toFilePages, WorkingSetError } from '../src/restore/working-set.js';
 import { validateHandshake } from '../src/restore/handshake.js';
 import { openFdCount, withHugePages, writeSnapshot } from './helpers/restore-fixtures.js';
+import { limit } from './helpers/limits.js';
 
 const MiB = 1 << 20;
 const DIST = path.resolve(__dirname, '..');
@@ -28,7 +29,7 @@ const KVM_CLIENT = path.join(DIST, 'src/restore/kvm-client.js');
 interface NodeRun { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
 /** Runs `node script args` as a child; killed after timeoutMs. */
-function runNode(script: string, args: string[], timeoutMs = 30000): { child: ChildProcess; done: Promise<NodeRun>; out: () => string; err: () => string } {
+function runNode(script: string, args: string[], timeoutMs = limit(30000)): { child: ChildProcess; done: Promise<NodeRun>; out: () => string; err: () => string } {
   const child = spawn(process.execPath, [script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -44,7 +45,7 @@ function runNode(script: string, args: string[], timeoutMs = 30000): { child: Ch
   return { child, done, out: () => stdout, err: () => stderr };
 }
 
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 15000): Promise<void> {
+async function waitFor(cond: () => boolean, what: string, timeoutMs = limit(15000)): Promise<void> {
   const t0 = Date.now();
   while (!cond()) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
@@ -59,7 +60,7 @@ function lastJson<T>(text: string): T {
 }
 
 describe('serve: the restore server backed by the parallel engine', function () {
-  this.timeout(60000);
+  this.timeout(limit(60000));
   let dir: string;
   let memPath: string;
   let sockPath: string;
@@ -77,7 +78,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     const sessions = engineSessions(opts);
     const events: ServerEvent[] = [];
     const server = RestoreServer.listen({
-      socketPath: sockPath, memFilePath: memPath, serveConnection: sessions.serve, onEvent: (e) => events.push(e), recvTimeoutMs: 2000, allowedUids,
+      socketPath: sockPath, memFilePath: memPath, serveConnection: sessions.serve, onEvent: (e) => events.push(e), recvTimeoutMs: limit(2000), allowedUids,
     });
     const running = server.run();
     try {
@@ -92,7 +93,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
   /** One fc-client restore; returns its run and the session's summary. */
   async function restore(opts: EngineSessionOptions, client: Omit<FcClientOptions, 'socket' | 'memFile'>): Promise<{ run: FcClientRun; summary: SessionSummary }> {
     return withServer(opts, async ({ sessions }) => {
-      const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: 20000, ...client }).done;
+      const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: limit(20000), ...client }).done;
       await waitFor(() => sessions.summaries.length === 1, 'the session summary');
       return { run, summary: sessions.summaries[0] };
     });
@@ -200,8 +201,8 @@ describe('serve: the restore server backed by the parallel engine', function () 
 
   it('two VMs at once, each on its own connection and engine', async () => {
     await withServer({ prefetch: 'off' }, async ({ sessions }) => {
-      const a = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: 20000 });
-      const b = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 1, regionSize: 8 * MiB, fileOffset: 4 * MiB, threads: 3, timeoutMs: 20000 });
+      const a = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: limit(20000) });
+      const b = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 1, regionSize: 8 * MiB, fileOffset: 4 * MiB, threads: 3, timeoutMs: limit(20000) });
       await waitFor(() => sessions.live.size === 2 || sessions.summaries.length > 0, 'two live sessions');
       const [ra, rb] = await Promise.all([a.done, b.done]);
       assert.equal(ra.code, 0, ra.stderr);
@@ -222,7 +223,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     const memfd = memfdCreate('not-a-uffd');
     const fake = (size: number) => Buffer.from(JSON.stringify([{ base_host_virt_addr: 0x7e0000000000, size, offset: 0, page_size: 4096 }]));
     await withServer({ prefetch: 'on' }, async ({ sessions, events }) => {
-      const good = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 3, timeoutMs: 20000 });
+      const good = spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 3, timeoutMs: limit(20000) });
       const conns: number[] = [];
       // A valid handshake carrying a memfd instead of a userfaultfd.
       let c = connectUnix(sockPath);
@@ -247,7 +248,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
       assert.equal(g.error, undefined);
       await waitFor(() => sessions.summaries.some((s) => s.error !== undefined), 'the memfd session to fail');
       assert.match(sessions.summaries.find((s) => s.error)!.error!, /not a userfaultfd/);
-      await waitFor(() => events.filter((e) => e.type === 'rejected').length >= 2, 'two refusals', 5000);
+      await waitFor(() => events.filter((e) => e.type === 'rejected').length >= 2, 'two refusals', limit(5000));
       const codes = events.filter((e) => e.type === 'rejected').map((e) => (e as { code: string }).code).sort();
       assert.deepEqual(codes, ['closed', 'timeout']);
       for (const x of conns) closeSocket(x);
@@ -294,7 +295,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     it('--once serves one fc-client end to end and prints its summary', async () => {
       const cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', memPath, '--once', '--json', '--workers', '2']);
       await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
-      const run = await spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: 20000 }).done;
+      const run = await spawnFcClient({ socket: sockPath, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: limit(20000) }).done;
       assert.equal(run.code, 0, run.stderr + run.stdout);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
@@ -417,7 +418,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
         [['--socket', sockPath, '--mem-file', memPath, '--preload-ws', path.join(dir, 'missing.json')], /cannot read working set/],
       ];
       for (const [args, re] of cases) {
-        const r = spawnSync(process.execPath, [CLI, 'serve', ...args], { encoding: 'utf8', timeout: 20000 });
+        const r = spawnSync(process.execPath, [CLI, 'serve', ...args], { encoding: 'utf8', timeout: limit(20000) });
         assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
         assert.match(r.stderr, re, args.join(' '));
       }

@@ -20,6 +20,7 @@ import type { Region } from '../src/memory-types/types.js';
 import { assertBytes, assertFilled, pattern } from './helpers/bytes.js';
 import { useHugePages } from './helpers/hugetlb.js';
 import { within } from './helpers/within.js';
+import { limit } from './helpers/limits.js';
 
 const P = C.PAGE_SIZE;
 
@@ -29,7 +30,7 @@ function uffdFor(region: Region, modes: RegisterMode[], extra: C.FeatureName[] =
 }
 
 /** Waits up to timeoutMs for one message on the userfaultfd and decodes it. */
-function readOne(uffd: Userfaultfd, timeoutMs = 5000) {
+function readOne(uffd: Userfaultfd, timeoutMs = limit(5000)) {
   const poller = new Poller([uffd.fd]);
   const buf = new MessageBuffer(4);
   const deadline = Date.now() + timeoutMs;
@@ -82,7 +83,7 @@ function source(len: number, seed: number, pageSize = P): { bytes: Uint8Array; a
 function child(script: string, env: Record<string, string> = {}) {
   const dist = path.join(__dirname, '..', 'src');
   return spawnSync(process.execPath, ['-e', script], {
-    env: { ...process.env, UFFD_DIST: dist, ...env }, encoding: 'utf8', timeout: 20000,
+    env: { ...process.env, UFFD_DIST: dist, ...env }, encoding: 'utf8', timeout: limit(20000),
   });
 }
 

@@ -23,6 +23,7 @@ import { softDirtyProbe } from '../src/wss/soft-dirty.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
+import { limit } from './helpers/limits.js';
 
 const P4K = C.PAGE_SIZE;
 const LIBC = path.resolve(__dirname, '../src/kernel/libc.js');
@@ -119,7 +120,7 @@ describe('engine: serving memory that is already resident (hold, forget, markRes
       const end = await engine.stop();
       engine = undefined;
       assert.equal(end.pages.total, st.pages.total);
-      assert.ok(performance.now() - t0 < 5000);
+      assert.ok(performance.now() - t0 < limit(5000));
     } finally {
       if (engine) await engine.stop({ mode: 'abandon' });
       uffd.close();
@@ -346,7 +347,7 @@ describe('uffd-engine wss --evict (served by the engine)', () => {
   const main = path.resolve(__dirname, '../src/cli/main.js');
   for (const type of ['shmem', 'anon']) {
     it(`${type}: evicts, reads every evicted page back through the engine, reports engine figures`, () => {
-      const res = spawnSync(process.execPath, [main, 'wss', '--type', type, '--evict', '--size', '16M', '--intervals', '4', '--interval', '200', '--json'], { encoding: 'utf8', timeout: 600_000 }); // generous: emulated kernels (QEMU TCG) start threads slowly
+      const res = spawnSync(process.execPath, [main, 'wss', '--type', type, '--evict', '--size', '16M', '--intervals', '4', '--interval', '200', '--json'], { encoding: 'utf8', timeout: limit(120_000) });
       assert.equal(res.status, 0, res.stderr + res.stdout.slice(-2000));
       const out = JSON.parse(res.stdout) as { summary: Record<string, unknown> & { engine: { errors: number; pagesServed: number }; readBack: { pages: number; bad: number; served: number } } };
       const s = out.summary;

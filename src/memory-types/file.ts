@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as C from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
-import { close, ftruncate, openFile } from '../kernel/memory.js';
+import { close, ftruncate, mmap, munmap, openFile } from '../kernel/memory.js';
 import { checkRegionOptions } from './check.js';
 import type { Availability, MemoryType, Region, RegionOptions } from './types.js';
 
@@ -38,8 +38,36 @@ export function filesystemOf(p: string): string | undefined {
   return type;
 }
 
-/** A writable directory on a disk filesystem for temporary files, or why there is none. */
+/** Why a file in dir cannot be mapped MAP_SHARED (e.g. virtiofs with cache=none: ENODEV), or undefined. */
+function sharedMapRefusal(dir: string): string | undefined {
+  const p = path.join(dir, `uffd-engine-probe-${process.pid}-${++counter}`);
+  let fd = -1;
+  try {
+    fd = openFile(p, C.O_RDWR | C.O_CREAT | C.O_TRUNC);
+    fs.unlinkSync(p);
+    ftruncate(fd, C.PAGE_SIZE);
+    munmap(mmap(C.PAGE_SIZE, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, fd, 0), C.PAGE_SIZE);
+    return undefined;
+  } catch (e) {
+    fs.rmSync(p, { force: true });
+    return `MAP_SHARED refused: ${(e as Error).message}`;
+  } finally {
+    if (fd >= 0) close(fd);
+  }
+}
+
+let counter = 0;
+let usable: { env: string | undefined; found: { dir?: string; reason?: string } } | undefined;
+
+/** A writable directory on a disk filesystem whose files map MAP_SHARED, or why there is none. */
 function tempDir(): { dir?: string; reason?: string } {
+  const env = process.env.UFFD_ENGINE_FILE_DIR;
+  if (!usable || usable.env !== env) usable = { env, found: findTempDir() };
+  return usable.found;
+}
+
+/** Files in the candidate directories are probed once per process (per UFFD_ENGINE_FILE_DIR). */
+function findTempDir(): { dir?: string; reason?: string } {
   const candidates = [process.env.UFFD_ENGINE_FILE_DIR, os.tmpdir(), '/var/tmp', process.cwd()].filter(Boolean) as string[];
   const seen: string[] = [];
   for (const dir of candidates) {
@@ -54,13 +82,16 @@ function tempDir(): { dir?: string; reason?: string } {
       seen.push(`${dir} (${t})`);
       continue;
     }
+    const refused = sharedMapRefusal(dir);
+    if (refused) {
+      seen.push(`${dir} (${t}: ${refused})`);
+      continue;
+    }
     return { dir };
   }
-  return { reason: `no writable directory on a disk filesystem for a temporary file (tried ${seen.join(', ')}); ` +
-    'set UFFD_ENGINE_FILE_DIR or pass path' };
+  return { reason: `no writable directory on a disk filesystem whose files map MAP_SHARED for a temporary file ` +
+    `(tried ${seen.join(', ')}); set UFFD_ENGINE_FILE_DIR or pass path` };
 }
-
-let counter = 0;
 
 export const memoryType: MemoryType = {
   name: 'file',
