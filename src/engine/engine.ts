@@ -63,11 +63,12 @@ export interface EngineOptions {
   stripe?: number;
   prefetch?: boolean | PrefetchOptions;
   /**
-   * Who reads the userfaultfd. 'all' (default): every worker waits on it and resolves what
-   * it read (native handlers work this way), the dispatcher reads in the place of a worker
-   * busy elsewhere; non-fault events are applied under a read lock before any later fault is
-   * looked at. 'dispatcher': the dispatcher alone reads and hands faults to the workers'
-   * rings (see `inline`).
+   * Who reads the userfaultfd. 'dispatcher' (default): the dispatcher alone reads and hands
+   * faults to the workers' rings (see `inline`). 'all' (opt-in, experimental): every worker
+   * waits on it and resolves what it read (native handlers work this way), the dispatcher
+   * reads in the place of a worker busy elsewhere; non-fault events are applied under a read
+   * lock before any later fault is looked at. Known bug: now and then a page removed while
+   * being filled keeps its source bytes (test 'REMOVE read by one reader…', docs/engine.md).
    */
   readers?: 'all' | 'dispatcher';
   /**
@@ -248,7 +249,7 @@ export class Engine extends EventEmitter {
     const totalPages = this.rows.reduce((n, r) => n + r.size / r.pageSize, 0);
     const pf = normalizePrefetch(opts.prefetch, minPage);
     const ringCapacity = opts.ringCapacity ?? 4096;
-    const readers = opts.readers ?? 'all';
+    const readers = opts.readers ?? 'dispatcher';
     this.threads = opts.threads;
     const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
     const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
@@ -491,6 +492,9 @@ export class Engine extends EventEmitter {
         if (this.stopping) return;
         Atomics.store(this.control, L.CT_HELP + shard, 1); // the dispatcher reads until the replacement does
         eventfdSignal(this.setup.eventFd);
+        // Faults the dead worker had read (readers 'all') are gone with it and the kernel does
+        // not send them again: wake every region, so their threads fault again and are read anew.
+        if (this.setup.readers === 'all') this.wakeAll();
         this.failures[shard]++;
         this.incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (this.failures[shard] > 3) await sleep(Math.min(1000, 10 * this.failures[shard]));
@@ -698,7 +702,11 @@ export class Engine extends EventEmitter {
    */
   holdRwp(on: boolean): void {
     Atomics.store(this.control, L.CT_RWP_HOLD, on ? 1 : 0);
-    if (on) return;
+    if (!on) this.wakeAll();
+  }
+
+  /** Wakes every thread waiting on a fault in any live region (they fault again if still unserved). */
+  private wakeAll(): void {
     const table = new Float64Array(this.setup.regionTable);
     for (let r = 0, n = Atomics.load(this.control, L.CT_REGION_ROWS); r < n; r++) {
       const b = r * L.RT_WORDS;
