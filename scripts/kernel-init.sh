@@ -11,6 +11,8 @@ fi
 
 mount -t proc proc /proc
 mount -t sysfs sys /sys
+# cgroup2: rwp-fork and rwp-fork-pin clone their child into a frozen cgroup.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "kernel-init: no cgroup2; the rwp-fork tests will skip"
 mount -t devtmpfs dev /dev
 mkdir -p /dev/shm /dev/pts /dev/hugepages
 mount -t tmpfs shm /dev/shm

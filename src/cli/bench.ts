@@ -39,7 +39,7 @@ const SPEC: OptionSpec = {
   native: { type: 'boolean', default: true, help: 'run the native reference (--no-native: engine only)' },
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
   plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
-  readers: { type: 'string', help: 'engine: who reads the uffd: all (workers read it themselves, the dispatcher while they are busy) or dispatcher (it hands faults to the workers) (default all)' },
+  readers: { type: 'string', help: 'engine: who reads the uffd: all (workers read it themselves, the dispatcher while they are busy) or dispatcher (it hands faults to the workers) (default dispatcher; all is experimental)' },
   warmUp: { type: 'boolean', help: 'engine: compile the fault path on a scratch region before serving, as warm `serve` threads do (default off)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
