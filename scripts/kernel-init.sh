@@ -20,7 +20,7 @@ mount -t devpts devpts /dev/pts
 mount -t hugetlbfs hugetlbfs /dev/hugepages
 # /var/tmp: test-kernel.sh's cache=auto share, where files map MAP_SHARED (file regions).
 mount -t virtiofs files /var/tmp || echo "kernel-init: no 'files' share; file regions will be unavailable"
-# A guest-private /tmp (MAP_SHARED of virtiofs files fails with cache=none, and the host's
+# A guest-private /tmp (MAP_SHARED of virtiofs files fails with ENODEV on the root share, and the host's
 # /tmp stays untouched). If the checkout lives under /tmp, keep it reachable at its path.
 mount -t tmpfs run /run
 case "$checkout" in
