@@ -68,7 +68,8 @@ export interface EngineOptions {
    * waits on it and resolves what it read (native handlers work this way), the dispatcher
    * reads in the place of a worker busy elsewhere; non-fault events are applied under a read
    * lock before any later fault is looked at. Known bug: now and then a page removed while
-   * being filled keeps its source bytes (test 'REMOVE read by one reader…', docs/engine.md).
+   * being filled keeps its source bytes (test 'REMOVE read by one reader…', docs/engine.md;
+   * seen once with 'dispatcher' too, under emulation).
    */
   readers?: 'all' | 'dispatcher';
   /**
