@@ -30,7 +30,7 @@ import { PageSource, sources } from '../src/sources/index.js';
 import { writeSnapshotFile } from '../src/workload/snapshot.js';
 import { runTouchers } from '../src/workload/threads.js';
 // The servers the tests use (test-only dependencies: s3rver, and nginx from the system).
-import { nginxMissing, startNginx, startS3 } from '../test/helpers/remote-servers.js';
+import { nginxMissing, startNginx, startS3 } from './remote-servers.js';
 
 const SPEC: OptionSpec = {
   size: { type: 'size', default: '1G', help: 'memory file and guest region' },

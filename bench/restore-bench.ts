@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { parseArgs, OptionSpec } from '../src/cli/args.js';
 import { engineSessions, EngineSessionOptions, SessionSummary } from '../src/restore/engine-session.js';
 import { RestoreServer } from '../src/restore/server.js';
-import { NativeResult, nativeBinary, startExternal, startServe, writeSource } from './native.js';
+import { NativeResult, nativeBinary, startExternal, startServe, writeSource } from '../src/bench/native.js';
 
 const SPEC: OptionSpec = {
   size: { type: 'size', default: '1G', help: 'guest region' },

@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Engine } from '../src/engine/engine.js';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
-import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from './engine-bench.js';
+import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from '../src/bench/engine-bench.js';
 
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;

@@ -6,10 +6,10 @@ import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { buildNative } from '../bench/native.js';
-import { BenchConfig, checkConfig, DEFAULT_CONFIG, externalFeatures, MiB, summarize, SideRun } from '../bench/engine-bench.js';
+import { buildNative } from '../src/bench/native.js';
+import { BenchConfig, checkConfig, DEFAULT_CONFIG, externalFeatures, MiB, summarize, SideRun } from '../src/bench/engine-bench.js';
 import { configFromOptions } from '../src/cli/bench.js';
-import { suiteConfig, suiteTargets } from '../bench/suite.js';
+import { suiteConfig, suiteTargets } from '../src/bench/suite.js';
 import { limit } from './helpers/limits.js';
 
 const CLI = path.resolve(__dirname, '../src/cli/main.js');

@@ -1,4 +1,4 @@
-// The native reference benchmark (bench/native/uffd-bench.c through bench/native.ts):
+// The native reference benchmark (src/bench/native/uffd-bench.c through src/bench/native.ts):
 // builds it and runs small configurations. Correctness only: every run must verify every
 // byte (mismatches === 0) and report well-formed figures; timings are never asserted.
 import * as assert from 'node:assert/strict';
@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import {
   buildNative, HandlerCounters, NativeResult, PhaseResult, runMemcpy, runNative, runPlainFaults, startExternal,
   startServe, writeSource,
-} from '../bench/native.js';
+} from '../src/bench/native.js';
 import * as C from '../src/kernel/constants.js';
 import { ERRNO } from '../src/kernel/libc.js';
 import { close as closeFd, mmap, munmap, openFile, Poller } from '../src/kernel/memory.js';
@@ -52,7 +52,7 @@ function assertRun(r: NativeResult, what: string): void {
   assertPhase(r, r.pages, what);
 }
 
-describe('native reference benchmark (bench/native)', function () {
+describe('native reference benchmark (src/bench/native)', function () {
   this.timeout(limit(120_000));
   let skipReason: string | undefined;
 

@@ -19,7 +19,7 @@ import { sources } from '../src/sources/index.js';
 import { makeSnapshot } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
-import { Faults, nginxMissing, startNginx, startRangeServer, startS3 } from './helpers/remote-servers.js';
+import { Faults, nginxMissing, startNginx, startRangeServer, startS3 } from '../bench/remote-servers.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;

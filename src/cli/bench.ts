@@ -1,7 +1,7 @@
 // uffd-engine bench: the load benchmark. One faulting workload (the C program
-// bench/native/uffd-bench.c: its threads fault, time every first touch and verify every
+// src/bench/native/uffd-bench.c: its threads fault, time every first touch and verify every
 // byte), served by the engine (the program sends its userfaultfd to our socket, Firecracker
-// style) and by the native C handler, side by side in the same run. See bench/engine-bench.ts
+// style) and by the native C handler, side by side in the same run. See src/bench/engine-bench.ts
 // and docs/performance.md.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -10,12 +10,12 @@ import { helpText, OptionSpec, parseArgs } from './args.js';
 import {
   BenchConfig, BenchPattern, BenchType, CaseResult, checkConfig, DEFAULT_CONFIG, formatBytes, formatCase, GiB, Hooks, MiB,
   ReferenceHandler, runCase,
-} from '../../bench/engine-bench.js';
-import { Progress } from '../../bench/progress.js';
-import { renderHtml, renderSvg, ReportDoc } from '../../bench/report.js';
-import { formatSuiteDetails, rssLines, runSuite, SUITE_CASES, suiteConfig, SuiteResult } from '../../bench/suite.js';
-import type { FaultKind } from '../../bench/native.js';
-import { formatSweep, runSweep, SweepRow } from '../../bench/sweep.js';
+} from '../bench/engine-bench.js';
+import { Progress } from '../bench/progress.js';
+import { renderHtml, renderSvg, ReportDoc } from '../bench/report.js';
+import { formatSuiteDetails, rssLines, runSuite, SUITE_CASES, suiteConfig, SuiteResult } from '../bench/suite.js';
+import type { FaultKind } from '../bench/native.js';
+import { formatSweep, runSweep, SweepRow } from '../bench/sweep.js';
 
 const SPEC: OptionSpec = {
   mode: { type: 'string', help: 'start from a preset: throughput, serial, restore or bounce (the suite\'s cases; options given override it), or memory (RSS of an engine over a --size sparse region, default 1T)' },
@@ -176,7 +176,7 @@ async function calibrate(cfg: BenchConfig, seconds: number, o: Opts, hooks: Hook
 export async function run(args: string[]): Promise<number> {
   const o = parseArgs<Opts>(args, SPEC);
   if (o.help) {
-    console.log(helpText('bench', 'Load benchmark: the C workload (bench/native/uffd-bench.c) faults a region with N threads, ' +
+    console.log(helpText('bench', 'Load benchmark: the C workload (src/bench/native/uffd-bench.c) faults a region with N threads, ' +
       'timing every first touch and verifying every byte; the engine serves it (the uffd arrives over a Unix socket, ' +
       'Firecracker style), then the native C handler serves the same workload. Prints both side by side, median over ' +
       '--repeat runs, and the ratio engine/native.\n\nexamples:\n  uffd-engine bench                                  # throughput: 256M, 8 threads, 2 workers, random\n' +
@@ -194,7 +194,7 @@ export async function run(args: string[]): Promise<number> {
   const hooks = hooksFor(progress);
 
   if (o.micro) {
-    const { runMicro, formatMicro } = await import('../../bench/micro.js');
+    const { runMicro, formatMicro } = await import('../bench/micro.js');
     const results = await runMicro({ timeMs: o.microTime });
     if (o.json) console.log(JSON.stringify({ command, machine: machineJson(), micro: results }, null, 2));
     else console.log(formatMicro(results));
@@ -247,7 +247,7 @@ export async function run(args: string[]): Promise<number> {
   }
 
   if (o.mode === 'memory') {
-    const { measureRss } = await import('../../bench/rss.js');
+    const { measureRss } = await import('../bench/rss.js');
     const big = await measureRss(o.size ?? 2 ** 40, o.workers ?? 2);
     const small = await measureRss(GiB, o.workers ?? 2);
     if (o.json) console.log(JSON.stringify({ command, machine: machineJson(), rss: { big, small } }, null, 2));

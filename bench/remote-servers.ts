@@ -1,7 +1,7 @@
-// Servers on 127.0.0.1 for the remote-source tests: a small Node HTTP server with Range
-// support and fault injection (slow chunks, dropped connections, 5xx, truncated bodies,
-// corrupted bytes), s3rver (an S3-compatible store in this process) and nginx (a child
-// process with a generated config in a temp dir, when the machine has nginx).
+// Servers on 127.0.0.1 for the remote-source tests and bench/remote-bench.ts: a small Node
+// HTTP server with Range support and fault injection (slow chunks, dropped connections, 5xx,
+// truncated bodies, corrupted bytes), s3rver (an S3-compatible store in this process) and
+// nginx (a child process with a generated config in a temp dir, when the machine has nginx).
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';

@@ -7,7 +7,7 @@
 //   restore     a sequential restore (1 thread) with prefetch on, vs Firecracker's page-at-a-time
 //               handler (fc), plus memcpy bandwidth measured in the same run
 //   bounce      steady state: 5 rounds of zap + re-fault after the initial population
-//   sweep       the throughput case at 1/2/4/8/16/64 faulting threads x 1/2/4 workers (bench/sweep.ts)
+//   sweep       the throughput case at 1/2/4/8/16/64 faulting threads x 1/2/4 workers (src/bench/sweep.ts)
 //   memory      RSS overhead of an engine over a 1 TiB sparse registered region (fresh process)
 import { BenchConfig, CaseResult, DEFAULT_CONFIG, formatBytes, formatCase, formatNum, formatRate, GiB, Hooks, MiB, runCase } from './engine-bench.js';
 import type { TargetRow } from './report.js';

@@ -1,7 +1,7 @@
 // The load benchmark: one faulting workload, served by the engine and by the native C
 // reference, side by side in the same run.
 //
-// The faulting threads are always the C program's (bench/native/uffd-bench.c): it maps the
+// The faulting threads are always the C program's (src/bench/native/uffd-bench.c): it maps the
 // region, faults it with N threads in the chosen pattern, times every first touch on the
 // faulting side and afterwards checks every byte. What differs is who serves the faults:
 //
@@ -20,13 +20,13 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Engine, EngineStats } from '../src/engine/engine.js';
-import type { FeatureName } from '../src/kernel/constants.js';
-import { acceptAsync, closeFds, closeSocket, listenUnix, sendWithFds } from '../src/kernel/socket.js';
-import { featureMask, Userfaultfd } from '../src/kernel/userfaultfd.js';
-import { validateHandshake } from '../src/restore/handshake.js';
-import { receiveHandshake } from '../src/restore/server.js';
-import { PageSource, sources } from '../src/sources/index.js';
+import { Engine, EngineStats } from '../engine/engine.js';
+import type { FeatureName } from '../kernel/constants.js';
+import { acceptAsync, closeFds, closeSocket, listenUnix, sendWithFds } from '../kernel/socket.js';
+import { featureMask, Userfaultfd } from '../kernel/userfaultfd.js';
+import { validateHandshake } from '../restore/handshake.js';
+import { receiveHandshake } from '../restore/server.js';
+import { PageSource, sources } from '../sources/index.js';
 import {
   AccessPattern, buildNative, FaultKind, HistogramBucket, MemType, NativeOptions, NativeProcess, NativeResult, PhaseResult,
   runMemcpy, runPlainFaults, startExternal, startNative, writeSource,

@@ -3,11 +3,11 @@
 // (workers/toucher.js) touch it in the same pattern and verify every byte. Same figures,
 // different faulting side (JS threads in the engine's own process): not comparable with the
 // C workload's numbers, and reported as such.
-import { Engine } from '../src/engine/engine.js';
-import { memoryType } from '../src/memory-types/index.js';
-import { sources } from '../src/sources/index.js';
-import { makeSnapshot } from '../src/workload/snapshot.js';
-import { assignPages, runTouchers } from '../src/workload/threads.js';
+import { Engine } from '../engine/engine.js';
+import { memoryType } from '../memory-types/index.js';
+import { sources } from '../sources/index.js';
+import { makeSnapshot } from '../workload/snapshot.js';
+import { assignPages, runTouchers } from '../workload/threads.js';
 import type { BenchConfig, PhaseFigures, SideRun } from './engine-bench.js';
 import type { HistogramBucket } from './native.js';
 
@@ -41,7 +41,7 @@ export async function runEngineJsSide(cfg: BenchConfig, rep: number): Promise<Si
     });
     const pages = cfg.size / cfg.pageSize;
     const shares = assignPages(pages, cfg.threads, cfg.pattern === 'hot-set' ? 'random' : cfg.pattern, cfg.seed, cfg.stride ?? 16);
-    const { addressOf } = await import('../src/kernel/libc.js');
+    const { addressOf } = await import('../kernel/libc.js');
     const expectAddr = snapshot ? addressOf(snapshot) : 0;
     const cpu0 = process.cpuUsage();
     const results = await runTouchers(shares.map((p) => ({ addr: region.addr, pageSize: cfg.pageSize, pages: p, expectAddr, write: false })));
