@@ -132,7 +132,7 @@ async function runC(config: string, o: Opts, file: string, sock: string, handler
 async function runFill(o: Opts, file: string, sock: string): Promise<FillRun> {
   const sessions = engineSessions({ workers: o.workers, chunk: o.chunk, prefetch: 'on', warm: o.warm, populateSource: o.populateSource });
   const server = RestoreServer.listen({ socketPath: sock, memFilePath: file, serveConnection: sessions.serve });
-  const client = path.resolve(__dirname, '../src/restore/touch-client.js');
+  const client = path.resolve(__dirname, '../src/cli/touch-client.js');
   try {
     await sessions.ready();
     const accepted = server.acceptOne(30_000);

@@ -23,8 +23,8 @@ import { limit } from './helpers/limits.js';
 const MiB = 1 << 20;
 const DIST = path.resolve(__dirname, '..');
 const CLI = path.join(DIST, 'src/cli/main.js');
-const TOUCH_CLIENT = path.join(DIST, 'src/restore/touch-client.js');
-const KVM_CLIENT = path.join(DIST, 'src/restore/kvm-client.js');
+const TOUCH_CLIENT = path.join(DIST, 'src/cli/touch-client.js');
+const KVM_CLIENT = path.join(DIST, 'src/cli/kvm-client.js');
 
 interface NodeRun { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 

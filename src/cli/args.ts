@@ -1,13 +1,9 @@
 // A small, strict option parser shared by the commands: --name value, --flag, --no-flag.
-export type OptionSpec = Record<string, { type: 'string' | 'number' | 'boolean' | 'size'; default?: unknown; help: string }>;
+import { parseSize } from '../sizes.js';
 
-/** Parses sizes like 4096, 64K, 2M, 1G, 1T (binary units). */
-export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?$/.exec(text.trim());
-  if (!m) throw new Error(`"${text}" is not a size (use e.g. 4096, 64K, 2M, 1G)`);
-  const mult = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  return Math.round(Number(m[1]) * mult);
-}
+export { parseSize };
+
+export type OptionSpec = Record<string, { type: 'string' | 'number' | 'boolean' | 'size'; default?: unknown; help: string }>;
 
 export function parseArgs<T extends Record<string, unknown>>(args: string[], spec: OptionSpec): T & { _: string[] } {
   const out: Record<string, unknown> = { _: [] };

@@ -1,10 +1,5 @@
 // Number formatting and a text progress bar for the commands.
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
+export { formatBytes } from '../sizes.js';
 
 export function progressBar(done: number, total: number, width = 30): string {
   const f = total > 0 ? Math.min(1, done / total) : 1;

@@ -1,10 +1,11 @@
 // Command-line options for memory files in object storage, shared by `serve --mem-url` and
 // `snapshot upload`. Credentials come from the environment only (AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, or the AWS SDK's other sources), never argv.
-import { RemoteConfig, RemoteMemory, RemoteOptions, RemoteStats } from '../remote/remote-memory.js';
+import { RemoteConfig, RemoteMemory, RemoteOptions } from '../remote/remote-memory.js';
+
+export { formatRemoteStats } from '../remote/remote-memory.js';
 import { parseMemUrl, StoreLocation } from '../remote/store.js';
 import type { OptionSpec } from './args.js';
-import { formatBytes } from './format.js';
 
 export const S3_SPEC: OptionSpec = {
   s3Endpoint: { type: 'string', help: 'S3-compatible endpoint for s3:// URLs, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS S3); credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY' },
@@ -59,11 +60,4 @@ export function remoteConfig(o: RemoteArgs & { memUrl: string }): RemoteConfig {
 export function openRemote(o: RemoteArgs & { memUrl: string }, prefetch: RemoteOptions['prefetch']): Promise<RemoteMemory> {
   const c = remoteConfig(o);
   return RemoteMemory.open(c.location, { ...c.options, prefetch });
-}
-
-export function formatRemoteStats(s: RemoteStats): string {
-  return `remote: ${s.cached}/${s.chunks} chunks of ${formatBytes(s.chunkSize)} cached (${s.demandChunks} on demand, ${s.prefetchChunks} prefetched)` +
-    `, ${s.requests} requests, ${formatBytes(s.bytesFetched)} fetched, ${s.retries} retries, ${s.failed} failed` +
-    `${s.verified ? ', every chunk verified against the manifest' : ', not verified (no manifest)'}` +
-    `${s.firstChunkMs !== null ? `, first chunk after ${s.firstChunkMs.toFixed(0)} ms` : ''}`;
 }

@@ -20,6 +20,7 @@ import {
 } from './fetcher.js';
 import { checkChunkSize, DEFAULT_CHUNK_SIZE, Manifest, ManifestError, parseManifest } from './manifest.js';
 import { describeLocation, StoreLocation } from './store.js';
+import { formatBytes } from '../sizes.js';
 
 export interface RemoteOptions {
   /** Bytes per ranged GET and per cache chunk (default: the manifest's, else 4 MiB). */
@@ -261,4 +262,12 @@ export class RemoteMemory extends EventEmitter {
 /** Opens a remote source spec (sources.s3 / sources.http) for an engine that will own it. */
 export function openRemoteSource(src: RemoteSource): Promise<RemoteMemory> {
   return RemoteMemory.open(src.location, src.options);
+}
+
+/** One line for people: how much of the memory file came over the network, and how. */
+export function formatRemoteStats(s: RemoteStats): string {
+  return `remote: ${s.cached}/${s.chunks} chunks of ${formatBytes(s.chunkSize)} cached (${s.demandChunks} on demand, ${s.prefetchChunks} prefetched)` +
+    `, ${s.requests} requests, ${formatBytes(s.bytesFetched)} fetched, ${s.retries} retries, ${s.failed} failed` +
+    `${s.verified ? ', every chunk verified against the manifest' : ', not verified (no manifest)'}` +
+    `${s.firstChunkMs !== null ? `, first chunk after ${s.firstChunkMs.toFixed(0)} ms` : ''}`;
 }

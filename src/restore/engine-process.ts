@@ -27,7 +27,7 @@ import type { Handshake } from './handshake.js';
 import type { SessionContext } from './server.js';
 import { loadWorkingSet } from './working-set.js';
 import { RemoteConfig, RemoteMemory } from '../remote/remote-memory.js';
-import { formatRemoteStats } from '../cli/remote.js';
+import { formatRemoteStats } from '../remote/remote-memory.js';
 
 /** What every engine process of one supervisor is started with (argv[2], JSON). */
 export interface EngineProcessConfig {

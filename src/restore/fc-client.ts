@@ -1,7 +1,8 @@
 // A test client that restores "guest memory" the way Firecracker does, so a handler can
-// be tested end to end without Firecracker. It runs as its own process:
+// be tested end to end without Firecracker. This module is the library (runFcClient, and
+// spawnFcClient to run it as its own process); the process entry is src/cli/fc-client.ts:
 //
-//   node dist/src/restore/fc-client.js --socket /run/h.sock --mem-file snap.mem \
+//   node dist/src/cli/fc-client.js --socket /run/h.sock --mem-file snap.mem \
 //        [--regions 2] [--region-size 64M] [--page-size-field v1.12] [--hugetlb] \
 //        [--threads 4] [--remove 0:1M:256K] [--timeout-ms 30000]
 //
@@ -11,24 +12,32 @@
 //    plus the uffd as SCM_RIGHTS — the payload fields chosen by --page-size-field
 //    (v1.1: three fields; v1.7: + page_size_kib; v1.12: page_size and page_size_kib;
 //    page_size_only) — and keeps the socket open until it exits, as Firecracker does,
-// 4. reads its memory page by page from --threads worker threads and checks every byte
-//    against the memory file; optionally madvise(DONTNEED)s a range during the restore
-//    (a balloon) — the handler gets UFFD_EVENT_REMOVE — and then checks that range reads
-//    zeros,
+// 4. reads its memory page by page from --threads worker threads (fc-reader.ts) and checks
+//    every byte against the memory file; optionally madvise(DONTNEED)s a range during the
+//    restore (a balloon) — the handler gets UFFD_EVENT_REMOVE — and then checks that range
+//    reads zeros,
 // 5. prints one JSON line and exits 0, or prints the first mismatch and exits 1
 //    (2: error or timeout).
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
-import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { Worker } from 'node:worker_threads';
 import * as C from '../kernel/constants.js';
-import { bytesAt, madvise, mapAnonymous, memcmp, mmap, openFile } from '../kernel/memory.js';
+import { madvise, mapAnonymous, mmap, openFile } from '../kernel/memory.js';
 import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
 import { libc } from '../kernel/libc.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { connectUnix, recvWithFds, sendWithFds, watchFd } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { encodeHandshake, HandshakeVariant } from './handshake.js';
-import { parseArgs, parseSize, OptionSpec, helpText } from '../cli/args.js';
+import { parseSize } from '../sizes.js';
+import type { Mismatch, ReadTask, ReaderData, ReaderResult } from './fc-reader.js';
+
+export type { Mismatch } from './fc-reader.js';
+
+/** The process entry that spawnFcClient runs. */
+export const FC_CLIENT_SCRIPT = path.resolve(__dirname, '../cli/fc-client.js');
+const READER = path.resolve(__dirname, 'fc-reader.js');
 
 export type PageSizeField = HandshakeVariant | 'page_size_only';
 
@@ -64,16 +73,6 @@ export interface FcClientOptions {
   removeGate?: string;
 }
 
-export interface Mismatch {
-  region: number;
-  /** Byte offset inside the region. */
-  regionOffset: number;
-  fileOffset: number;
-  expected: number;
-  got: number;
-  expectation: 'file' | 'zero';
-}
-
 export interface FcClientResult {
   ok: boolean;
   regions: number;
@@ -85,64 +84,11 @@ export interface FcClientResult {
   mismatch?: Mismatch;
 }
 
-interface ReadTask {
-  region: number;
-  addr: number;
-  fileAddr: number;
-  /** Offset of addr inside the region. */
-  regionOffset: number;
-  fileOffset: number;
-  len: number;
-}
-interface ReaderData {
-  role: 'fc-client-reader';
-  tasks: ReadTask[];
-  pageSize: number;
-  index: number;
-  threads: number;
-  stripePages: number;
-  expectation: 'file' | 'zero';
-}
-interface ReaderResult { pages: number; mismatch?: Mismatch }
-
-/** Checks this reader's share of the pages (page-granular stripes across the threads). */
-function readPages(d: ReaderData): ReaderResult {
-  const ps = d.pageSize;
-  // An untouched private anonymous mapping reads as zeros (and is never freed under us).
-  const zero = d.expectation === 'zero' ? mapAnonymous(ps, 0, C.PROT_READ) : 0;
-  let global = 0;
-  let pages = 0;
-  for (const t of d.tasks) {
-    const n = t.len / ps;
-    for (let p = 0; p < n; p++, global++) {
-      if (Math.floor(global / d.stripePages) % d.threads !== d.index) continue;
-      const addr = t.addr + p * ps;
-      const ref = d.expectation === 'zero' ? zero : t.fileAddr + p * ps;
-      // The first access to the page faults; the handler serves it; then compare.
-      if (memcmp(addr, ref, ps) !== 0) {
-        const got = bytesAt(addr, ps);
-        const want = bytesAt(ref, ps);
-        let i = 0;
-        while (i < ps && got[i] === want[i]) i++;
-        return {
-          pages,
-          mismatch: {
-            region: t.region, regionOffset: t.regionOffset + p * ps + i, fileOffset: t.fileOffset + p * ps + i,
-            expected: want[i], got: got[i], expectation: d.expectation,
-          },
-        };
-      }
-      pages++;
-    }
-  }
-  return { pages };
-}
-
 function runReaders(tasks: ReadTask[], pageSize: number, threads: number, stripePages: number,
   expectation: 'file' | 'zero'): Promise<ReaderResult> {
   const jobs = Array.from({ length: threads }, (_, index) => new Promise<ReaderResult>((resolve, reject) => {
     const data: ReaderData = { role: 'fc-client-reader', tasks, pageSize, index, threads, stripePages, expectation };
-    const w = new Worker(__filename, { workerData: data });
+    const w = new Worker(READER, { workerData: data });
     w.once('message', (r: ReaderResult) => resolve(r));
     w.once('error', reject);
     w.once('exit', (code) => { if (code !== 0) reject(new Error(`reader ${index} exited with ${code}`)); });
@@ -151,32 +97,6 @@ function runReaders(tasks: ReadTask[], pageSize: number, threads: number, stripe
     pages: rs.reduce((s, r) => s + r.pages, 0),
     mismatch: rs.find((r) => r.mismatch)?.mismatch,
   }));
-}
-
-/**
- * A thread that ends the whole process (_exit) if the restore does not finish in time:
- * a fault nobody serves blocks its thread in the kernel, so only another thread can.
- */
-function startWatchdog(timeoutMs: number): { cancel(): void } {
-  const sab = new SharedArrayBuffer(4);
-  const w = new Worker(`
-    const { workerData } = require('node:worker_threads');
-    const fs = require('node:fs');
-    const flag = new Int32Array(workerData.sab);
-    if (Atomics.wait(flag, 0, 0, workerData.timeoutMs) === 'timed-out') {
-      fs.writeSync(2, 'fc-client: timed out after ' + workerData.timeoutMs + ' ms (faults not served?)\\n');
-      // koffi is loaded only here: a thread torn down by the process's exit while it loads
-      // koffi aborts the process (napi_throw), and a restore that ends early must not.
-      try { require(workerData.libc).libc._exit(2); } catch (e) { fs.writeSync(2, 'fc-client watchdog: ' + e + '\\n'); }
-      process.kill(process.pid, 'SIGKILL');
-    }`, { eval: true, workerData: { sab, timeoutMs, libc: require.resolve('../kernel/libc.js') } });
-  w.unref();
-  return {
-    cancel() {
-      Atomics.store(new Int32Array(sab), 0, 1);
-      Atomics.notify(new Int32Array(sab), 0);
-    },
-  };
 }
 
 /**
@@ -318,25 +238,9 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   };
 }
 
-export const FC_CLIENT_OPTIONS: OptionSpec = {
-  socket: { type: 'string', help: 'Unix socket the handler listens on' },
-  memFile: { type: 'string', help: 'snapshot memory file the pages are checked against' },
-  regions: { type: 'number', default: 1, help: 'number of guest memory regions' },
-  regionSize: { type: 'size', help: 'bytes per region (default: the file split evenly)' },
-  fileOffset: { type: 'size', default: 0, help: 'where the first region starts in the file' },
-  pageSizeField: { type: 'string', default: 'v1.12', help: 'payload fields: v1.1 | v1.7 (page_size_kib) | v1.12 (both) | page_size_only' },
-  hugetlb: { type: 'boolean', default: false, help: 'back the regions with 2 MiB hugetlb pages' },
-  threads: { type: 'number', default: 1, help: 'reader threads' },
-  stripePages: { type: 'number', help: 'pages each reader takes in turn' },
-  remove: { type: 'string', help: 'region:offset:length to madvise(DONTNEED) during the restore; must then read zeros' },
-  timeoutMs: { type: 'number', default: 30000, help: 'give up (exit 2) after this long' },
-  removeGate: { type: 'string', help: 'with --remove: create FILE.ready, then wait for FILE before the madvise (tests)' },
-  onHandlerHangup: { type: 'string', default: 'ignore', help: 'ignore | fail: exit 3 at once if the handler hangs up while pages are still missing' },
-};
-
 /** The argv that runs the client with these options. */
 export function fcClientArgs(o: FcClientOptions): string[] {
-  const args = [__filename, '--socket', o.socket, '--mem-file', o.memFile];
+  const args = [FC_CLIENT_SCRIPT, '--socket', o.socket, '--mem-file', o.memFile];
   const add = (k: string, v: unknown): void => { if (v !== undefined && v !== false) args.push(`--${k}`, ...(v === true ? [] : [String(v)])); };
   add('regions', o.regions);
   add('region-size', o.regionSize);
@@ -374,41 +278,9 @@ export function spawnFcClient(o: FcClientOptions): { child: ChildProcess; done: 
   return { child, done };
 }
 
-function describeMismatch(m: Mismatch): string {
+/** One line that says where the first wrong byte was and what it should have been. */
+export function describeMismatch(m: Mismatch): string {
   return `mismatch in region ${m.region} at offset 0x${m.regionOffset.toString(16)} (file offset 0x${m.fileOffset.toString(16)}): ` +
     `got 0x${m.got.toString(16).padStart(2, '0')}, expected 0x${m.expected.toString(16).padStart(2, '0')}` +
     (m.expectation === 'zero' ? ' (a removed range must read zeros)' : ' (from the memory file)');
-}
-
-async function cliMain(argv: string[]): Promise<number> {
-  if (argv.includes('--help')) {
-    console.log(helpText('fc-client (node dist/src/restore/fc-client.js)', 'Restore guest memory through a Firecracker-style UFFD handshake and verify it.', FC_CLIENT_OPTIONS));
-    return 0;
-  }
-  const o = parseArgs<FcClientOptions & Record<string, unknown>>(argv, FC_CLIENT_OPTIONS);
-  if (!o.socket || !o.memFile) throw new Error('--socket and --mem-file are required');
-  if (!['v1.1', 'v1.7', 'v1.12', 'page_size_only'].includes(o.pageSizeField ?? 'v1.12')) {
-    throw new Error(`--page-size-field must be v1.1, v1.7, v1.12 or page_size_only, got "${o.pageSizeField}"`);
-  }
-  const watchdog = startWatchdog(o.timeoutMs ?? 30000);
-  const r = await runFcClient(o);
-  watchdog.cancel();
-  console.log(JSON.stringify(r));
-  if (r.mismatch) {
-    console.error(`fc-client: ${describeMismatch(r.mismatch)}`);
-    return 1;
-  }
-  return 0;
-}
-
-if (!isMainThread && (workerData as ReaderData | undefined)?.role === 'fc-client-reader') {
-  parentPort!.postMessage(readPages(workerData as ReaderData));
-} else if (isMainThread && require.main === module) {
-  cliMain(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      console.error(`fc-client: ${e instanceof Error ? e.message : String(e)}`);
-      process.exit(2);
-    },
-  );
 }

@@ -4,30 +4,37 @@
 // KVM), connects to the handler's socket and sends the v1.12 handshake plus the uffd, then
 // runs the vCPU. Every RAM page the guest reads is served by the handler from the memory
 // file; the guest writes its checksum to an I/O port, which must equal the checksum of the
-// file's bytes. Afterwards guest RAM is compared with the file page by page.
+// file's bytes. Afterwards guest RAM is compared with the file page by page. This module is
+// the library (runKvmClient); the process entry is src/cli/kvm-client.ts (KVM_CLIENT_SCRIPT):
 //
-//   node dist/src/restore/kvm-client.js --socket S --mem-file M --ram-size 16M \
+//   node dist/src/cli/kvm-client.js --socket S --mem-file M --ram-size 16M \
 //        [--stride 4096] [--file-offset 0] [--hugetlb]
 //
 // Prints one JSON line ({"ok":true,"checksum":...,"expected":...}); exit 0, 1 on a wrong
 // checksum or page, 2 on an error.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as C from '../kernel/constants.js';
 import { bytesAt, memcmp, mmap, openFile } from '../kernel/memory.js';
 import { connectUnix, sendWithFds } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
-import { parseArgs, OptionSpec } from '../cli/args.js';
 import { encodeHandshake } from './handshake.js';
 import { ChecksumGuest, guestChecksum } from './kvm-guest.js';
 
-const SPEC: OptionSpec = {
-  socket: { type: 'string', help: 'handler socket' },
-  memFile: { type: 'string', help: 'memory file' },
-  ramSize: { type: 'size', default: '16M', help: 'guest RAM' },
-  stride: { type: 'number', default: 4096, help: 'bytes between the u32s the guest folds into its checksum' },
-  fileOffset: { type: 'size', default: 0, help: 'where guest RAM starts in the memory file' },
-  hugetlb: { type: 'boolean', default: false, help: 'back guest RAM with 2 MiB hugetlb pages' },
-};
+/** The process entry: node KVM_CLIENT_SCRIPT --socket S --mem-file M ... */
+export const KVM_CLIENT_SCRIPT = path.resolve(__dirname, '../cli/kvm-client.js');
+
+export interface KvmClientOptions {
+  socket: string;
+  memFile: string;
+  ramSize: number;
+  /** Bytes between the u32s the guest folds into its checksum. */
+  stride: number;
+  /** Where guest RAM starts in the memory file. */
+  fileOffset: number;
+  /** Back guest RAM with 2 MiB hugetlb pages. */
+  hugetlb: boolean;
+}
 
 export interface KvmClientResult {
   ok: boolean;
@@ -41,7 +48,8 @@ export interface KvmClientResult {
   ms: number;
 }
 
-async function main(o: { socket: string; memFile: string; ramSize: number; stride: number; fileOffset: number; hugetlb: boolean }): Promise<KvmClientResult> {
+/** Creates the guest, hands its RAM to the handler, runs it and checks the result. */
+export async function runKvmClient(o: KvmClientOptions): Promise<KvmClientResult> {
   const pageSize = o.hugetlb ? C.HUGE_PAGE_2M : C.PAGE_SIZE;
   const fileSize = fs.statSync(o.memFile).size;
   if (o.fileOffset + o.ramSize > fileSize) throw new Error('guest RAM extends past the end of the memory file');
@@ -66,22 +74,4 @@ async function main(o: { socket: string; memFile: string; ramSize: number; strid
     exit: run.exit, checksum: run.checksum, expected, badPage, pageSize,
     guestMs: Math.round(run.ms * 10) / 10, ms: Math.round((performance.now() - t0) * 10) / 10,
   };
-}
-
-if (require.main === module) {
-  let o;
-  try {
-    o = parseArgs<{ socket: string; memFile: string; ramSize: number; stride: number; fileOffset: number; hugetlb: boolean }>(process.argv.slice(2), SPEC);
-    if (!o.socket || !o.memFile) throw new Error('--socket and --mem-file are required');
-  } catch (e) {
-    console.error(`kvm-client: ${(e as Error).message}`);
-    process.exit(2);
-  }
-  main(o).then((r) => {
-    console.log(JSON.stringify(r));
-    process.exit(r.ok ? 0 : 1);
-  }, (e: unknown) => {
-    console.error(`kvm-client: ${e instanceof Error ? e.message : String(e)}`);
-    process.exit(2);
-  });
 }

@@ -1,8 +1,9 @@
 // A Firecracker-style client that touches chosen pages in a chosen order, or watches its
 // memory being populated without touching it — the working-set and background-population
-// counterpart of fc-client.ts. Runs as its own process:
+// counterpart of fc-client.ts. This module is the library (runTouchClient); the process
+// entry is src/cli/touch-client.ts (TOUCH_CLIENT_SCRIPT):
 //
-//   node dist/src/restore/touch-client.js --socket S --mem-file M --region-size 16M \
+//   node dist/src/cli/touch-client.js --socket S --mem-file M --region-size 16M \
 //        [--regions 1] [--touch '[[40,30,20],[1,2,3]]' --gap-ms 100] [--watch] [--verify-all] \
 //        [--wait-stdin] [--timeout-ms 20000]
 //
@@ -19,31 +20,31 @@
 // 5. --verify-all: compares every page with the memory file;
 // 6. prints one JSON line and exits 0 (1: a mismatch; 2: error or timeout).
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as readline from 'node:readline';
 import * as C from '../kernel/constants.js';
 import { bytesAt, madvise, mapAnonymous, memcmp, mmap, openFile } from '../kernel/memory.js';
 import { connectUnix, sendWithFds } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
-import { parseArgs, OptionSpec } from '../cli/args.js';
 import { encodeHandshake } from './handshake.js';
 
-const SPEC: OptionSpec = {
-  socket: { type: 'string', help: 'handler socket' },
-  memFile: { type: 'string', help: 'memory file' },
-  regions: { type: 'number', default: 1, help: 'regions' },
-  regionSize: { type: 'size', help: 'bytes per region' },
-  fileOffset: { type: 'size', default: 0, help: 'file offset of the first region' },
-  touch: { type: 'string', help: 'JSON array of groups of global page indices to touch in order' },
-  gapMs: { type: 'number', default: 100, help: 'sleep between touch groups' },
-  watch: { type: 'boolean', default: false, help: 'watch population through pagemap until every page is present' },
-  verifyAll: { type: 'boolean', default: false, help: 'compare every page with the file at the end' },
-  waitStdin: { type: 'boolean', default: false, help: 'print {"ready":true} and wait for a line on stdin first' },
-  timeoutMs: { type: 'number', default: 20000, help: 'exit 2 after this long' },
-};
+/** The process entry: node TOUCH_CLIENT_SCRIPT --socket S --mem-file M ... */
+export const TOUCH_CLIENT_SCRIPT = path.resolve(__dirname, '../cli/touch-client.js');
 
-interface Options {
-  socket: string; memFile: string; regions: number; regionSize?: number; fileOffset: number; touch?: string;
-  gapMs: number; watch: boolean; verifyAll: boolean; waitStdin: boolean; timeoutMs: number;
+export interface TouchClientOptions {
+  socket: string;
+  memFile: string;
+  regions: number;
+  /** Bytes per region; default: the file (after fileOffset) split evenly. */
+  regionSize?: number;
+  fileOffset: number;
+  /** JSON array of groups of global page indices to touch in order. */
+  touch?: string;
+  gapMs: number;
+  watch: boolean;
+  verifyAll: boolean;
+  waitStdin: boolean;
+  timeoutMs: number;
 }
 
 export interface TouchClientResult {
@@ -62,7 +63,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-async function main(o: Options): Promise<TouchClientResult> {
+/** The client's whole run in this process (see the top of this file). */
+export async function runTouchClient(o: TouchClientOptions): Promise<TouchClientResult> {
   const PS = C.PAGE_SIZE;
   const fileSize = fs.statSync(o.memFile).size;
   const regionSize = o.regionSize ?? Math.floor((fileSize - o.fileOffset) / o.regions / PS) * PS;
@@ -153,27 +155,4 @@ async function main(o: Options): Promise<TouchClientResult> {
   }
   result.ms = Math.round((performance.now() - t0) * 1000) / 1000;
   return result;
-}
-
-if (require.main === module) {
-  let o: Options;
-  try {
-    o = parseArgs<Options & Record<string, unknown>>(process.argv.slice(2), SPEC);
-    if (!o.socket || !o.memFile) throw new Error('--socket and --mem-file are required');
-  } catch (e) {
-    console.error(`touch-client: ${(e as Error).message}`);
-    process.exit(2);
-  }
-  const timer = setTimeout(() => {
-    console.error(`touch-client: timed out after ${o.timeoutMs} ms`);
-    process.exit(2);
-  }, o.timeoutMs);
-  main(o).then((r) => {
-    clearTimeout(timer);
-    console.log(JSON.stringify(r));
-    process.exit(r.ok ? 0 : 1);
-  }, (e: unknown) => {
-    console.error(`touch-client: ${e instanceof Error ? e.message : String(e)}`);
-    process.exit(2);
-  });
 }
