@@ -44,17 +44,17 @@ export function touch(job: TouchJob): TouchResult {
   // One view per page is an allocation, but on the faulting side, outside the engine.
   let lo = Infinity;
   let hi = -1;
-  for (let i = 0; i < n; i++) { const p = pages[i]; if (p < lo) lo = p; if (p > hi) hi = p; }
+  for (const p of pages) { if (p < lo) lo = p; if (p > hi) hi = p; }
   const span = n ? bytesAt(addr + lo * pageSize, (hi - lo + 1) * pageSize) : new Uint8Array(0);
   for (let i = 0; i < n; i++) {
-    const off = (pages[i] - lo) * pageSize;
+    const off = ((pages[i] ?? lo) - lo) * pageSize;
     const t = performance.now();
-    if (job.write) span[off + 1] = span[off + 1]; // a write fault, bytes unchanged
+    if (job.write) span[off + 1] = span[off + 1] ?? 0; // a write fault, bytes unchanged
     else if (span[off] === 0x100) throw new Error('unreachable'); // a read fault
     const us = (performance.now() - t) * 1000;
     let b = 0;
     for (let v = us; v >= 2 && b < HIST_BUCKETS - 1; v /= 2) b++;
-    hist[b]++;
+    hist[b] = (hist[b] ?? 0) + 1;
     if (i % sampleEvery === 0) latencies.push(us);
     if (progress && (i & 63) === 63) Atomics.add(progress, 0, 64);
   }
@@ -64,8 +64,7 @@ export function touch(job: TouchJob): TouchResult {
   let firstMismatch = -1;
   if (job.verify !== false) {
     const zero = new Uint8Array(pageSize);
-    for (let i = 0; i < n; i++) {
-      const p = pages[i];
+    for (const p of pages) {
       const pageAddr = addr + p * pageSize;
       let bad: boolean;
       if (job.expectAddr) bad = memcmp(pageAddr, job.expectAddr + p * pageSize, pageSize) !== 0;

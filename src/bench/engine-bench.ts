@@ -400,8 +400,9 @@ function phaseWindow(r: NativeResult, t0Ns: number, exitT: number): { start: num
 function spread(xs: number[]): Spread {
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
-  const median = n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-  return { median, min: s[0], max: s[n - 1] };
+  const at = (i: number): number => s[i] ?? NaN;
+  const median = n === 0 ? NaN : n % 2 ? at((n - 1) / 2) : (at(n / 2 - 1) + at(n / 2)) / 2;
+  return { median, min: at(0), max: at(n - 1) };
 }
 
 export function summarize(runs: SideRun[], phase: 'initial' | 'steady'): SideSummary | null {
@@ -497,7 +498,9 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
     // A received uffd cannot be asked what it negotiated (a second UFFDIO_API is refused):
     // wrap it with the features the C program asks for this type and kind. Its ioctls
     // are unknown (0): the engine registers nothing for regions it is handed.
-    const uffd = Userfaultfd.fromFd(fds[0], featureMask(features), 0n, true);
+    const uffdFd = fds[0];
+    if (uffdFd === undefined) throw new Error('the C workload sent its handshake without a userfaultfd');
+    const uffd = Userfaultfd.fromFd(uffdFd, featureMask(features), 0n, true);
     fds = fds.slice(1);
     const tStart = performance.now();
     // Background prefetch starts as soon as a worker is up, before the engine is ready and
@@ -758,7 +761,7 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
       const b = n ? f(n) : null;
       return a && b && b.median > 0 ? a.median / b.median : null;
     };
-    const loadavg = os.loadavg()[0];
+    const loadavg = os.loadavg()[0] ?? 0;
     if (loadavg > os.cpus().length) note(`load average ${loadavg.toFixed(1)} on ${os.cpus().length} CPUs: other work shared the machine during this run`);
     return {
       config: cfg, nativeSkipped, runs, engine, native,

@@ -13,7 +13,7 @@ import type { HistogramBucket } from './native.js';
 
 function percentile(sorted: number[], q: number): number {
   if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? 0;
 }
 
 /** Why the JS workload cannot run this configuration, or null. */
@@ -53,10 +53,10 @@ export async function runEngineJsSide(cfg: BenchConfig, rep: number): Promise<Si
     const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
     const hist: HistogramBucket[] = [];
     const h = new Array<number>(32).fill(0);
-    for (const r of results) r.histogram.forEach((v, i) => { h[i] += v; });
+    for (const r of results) r.histogram.forEach((v, i) => { h[i] = (h[i] ?? 0) + v; });
     let last = 0;
     h.forEach((v, i) => { if (v) last = i; });
-    for (let i = 0; i <= last; i++) hist.push({ loUs: i === 0 ? 0 : 2 ** i, hiUs: 2 ** (i + 1), count: h[i] });
+    for (let i = 0; i <= last; i++) hist.push({ loUs: i === 0 ? 0 : 2 ** i, hiUs: 2 ** (i + 1), count: h[i] ?? 0 });
     const engineCpu = stats.dispatcher.cpuSec + stats.workers.reduce((s, w) => s + w.cpuSec, 0);
     const initial: PhaseFigures = {
       elapsedSec, pages: touched, faultsPerSec: touched / elapsedSec, pagesPerSec: touched / elapsedSec,

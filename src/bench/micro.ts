@@ -20,7 +20,7 @@ import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
 import * as L from '../engine/layout.js';
 import { nowMs, Resolver } from '../engine/resolver.js';
 import { scratchSetup } from '../engine/warm-up.js';
-import { Counters, PAGE_FILLING, PAGE_MISSING, PageStates, Ring } from '../engine/shared.js';
+import { PAGE_FILLING, PAGE_MISSING, PageStates, Ring } from '../engine/shared.js';
 
 export interface MicroResult {
   name: string;
@@ -134,7 +134,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
       name: 'shard routing: region row + page + stripe + shard', ops: 256,
       fn: () => {
         for (let i = 0; i < 256; i++) {
-          const addr = starts[i & 3] + ((i * 7919) & 0xffff) * 4096;
+          const addr = (starts[i & 3] ?? 0) + ((i * 7919) & 0xffff) * 4096;
           const row = resolver.findRow(addr);
           const gp = resolver.globalPage(row, addr);
           shardSink += Math.floor(gp / setup.stripePages) % rings;
@@ -154,6 +154,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
     bench.tasks.forEach((task, i) => {
       const t = selected[i];
       const r = task.result;
+      if (!t) throw new Error(`tinybench reported a task "${task.name}" that was not added`);
       if (r.state !== 'completed') {
         throw new Error(`micro-benchmark "${t.name}" ${r.state}${r.state === 'errored' ? `: ${r.error.message}` : ''}`);
       }
@@ -195,7 +196,7 @@ export async function mainMicro(argv: string[]): Promise<number> {
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--time') timeMs = Number(argv[++i]);
     else if (argv[i] === '--json') json = true;
-    else if (argv[i] === '--filter') filter = new RegExp(argv[++i], 'i');
+    else if (argv[i] === '--filter') filter = new RegExp(argv[++i] ?? '', 'i');
     else if (argv[i] === '--help' || argv[i] === '-h') {
       console.log('usage: node dist/bench/micro.js [--time MS per task] [--filter REGEX] [--json]');
       return 0;

@@ -71,11 +71,11 @@ export function histogramSvg(c: CaseResult, x0 = 0, y0 = 0, width = 720, height 
     const total = acc.reduce((a, b) => a + (b ?? 0), 0) || 1;
     sums[s] = Array.from({ length: maxBucket + 1 }, (_, i) => (100 * (acc[i] ?? 0)) / total);
   }
-  for (const s of sides) sums[s] = Array.from({ length: maxBucket + 1 }, (_, i) => sums[s][i] ?? 0);
+  for (const s of sides) sums[s] = Array.from({ length: maxBucket + 1 }, (_, i) => sums[s]?.[i] ?? 0);
   const left = 56, right = 16, top = 34, bottom = 52;
   const pw = width - left - right, ph = height - top - bottom;
   const n = maxBucket + 1;
-  const ymax = Math.max(1, ...sides.flatMap((s) => sums[s]));
+  const ymax = Math.max(1, ...sides.flatMap((s) => sums[s] ?? []));
   const yt = ticks(ymax);
   const ytop = yt[yt.length - 1] || ymax;
   const slot = pw / n;
@@ -89,7 +89,7 @@ export function histogramSvg(c: CaseResult, x0 = 0, y0 = 0, width = 720, height 
     parts.push(`<text x="${left - 6}" y="${(y + 4).toFixed(1)}" text-anchor="end">${formatNum(v, v < 10 ? 1 : 0)}%</text>`);
   }
   sides.forEach((s, k) => {
-    sums[s].forEach((v, i) => {
+    sums[s]?.forEach((v, i) => {
       if (v <= 0) return;
       const h = (v / ytop) * ph;
       const x = left + i * slot + slot * 0.1 + k * bw;
@@ -120,6 +120,7 @@ export function rateSeries(r: SideRun): { t: number; mbs: number }[] {
   for (let i = 1; i < r.samples.length; i++) {
     const a = r.samples[i - 1];
     const b = r.samples[i];
+    if (!a || !b) continue;
     const dt = b.t - a.t;
     if (dt <= 0) continue;
     const mbs = Math.max(0, (b.bytes - a.bytes) / dt / (1024 * 1024));
@@ -232,9 +233,8 @@ function caseSection(c: CaseResult): string {
   const extra: string[] = [];
   if (c.memcpy) extra.push(`memcpy ${formatBytes(c.memcpy.size)}: ${c.memcpy.gibPerSec.toFixed(2)} GiB/s` +
     (c.ratios.memcpy !== null ? `; engine MiB/s ÷ memcpy = ${c.ratios.memcpy.toFixed(2)}` : ''));
-  const engRuns = c.runs.filter((r) => r.engine);
-  if (engRuns.length) {
-    const i = engRuns[0].engine!;
+  const i = c.runs.find((r) => r.engine)?.engine;
+  if (i) {
     extra.push(`engine (run 1): ${formatRate(i.faults.total)} userfaults, ${(100 * i.inlineShare).toFixed(0)}% inline, ` +
       `${i.faultsPerRead.toFixed(2)} faults/read, pages demand/readahead/background ${i.pages.demand}/${i.pages.readahead}/${i.pages.background}, ` +
       `dispatcher CPU ${i.dispatcherCpuSec.toFixed(3)} s, workers ${i.workersCpuSec.map((v) => v.toFixed(3)).join(' + ')} s`);

@@ -70,7 +70,7 @@ export async function measureRssHere(size: number, workers = 2, touch = 1024): P
     let sink = 0;
     for (let i = 0; i < n; i++) {
       const page = Math.floor((i * pages) / n);
-      sink += bytesAt(region.addr + page * 4096, 1)[0];
+      sink += bytesAt(region.addr + page * 4096, 1)[0] ?? 0;
     }
     await settle();
     const touched = status();

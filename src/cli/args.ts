@@ -12,15 +12,16 @@ export function parseArgs<T extends Record<string, unknown>>(args: string[], spe
     out[k] = v.type === 'size' && typeof v.default === 'string' ? parseSize(v.default) : v.default;
   }
   for (let i = 0; i < args.length; i++) {
-    const a = args[i];
+    const a = args[i] ?? '';
     if (!a.startsWith('--')) { (out._ as string[]).push(a); continue; }
     let key = a.slice(2);
     let value: string | undefined;
     const eq = key.indexOf('=');
     if (eq >= 0) { value = key.slice(eq + 1); key = key.slice(0, eq); }
     const camel = key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-    if (camel.startsWith('no') && spec[camel[2]?.toLowerCase() + camel.slice(3)]?.type === 'boolean') {
-      out[camel[2].toLowerCase() + camel.slice(3)] = false;
+    const negated = (camel[2] ?? '').toLowerCase() + camel.slice(3);
+    if (camel.startsWith('no') && spec[negated]?.type === 'boolean') {
+      out[negated] = false;
       continue;
     }
     const s = spec[camel];

@@ -4,7 +4,6 @@ import * as fs from 'node:fs';
 import { Engine } from '../engine/engine.js';
 import { histogramPercentile } from '../engine/shared.js';
 import { MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE } from '../kernel/constants.js';
-import { addressOf } from '../kernel/libc.js';
 import { bytesAt, close, ftruncate, memcmp, memfdCreate, mmap, munmap } from '../kernel/memory.js';
 import { memoryType } from '../memory-types/index.js';
 import { sources } from '../sources/index.js';
@@ -110,10 +109,10 @@ export async function run(args: string[]): Promise<number> {
   const wholeOk = memcmp(region.addr, snapAddr, sizeBytes) === 0;
   const verifySec = (Date.now() - tVerify) / 1000;
   const mismatches = results.reduce((n, r) => n + r.mismatches, 0);
-  const hist = new Array<number>(results[0].histogram.length).fill(0);
-  for (const r of results) r.histogram.forEach((v, i) => { hist[i] += v; });
+  const hist = new Array<number>(results[0]?.histogram.length ?? 0).fill(0);
+  for (const r of results) r.histogram.forEach((v, i) => { hist[i] = (hist[i] ?? 0) + v; });
   const lat = results.flatMap((r) => r.latencies).sort((a, b) => a - b);
-  const pct = (q: number) => lat.length ? lat[Math.min(lat.length - 1, Math.floor(q * lat.length))] : 0;
+  const pct = (q: number): number => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))] ?? 0;
   const summary = {
     size: sizeBytes, pages, threads: o.threads, workers: o.workers, pattern: o.pattern, prefetch: o.prefetch,
     touchSec, totalSec,
@@ -122,7 +121,7 @@ export async function run(args: string[]): Promise<number> {
     gibPerSec: sizeBytes / 1024 ** 3 / totalSec,
     pagesDemand: stats.pages.demand, pagesReadahead: stats.pages.readahead, pagesBackground: stats.pages.background,
     faults: stats.faults.total, faultsAtLastTouch: lastDemand.faults.total,
-    latencyUs: { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: lat.length ? lat[lat.length - 1] : 0, histP99UpperEdge: histogramPercentile(hist, 0.99) },
+    latencyUs: { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: lat[lat.length - 1] ?? 0, histP99UpperEdge: histogramPercentile(hist, 0.99) },
     engineLatencyUs: { p50: stats.latencyUs.p50, p99: stats.latencyUs.p99 },
     cpuSec: { dispatcher: stats.dispatcher.cpuSec, workers: stats.workers.map((w) => w.cpuSec) },
     incidents: stats.incidents,

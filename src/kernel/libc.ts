@@ -84,4 +84,7 @@ for (const [name, value] of Object.entries(koffi.os.errno as Record<string, numb
 export function errnoName(e: number): string {
   return errnoByNumber.get(e) ?? `E${e}`;
 }
-export const ERRNO = koffi.os.errno as Record<string, number>;
+/** The errno values the code names (Linux numbers, from koffi); errnoName() for the rest. */
+type ErrnoName = 'EACCES' | 'EADDRINUSE' | 'EAGAIN' | 'EBADF' | 'EBUSY' | 'ECONNABORTED' | 'ECONNREFUSED' | 'EEXIST' |
+  'EFAULT' | 'EINTR' | 'EINVAL' | 'ENAMETOOLONG' | 'ENOENT' | 'ENOMEM' | 'ENOSPC' | 'ENOSYS' | 'EPERM' | 'ESRCH';
+export const ERRNO = koffi.os.errno as Readonly<Record<ErrnoName, number>> & Readonly<Record<string, number | undefined>>;

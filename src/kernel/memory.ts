@@ -185,7 +185,7 @@ export class EpollWaiter {
   }
   /** Non-zero if fd i was ready in the last wait. */
   revents(i: number): number {
-    return this.ready[i];
+    return this.ready[i] ?? 0;
   }
   close(): void {
     libc.close(this.epfd);

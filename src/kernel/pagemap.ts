@@ -64,9 +64,18 @@ export const CATEGORY_NAMES: Record<number, string> = {
   [C.PAGE_IS_GUARD]: 'GUARD',
   [C.PAGE_IS_ACCESSED]: 'ACCESSED',
 };
+/** Word i of a vector the kernel filled (indices inside the filled part by construction). */
+function u32At(w: ArrayLike<number>, i: number): number {
+  return w[i] ?? 0;
+}
+/** The u64 at words i (low) and i + 1 (high); exact below 2^53. */
+function u64At(w: ArrayLike<number>, i: number): number {
+  return u32At(w, i + 1) * 0x100000000 + u32At(w, i);
+}
+
 export function categoryNames(mask: number): string[] {
   const out: string[] = [];
-  for (let b = 0; b < 10; b++) if (mask & (1 << b)) out.push(CATEGORY_NAMES[1 << b]);
+  for (let b = 0; b < 10; b++) if (mask & (1 << b)) out.push(CATEGORY_NAMES[1 << b] ?? `bit ${b}`);
   return out;
 }
 
@@ -209,12 +218,12 @@ export class Scanner {
   /** Where the last ioctl stopped walking. */
   get lastWalkEnd(): number {
     const w = this.argWords;
-    return w[9] * 0x100000000 + w[8];
+    return u64At(w, 8);
   }
   /** Region i of the last ioctl (valid until the next call). */
-  regionStart(i: number): number { return this.vec[i * 6 + 1] * 0x100000000 + this.vec[i * 6]; }
-  regionEnd(i: number): number { return this.vec[i * 6 + 3] * 0x100000000 + this.vec[i * 6 + 2]; }
-  regionCategories(i: number): number { return this.vec[i * 6 + 4]; }
+  regionStart(i: number): number { return u64At(this.vec, i * 6); }
+  regionEnd(i: number): number { return u64At(this.vec, i * 6 + 2); }
+  regionCategories(i: number): number { return u32At(this.vec, i * 6 + 4); }
 
   /**
    * Scans [start, end), continuing from walk_end while the vector fills, and calls
@@ -234,10 +243,10 @@ export class Scanner {
       calls++;
       for (let i = 0; i < n; i++) {
         const b = i * 6;
-        const s = vec[b + 1] * 0x100000000 + vec[b];
-        const e = vec[b + 3] * 0x100000000 + vec[b + 2];
+        const s = u64At(vec, b);
+        const e = u64At(vec, b + 2);
         bytes += e - s;
-        if (onRegion) onRegion(s, e, vec[b + 4]);
+        if (onRegion) onRegion(s, e, u32At(vec, b + 4));
       }
       regions += n;
       const walkEnd = this.lastWalkEnd;
@@ -310,9 +319,9 @@ export class Scanner {
       const n = this.scanRaw(pos, end, o);
       for (let i = 0; i < n; i++) {
         const k = i * 6;
-        const len = (vec[k + 3] - vec[k + 1]) * 0x100000000 + (vec[k + 2] - vec[k]);
-        let c = vec[k + 4];
-        for (let bit = 0; c; bit++, c >>>= 1) if (c & 1) out[bit] += len;
+        const len = u64At(vec, k + 2) - u64At(vec, k);
+        let c = u32At(vec, k + 4);
+        for (let bit = 0; c && bit < out.length; bit++, c >>>= 1) if (c & 1) out[bit] = u32At(out, bit) + len;
       }
       const walkEnd = this.lastWalkEnd;
       if (walkEnd >= end || walkEnd <= pos) break;

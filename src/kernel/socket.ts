@@ -206,7 +206,7 @@ const pairAddr = addressOf(pairBuf);
  */
 export function socketPair(nonBlocking = true): [number, number] {
   if (libc.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0), 0, pairAddr) < 0) fail('socketpair');
-  return [pairBuf[0], pairBuf[1]];
+  return [pairBuf[0] ?? -1, pairBuf[1] ?? -1];
 }
 
 /** Connects to a Unix stream socket; the socket is blocking unless nonBlocking. */

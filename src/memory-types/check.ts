@@ -131,7 +131,7 @@ export function checkResolve(type: MemoryType, op: ResolveOp, advertisedIoctls: 
 /** Validates region options against a type; returns the page size to use. */
 export function checkRegionOptions(type: MemoryType, opts: RegionOptions): number {
   const pageSize = opts.pageSize ?? type.pageSizes[0];
-  if (!type.pageSizes.includes(pageSize)) {
+  if (pageSize === undefined || !type.pageSizes.includes(pageSize)) {
     throw new ConfigError(`memory type ${type.name} has no page size ${pageSize}; use ${type.pageSizes.join(' or ')}`);
   }
   if (!Number.isSafeInteger(opts.size) || opts.size <= 0 || opts.size % pageSize) {

@@ -69,6 +69,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 function run(d: FetcherData): void {
   const port = parentPort!;
   const stats = new Float64Array(d.stats);
+  /** Adds to one statistics word (F_*, all inside the F_WORDS-long array). */
+  const bump = (word: number, by = 1): void => { stats[word] = (stats[word] ?? 0) + by; };
   const closing = new AbortController();
   const client: StoreClient = openStore(d.location, d.maxInFlight);
   const post = (m: FromFetcher): void => port.postMessage(m);
@@ -108,7 +110,8 @@ function run(d: FetcherData): void {
   };
   const nextPlanned = (): number => {
     while (planCursor < plan.length) {
-      const c = plan[planCursor++];
+      const c = plan[planCursor++] ?? -1;
+      if (c < 0) break;
       if (Atomics.compareExchange(states, c, CHUNK_ABSENT, CHUNK_FETCHING) === CHUNK_ABSENT) return c;
     }
     return -1;
@@ -132,9 +135,9 @@ function run(d: FetcherData): void {
       try {
         const hash = s.sha256 ? crypto.createHash('sha256') : null;
         let pos = off;
-        stats[F_REQUESTS]++;
+        bump(F_REQUESTS);
         await client.read(off, len, s.etag, signal, (piece) => {
-          stats[F_BYTES] += piece.length;
+          bump(F_BYTES, piece.length);
           for (let done = 0; done < piece.length;) done += fs.writeSync(s.fd, piece, done, piece.length - done, pos + done);
           pos += piece.length;
           hash?.update(piece);
@@ -142,7 +145,7 @@ function run(d: FetcherData): void {
         if (hash && s.sha256) {
           const got = hash.digest('hex');
           if (got !== s.sha256[c]) {
-            stats[F_CHECKSUM]++;
+            bump(F_CHECKSUM);
             throw new StoreError(`chunk ${c} (bytes ${off}-${off + len - 1}): SHA-256 ${got} does not match the manifest's ${s.sha256[c]}`, true);
           }
         }
@@ -159,7 +162,7 @@ function run(d: FetcherData): void {
           acks.delete(c);
           return false;
         }
-        stats[F_RETRIES]++;
+        bump(F_RETRIES);
         await sleep(Math.min(5000, d.backoffMs * 2 ** attempt) * (0.5 + Math.random() / 2), closing.signal);
       }
     }
@@ -180,10 +183,10 @@ function run(d: FetcherData): void {
       void fetchChunk(c).then((ok) => {
         if (closing.signal.aborted) return;
         if (ok) {
-          stats[F_CHUNKS]++;
-          stats[demand ? F_DEMAND : F_PREFETCH]++;
+          bump(F_CHUNKS);
+          bump(demand ? F_DEMAND : F_PREFETCH);
           if (stats[F_FIRST_MS] === 0) stats[F_FIRST_MS] = performance.timeOrigin + performance.now();
-        } else stats[F_FAILED]++;
+        } else bump(F_FAILED);
         finish(c, ok ? CHUNK_PRESENT : CHUNK_FAILED);
       }).finally(() => {
         inflight--;

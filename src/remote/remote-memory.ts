@@ -86,8 +86,10 @@ export function planChunks(pages: ArrayLike<number>, chunkSize: number, chunks: 
   for (let i = 0; i < pages.length;) {
     // An extent: a run of consecutive pages in the recorded order.
     let j = i + 1;
-    while (j < pages.length && pages[j] === pages[j - 1] + 1) j++;
-    for (let c = Math.floor(pages[i] / perChunk); c <= Math.floor(pages[j - 1] / perChunk); c++) add(c);
+    while (j < pages.length && pages[j] === (pages[j - 1] ?? -2) + 1) j++;
+    const first = pages[i] ?? 0;
+    const last = pages[j - 1] ?? first;
+    for (let c = Math.floor(first / perChunk); c <= Math.floor(last / perChunk); c++) add(c);
     i = j;
   }
   if (background) for (let c = 0; c < chunks; c++) add(c);
@@ -215,11 +217,12 @@ export class RemoteMemory extends EventEmitter {
   }
 
   remoteStats(): RemoteStats {
-    const s = this.stats;
+    const st = this.stats;
+    const s = (word: number): number => st[word] ?? 0;
     return {
-      size: this.size, chunkSize: this.chunkSize, chunks: this.gate.chunks, cached: s[F_CHUNKS], failed: s[F_FAILED],
-      demandChunks: s[F_DEMAND], prefetchChunks: s[F_PREFETCH], requests: s[F_REQUESTS], bytesFetched: s[F_BYTES],
-      retries: s[F_RETRIES], checksumMismatches: s[F_CHECKSUM], firstChunkMs: s[F_FIRST_MS] ? s[F_FIRST_MS] - this.openedAt : null,
+      size: this.size, chunkSize: this.chunkSize, chunks: this.gate.chunks, cached: s(F_CHUNKS), failed: s(F_FAILED),
+      demandChunks: s(F_DEMAND), prefetchChunks: s(F_PREFETCH), requests: s(F_REQUESTS), bytesFetched: s(F_BYTES),
+      retries: s(F_RETRIES), checksumMismatches: s(F_CHECKSUM), firstChunkMs: s(F_FIRST_MS) ? s(F_FIRST_MS) - this.openedAt : null,
       verified: this.manifest !== undefined,
     };
   }

@@ -37,7 +37,7 @@ export class StoreError extends Error {
 /** "s3://bucket/key" or "http(s)://…" → a location (S3 options from opts). */
 export function parseMemUrl(url: string, s3?: Omit<Extract<StoreLocation, { kind: 's3' }>, 'kind' | 'bucket' | 'key'>): StoreLocation {
   const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(url);
-  if (m) return { kind: 's3', bucket: m[1], key: m[2], ...s3 };
+  if (m?.[1] && m[2]) return { kind: 's3', bucket: m[1], key: m[2], ...s3 };
   if (/^https?:\/\/[^/]+\/./.test(url)) return { kind: 'http', url };
   throw new StoreError(`memory URL "${url}" is neither s3://BUCKET/KEY nor http(s)://HOST/PATH`, false);
 }

@@ -139,9 +139,11 @@ function watchHandler(sock: number, regions: { base: number; size: number }[], r
 }
 
 function parseRemove(spec: string): { region: number; offset: number; length: number } {
-  const parts = spec.split(':');
-  if (parts.length !== 3) throw new Error(`--remove wants region:offset:length, got "${spec}"`);
-  return { region: Number(parts[0]), offset: parseSize(parts[1]), length: parseSize(parts[2]) };
+  const [region, offset, length, ...rest] = spec.split(':');
+  if (region === undefined || offset === undefined || length === undefined || rest.length) {
+    throw new Error(`--remove wants region:offset:length, got "${spec}"`);
+  }
+  return { region: Number(region), offset: parseSize(offset), length: parseSize(length) };
 }
 
 /** The restore itself (runs in the client process). */
@@ -180,26 +182,27 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   // the hang-up as the end of the session.
 
   const removed = o.remove ? parseRemove(o.remove) : undefined;
-  if (o.onHandlerHangup === 'fail') watchHandler(sock, regions, removed && { base: regions[removed.region]?.base + removed.offset, len: removed.length });
-  if (removed) {
-    const r = regions[removed.region];
-    if (!r || removed.offset % pageSize || removed.length % pageSize || removed.length <= 0 || removed.offset + removed.length > r.size) {
-      throw new Error(`--remove ${o.remove}: not a page-aligned range inside a region`);
-    }
+  const removedRegion = removed && regions[removed.region];
+  if (removed && (!removedRegion || removed.offset % pageSize || removed.length % pageSize || removed.length <= 0 ||
+    removed.offset + removed.length > removedRegion.size)) {
+    throw new Error(`--remove ${o.remove}: not a page-aligned range inside a region`);
   }
-  const task = (i: number, from: number, len: number): ReadTask => ({
-    region: i, addr: regions[i].base + from, fileAddr: fileMap + regions[i].offset + from,
-    regionOffset: from, fileOffset: regions[i].offset + from, len,
+  if (o.onHandlerHangup === 'fail') {
+    watchHandler(sock, regions, removed && removedRegion && { base: removedRegion.base + removed.offset, len: removed.length });
+  }
+  const task = (r: { base: number; offset: number }, i: number, from: number, len: number): ReadTask => ({
+    region: i, addr: r.base + from, fileAddr: fileMap + r.offset + from,
+    regionOffset: from, fileOffset: r.offset + from, len,
   });
   const all: ReadTask[] = [];
   let removeTask: ReadTask | undefined;
   regions.forEach((r, i) => {
     if (removed && removed.region === i) {
-      if (removed.offset > 0) all.push(task(i, 0, removed.offset));
-      removeTask = task(i, removed.offset, removed.length);
+      if (removed.offset > 0) all.push(task(r, i, 0, removed.offset));
+      removeTask = task(r, i, removed.offset, removed.length);
       const end = removed.offset + removed.length;
-      if (end < r.size) all.push(task(i, end, r.size - end));
-    } else all.push(task(i, 0, r.size));
+      if (end < r.size) all.push(task(r, i, end, r.size - end));
+    } else all.push(task(r, i, 0, r.size));
   });
 
   let pages = 0;

@@ -260,6 +260,7 @@ export function checkLayout(regions: readonly GuestRegion[], memFileSize?: numbe
   for (let i = 1; i < byBase.length; i++) {
     const p = byBase[i - 1];
     const r = byBase[i];
+    if (!p || !r) continue;
     if (p.baseHostVirtAddr + p.size > r.baseHostVirtAddr) {
       throw new HandshakeError('overlap', `regions ${p.index} and ${r.index} overlap in host memory: ` +
         `[${hex(p.baseHostVirtAddr)}, ${hex(p.baseHostVirtAddr + p.size)}) and [${hex(r.baseHostVirtAddr)}, ${hex(r.baseHostVirtAddr + r.size)})`, r.index);
@@ -269,6 +270,7 @@ export function checkLayout(regions: readonly GuestRegion[], memFileSize?: numbe
   for (let i = 1; i < byOffset.length; i++) {
     const p = byOffset[i - 1];
     const r = byOffset[i];
+    if (!p || !r) continue;
     if (p.offset + p.size > r.offset) {
       throw new HandshakeError('overlap', `regions ${p.index} and ${r.index} overlap in the memory file: ` +
         `[${hex(p.offset)}, ${hex(p.offset + p.size)}) and [${hex(r.offset)}, ${hex(r.offset + r.size)})`, r.index);

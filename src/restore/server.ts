@@ -307,6 +307,7 @@ export class RestoreServer {
     }
     if (received.trailing > 0) handshake.warnings.push(`${received.trailing} bytes after the handshake were ignored`);
     const [uffdFd, ...extraFds] = received.fds;
+    if (uffdFd === undefined) return reject('invalid', 'the handshake carried no userfaultfd');
     const watch = watchHangup(conn);
     const ac = new AbortController();
     void watch.hangup.then(() => ac.abort());

@@ -81,8 +81,14 @@ export async function runTouchClient(o: TouchClientOptions): Promise<TouchClient
   }
   const perRegion = regionSize / PS;
   const pages = perRegion * o.regions;
-  const addrOf = (g: number): number => regions[Math.floor(g / perRegion)].base + (g % perRegion) * PS;
-  const srcOf = (g: number): number => fileMap + regions[Math.floor(g / perRegion)].offset + (g % perRegion) * PS;
+  /** The region of global page g (g is checked against `pages` before any use). */
+  const regionOf = (g: number): { base: number; offset: number } => {
+    const r = regions[Math.floor(g / perRegion)];
+    if (!r) throw new Error(`page ${g} is outside the ${pages} pages of the regions`);
+    return r;
+  };
+  const addrOf = (g: number): number => regionOf(g).base + (g % perRegion) * PS;
+  const srcOf = (g: number): number => fileMap + regionOf(g).offset + (g % perRegion) * PS;
   const sock = connectUnix(o.socket);
   const t0 = performance.now();
   sendWithFds(sock, Buffer.from(encodeHandshake(regions.map((r) => ({ baseHostVirtAddr: r.base, size: regionSize, offset: r.offset, pageSize: PS }))) ), [uffd.fd]);
@@ -109,11 +115,11 @@ export async function runTouchClient(o: TouchClientOptions): Promise<TouchClient
     while (present < pages) {
       polls++;
       const fresh: number[] = [];
-      for (let r = 0; r < regions.length; r++) {
-        fs.readSync(pm, buf, 0, buf.length, (regions[r].base / PS) * 8);
+      for (const [r, region] of regions.entries()) {
+        fs.readSync(pm, buf, 0, buf.length, (region.base / PS) * 8);
         for (let p = 0; p < perRegion; p++) {
           const g = r * perRegion + p;
-          if (!seen[g] && (buf[p * 8 + 7] & 0x80) !== 0) {
+          if (!seen[g] && ((buf[p * 8 + 7] ?? 0) & 0x80) !== 0) {
             seen[g] = 1;
             fresh.push(g);
           }
@@ -137,10 +143,12 @@ export async function runTouchClient(o: TouchClientOptions): Promise<TouchClient
     rl.close();
   }
   if (o.touch) {
-    const groups = JSON.parse(o.touch) as number[][];
-    for (let k = 0; k < groups.length && result.ok; k++) {
+    const groups = JSON.parse(o.touch) as unknown;
+    if (!Array.isArray(groups) || !groups.every((x) => Array.isArray(x))) throw new Error(`--touch wants a JSON array of arrays of page indices, got ${o.touch}`);
+    for (const [k, group] of (groups as number[][]).entries()) {
+      if (!result.ok) break;
       if (k > 0) await sleep(o.gapMs);
-      for (const g of groups[k]) {
+      for (const g of group) {
         if (!Number.isInteger(g) || g < 0 || g >= pages) throw new Error(`--touch: page ${g} is not between 0 and ${pages - 1}`);
         if (!check(g)) break;
         result.touched++;

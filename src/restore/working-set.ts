@@ -126,11 +126,13 @@ export function toFilePages(globalPages: ArrayLike<number>, h: Handshake): numbe
   const bases = stateBases(h);
   const out: number[] = [];
   for (let i = 0; i < globalPages.length; i++) {
-    const g = globalPages[i];
+    const g = globalPages[i] ?? -1;
     let r = bases.length - 1;
-    while (r > 0 && bases[r] > g) r--;
+    while (r > 0 && (bases[r] ?? 0) > g) r--;
     const reg = h.regions[r];
-    const local = g - bases[r];
+    const base = bases[r];
+    if (!reg || base === undefined) continue;
+    const local = g - base;
     if (local < 0 || local >= reg.size / reg.pageSize) continue;
     out.push((reg.offset + local * reg.pageSize) / WS_PAGE_SIZE);
   }
@@ -145,7 +147,9 @@ export function toFilePages(globalPages: ArrayLike<number>, h: Handshake): numbe
 export function toEngineOrder(ws: WorkingSet, h: Handshake): { order: number[]; outside: number } {
   const bases = stateBases(h);
   const regions = h.regions.map((r, i) => ({ start: r.offset, end: r.offset + r.size, ps: r.pageSize, base: bases[i] })).sort((a, b) => a.start - b.start);
-  const total = bases.length ? bases[bases.length - 1] + h.regions[h.regions.length - 1].size / h.regions[h.regions.length - 1].pageSize : 0;
+  const lastBase = bases[bases.length - 1];
+  const last = h.regions[h.regions.length - 1];
+  const total = lastBase !== undefined && last ? lastBase + last.size / last.pageSize : 0;
   const used = new Uint8Array(total);
   const order: number[] = [];
   let outside = 0;
@@ -156,12 +160,15 @@ export function toEngineOrder(ws: WorkingSet, h: Handshake): { order: number[]; 
     let hit = -1;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      if (off < regions[mid].start) hi = mid - 1;
-      else if (off >= regions[mid].end) lo = mid + 1;
+      const m = regions[mid];
+      if (!m) break;
+      if (off < m.start) hi = mid - 1;
+      else if (off >= m.end) lo = mid + 1;
       else { hit = mid; break; }
     }
     if (hit < 0) { outside++; continue; }
     const r = regions[hit];
+    if (!r || r.base === undefined) { outside++; continue; }
     const g = r.base + Math.floor((off - r.start) / r.ps);
     if (used[g]) continue;
     used[g] = 1;

@@ -46,7 +46,7 @@ export function assignPages(pages: number, threads: number, pattern: 'sequential
     for (let i = pages - 1; i > 0; i--) {
       s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
       const j = s % (i + 1);
-      const t = order[i]; order[i] = order[j]; order[j] = t;
+      const t = order[i] ?? i; order[i] = order[j] ?? j; order[j] = t;
     }
   } else if (pattern === 'strided') {
     let k = 0;
