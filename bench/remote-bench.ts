@@ -89,6 +89,7 @@ async function runOne(config: string, o: Opts, fileMap: number, ws: number[], op
       const upMs = performance.now() - t0;
       const [touch] = await runTouchers([{ addr: region.addr, pageSize: 4096, pages: Float64Array.from(ws), expectAddr: fileMap, write: false }], 600_000);
       const workingSetMs = performance.now() - t0;
+      if (!touch) throw new Error(`${config}: the toucher returned no result`);
       if (touch.mismatches) throw new Error(`${config}: ${touch.mismatches} working-set pages differ from the file (first ${touch.firstMismatch})`);
       while (!engine.populated) await new Promise((r) => setTimeout(r, 2));
       const populatedMs = performance.now() - t0;
@@ -96,7 +97,7 @@ async function runOne(config: string, o: Opts, fileMap: number, ws: number[], op
       for (let off = 0; off < o.size; off += 4096) if (memcmp(region.addr + off, fileMap + off, 4096) !== 0) mismatchedPages++;
       const rs = remote?.remoteStats();
       return {
-        config, openMs, firstFaultMs: upMs + touch.latencies[0] / 1000, workingSetMs, populatedMs,
+        config, openMs, firstFaultMs: upMs + (touch.latencies[0] ?? NaN) / 1000, workingSetMs, populatedMs,
         gibPerSec: o.size / 2 ** 30 / (populatedMs / 1000), requests: rs?.requests ?? 0, bytesFetched: rs?.bytesFetched ?? 0, mismatchedPages,
       };
     } finally {
@@ -163,7 +164,7 @@ async function main(): Promise<void> {
     const med = (xs: number[]): number => {
       const v = [...xs].sort((a, b) => a - b);
       const m = v.length >> 1;
-      return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+      return v.length % 2 ? v[m] ?? NaN : ((v[m - 1] ?? NaN) + (v[m] ?? NaN)) / 2;
     };
     const rows = [...runs.entries()].map(([config, rs]) => ({
       config, openMs: med(rs.map((r) => r.openMs)), firstFaultMs: med(rs.map((r) => r.firstFaultMs)), workingSetMs: med(rs.map((r) => r.workingSetMs)),
@@ -181,7 +182,7 @@ async function main(): Promise<void> {
     console.log('|---|---|---|---|---|---|---|---|---|---|');
     for (const r of rows) {
       console.log(`| ${r.config} | ${r.openMs.toFixed(1)} ms | ${r.firstFaultMs.toFixed(1)} ms | ${r.workingSetMs.toFixed(0)} ms | ${r.populatedMs.toFixed(0)} ms | ` +
-        `${r.gibPerSec.toFixed(2)} | ${(r.gibPerSec / base.gibPerSec).toFixed(2)}x | ${r.requests} | ${(r.bytesFetched / 2 ** 20).toFixed(0)} MiB | ${r.mismatchedPages} |`);
+        `${r.gibPerSec.toFixed(2)} | ${base ? (r.gibPerSec / base.gibPerSec).toFixed(2) : "?"}x | ${r.requests} | ${(r.bytesFetched / 2 ** 20).toFixed(0)} MiB | ${r.mismatchedPages} |`);
     }
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => undefined);

@@ -59,7 +59,7 @@ export async function startRangeServer(data: Uint8Array, opts: { manifest?: stri
       const status = f.status?.(offset, attempt) ?? 0;
       if (status) { res.writeHead(status).end(); return; }
       let body = Buffer.from(data.subarray(offset, end + 1));
-      if (f.corrupt?.(offset, attempt)) { body = Buffer.from(body); body[body.length >> 1] ^= 0xff; }
+      if (f.corrupt?.(offset, attempt)) { body = Buffer.from(body); body[body.length >> 1] = (body[body.length >> 1] ?? 0) ^ 0xff; }
       res.writeHead(206, { 'content-length': String(end - offset + 1), 'content-range': `bytes ${offset}-${end}/${size}`, etag });
       const drop = f.dropAfter?.(offset, attempt);
       if (drop !== undefined) {

@@ -67,7 +67,7 @@ export interface FillRun {
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN;
+  return s[Math.floor((s.length - 1) / 2)] ?? NaN;
 };
 
 function fromNative(config: string, r: NativeResult, size: number): RestoreRun {

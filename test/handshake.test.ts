@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import {
   checkFds, encodeHandshake, HandshakeError, jsonValueEnd, parseRegions, validateHandshake,
 } from '../src/restore/handshake.js';
+import { at } from './helpers/at.js';
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -26,7 +27,7 @@ describe('handshake: accepted variants', () => {
     assert.equal(h.variant, 'v1.1');
     assert.equal(h.fdLayout, 'mainline');
     assert.equal(h.regions.length, 1);
-    assert.deepEqual({ ...h.regions[0], extra: { ...h.regions[0].extra } }, {
+    assert.deepEqual({ ...at(h.regions, 0), extra: { ...at(h.regions, 0).extra } }, {
       index: 0, baseHostVirtAddr: BASE, size: 128 * MiB, offset: 0, pageSize: 4096, pageSizeSource: 'default', extra: {},
     });
     assert.equal(h.totalSize, 128 * MiB);
@@ -38,20 +39,20 @@ describe('handshake: accepted variants', () => {
     const h = validateHandshake(JSON.stringify([{ base_host_virt_addr: BASE, size: 4 * MiB, offset: 0, page_size_kib: 2 * MiB }]), 1,
       { memFileSize: 4 * MiB });
     assert.equal(h.variant, 'v1.7');
-    assert.equal(h.regions[0].pageSize, 2 * MiB);
-    assert.equal(h.regions[0].pageSizeSource, 'page_size_kib');
+    assert.equal(at(h.regions, 0).pageSize, 2 * MiB);
+    assert.equal(at(h.regions, 0).pageSizeSource, 'page_size_kib');
   });
 
   it('v1.12 page_size with the deprecated page_size_kib alongside', () => {
     const h = validateHandshake(JSON.stringify([{ base_host_virt_addr: BASE, size: 64 * MiB, offset: 0, page_size: 4096, page_size_kib: 4096 }]), 1);
     assert.equal(h.variant, 'v1.12');
-    assert.equal(h.regions[0].pageSize, 4096);
-    assert.equal(h.regions[0].pageSizeSource, 'page_size');
+    assert.equal(at(h.regions, 0).pageSize, 4096);
+    assert.equal(at(h.regions, 0).pageSizeSource, 'page_size');
   });
 
   it('page_size alone (no deprecated field)', () => {
     const h = validateHandshake(JSON.stringify([{ base_host_virt_addr: BASE, size: 2 * GiB, offset: 0, page_size: GiB }]), 1);
-    assert.equal(h.regions[0].pageSize, GiB);
+    assert.equal(at(h.regions, 0).pageSize, GiB);
   });
 
   it('multi-region packed back to back, as Firecracker lays out x86 memory around the MMIO gap', () => {
@@ -80,9 +81,9 @@ describe('handshake: accepted variants', () => {
   it('accepts and reports unknown extra fields; a "__proto__" key stays a plain field', () => {
     const h = validateHandshake(`[{"base_host_virt_addr":${BASE},"size":4096,"offset":0,"page_size":4096,"future":{"x":1},"__proto__":{"polluted":true}}]`, 1);
     assert.deepEqual(h.unknownFields, ['__proto__', 'future']);
-    assert.deepEqual(h.regions[0].extra.future, { x: 1 });
+    assert.deepEqual(at(h.regions, 0).extra.future, { x: 1 });
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
-    assert.equal(Object.getPrototypeOf(h.regions[0].extra), null);
+    assert.equal(Object.getPrototypeOf(at(h.regions, 0).extra), null);
   });
 
   it('warns when the regions do not cover the whole memory file, and on mixed page sizes', () => {
@@ -91,14 +92,14 @@ describe('handshake: accepted variants', () => {
       { base_host_virt_addr: BASE + 4 * MiB, size: 4096, offset: 2 * MiB, page_size: 4096 },
     ]), 1, { memFileSize: 8 * MiB });
     assert.equal(h.warnings.length, 2);
-    assert.match(h.warnings[0], /cover 2101248 of the memory file's 8388608 bytes/);
-    assert.match(h.warnings[1], /different page sizes: 2 MiB, 4 KiB/);
+    assert.match(at(h.warnings, 0), /cover 2101248 of the memory file's 8388608 bytes/);
+    assert.match(at(h.warnings, 1), /different page sizes: 2 MiB, 4 KiB/);
   });
 
   it('a byte payload (Buffer slice) parses like a string', () => {
     const buf = Buffer.from(`xx[{"base_host_virt_addr":${BASE},"size":4096,"offset":4096}]`);
     const h = validateHandshake(buf.subarray(2), 1, { memFileSize: 8192 });
-    assert.equal(h.regions[0].offset, 4096);
+    assert.equal(at(h.regions, 0).offset, 4096);
   });
 
   it('three fds classify as secret-hiding when the caller opts in', () => {

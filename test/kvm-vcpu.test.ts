@@ -100,7 +100,7 @@ describe('kvm-vcpu: UAPI numbers and layouts', () => {
   it('the guest program and the host checksum agree on a known input', () => {
     assert.equal(CHECKSUM_CODE.length, 14);
     assert.equal(CHECKSUM_CODE[10], 0x75); // jnz
-    assert.equal((12 + (CHECKSUM_CODE[11] - 256)), 2, 'jnz goes back to the rol at offset 2');
+    assert.equal((12 + ((CHECKSUM_CODE[11] ?? 0) - 256)), 2, 'jnz goes back to the rol at offset 2');
     const b = new Uint8Array(12);
     new DataView(b.buffer).setUint32(0, 1, true);
     new DataView(b.buffer).setUint32(4, 2, true);

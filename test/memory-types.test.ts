@@ -14,6 +14,7 @@ import { checkRegister, checkResolve, featuresFor, registerChecked } from '../sr
 import { MEMORY_TYPES, memoryType, memoryTypes } from '../src/memory-types/index.js';
 import { RESOLVE_OPS, type MemoryType, type Region } from '../src/memory-types/types.js';
 import { assertBytes, assertFilled, pattern } from './helpers/bytes.js';
+import { at } from './helpers/at.js';
 
 const P = C.PAGE_SIZE;
 const ALL_MODES: RegisterMode[] = ['missing', 'wp', 'minor', 'rwp'];
@@ -102,7 +103,7 @@ describe('memory types: registry', () => {
  * free pages (other suites may hold the reserved ones).
  */
 function regionFor(t: MemoryType): Region {
-  const pageSize = t.pageSizes[0];
+  const pageSize = at(t.pageSizes, 0);
   const r = t.create({ size: 2 * pageSize, pageSize, noReserve: true });
   cleanups.push(() => r.close());
   return r;

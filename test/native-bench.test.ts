@@ -17,6 +17,7 @@ import { acceptAsync, closeFds, closeSocket, listenUnix, recvWithFds, whenReadab
 import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { useHugePages } from './helpers/hugetlb.js';
 import { limit } from './helpers/limits.js';
+import { at } from './helpers/at.js';
 
 const MiB = 1024 * 1024;
 const RUN = { timeoutMs: limit(60_000) };
@@ -260,14 +261,14 @@ describe('native reference benchmark (src/bench/native)', function () {
         const msg = recvWithFds(conn, 4096, 4);
         fds = msg.fds;
         assert.equal(fds.length, 1, 'exactly one fd: the uffd');
-        const regions = JSON.parse(msg.data.toString('utf8')) as Array<Record<string, number>>;
+        const regions = JSON.parse(msg.data.toString('utf8')) as Array<{ base_host_virt_addr: number; size: number; offset: number; page_size: number; page_size_kib: number }>;
         assert.equal(regions.length, 1);
-        const { base_host_virt_addr: base, size: rsize, offset, page_size: ps, page_size_kib: psKib } = regions[0];
+        const { base_host_virt_addr: base, size: rsize, offset, page_size: ps, page_size_kib: psKib } = at(regions, 0);
         assert.deepEqual([rsize, offset, ps, psKib], [size, 0, 4096, 4096]);
 
         // Serve: poll the uffd and the connection; COPY each faulting page from the file;
         // stop when the workload hangs up. Yield to the event loop between polls.
-        const uffd = Userfaultfd.fromFd(fds[0]);
+        const uffd = Userfaultfd.fromFd(at(fds, 0));
         const buf = new MessageBuffer(64);
         const poller = new Poller([uffd.fd, conn]);
         let served = 0;

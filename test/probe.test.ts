@@ -8,11 +8,12 @@ import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { memoryTypes } from '../src/memory-types/index.js';
 import { formatProbe, probe, type ProbeReport, type TypeProbe } from '../src/memory-types/probe.js';
 import { limit } from './helpers/limits.js';
+import { at } from './helpers/at.js';
 
 const MAIN = path.join(__dirname, '..', 'src', 'cli', 'main.js');
 
 function reg(t: TypeProbe, modes: string, pageIndex = 0) {
-  const r = t.regions[pageIndex].registrations.find((g) => g.modes.join('+') === modes);
+  const r = at(t.regions, pageIndex).registrations.find((g) => g.modes.join('+') === modes);
   assert.ok(r, `${t.name}: no registration row for ${modes}`);
   return r;
 }
@@ -54,7 +55,7 @@ function checkReport(r: ProbeReport): void {
 
   const type = (n: string) => r.types.find((t) => t.name === n)!;
   const anon = type('anon');
-  assert.ok(anon.regions[0].available && anon.regions[0].mapped);
+  assert.ok(at(anon.regions, 0).available && at(anon.regions, 0).mapped);
   assert.deepEqual([reg(anon, 'missing').registered, reg(anon, 'missing').ioctlMask], [true, '0x13c']);
   assert.deepEqual(reg(anon, 'missing+wp').ioctlMask, '0x17c');
   assert.ok(reg(anon, 'missing+wp').usable);
@@ -68,7 +69,7 @@ function checkReport(r: ProbeReport): void {
 
   const huge = type('hugetlbfs');
   assert.deepEqual(huge.pageSizes, [2 * 1024 * 1024, 1024 * 1024 * 1024]);
-  const h2 = huge.regions[0];
+  const h2 = at(huge.regions, 0);
   if (!h2.available) assert.match(h2.reason!, /nr_hugepages/);
   assert.ok(h2.mapped, `hugetlbfs 2 MiB not even mappable: ${h2.error}`);
   assert.equal(reg(huge, 'missing+wp+minor').ioctlMask, '0x1cc');
@@ -82,23 +83,23 @@ function checkReport(r: ProbeReport): void {
   }
 
   const gm = type('guest_memfd');
-  if (gm.regions[0].mapped) {
+  if (at(gm.regions, 0).mapped) {
     const g = reg(gm, 'missing');
     assert.equal(g.registered, false);
     assert.equal(g.errno, 'EINVAL');
     assert.match(g.blocker!, /guest_memfd: this kernel refuses userfaultfd registration \(EINVAL\)/);
   } else {
-    console.log(`      (guest_memfd region not mapped here: ${gm.regions[0].reason ?? gm.regions[0].error})`);
+    console.log(`      (guest_memfd region not mapped here: ${at(gm.regions, 0).reason ?? at(gm.regions, 0).error})`);
   }
 
   const file = type('file');
-  if (file.regions[0].available) {
+  if (at(file.regions, 0).available) {
     assert.ok(reg(file, 'wp').registered && reg(file, 'wp').usable);
     assert.deepEqual(reg(file, 'wp').features, ['WP_ASYNC']);
   } else {
     // e.g. a guest whose only disk filesystem is virtiofs with cache=none (mmap: ENODEV)
-    assert.match(file.regions[0].reason!, /MAP_SHARED|disk filesystem/);
-    console.log(`      (file regions cannot be created here: ${file.regions[0].reason})`);
+    assert.match(at(file.regions, 0).reason!, /MAP_SHARED|disk filesystem/);
+    console.log(`      (file regions cannot be created here: ${at(file.regions, 0).reason})`);
   }
 }
 
@@ -115,7 +116,9 @@ describe('probe', () => {
     for (const t of r.types) assert.match(text, new RegExp(`^${t.name}: `, 'm'));
     assert.match(text, /missing\+wp\+minor/);
     if (!Userfaultfd.hasFeature('RWP')) assert.match(text, /not offered: RWP \(Linux 7\.3\)/);
-    if (r.types.find((t) => t.name === 'guest_memfd')!.regions[0].mapped) assert.match(text, /refuses userfaultfd registration/);
+    const gm = r.types.find((t) => t.name === 'guest_memfd');
+    assert.ok(gm, 'the report lists guest_memfd');
+    if (at(gm.regions, 0).mapped) assert.match(text, /refuses userfaultfd registration/);
   });
 
   it('the built CLI: probe --json prints the same report as JSON', () => {

@@ -20,6 +20,7 @@ import { makeSnapshot } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
 import { Faults, nginxMissing, startNginx, startRangeServer, startS3 } from '../bench/remote-servers.js';
+import { at } from './helpers/at.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -38,7 +39,7 @@ function manifestOf(data: Uint8Array, chunkSize: number): string {
 async function touchAndVerify(region: Region, snap: Uint8Array, threads = 4, pages?: number[]): Promise<void> {
   const all = pages ?? Array.from({ length: region.size / PAGE }, (_, i) => i);
   const jobs = assignPages(all.length, threads, 'random').map((idx) => ({
-    addr: region.addr, pageSize: PAGE, pages: Float64Array.from(idx, (i) => all[i]), expectAddr: addressOf(snap), write: false,
+    addr: region.addr, pageSize: PAGE, pages: Float64Array.from(idx, (i) => at(all, i)), expectAddr: addressOf(snap), write: false,
   }));
   const res = await runTouchers(jobs, 120_000);
   const bad = res.filter((r) => r.mismatches > 0);

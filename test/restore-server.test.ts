@@ -13,6 +13,7 @@ import { spawnFcClient, FcClientOptions, FcClientRun } from '../src/restore/fc-c
 import { RestoreServer, RestoreServerOptions, ServerEvent, kernelPageSizes } from '../src/restore/server.js';
 import { openFdCount, simpleServe, withHugePages, writeSnapshot } from './helpers/restore-fixtures.js';
 import { limit } from './helpers/limits.js';
+import { at } from './helpers/at.js';
 
 const MiB = 1 << 20;
 
@@ -57,9 +58,9 @@ describe('restore server with the Firecracker-style client', function () {
       assert.equal(run.result!.pagesChecked, 1024);
       assert.equal(run.result!.bytesChecked, 4 * MiB);
       assert.equal(stats.length, 1);
-      assert.deepEqual(stats[0].errors, []);
-      assert.equal(stats[0].copies, 1024, 'one UFFDIO_COPY per 4 KiB page');
-      assert.equal(stats[0].faults, 1024);
+      assert.deepEqual(at(stats, 0).errors, []);
+      assert.equal(at(stats, 0).copies, 1024, 'one UFFDIO_COPY per 4 KiB page');
+      assert.equal(at(stats, 0).faults, 1024);
       const start = events.find((e) => e.type === 'session-start');
       assert.ok(start && start.type === 'session-start');
       assert.equal(start.handshake.variant, variant === 'page_size_only' ? 'v1.12' : variant);
@@ -73,11 +74,11 @@ describe('restore server with the Firecracker-style client', function () {
       const { run, stats } = await restore({ regions: 3, regionSize: 4 * MiB, threads: 3, remove: `1:1M:512K` }, { onRemove });
       assert.equal(run.code, 0, run.stderr + run.stdout);
       assert.equal(run.result!.pagesChecked, 3072 + 128, 'all pages, plus the removed range read twice');
-      assert.deepEqual(stats[0].errors, []);
-      assert.ok(stats[0].removes >= 1, 'the handler saw UFFD_EVENT_REMOVE');
-      assert.equal(stats[0].copies, 3072);
-      if (onRemove === 'zero') assert.equal(stats[0].zeroes, 128);
-      else assert.equal(stats[0].zeroes, 0, 'after unregistering, the kernel fills zero pages itself');
+      assert.deepEqual(at(stats, 0).errors, []);
+      assert.ok(at(stats, 0).removes >= 1, 'the handler saw UFFD_EVENT_REMOVE');
+      assert.equal(at(stats, 0).copies, 3072);
+      if (onRemove === 'zero') assert.equal(at(stats, 0).zeroes, 128);
+      else assert.equal(at(stats, 0).zeroes, 0, 'after unregistering, the kernel fills zero pages itself');
     });
   }
 
@@ -94,7 +95,7 @@ describe('restore server with the Firecracker-style client', function () {
     const server = RestoreServer.listen({
       socketPath: sockPath, memFilePath: memPath,
       serveConnection: (h, fd, mem, ctx) => {
-        corruptAt = h.regions[1].baseHostVirtAddr + 0x12345;
+        corruptAt = at(h.regions, 1).baseHostVirtAddr + 0x12345;
         return simpleServe({ corruptAt }).serve(h, fd, mem, ctx);
       },
     });
@@ -123,7 +124,7 @@ describe('restore server with the Firecracker-style client', function () {
     assert.equal(run.code, 0, run.stderr + run.stdout);
     assert.equal(run.result!.pageSize, 2 * MiB);
     assert.equal(run.result!.pagesChecked, 4);
-    assert.equal(stats[0].copies, 4, 'one 2 MiB UFFDIO_COPY per huge page');
+    assert.equal(at(stats, 0).copies, 4, 'one 2 MiB UFFDIO_COPY per huge page');
     const start = events.find((e) => e.type === 'session-start');
     assert.ok(start && start.type === 'session-start' && start.handshake.regions.every((x) => x.pageSize === 2 * MiB));
   });
@@ -299,14 +300,14 @@ describe('restore server: hostile and broken peers', function () {
     assert.equal(started, 2);
     assert.equal(server.activeSessions, 2);
     // One peer hangs up: its session ends.
-    closeSocket(conns[0]);
+    closeSocket(at(conns, 0));
     while (server.activeSessions > 1 && Date.now() - t0 < limit(5000)) await new Promise((r) => setTimeout(r, 10));
     assert.equal(server.activeSessions, 1);
     await server.close();
     await running;
     assert.equal(server.activeSessions, 0);
     assert.equal(fs.existsSync(sockPath), false, 'the socket file is removed');
-    closeSocket(conns[1]);
+    closeSocket(at(conns, 1));
     u.close();
   });
 });

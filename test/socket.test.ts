@@ -9,6 +9,7 @@ import {
   accept, acceptAsync, acceptNonBlocking, closeFds, closeSocket, connectUnix, listenUnix, peerCredentials,
   recvWithFds, sendWithFds, whenReadable, SUN_PATH_MAX,
 } from '../src/kernel/socket.js';
+import { at } from './helpers/at.js';
 
 function fdTarget(fd: number): string {
   return fs.readlinkSync(`/proc/self/fd/${fd}`);
@@ -80,8 +81,8 @@ describe('socket: Unix stream sockets with SCM_RIGHTS', () => {
       assert.equal(m.data.toString(), payload.toString());
       assert.equal(m.fds.length, 1);
       assert.notEqual(m.fds[0], memfd);
-      assert.equal(fdTarget(m.fds[0]), fdTarget(memfd));
-      assert.match(fdTarget(m.fds[0]), /memfd:uffd-sock-test-fd/);
+      assert.equal(fdTarget(at(m.fds, 0)), fdTarget(memfd));
+      assert.match(fdTarget(at(m.fds, 0)), /memfd:uffd-sock-test-fd/);
       assert.equal(m.controlTruncated, false);
       assert.equal(m.eof, false);
       // close-on-exec is set on received fds (MSG_CMSG_CLOEXEC).

@@ -19,7 +19,7 @@ export function assertBytes(actual: Uint8Array, expected: Uint8Array, what: stri
   for (let i = 0; i < actual.length; i++) {
     if (actual[i] !== expected[i]) {
       assert.fail(`${what}: byte ${i} (page ${Math.floor(i / 4096)}, offset ${i % 4096}) is ` +
-        `0x${actual[i].toString(16)}, expected 0x${expected[i].toString(16)}`);
+        `0x${actual[i]?.toString(16)}, expected 0x${expected[i]?.toString(16)}`);
     }
   }
 }

@@ -62,7 +62,7 @@ export function serveFaults(spec: HandlerSpec): HandlerStats {
     else if (spec.corruptAt !== undefined && spec.corruptAt >= page && spec.corruptAt < page + r.pageSize) {
       memcpy(scratch, src, r.pageSize);
       const b = bytesAt(scratch + (spec.corruptAt - page), 1);
-      b[0] ^= 0x5a;
+      b[0] = (b[0] ?? 0) ^ 0x5a;
       src = scratch;
     }
     const done = uffd.copy(page, src, r.pageSize);
