@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// uffd-engine command line: each command lives in its own module under src/cli/.
+// uffd-engine command line: each command lives in its own module under src/cli/ (beside them,
+// fc-client.ts, touch-client.ts and kvm-client.ts are the test clients' process entries).
 const COMMANDS: Record<string, { module: string; summary: string }> = {
   probe: { module: './probe.js', summary: "what this kernel's userfaultfd can do for each memory type" },
   demo: { module: './demo.js', summary: 'serve a generated snapshot to several faulting threads and verify every byte' },

@@ -1,6 +1,7 @@
 // Every userfaultfd / PAGEMAP_SCAN / KVM constant the engine uses, in one place.
-// Values come from the kernel UAPI (see docs/uapi.md); the system headers on the
-// machines we run on are older than the kernel, so nothing here is read from them.
+// Values come from the kernel UAPI (the project's shared/UAPI.md, from the 7.3 headers);
+// the system headers on the machines we run on are older than the kernel, so nothing here
+// is read from them.
 // test/constants.test.ts pins each value.
 
 export const PAGE_SIZE = 4096;

@@ -7,7 +7,8 @@ import type { RegisterMode } from '../kernel/userfaultfd.js';
 export type ResolveOp = 'copy' | 'zeropage' | 'continue' | 'writeprotect' | 'poison' | 'move' | 'rwprotect';
 export const RESOLVE_OPS: readonly ResolveOp[] = ['copy', 'zeropage', 'continue', 'writeprotect', 'poison', 'move', 'rwprotect'];
 
-// The built-in names, open to more: a new memory type is one new module (see index.ts).
+// The built-in names, open to more: a new memory type is one new module plus its line in
+// MEMORY_TYPES (index.ts).
 export type MemoryTypeName = 'anon' | 'shmem' | 'hugetlbfs' | 'guest_memfd' | 'file' | (string & {});
 
 export interface RegionOptions {
