@@ -327,14 +327,8 @@ describe('engine: concurrency and failures', function () {
   });
 
   for (const readers of ['dispatcher', 'all'] as const) it(`REMOVE read by one reader while another fills the page (readers ${readers}): removed pages end as zeros, never source bytes`, async function () {
-    if (!process.env.UFFD_TEST_REMOVE_RACE) {
-      // Known bug (issue 11 stays open): now and then a removed page ends holding its source
-      // bytes — about one run in three with readers 'all' on the host, and once with readers
-      // 'dispatcher' inside Linux 7.3 under QEMU. Until it is found this test runs on request.
-      console.log('      (skipped: a known REMOVE race (issue 11) makes this fail now and then; set UFFD_TEST_REMOVE_RACE=1 to run it)');
-      this.skip();
-    }
-    // Workers and the dispatcher all read the uffd. Faulting threads keep re-touching a hot
+    // With readers 'all' workers and the dispatcher all read the uffd; with 'dispatcher' the
+    // dispatcher reads and hands faults to workers. Faulting threads keep re-touching a hot
     // set while this thread removes parts of it: a REMOVE is read by one thread while
     // another is filling, or has just read a fault on, the same page. Whatever the
     // interleaving, a page whose last operation was a remove must read zeros afterwards

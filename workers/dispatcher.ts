@@ -31,6 +31,7 @@ const canInlineWp = setup.wpHook === null;
 r.deferRezero = (addr: number) => {
   const row = r.findRow(addr);
   if (row < 0) return;
+  Atomics.add(ctl, L.CT_REZERO_PENDING, 1); // Engine.stop waits for these before unregistering
   const shard = Math.floor(r.globalPage(row, addr) / setup.stripePages) % rings.length;
   while (!rings[shard].stage(staged[shard], addr, L.FAULT_REZERO, nowMs())) {
     rings[shard].publish(staged[shard]);

@@ -78,6 +78,11 @@ export default function runShard(task: ShardTask): { shard: number } {
     }
     lastGapMs = performance.now() - slept;
   }
+  // Re-zeroings handed here and not done yet (a stop that did not wait for them): the
+  // ranges are unregistered by now, so MADV_DONTNEED no longer waits for a reader.
+  for (let i = ring.head; i !== ring.tail; i = (i + 1) | 0) {
+    if (ring.flagsAt(i) & L.FAULT_REZERO) r.handleFault(ring.addrAt(i), ring.flagsAt(i), 0, 0);
+  }
   r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
   poller?.close();

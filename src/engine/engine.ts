@@ -67,9 +67,7 @@ export interface EngineOptions {
    * faults to the workers' rings (see `inline`). 'all' (opt-in, experimental): every worker
    * waits on it and resolves what it read (native handlers work this way), the dispatcher
    * reads in the place of a worker busy elsewhere; non-fault events are applied under a read
-   * lock before any later fault is looked at. Known bug: now and then a page removed while
-   * being filled keeps its source bytes (test 'REMOVE read by one reader…', docs/engine.md;
-   * seen once with 'dispatcher' too, under emulation).
+   * lock before any later fault is looked at.
    */
   readers?: 'all' | 'dispatcher';
   /**
@@ -733,6 +731,22 @@ export class Engine extends EventEmitter {
   }
 
   /**
+   * Before unregistering: lets the fills in flight finish and the re-zeroings queued be done
+   * (bounded: a fill waiting on a slow source is abandoned). A page a REMOVE raced with is
+   * then zeroed while its REMOVE is still delivered, and no fill lands after the stop.
+   */
+  private async settleFills(): Promise<void> {
+    const claims = new Float64Array(this.setup.claims);
+    const busy = () => {
+      if (Atomics.load(this.control, L.CT_REZERO_PENDING) > 0) return true;
+      for (let t = 0; t <= this.workers; t++) if (claims[t * L.CL_WORDS + L.CL_COUNT] > 0) return true;
+      return false;
+    };
+    const deadline = Date.now() + SETTLE_LIMIT_MS;
+    while (busy() && Date.now() < deadline) await sleep(1);
+  }
+
+  /**
    * Stops serving. See StopOptions for what happens to pages not yet filled; either
    * way no faulting thread is left waiting.
    */
@@ -759,6 +773,7 @@ export class Engine extends EventEmitter {
     }
     this.stopping = true;
     this.unwatchGates?.();
+    if (this.pool) await this.settleFills();
     // Unregistering wakes every thread still waiting in these ranges.
     for (const r of this.rows) {
       try {
@@ -785,6 +800,8 @@ export class Engine extends EventEmitter {
     return stats;
   }
 }
+
+const SETTLE_LIMIT_MS = 1000;
 
 function normalizePrefetch(p: EngineOptions['prefetch'], page: number) {
   const o: PrefetchOptions = p === true ? { readAhead: 1024 * 1024, background: true } : p ? p : {};

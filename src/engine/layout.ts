@@ -44,6 +44,8 @@ export const CT_EPOCH = 9; // bumped after each REMOVE/UNMAP/REMAP applied
 export const CT_READ_LOCK = 10; // 1 while a thread reads the uffd and applies the batch's events (see reader.ts)
 export const CT_DISPATCHER_IDLE = 11; // 1 while the dispatcher sleeps without watching the uffd (readers 'all')
 export const CT_RWP_HOLD = 12; // 1: an RWP window is open: RWP faults wait (see Engine.holdRwp)
+export const CT_READ_SEQ = 13; // odd while a thread holds the read lock (a batch read, its events not all applied yet)
+export const CT_REZERO_PENDING = 14; // re-zeroings the dispatcher queued and no worker has done yet
 export const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 export const CT_KILL = 48; // test hook: worker i exits at its next fill when CT_KILL + i is 1
 export const CT_HELP = 96; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd (the dispatcher reads then)
@@ -54,6 +56,7 @@ export const CT_WORDS = 160;
 export const CL_ROW = 0;
 export const CL_FIRST = 1;
 export const CL_COUNT = 2;
+export const CL_FROM = 3; // the state the pages were claimed from (PAGE_MISSING, PAGE_DROPPED or PAGE_PRESENT): what they go back to if not filled
 export const CL_WORDS = 4;
 
 // Callback staging: per worker, a request/response slot.

@@ -56,6 +56,10 @@ export class UffdReader {
   read(): number {
     const ctl = this.ctl;
     while (Atomics.compareExchange(ctl, L.CT_READ_LOCK, 0, 1) !== 0) yieldCpu(); // held for one read(2)
+    // Odd from before read(2) until the batch's events are in the tables: the kernel lets a
+    // madvise go on (and zap) as soon as its REMOVE is read, before we mark the pages
+    // DROPPED; a fill whose copy may have landed in that gap waits for even (Resolver.settle).
+    Atomics.add(ctl, L.CT_READ_SEQ, 1);
     let n = 0;
     try {
       n = this.r.uffd.read(this.buf);
@@ -64,6 +68,7 @@ export class UffdReader {
         for (let i = 0; i < n; i++) if (msgEvent(this.dv, i) !== UFFD_EVENT_PAGEFAULT) this.applyEvent(i);
       }
     } finally {
+      Atomics.add(ctl, L.CT_READ_SEQ, 1);
       Atomics.store(ctl, L.CT_READ_LOCK, 0);
     }
     return n;

@@ -148,6 +148,7 @@ export class Resolver {
     const row = knownRow === -2 ? this.findRow(addr) : knownRow; // callers that looked it up pass it
     if (flags & L.FAULT_REZERO) {
       if (row >= 0) this.rezero(row, Math.floor((addr - this.table[row * L.RT_WORDS + L.RT_START]) / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]));
+      Atomics.sub(this.control, L.CT_REZERO_PENDING, 1);
       return 0;
     }
     if (row < 0) {
@@ -218,7 +219,7 @@ export class Resolver {
     if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
       // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
       // as the kernel would, unless configured to serve the source again.
-      this.fill(row, local, 1, 1, this.setup.afterRemove === 'zero');
+      this.fill(row, local, 1, 1, this.setup.afterRemove === 'zero', CAUSE_DEMAND, PAGE_DROPPED);
       this.latency(tRead);
       return 0;
     }
@@ -227,7 +228,7 @@ export class Resolver {
       // The table says present, yet the kernel reports the page missing: a race with the
       // fill that mapped it, a hole punched without an event, or a REMOVE not yet read.
       // Fill it again: EEXIST means it was a race. Wake either way so no thread is left.
-      this.fill(row, local, 1, 1, false);
+      this.fill(row, local, 1, 1, false, CAUSE_DEMAND, PAGE_PRESENT);
       this.safeWake(pageAddr, ps);
     }
     // Otherwise another thread is filling it: its ioctl wakes this one.
@@ -246,10 +247,11 @@ export class Resolver {
   }
 
   /**
-   * Fills pages [local, local+n) of a row, all claimed (FILLING) by this thread.
-   * The first `demand` pages count as demand, the rest as read-ahead.
+   * Fills pages [local, local+n) of a row, all claimed (FILLING) by this thread from state
+   * `from`, to which the pages not filled go back. The first `demand` pages count as
+   * demand, the rest as read-ahead.
    */
-  fill(row: number, local: number, n: number, demand: number, zero: boolean, cause = CAUSE_DEMAND): void {
+  fill(row: number, local: number, n: number, demand: number, zero: boolean, cause = CAUSE_DEMAND, from = PAGE_MISSING): void {
     const c = this.counters;
     const t = this.table;
     const b = row * L.RT_WORDS;
@@ -257,10 +259,11 @@ export class Resolver {
     const g = t[b + L.RT_STATE_BASE] + local;
     const dst = t[b + L.RT_START] + local * ps;
     let len = n * ps;
-    let op = zero ? (t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO || ps > 4096 ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE) : t[b + L.RT_MISSING_OP];
+    const op = zero ? (t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO || ps > 4096 ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE) : t[b + L.RT_MISSING_OP];
     const claim = this.claim;
     claim[L.CL_ROW] = row;
     claim[L.CL_FIRST] = local;
+    claim[L.CL_FROM] = from;
     claim[L.CL_COUNT] = n;
     if (Atomics.load(this.control, L.CT_KILL + this.thread) === 1) {
       // Test hook: die holding a claim, as a crashed worker would.
@@ -287,6 +290,10 @@ export class Resolver {
     let done = 0;
     let retries = 0;
     let filled = 0;
+    // A page removed (DROPPED) and zero-filled here that is already mapped holds bytes a
+    // source fill racing with the REMOVE put there after the zap: it must read zeros.
+    let stale = -1;
+    const seq = Atomics.load(this.control, L.CT_READ_SEQ);
     try {
       while (done < len) {
         let got: number;
@@ -303,23 +310,21 @@ export class Resolver {
           // That page is already there: someone outside our claims filled it (a racing
           // path, or memory touched before registration). Skip it.
           c[C_EEXIST]++;
+          if (zero && from === PAGE_DROPPED && stale < 0) stale = local + Math.floor(done / ps);
           done += ps;
           continue;
         }
         if (got > 0) continue; // partial progress: go on from there
-        // EAGAIN with nothing done: the mappings are changing under an unread event.
+        // EAGAIN with nothing done: the mappings are changing under an event not read yet
+        // (or read, its madvise not yet on its way): try again. A copy that lands after a
+        // REMOVE's zap is found out by finish() and zeroed again.
         c[C_RETRIES]++;
-        if (op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO && this.setup.afterRemove === 'zero'
-          && this.states.get(g + Math.floor(done / ps)) === PAGE_DROPPED) {
-          // The event was a REMOVE over this page: what the thread must see now is zeros.
-          this.states.transition(g + Math.floor(done / ps), PAGE_DROPPED, PAGE_FILLING);
-          op = ps > 4096 || t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE;
-        }
         if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
-          this.releaseFrom(row, local, n, done, PAGE_MISSING);
+          this.releaseFrom(row, local, n, done, from);
           this.deferred = !this.mayRetry;
           if (this.mayRetry) this.safeWake(dst + done, len - done);
-          this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
+          this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled, seq);
+          if (stale >= 0) this.rezero(row, stale);
           return;
         }
         this.needReader();
@@ -331,13 +336,14 @@ export class Resolver {
       // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again,
       // and nobody was failed (a VM that exits mid-population). Anything else is an error.
       if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH) c[C_ERRORS]++;
-      this.releaseFrom(row, local, n, done, e === ERRNO.ENOENT || e === ERRNO.ESRCH ? PAGE_DROPPED : PAGE_MISSING);
+      this.releaseFrom(row, local, n, done, e === ERRNO.ENOENT || e === ERRNO.ESRCH ? PAGE_DROPPED : from);
       this.safeWake(dst + done, len - done);
-      this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
+      this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled, seq);
       if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH && e !== ERRNO.EFAULT) throw err;
       return;
     }
-    this.finish(row, local, n, n, demand, cause, op, filled);
+    this.finish(row, local, n, n, demand, cause, op, filled, seq);
+    if (stale >= 0) this.rezero(row, stale);
   }
 
   /**
@@ -354,7 +360,7 @@ export class Resolver {
     let ok = gate.ready(src, n * ps);
     if (ok === 0) {
       if (!this.mayRetry) {
-        this.releaseFrom(row, local, n, 0, PAGE_MISSING);
+        this.releaseFrom(row, local, n, 0, this.claim[L.CL_FROM]);
         this.deferred = true;
         this.counters[C_FAULTS_MISSING]--; // the worker that resolves it counts it
         return 0;
@@ -365,13 +371,13 @@ export class Resolver {
     }
     if (ok < 0) {
       const bad = Math.min(n, Math.ceil(-ok / ps));
-      if (bad < n) this.releaseFrom(row, local, n, bad * ps, PAGE_MISSING);
+      if (bad < n) this.releaseFrom(row, local, n, bad * ps, this.claim[L.CL_FROM]);
       this.failPages(row, local, bad);
       return 0;
     }
     const take = Math.min(n, Math.floor(ok / ps));
     if (take < n) {
-      this.releaseFrom(row, local, n, take * ps, PAGE_MISSING);
+      this.releaseFrom(row, local, n, take * ps, this.claim[L.CL_FROM]);
       this.claim[L.CL_COUNT] = take;
     }
     return take;
@@ -420,9 +426,10 @@ export class Resolver {
     }
   }
 
-  private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number): void {
+  private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number, seq: number): void {
     const c = this.counters;
     const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    if (bytes > 0 && op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO) this.settle(seq);
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
       // A REMOVE over this page was applied while we filled it. If our copy landed after
@@ -468,14 +475,27 @@ export class Resolver {
           if (this.uffd.lastErrno === ERRNO.EEXIST) done += ps;
           else if (this.uffd.lastErrno === ERRNO.EAGAIN) { this.needReader(); yieldCpu(); }
         }
-        this.finish(row, local, n, n, 0, CAUSE_DEMAND, -1, 0);
+        this.finish(row, local, n, n, 0, CAUSE_DEMAND, -1, 0, 0);
       } else {
         this.fill(row, local, n, n, true);
       }
     } catch {
-      this.releaseFrom(row, local, n, 0, PAGE_MISSING);
+      this.releaseFrom(row, local, n, 0, this.claim[L.CL_FROM]);
       this.safeWake(dst, n * ps);
     }
+  }
+
+  /**
+   * Waits until the REMOVE events of every batch read so far are in the page-state table.
+   * The kernel lets madvise zap as soon as its REMOVE is read, before the reader marks the
+   * pages DROPPED: a copy that landed in that gap is only found out (by the FILLING ->
+   * PRESENT transition failing) once the reader is done. `seq` is CT_READ_SEQ before the
+   * copy: unchanged and even, no batch was read meanwhile (the common case: one load).
+   */
+  private settle(seq: number): void {
+    const ctl = this.control;
+    if (Atomics.load(ctl, L.CT_READ_SEQ) === seq && (seq & 1) === 0) return;
+    while ((Atomics.load(ctl, L.CT_READ_SEQ) & 1) !== 0) yieldCpu(); // a read(2) and its events: microseconds
   }
 
   private continueRun(row: number, g: number, local: number, n: number, cause = CAUSE_DEMAND): void {
@@ -612,6 +632,8 @@ export class Resolver {
     const row = cl[L.CL_ROW];
     const local = cl[L.CL_FIRST];
     const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    const from = cl[L.CL_FROM];
+    const zero = from === PAGE_DROPPED && this.setup.afterRemove === 'zero';
     cl[L.CL_COUNT] = 0;
     // Take over the pages still marked FILLING; a page another live thread holds is
     // filled twice at most, and the kernel keeps the first (EEXIST for the second).
@@ -620,7 +642,7 @@ export class Resolver {
       if (this.states.get(g + i) !== PAGE_FILLING) { i++; continue; }
       let k = 1;
       while (i + k < n && this.states.get(g + i + k) === PAGE_FILLING) k++;
-      this.fill(row, local + i, k, k, false);
+      this.fill(row, local + i, k, k, zero, CAUSE_DEMAND, from);
       i += k;
     }
   }
