@@ -14,6 +14,7 @@ import { MADV_DONTNEED, MAP_NORESERVE } from '../src/kernel/constants.js';
 import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
 import { sources } from '../src/sources/index.js';
+import { scratchSetup } from '../src/engine/warm-up.js';
 import { makeSnapshot, writeSnapshotFile } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers, TouchResult } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
@@ -213,7 +214,7 @@ describe('engine: concurrency and failures', function () {
   for (const how of ['throw', 'terminate'] as const) {
     it(`a worker killed mid-run (${how}): no fault lost, run completes verified`, async () => {
       const region = memoryType('anon').create({ size });
-      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline: 'never' });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline: 'never', faultInjection: true });
       const incidents: string[] = [];
       engine.on('incident', (i: { message: string }) => incidents.push(i.message));
       try {
@@ -439,7 +440,7 @@ describe('engine: warm threads (EngineThreads)', function () {
       const st = await engine.stop();
       assertFilledOnce(st, size / PAGE);
       assert.ok(st.firstFaultAt > 0 && st.firstFaultAt <= Date.now() + 1, 'the first fault is timed');
-      assert.throws(() => threads.take(engine.setup), /already used/);
+      assert.throws(() => threads.take(scratchSetup(-1, [], 2)), /already used/);
     } finally {
       await Promise.all([other.destroy(), never.destroy()]); // one still warming up, maybe: it ends all the same
       region.close();

@@ -42,7 +42,6 @@
 // (it holds its own copy of the uffd, so the kernel never releases it).
 import * as fs from 'node:fs';
 import { Engine, EngineOptions, EngineStats } from '../engine/engine.js';
-import * as L from '../engine/layout.js';
 import { MAP_POPULATE, MAP_PRIVATE, O_NONBLOCK, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
 import { mmap, munmap } from '../kernel/memory.js';
@@ -323,7 +322,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         threads,
         beforeLaunch: async (e) => {
           await opts.beforeServe?.(e, handshake, ctx);
-          if (smp) await smp.attach(e.setup.states, e.totalPages);
+          if (smp) await smp.attach(e.pageStateBuffer, e.totalPages);
         },
         uffd: Userfaultfd.fromFd(uffdFd, uf.features),
         ownsUffd: false,
@@ -353,7 +352,6 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         emit({ type: 'incident', id: ctx.id, message: inc.message });
       });
       eng.on('remove', () => { summary.removes++; });
-      const control = new Int32Array(eng.setup.control);
       let lastFaults = 0;
       const progress = (): SessionProgress => {
         const st = eng.stats();
@@ -385,8 +383,8 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
             lastFaults = f;
             summary.lastDemandFaultMs = Math.round(since() * 10) / 10;
           }
-          if (Atomics.load(control, L.CT_PEER_GONE) !== 0) end('peer-gone');
-          else if (background && summary.populatedMs === null && Atomics.load(control, L.CT_BG_DONE) === 1 && eng.populated) {
+          if (eng.peerGone) end('peer-gone');
+          else if (background && summary.populatedMs === null && eng.populated) {
             summary.populatedMs = Math.round(since() * 10) / 10;
             emit({ type: 'populated', id: ctx.id, ms: summary.populatedMs });
             if (detach) end('populated');
