@@ -4,8 +4,9 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Engine, EngineStats, EngineThreads, PAGE_DROPPED } from '../src/engine/index.js';
+import { Engine, EngineStats, EngineThreads, PAGE_DROPPED, StartStep } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
+import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { addressOf } from '../src/kernel/libc.js';
 import {
   bytesAt, madvise, memcmp, mremap, MREMAP_FIXED, MREMAP_MAYMOVE, mapAnonymous, munmap, memcpy,
@@ -465,6 +466,64 @@ describe('engine: bad configuration and source failures', function () {
       await assert.rejects(Engine.start({ regions: [] }), /at least one region/);
     } finally {
       region.close();
+    }
+  });
+
+  // A start that fails at any step gives back what it took: no fd left open, the range no
+  // longer registered (a fresh userfaultfd can register it again), nothing else serving it.
+  const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+  const expectReleased = (region: Region, fdsBefore: number, what: string): void => {
+    assert.equal(openFds(), fdsBefore, `${what}: no fd left open`);
+    const fresh = Userfaultfd.create();
+    try {
+      fresh.register(region.addr, region.size, ['missing']); // EBUSY if the failed engine still had it
+      fresh.unregister(region.addr, region.size);
+    } finally {
+      fresh.close();
+    }
+  };
+  for (const step of ['remotes', 'uffd', 'sources', 'register', 'buffers', 'beforeLaunch', 'threads'] as StartStep[]) {
+    it(`a start failing at step '${step}' leaves nothing registered or open`, async () => {
+      const region = memoryType('anon').create({ size: MiB });
+      const file = path.join(os.tmpdir(), `uffd-engine-startfail-${process.pid}`);
+      fs.writeFileSync(file, Buffer.alloc(MiB, 7)); // a file source: an fd and a mapping to give back
+      try {
+        const before = openFds();
+        const steps: StartStep[] = [];
+        await assert.rejects(Engine.start({
+          regions: [{ region, source: sources.file(file) }], workers: 2, readers: 'all', // readers 'all': eventfds per ring too
+          onStartStep: (s) => { steps.push(s); if (s === step) throw new Error(`injected failure at ${s}`); },
+        }), new RegExp(`injected failure at ${step}`));
+        assert.equal(steps[steps.length - 1], step, `steps run: ${steps.join(', ')}`);
+        expectReleased(region, before, step);
+      } finally {
+        fs.rmSync(file, { force: true });
+        region.close();
+      }
+    });
+  }
+
+  it('a start refused by real bad input after the uffd exists gives everything back', async () => {
+    const region = memoryType('anon').create({ size: 2 * MiB });
+    const other = memoryType('anon').create({ size: MiB });
+    const file = path.join(os.tmpdir(), `uffd-engine-startfail2-${process.pid}`);
+    fs.writeFileSync(file, Buffer.alloc(4096));
+    try {
+      const before = openFds();
+      // The second region's file source is too small: found after the first source was opened.
+      await assert.rejects(Engine.start({ regions: [{ region, source: sources.buffer(new Uint8Array(2 * MiB)) }, { region: other, source: sources.file(file) }] }),
+        /smaller than the region/);
+      expectReleased(region, before, 'source too small');
+      expectReleased(other, before, 'source too small');
+      // A pageCache source on anonymous memory: refused after the first region was registered.
+      await assert.rejects(Engine.start({ regions: [{ region: other, source: sources.zero() }, { region, source: sources.pageCache() }] }),
+        (e: Error) => /pageCache source needs/.test(e.message));
+      expectReleased(region, before, 'pageCache on anon');
+      expectReleased(other, before, 'pageCache on anon');
+    } finally {
+      fs.rmSync(file, { force: true });
+      region.close();
+      other.close();
     }
   });
 
