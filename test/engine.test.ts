@@ -362,7 +362,7 @@ describe('engine: concurrency and failures', function () {
       }
       await touching;
       const st = await engine.stop({ mode: 'abandon' });
-      console.log(`      (${removes} removes during ${jobs.length * jobs[0].pages.length} touches; ${st.rezeroed} pages zeroed again, ` +
+      console.log(`      (${removes} removes during ${jobs.length * (jobs[0]?.pages.length ?? 0)} touches; ${st.rezeroed} pages zeroed again, ` +
         `${st.direct} faults read by workers, ${st.inline} by the dispatcher)`);
       // A page zeroed again by the engine (its fill landed after the zap) is zapped with
       // MADV_DONTNEED, which sends a REMOVE of its own.
@@ -545,7 +545,7 @@ describe('engine: bad configuration and source failures', function () {
       });
       try {
         const res = await runTouchers([{ addr: region.addr, pageSize: PAGE, pages: Float64Array.from([10, 11]), expectAddr: 0, write: false, verify: false }], limit(20_000));
-        assert.equal(res[0].touched, 2);
+        assert.equal(res[0]?.touched, 2);
         assert.equal(bytesAt(region.addr + 10 * PAGE, PAGE).every((b) => b === 0), true, 'the failed page reads zeros');
         const st = await engine.stop({ mode: 'abandon' });
         assert.ok(st.errors >= 1);
@@ -596,10 +596,10 @@ describe('engine: write-protect faults and the live-snapshot hook', function () 
       const lines = fs.readFileSync(log, 'utf8').trim().split('\n');
       assert.equal(lines.length, pages, 'the hook saw every page once');
       for (const line of lines) {
-        const [addr, sum] = line.split(' ').map(Number);
+        const [addr = NaN, sum] = line.split(' ').map(Number);
         const p = (addr - region.addr) / PAGE;
         let want = 0;
-        for (let i = 0; i < PAGE; i += 64) want = (want * 31 + snap[p * PAGE + i]) >>> 0;
+        for (let i = 0; i < PAGE; i += 64) want = (want * 31 + (snap[p * PAGE + i] ?? NaN)) >>> 0;
         assert.equal(sum, want, `hook saw page ${p} with its snapshot bytes`);
       }
     } finally {

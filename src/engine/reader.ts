@@ -55,7 +55,7 @@ export class UffdReader {
     try {
       n = this.r.uffd.read(this.buf);
       if (n > 0) {
-        this.r.counters[C_READS]++;
+        this.r.counters[C_READS]!++;
         for (let i = 0; i < n; i++) if (msgEvent(this.dv, i) !== UFFD_EVENT_PAGEFAULT) this.applyEvent(i);
       }
     } finally {
@@ -74,13 +74,13 @@ export class UffdReader {
     const dv = this.dv;
     const base = i * SIZEOF_UFFD_MSG;
     const ev = msgEvent(dv, i);
-    this.r.counters[C_EVENTS]++;
+    this.r.counters[C_EVENTS]!++;
     switch (ev) {
       case UFFD_EVENT_REMOVE: {
         const start = u64(dv, base + 8);
         const end = u64(dv, base + 16);
         this.dropRange(start, end, false);
-        this.r.counters[C_REMOVES]++;
+        this.r.counters[C_REMOVES]!++;
         this.post({ type: 'remove', start, end });
         break;
       }

@@ -171,7 +171,7 @@ export class PageStates {
   /** Counts pages in each state over [first, first+count). */
   count(first: number, count: number, out: Float64Array): void {
     out.fill(0);
-    for (let p = first; p < first + count; p++) out[this.get(p)]++;
+    for (let p = first; p < first + count; p++) out[this.get(p)]!++;
   }
   /** Pages whose state is below `limit` (limit PRESENT: MISSING or FILLING), a word at a time. */
   countBelow(limit: number): number {
@@ -262,7 +262,7 @@ export class Counters {
   }
   sum(field: number): number {
     let s = 0;
-    for (let t = 0; t < this.threads; t++) s += this.all[t * COUNTER_WORDS + field];
+    for (let t = 0; t < this.threads; t++) s += this.all[t * COUNTER_WORDS + field] as number;
     return s;
   }
 }
@@ -272,18 +272,18 @@ export function recordLatency(block: Float64Array, micros: number): void {
   let b = 0;
   let v = micros;
   while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
-  block[C_HIST + b]++;
+  block[C_HIST + b]!++;
 }
 
 /** Percentile (0..1) of a log2 histogram, reported as the upper edge of its bucket, in µs. */
 export function histogramPercentile(hist: ArrayLike<number>, q: number): number {
   let total = 0;
-  for (let i = 0; i < hist.length; i++) total += hist[i];
+  for (let i = 0; i < hist.length; i++) total += hist[i] as number;
   if (total === 0) return 0;
   const target = q * total;
   let acc = 0;
   for (let i = 0; i < hist.length; i++) {
-    acc += hist[i];
+    acc += hist[i] as number;
     if (acc >= target) return 2 ** (i + 1);
   }
   return 2 ** hist.length;

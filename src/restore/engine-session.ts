@@ -228,7 +228,7 @@ export function inspectUffd(fd: number): { features: bigint; nonBlocking: boolea
   if (!(features & UFFD_FEATURE_INITIALIZED)) {
     throw new SessionError('uffd-uninitialised', 'the userfaultfd the peer sent was never initialised with UFFDIO_API');
   }
-  return { features: features & ~UFFD_FEATURE_INITIALIZED, nonBlocking: flags ? (parseInt(flags[1], 8) & O_NONBLOCK) !== 0 : false };
+  return { features: features & ~UFFD_FEATURE_INITIALIZED, nonBlocking: flags?.[1] !== undefined ? (parseInt(flags[1], 8) & O_NONBLOCK) !== 0 : false };
 }
 
 /** Reads (and drops) whatever is queued on a non-blocking uffd. */
@@ -240,10 +240,6 @@ function drainUffd(fd: number): void {
   } catch {
     // nothing to drain
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** Builds the ServeConnection (and its bookkeeping) that serves each VM with its own engine. */
@@ -329,7 +325,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
         regions: handshake.regions.map((r, i) => ({
           start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: r.pageSize > PAGE_SIZE ? 'hugetlbfs' as const : 'anon' as const,
-          source: opts.pageSource ? opts.pageSource(r) : sources.address(maps[i].addr, r.size),
+          source: opts.pageSource ? opts.pageSource(r) : sources.address((maps[i] as { addr: number }).addr, r.size),
         })),
         workers,
         prefetch: {
