@@ -617,19 +617,30 @@ export class Engine extends EventEmitter {
    * without stopping). Resolves with the pages still missing: 0, unless timeoutMs passed.
    */
   async populate(timeoutMs = 60_000): Promise<number> {
-    const deadline = Date.now() + timeoutMs;
-    const ctl = this.#ctl;
-    ctl.setCompleting(true);
     try {
-      while (!this.#stopping && this.pagesMissing() > 0 && Date.now() <= deadline) {
-        ctl.restartBackground();
-        this.#kickAll();
-        while (!ctl.backgroundDone() && !this.#stopping && Date.now() <= deadline) await sleep(2);
-      }
+      await this.#complete(Date.now() + timeoutMs);
     } finally {
-      if (!this.#stopping) ctl.setCompleting(false);
+      if (!this.#stopping) this.#ctl.setCompleting(false);
     }
     return this.pagesMissing();
+  }
+
+  /**
+   * The completion sweep (populate, stop 'complete'): workers fill every page still
+   * MISSING, demand faults first, in passes over the table until none is left, the
+   * deadline passes, the engine stops or the peer is gone. True if nothing is missing.
+   */
+  async #complete(deadline: number): Promise<boolean> {
+    const ctl = this.#ctl;
+    ctl.setCompleting(true);
+    for (;;) {
+      if (this.#stopping || ctl.peerGone() || Date.now() > deadline) break;
+      if (this.pagesMissing() === 0) return true;
+      ctl.restartBackground();
+      this.#kickAll();
+      while (!ctl.backgroundDone() && !this.#stopping && Date.now() <= deadline) await sleep(2);
+    }
+    return this.pagesMissing() === 0;
   }
 
   /**
@@ -693,21 +704,11 @@ export class Engine extends EventEmitter {
     const mode = opts.mode ?? 'complete';
     const ctl = this.#ctl;
     if (mode === 'complete' && !this.#stopping && this.#pool) {
-      const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
-      ctl.setCompleting(true);
-      this.#kickAll();
-      // Workers populate everything left, demand faults first; sweep until nothing is missing.
-      for (;;) {
-        await sleep(5);
-        if (!ctl.backgroundDone()) {
-          if (Date.now() > deadline) break;
-          continue;
-        }
-        if (this.pagesMissing() === 0 || Date.now() > deadline || ctl.peerGone()) break;
-        ctl.restartBackground();
-        this.#kickAll();
+      const timeoutMs = opts.timeoutMs ?? 60_000;
+      const deadline = Date.now() + timeoutMs;
+      if (!(await this.#complete(deadline)) && Date.now() > deadline) {
+        this.#incident(-1, `stop: pages still missing after ${timeoutMs} ms; abandoning them`);
       }
-      if (Date.now() > deadline) this.#incident(-1, `stop: pages still missing after ${opts.timeoutMs ?? 60_000} ms; abandoning them`);
     }
     this.#stopping = true;
     this.#unwatchGates?.();

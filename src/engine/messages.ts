@@ -1,11 +1,8 @@
 // What engine threads and the main thread tell each other beside the shared tables.
+import type { ForkEvent, RemapEvent, RemoveEvent, UnknownEvent, UnmapEvent } from '../kernel/messages.js';
 
-/** A non-fault event a thread read and applied (forwarded as Engine events), or an incident. */
-export type EventMessage =
-  | { type: 'remove' | 'unmap'; start: number; end: number }
-  | { type: 'remap'; from: number; to: number; len: number }
-  | { type: 'fork'; ufd: number }
-  | { type: 'unknown'; event: number };
+/** A non-fault event a thread read and applied (forwarded as Engine events), as the kernel layer decodes it. */
+export type EventMessage = RemoveEvent | UnmapEvent | RemapEvent | ForkEvent | UnknownEvent;
 
 /** Something went wrong in a thread that the engine reports (Engine 'incident'). */
 export interface IncidentMessage { type: 'incident'; message: string }

@@ -12,11 +12,8 @@
 // (and zap) as soon as its REMOVE is read, before the batch's events are applied here: the
 // read sequence is odd meanwhile, and a fill that may have copied in that gap waits for it
 // to turn even before it publishes its pages (Resolver.settle).
-import {
-  SIZEOF_UFFD_MSG, UFFD_EVENT_FORK, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMAP, UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP,
-  UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP,
-} from '../kernel/constants.js';
-import { msgEvent, msgFaultAddress, msgFaultFlags, u64 } from '../kernel/messages.js';
+import { UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP } from '../kernel/constants.js';
+import { decodeMessage, msgEvent, msgFaultAddress, msgFaultFlags } from '../kernel/messages.js';
 import { yieldCpu } from '../kernel/time.js';
 import { MessageBuffer } from '../kernel/userfaultfd.js';
 import type { ThreadMessage } from './messages.js';
@@ -71,40 +68,26 @@ export class UffdReader {
   // ---- non-fault events ------------------------------------------------------------
 
   private applyEvent(i: number): void {
-    const dv = this.dv;
-    const base = i * SIZEOF_UFFD_MSG;
-    const ev = msgEvent(dv, i);
+    const ev = decodeMessage(this.dv, i); // events are rare: a decoded object is fine here
     this.r.counters[C_EVENTS]!++;
-    switch (ev) {
-      case UFFD_EVENT_REMOVE: {
-        const start = u64(dv, base + 8);
-        const end = u64(dv, base + 16);
-        this.dropRange(start, end, false);
+    switch (ev.type) {
+      case 'pagefault':
+        return; // not an event (the caller's)
+      case 'remove':
+        this.dropRange(ev.start, ev.end, false);
         this.r.counters[C_REMOVES]!++;
-        this.post({ type: 'remove', start, end });
         break;
-      }
-      case UFFD_EVENT_UNMAP: {
-        const start = u64(dv, base + 8);
-        const end = u64(dv, base + 16);
-        this.dropRange(start, end, true);
-        this.post({ type: 'unmap', start, end });
+      case 'unmap':
+        this.dropRange(ev.start, ev.end, true);
         break;
-      }
-      case UFFD_EVENT_REMAP: {
-        const from = u64(dv, base + 8);
-        const to = u64(dv, base + 16);
-        const len = u64(dv, base + 24);
-        this.remap(from, to, len);
-        this.post({ type: 'remap', from, to, len });
+      case 'remap':
+        this.remap(ev.from, ev.to, ev.len);
         break;
-      }
-      case UFFD_EVENT_FORK:
-        this.post({ type: 'fork', ufd: dv.getUint32(base + 8, true) });
+      case 'fork':
+      case 'unknown':
         break;
-      default:
-        this.post({ type: 'unknown', event: ev });
     }
+    this.post(ev);
     this.ctl.eventApplied();
   }
 
