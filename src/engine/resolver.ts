@@ -501,7 +501,9 @@ export class Resolver {
   private settle(seq: number): void {
     const ctl = this.ctl;
     if (ctl.readSeq() === seq && (seq & 1) === 0) return;
-    while ((ctl.readSeq() & 1) !== 0) yieldCpu(); // one read(2) and its events: microseconds
+    // One read(2) and its events take a microsecond or two: spin briefly before yielding
+    // the CPU (a syscall), which matters only when the reader was preempted.
+    for (let spins = 0; (ctl.readSeq() & 1) !== 0; spins++) if (spins > 256) yieldCpu();
   }
 
   /** Pages from byte `done` on were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
