@@ -520,6 +520,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
       readers: cfg.readers, warmUp: cfg.warmUp, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
+      faultInjection: hooks.onEngine !== undefined, // the soak kills workers (killWorker 'throw')
     });
     const tReady = performance.now();
     hooks.onEngine?.(engine);

@@ -16,8 +16,8 @@ import type { MemoryTypeName, Region } from '../memory-types/types.js';
 import { openRemoteRegions, OpenedRemotes } from '../remote/engine-sources.js';
 import { GateSetup, watchArrivals } from '../remote/gate.js';
 import { OpenedSource, openSource, PageSource } from '../sources/index.js';
-import * as L from './layout.js';
-import type { ThreadMessage } from './reader.js';
+import type { EngineSetup } from './layout.js';
+import type { CallbackRequest, DispatcherMessage, WorkerMessage } from './messages.js';
 import { DISPATCHER, EngineThreads, SHARD_WORKER } from './threads.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
@@ -25,6 +25,7 @@ import {
   C_DIRECT, C_FIRST_MS, C_REMOVES, C_REZEROED, C_SPURIOUS, C_WAKES, C_ZERO_FILLS, COUNTER_WORDS, Counters, HIST_BUCKETS, histogramPercentile, PAGE_DROPPED,
   PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, Ring,
 } from './shared.js';
+import { CallbackSlot, Claims, ControlBlock, MAX_WORKERS, MissOp, RegionTable } from './tables.js';
 
 export interface EngineRegion {
   /** A region made by a memory type; the engine registers it. */
@@ -67,9 +68,7 @@ export interface EngineOptions {
    * faults to the workers' rings (see `inline`). 'all' (opt-in, experimental): every worker
    * waits on it and resolves what it read (native handlers work this way), the dispatcher
    * reads in the place of a worker busy elsewhere; non-fault events are applied under a read
-   * lock before any later fault is looked at. Known bug: now and then a page removed while
-   * being filled keeps its source bytes (test 'REMOVE read by one reader…', docs/engine.md;
-   * seen once with 'dispatcher' too, under emulation).
+   * lock before any later fault is looked at.
    */
   readers?: 'all' | 'dispatcher';
   /**
@@ -101,7 +100,7 @@ export interface EngineOptions {
   features?: FeatureName[];
   /**
    * Runs after the shared tables exist and before any engine thread starts (awaited):
-   * attach an observer of `engine.setup.states` that must see every fill from the first.
+   * attach an observer of `engine.pageStateBuffer` that must see every fill from the first.
    */
   beforeLaunch?: (engine: Engine) => void | Promise<void>;
   /**
@@ -124,7 +123,20 @@ export interface EngineOptions {
    * the engine takes them instead of starting its own. Their worker count must match.
    */
   threads?: EngineThreads;
+  /**
+   * Tests only: workers honour killWorker(shard, 'throw') (checked once at start: an engine
+   * without it has no such check on its fill path).
+   */
+  faultInjection?: boolean;
+  /**
+   * Tests only: called after each step of start() (see StartStep); a throw there fails the
+   * start at that step, which must leave nothing registered or open.
+   */
+  onStartStep?: (step: StartStep) => void;
 }
+
+/** The steps of Engine.start, in order, each acquiring something that a failed start gives back. */
+export type StartStep = 'remotes' | 'uffd' | 'sources' | 'register' | 'buffers' | 'beforeLaunch' | 'threads';
 
 export interface StopOptions {
   /**
@@ -172,10 +184,36 @@ export interface EngineStats {
 
 export interface Incident { time: number; shard: number; message: string }
 
+
 const DEFAULT_FEATURES: FeatureName[] = [
   'EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP', 'THREAD_ID', 'MISSING_SHMEM', 'MISSING_HUGETLBFS', 'MINOR_SHMEM',
   'MINOR_HUGETLBFS', 'PAGEFAULT_FLAG_WP', 'WP_HUGETLBFS_SHMEM', 'WP_UNPOPULATED', 'POISON',
 ];
+
+/** A region as checked by validate(): nothing opened or registered yet. */
+interface RegionPlan {
+  spec: EngineRegion;
+  what: string;
+  start: number;
+  size: number;
+  pageSize: number;
+  type: MemoryTypeName;
+  own: boolean;
+  stateBase: number;
+}
+
+/** Everything start() checked before acquiring anything. */
+interface StartPlan {
+  workers: number;
+  readers: 'all' | 'dispatcher';
+  regions: RegionPlan[];
+  totalPages: number;
+  minPage: number;
+  maxPage: number;
+  stripe: number;
+  prefetch: ReturnType<typeof normalizePrefetch>;
+  ringCapacity: number;
+}
 
 interface RegionRow {
   start: number;
@@ -183,246 +221,135 @@ interface RegionRow {
   pageSize: number;
   type: MemoryTypeName;
   source: OpenedSource;
-  missingOp: number;
+  missingOp: MissOp;
   stateBase: number;
   own: boolean;
+}
+
+/** Undo steps of a start in progress, run in reverse when a later step fails. */
+class Cleanup {
+  private readonly undo: (() => void | Promise<void>)[] = [];
+  add(fn: () => void | Promise<void>): void { this.undo.push(fn); }
+  async run(): Promise<void> {
+    for (let f = this.undo.pop(); f; f = this.undo.pop()) {
+      try { await f(); } catch { /* best effort: the rest must still be given back */ }
+    }
+  }
+}
+
+/** What the engine acquired at start and owns until stop. */
+interface Acquired {
+  uffd: Userfaultfd;
+  ownsUffd: boolean;
+  remotes: OpenedRemotes;
+  rows: RegionRow[];
+  setup: EngineSetup;
+  zeroLen: number;
 }
 
 export class Engine extends EventEmitter {
   readonly uffd: Userfaultfd;
   readonly workers: number;
-  readonly setup: L.EngineSetup;
   readonly incidents: Incident[] = [];
-  private readonly rows: RegionRow[];
-  private readonly ownsUffd: boolean;
-  private readonly control: Int32Array;
-  private readonly counters: Counters;
-  private readonly states: PageStates;
-  private readonly rings: Ring[];
-  private pool: Piscina | null = null;
-  private readonly tasks: Promise<void>[] = [];
-  private stopping = false;
-  private stopped = false;
-  private readonly startTime = Date.now();
-  private zeroLen = 0;
-  private readonly failures: number[];
-  private dispatcherExit: Promise<void> = Promise.resolve();
-  private remotes: OpenedRemotes | null = null;
-  private unwatchGates: (() => void) | null = null;
-  private readonly threads: EngineThreads | undefined;
+  readonly #setup: EngineSetup;
+  readonly #rows: RegionRow[];
+  readonly #ownsUffd: boolean;
+  readonly #ctl: ControlBlock;
+  readonly #table: RegionTable;
+  readonly #counters: Counters;
+  readonly #states: PageStates;
+  readonly #rings: Ring[];
+  readonly #failures: number[];
+  readonly #startTime = Date.now();
+  readonly #zeroLen: number;
+  readonly #remotes: OpenedRemotes;
+  readonly #threads: EngineThreads | undefined;
+  #pool: Piscina | null = null;
+  readonly #tasks: Promise<void>[] = [];
+  #stopping = false;
+  #stopped = false;
+  #dispatcherExit: Promise<void> = Promise.resolve();
+  #unwatchGates: (() => void) | null = null;
 
-  private constructor(opts: EngineOptions) {
+  private constructor(a: Acquired, threads: EngineThreads | undefined) {
     super();
-    const workers = opts.workers ?? 2;
-    if (!Number.isInteger(workers) || workers < 1 || workers > 64) {
-      throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
-    }
-    if (!opts.regions || opts.regions.length === 0) throw new ConfigError('an engine needs at least one region to serve');
-    if (opts.readers !== undefined && opts.readers !== 'all' && opts.readers !== 'dispatcher') {
-      throw new ConfigError(`readers must be 'all' or 'dispatcher' (got ${String(opts.readers)})`);
-    }
-    if (opts.threads && opts.threads.workers !== workers) {
-      throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
-    }
-    this.workers = workers;
-    this.failures = new Array<number>(workers).fill(0);
-    const created = !opts.uffd;
-    let stripe = 0;
-    this.uffd = opts.uffd ?? Userfaultfd.create({ optionalFeatures: [...DEFAULT_FEATURES, ...(opts.features ?? [])] });
-    this.ownsUffd = opts.ownsUffd ?? created;
-    const opened: OpenedSource[] = [];
-    try {
-      // Everything that can be refused is checked before anything is registered.
-      const pageSizes = opts.regions.map((r) => r.region?.pageSize ?? r.pageSize ?? PAGE_SIZE);
-      const minPage = Math.min(...pageSizes);
-      const maxPage = Math.max(...pageSizes);
-      stripe = opts.stripe ?? Math.max(64 * 1024, maxPage);
-      if (!Number.isInteger(stripe) || stripe <= 0 || stripe % minPage) {
-        throw new ConfigError(`stripe must be a positive multiple of the page size ${minPage} (got ${stripe})`);
-      }
-      this.rows = this.buildRows(opts, opened);
-    } catch (e) {
-      this.release(opened, created);
-      throw e;
-    }
-    const minPage = Math.min(...this.rows.map((r) => r.pageSize));
-    const maxPage = Math.max(...this.rows.map((r) => r.pageSize));
-    const totalPages = this.rows.reduce((n, r) => n + r.size / r.pageSize, 0);
-    const pf = normalizePrefetch(opts.prefetch, minPage);
-    const ringCapacity = opts.ringCapacity ?? 4096;
-    const readers = opts.readers ?? 'dispatcher';
-    this.threads = opts.threads;
-    const hasCallback = this.rows.some((r) => r.missingOp === L.MISS_CALLBACK);
-    const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
-    this.zeroLen = maxPage;
-    // Populated: UFFDIO_COPY reads its source with page faults disabled; for a hugetlb
-    // destination an unmapped source makes the kernel take a spare huge page for the
-    // retry (ENOMEM when none is free, e.g. zero-filling a page after a balloon REMOVE).
-    const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE);
-    const gates: GateSetup[] = [];
-    for (const r of this.rows) if (r.source.gate && !gates.includes(r.source.gate)) gates.push(r.source.gate);
-    let order: SharedArrayBuffer | null = null;
-    if (pf.order && pf.order.length) {
-      order = new SharedArrayBuffer(pf.order.length * 8);
-      const o = new Float64Array(order);
-      for (let i = 0; i < pf.order.length; i++) {
-        const g = Number(pf.order[i]);
-        if (!Number.isInteger(g) || g < 0 || g >= totalPages) throw new ConfigError(`prefetch.order[${i}] = ${pf.order[i]} is not a page index below ${totalPages}`);
-        o[i] = g;
-      }
-    }
-    this.setup = {
-      uffdFd: this.uffd.fd,
-      features: this.uffd.features.toString(),
-      workers,
-      stripePages: stripe / minPage,
-      regionTable: new SharedArrayBuffer(L.MAX_REGION_ROWS * L.RT_WORDS * 8),
-      states: PageStates.allocate(totalPages),
-      totalPages,
-      counters: Counters.allocate(workers + 1),
-      control: new SharedArrayBuffer(L.CT_WORDS * 4),
-      claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
-      // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
-      rings: Array.from({ length: workers }, () => Ring.allocate(ringCapacity, readers === 'all' ? eventfd() : -1)),
-      order,
-      prefetch: {
-        readAheadMin: pf.readAheadMin, readAheadMax: pf.readAheadMax, background: pf.background,
-        chunkPages: pf.chunkPages, orderLength: pf.order?.length ?? 0,
-      },
-      zeroAddr,
-      onSourceError: opts.onSourceError ?? 'poison',
-      afterRemove: opts.afterRemove ?? 'zero',
-      readers,
-      warmUp: opts.warmUp ?? false,
-      inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
-      spinMicros: opts.spinMicros ?? 30,
-      dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
-      inlineBatch: opts.inlineBatch ?? 64,
-      wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
-      callbackStaging: hasCallback ? new SharedArrayBuffer(callbackRunBytes * workers) : null,
-      callbackControl: hasCallback ? new SharedArrayBuffer(L.CB_WORDS * 4 * workers) : null,
-      callbackRunBytes,
-      callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
-      eventFd: eventfd(),
-      gates,
-      gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
-    };
-    this.control = new Int32Array(this.setup.control);
-    this.counters = new Counters(this.setup.counters);
-    this.states = new PageStates(this.setup.states, totalPages);
-    if (opts.initially === 'resident') new Int32Array(this.setup.states).fill(-1); // every 2-bit field DROPPED
-    else if (opts.initially !== undefined && opts.initially !== 'missing') {
-      throw new ConfigError(`initially must be 'missing' or 'resident' (got ${String(opts.initially)})`);
-    }
-    this.rings = this.setup.rings.map((b) => new Ring(b));
-    const table = new Float64Array(this.setup.regionTable);
-    this.rows.forEach((r, i) => {
-      const b = i * L.RT_WORDS;
-      table[b + L.RT_START] = r.start;
-      table[b + L.RT_SIZE] = r.size;
-      table[b + L.RT_PAGE_SIZE] = r.pageSize;
-      table[b + L.RT_STATE_BASE] = r.stateBase;
-      table[b + L.RT_MISSING_OP] = r.missingOp;
-      table[b + L.RT_SRC_ADDR] = r.source.addr;
-      table[b + L.RT_SOURCE] = i;
-      table[b + L.RT_ALIVE] = 1;
-      table[b + L.RT_SRC_OFFSET] = 0;
-      table[b + L.RT_MINOR] = r.source.minor ? 1 : 0;
-      table[b + L.RT_OWN] = r.own ? 1 : 0;
-      table[b + L.RT_PEER_PID] = opts.peerPid ?? 0;
-      table[b + L.RT_GATE] = r.source.gate ? gates.indexOf(r.source.gate) + 1 : 0;
-    });
-    Atomics.store(this.control, L.CT_REGION_ROWS, this.rows.length);
-    // Until a worker reads the uffd for the first time, the dispatcher reads in its place.
-    for (let w = 0; w < workers; w++) this.control[L.CT_HELP + w] = 1;
+    this.uffd = a.uffd;
+    this.#ownsUffd = a.ownsUffd;
+    this.#remotes = a.remotes;
+    this.#rows = a.rows;
+    this.#setup = a.setup;
+    this.#zeroLen = a.zeroLen;
+    this.#threads = threads;
+    this.workers = a.setup.workers;
+    this.#failures = new Array<number>(this.workers).fill(0);
+    this.#ctl = new ControlBlock(a.setup.control);
+    this.#table = new RegionTable(a.setup.regionTable, this.#ctl);
+    this.#counters = new Counters(a.setup.counters);
+    this.#states = new PageStates(a.setup.states, a.setup.totalPages);
+    this.#rings = a.setup.rings.map((b) => new Ring(b));
   }
 
-  /** Undoes a half-made engine: unregisters what it registered, closes what it opened. */
-  private release(opened: OpenedSource[], closeUffd: boolean): void {
-    for (const r of this.registered) {
-      try { this.uffd.unregister(r.start, r.len); } catch { /* gone */ }
-    }
-    for (const s of opened) s.close();
-    if (closeUffd) this.uffd.close();
-  }
-  private readonly registered: { start: number; len: number }[] = [];
-
-  /** Validates and registers the regions; opens their sources. */
-  private buildRows(opts: EngineOptions, opened: OpenedSource[]): RegionRow[] {
-    const rows: RegionRow[] = [];
-    let stateBase = 0;
-    opts.regions.forEach((spec, i) => {
-      const what = `region ${i}`;
-      const own = !!spec.region;
-      const start = spec.region?.addr ?? spec.start;
-      const size = spec.region?.size ?? spec.size;
-      const pageSize = spec.region?.pageSize ?? spec.pageSize ?? PAGE_SIZE;
-      const typeName: MemoryTypeName = spec.region?.type ?? spec.type ?? (pageSize > PAGE_SIZE ? 'hugetlbfs' : 'anon');
-      if (start === undefined || size === undefined) throw new ConfigError(`${what}: give either region (from a memory type) or start and size`);
-      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || size <= 0 || start % pageSize || size % pageSize) {
-        throw new ConfigError(`${what}: [0x${start.toString(16)}, +0x${size.toString(16)}) must be non-empty and aligned to its page size ${pageSize}`);
-      }
-      for (const r of rows) {
-        if (start < r.start + r.size && r.start < start + size) throw new ConfigError(`${what} overlaps another region`);
-      }
-      if (!spec.source) throw new ConfigError(`${what}: no source given (use sources.zero(), buffer(), file(), pageCache() or callback())`);
-      // A huge-page UFFDIO_COPY whose source page is not mapped yet needs a spare huge page
-      // (the kernel copies through a temporary one) and fails ENOMEM when exactly enough are
-      // reserved: map file sources of hugetlb regions populated.
-      const src = spec.source.kind === 'file' && pageSize > PAGE_SIZE ? { ...spec.source, populate: true } : spec.source;
-      const source = openSource(src, size, what);
-      opened.push(source);
-      const type = memoryType(typeName);
-      const noZeropage = !type.ops.includes('zeropage');
-      const missingOp = source.mode === 'copy' ? L.MISS_COPY : source.mode === 'callback' ? L.MISS_CALLBACK
-        : noZeropage ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE;
-      if (own) {
-        const region = spec.region as Region;
-        const modes = spec.modes ?? (source.minor ? ['missing', 'minor'] as RegisterMode[] : ['missing'] as RegisterMode[]);
-        if (source.minor && !modes.includes('minor')) throw new ConfigError(`${what}: a pageCache source needs the minor mode`);
-        if (source.minor && !region.aliasAddr) throw new UnsupportedError(`${what}: a pageCache source needs a memory type with a page cache (shmem or hugetlbfs), not ${region.type}`);
-        const ioctls = registerChecked(this.uffd, region, modes);
-        this.registered.push({ start: region.addr, len: region.size });
-        if (modes.includes('missing')) checkResolve(type, missingOp === L.MISS_ZEROPAGE ? 'zeropage' : 'copy', ioctls);
-        if (modes.includes('minor')) checkResolve(type, 'continue', ioctls);
-        if (modes.includes('wp')) checkResolve(type, 'writeprotect', ioctls);
-      }
-      rows.push({ start, size, pageSize, type: typeName, source, missingOp, stateBase, own });
-      stateBase += size / pageSize;
-    });
-    return rows;
-  }
-
-  /** Creates, registers and starts an engine; resolves when every thread is serving. */
+  /**
+   * Creates, registers and starts an engine; resolves when every thread is serving.
+   * Every option is checked before anything is opened or registered; a start that fails
+   * later gives back everything it took (registrations, fds, mappings, sources, threads).
+   */
   static async start(opts: EngineOptions): Promise<Engine> {
-    // Remote sources (s3, http) are opened first (async: their size and manifest are fetched).
-    const remotes = await openRemoteRegions(opts.regions);
-    let e: Engine;
+    const plan = validate(opts);
+    const step = opts.onStartStep ?? (() => undefined);
+    const cleanup = new Cleanup();
+    let engine: Engine;
     try {
-      e = new Engine({ ...opts, regions: remotes.regions });
+      // Remote sources (s3, http) first (async: their size and manifest are fetched).
+      const remotes = await openRemoteRegions(opts.regions);
+      cleanup.add(() => remotes.close());
+      step('remotes');
+      const created = !opts.uffd;
+      const uffd = opts.uffd ?? Userfaultfd.create({ optionalFeatures: [...DEFAULT_FEATURES, ...(opts.features ?? [])] });
+      if (created) cleanup.add(() => uffd.close());
+      step('uffd');
+      const sourcesOpened: OpenedSource[] = [];
+      plan.regions.forEach((r, i) => {
+        const spec = remotes.regions[i] as { source: PageSource };
+        // A huge-page UFFDIO_COPY whose source page is not mapped yet needs a spare huge page
+        // (the kernel copies through a temporary one) and fails ENOMEM when exactly enough are
+        // reserved: map file sources of hugetlb regions populated.
+        const src = spec.source.kind === 'file' && r.pageSize > PAGE_SIZE ? { ...spec.source, populate: true } : spec.source;
+        const s = openSource(src, r.size, r.what);
+        cleanup.add(() => s.close());
+        sourcesOpened.push(s);
+      });
+      step('sources');
+      const rows = plan.regions.map((r, i) => registerRegion(uffd, r, sourcesOpened[i] as OpenedSource, cleanup));
+      step('register');
+      const acquired = allocate(opts, plan, uffd, created, remotes, rows, cleanup);
+      step('buffers');
+      engine = new Engine(acquired, opts.threads);
     } catch (err) {
-      await remotes.close();
+      await cleanup.run();
       throw err;
     }
-    e.remotes = remotes;
+    // From here on the engine owns what was acquired: stop() gives it back.
     try {
-      await opts.beforeLaunch?.(e);
-      await e.launch();
+      await opts.beforeLaunch?.(engine);
+      step('beforeLaunch');
+      await engine.#launch();
+      step('threads');
     } catch (err) {
-      await e.stop({ mode: 'abandon' }).catch(() => undefined);
+      await engine.stop({ mode: 'abandon' }).catch(() => undefined);
       throw err;
     }
-    return e;
+    return engine;
   }
 
-  private async launch(): Promise<void> {
+  async #launch(): Promise<void> {
     let dispatcher: Worker | undefined;
-    if (this.threads) {
-      const t = this.threads.take(this.setup);
-      this.pool = t.pool;
+    if (this.#threads) {
+      const t = this.#threads.take(this.#setup);
+      this.#pool = t.pool;
       dispatcher = t.dispatcher;
     } else {
-      this.pool = new Piscina({
+      this.#pool = new Piscina({
         filename: SHARD_WORKER,
         minThreads: this.workers,
         maxThreads: this.workers,
@@ -430,15 +357,15 @@ export class Engine extends EventEmitter {
         idleTimeout: 2 ** 31 - 1,
       });
     }
-    for (let s = 0; s < this.workers; s++) this.tasks[s] = this.runShard(s);
-    this.startDispatcher(dispatcher);
+    for (let s = 0; s < this.workers; s++) this.#tasks[s] = this.#runShard(s);
+    this.#startDispatcher(dispatcher);
     // Chunks of remote sources arriving in the background: wake idle workers to install them.
-    if (this.setup.gates.length) this.unwatchGates = watchArrivals(this.setup.gates, () => { for (const r of this.rings) r.kick(); });
+    if (this.#setup.gates.length) this.#unwatchGates = watchArrivals(this.#setup.gates, () => this.#kickAll());
     // Threads start in about a second; far slower under emulation (QEMU TCG), where
     // UFFD_ENGINE_START_TIMEOUT_MS raises the limit (scripts/kernel-init.sh sets it).
     const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
     const deadline = Date.now() + limitMs;
-    while (Atomics.load(this.control, L.CT_READY) < this.workers + 1) {
+    while (this.#ctl.readyThreads() < this.workers + 1) {
       if (Date.now() > deadline) {
         throw new Error(`engine threads did not start within ${limitMs / 1000} s (set UFFD_ENGINE_START_TIMEOUT_MS on a slow machine)`);
       }
@@ -446,10 +373,14 @@ export class Engine extends EventEmitter {
     }
   }
 
+  #kickAll(): void {
+    for (const r of this.#rings) r.kick();
+  }
+
   /** A message from the dispatcher or a worker: an event it read, or an incident. */
-  private onThreadMessage(m: ThreadMessage | { type: 'exit' }, shard: number): void {
+  #onThreadMessage(m: DispatcherMessage, shard: number): void {
     if (m.type === 'exit') return;
-    if (m.type === 'incident') { this.incident(shard, m.message); return; }
+    if (m.type === 'incident') { this.#incident(shard, m.message); return; }
     if (m.type === 'fork') {
       const child = Userfaultfd.fromFd(m.ufd, this.uffd.features);
       if (this.listenerCount('fork') === 0) child.close(); // nobody serves the child: its ranges fall back to the kernel
@@ -460,74 +391,73 @@ export class Engine extends EventEmitter {
     this.emit(m.type, m);
   }
 
-  private startDispatcher(warm?: Worker): void {
-    const w = warm ?? new Worker(DISPATCHER, { workerData: this.setup });
-    w.on('message', (m: ThreadMessage | { type: 'exit' }) => this.onThreadMessage(m, -1));
-    this.dispatcherExit = new Promise((resolve) => {
-      w.on('error', (err) => this.incident(-1, `dispatcher failed: ${err.message}`));
+  #startDispatcher(warm?: Worker): void {
+    const w = warm ?? new Worker(DISPATCHER, { workerData: this.#setup });
+    w.on('message', (m: DispatcherMessage) => this.#onThreadMessage(m, -1));
+    this.#dispatcherExit = new Promise((resolve) => {
+      w.on('error', (err) => this.#incident(-1, `dispatcher failed: ${err.message}`));
       w.on('exit', () => {
-        if (!this.stopping) {
+        if (!this.#stopping) {
           // Never leave faults unread: start a new dispatcher.
-          this.incident(-1, 'dispatcher thread exited; restarting it');
-          this.startDispatcher();
+          this.#incident(-1, 'dispatcher thread exited; restarting it');
+          this.#startDispatcher();
         }
         resolve();
       });
     });
   }
 
-  private async runShard(shard: number): Promise<void> {
-    while (!this.stopping) {
+  async #runShard(shard: number): Promise<void> {
+    while (!this.#stopping) {
       // Events the worker reads, and requests for bytes of callback sources.
       const ch = new MessageChannel();
-      ch.port1.on('message', (m: ThreadMessage | CallbackRequest) => {
-        if (m.type === 'callback') this.answerCallback(m);
-        else this.onThreadMessage(m, shard);
+      ch.port1.on('message', (m: WorkerMessage) => {
+        if (m.type === 'callback') this.#answerCallback(m);
+        else this.#onThreadMessage(m, shard);
       });
       ch.port1.unref();
       const port = ch.port2;
       try {
-        await (this.pool as Piscina).run({ setup: this.setup, shard, port }, { transferList: [port] });
+        await (this.#pool as Piscina).run({ setup: this.#setup, shard, port }, { transferList: [port] });
         return;
       } catch (err) {
-        if (this.stopping) return;
-        Atomics.store(this.control, L.CT_HELP + shard, 1); // the dispatcher reads until the replacement does
-        eventfdSignal(this.setup.eventFd);
+        if (this.#stopping) return;
+        this.#ctl.setHelpWanted(shard, true); // the dispatcher reads until the replacement does
+        eventfdSignal(this.#setup.eventFd);
         // Faults the dead worker had read (readers 'all') are gone with it and the kernel does
         // not send them again: wake every region, so their threads fault again and are read anew.
-        if (this.setup.readers === 'all') this.wakeAll();
-        this.failures[shard]++;
-        this.incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
-        if (this.failures[shard] > 3) await sleep(Math.min(1000, 10 * this.failures[shard]));
+        if (this.#setup.readers === 'all') this.#wakeAll();
+        const failures = (this.#failures[shard] ?? 0) + 1;
+        this.#failures[shard] = failures;
+        this.#incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
+        if (failures > 3) await sleep(Math.min(1000, 10 * failures));
       }
     }
   }
 
-  private answerCallback(m: CallbackRequest): void {
-    const ctl = new Int32Array(this.setup.callbackControl as SharedArrayBuffer, m.shard * L.CB_WORDS * 4, L.CB_WORDS);
-    const staging = new Uint8Array(this.setup.callbackStaging as SharedArrayBuffer, m.shard * this.setup.callbackRunBytes, this.setup.callbackRunBytes);
-    const fetch = this.rows[m.source].source.fetch;
-    const done = (ok: boolean) => {
-      if (Atomics.load(ctl, L.CB_ID) !== m.id || Atomics.load(ctl, L.CB_STATE) !== 1) return; // abandoned
-      Atomics.store(ctl, L.CB_STATE, ok ? 2 : 3);
-      Atomics.notify(ctl, L.CB_STATE);
-    };
+  #answerCallback(m: CallbackRequest): void {
+    const setup = this.#setup;
+    const slot = new CallbackSlot(setup.callbackControl as SharedArrayBuffer, setup.callbackStaging as SharedArrayBuffer, setup.callbackRunBytes, m.shard);
+    const fetch = this.#rows[m.source]?.source.fetch;
     Promise.resolve()
-      .then(() => (fetch as (o: number, l: number) => Uint8Array | Promise<Uint8Array>)(m.offset, m.len))
+      .then(() => {
+        if (!fetch) throw new Error(`region ${m.source} has no callback source`);
+        return fetch(m.offset, m.len);
+      })
       .then((bytes) => {
         if (!(bytes instanceof Uint8Array) || bytes.byteLength !== m.len) {
           throw new Error(`returned ${bytes instanceof Uint8Array ? bytes.byteLength + ' bytes' : typeof bytes}, expected a Uint8Array of ${m.len} bytes`);
         }
-        if (Atomics.load(ctl, L.CB_ID) === m.id) staging.set(bytes);
-        done(true);
+        if (slot.awaits(m.id)) slot.staging.set(bytes);
+        slot.answer(m.id, true);
       })
       .catch((err: unknown) => {
-        this.incident(m.shard, `callback source failed for offset ${m.offset} (+${m.len}): ${(err as Error)?.message ?? String(err)}`);
-        done(false);
+        this.#incident(m.shard, `callback source failed for offset ${m.offset} (+${m.len}): ${(err as Error)?.message ?? String(err)}`);
+        slot.answer(m.id, false);
       });
   }
 
-  private incident(shard: number, message: string): void {
+  #incident(shard: number, message: string): void {
     const inc = { time: Date.now(), shard, message };
     this.incidents.push(inc);
     if (this.incidents.length > 1000) this.incidents.shift();
@@ -536,32 +466,46 @@ export class Engine extends EventEmitter {
 
   /** Total pages the engine serves (all regions). */
   get totalPages(): number {
-    return this.setup.totalPages;
+    return this.#setup.totalPages;
+  }
+
+  /**
+   * The page-state table (2 bits per page, shared.ts PageStates; global page order of the
+   * regions as given), for observers that watch fills as they happen (e.g. a session's
+   * page map). Read it with `new PageStates(engine.pageStateBuffer, engine.totalPages)`.
+   */
+  get pageStateBuffer(): SharedArrayBuffer {
+    return this.#setup.states;
+  }
+
+  /** The process owning the served memory exited (a copy answered ESRCH): nothing is left to serve. */
+  get peerGone(): boolean {
+    return this.#ctl.peerGone();
   }
 
   /** Pages not yet filled (MISSING or being filled). Scans the table: not for the hot path. */
   pagesMissing(): number {
-    return this.states.countBelow(PAGE_PRESENT);
+    return this.#states.countBelow(PAGE_PRESENT);
   }
 
   /** The state of global page g (0 missing, 1 filling, 2 present, 3 dropped). */
   pageState(g: number): number {
-    return this.states.get(g);
+    return this.#states.get(g);
   }
 
   stats(): EngineStats {
-    const c = this.counters;
+    const c = this.#counters;
+    const at = (t: number, f: number): number => c.all[t * COUNTER_WORDS + f] ?? 0;
     const sum = (f: number) => c.sum(f);
     const hist = new Array<number>(HIST_BUCKETS).fill(0);
-    for (let t = 0; t < c.threads; t++) for (let b = 0; b < HIST_BUCKETS; b++) hist[b] += c.all[t * COUNTER_WORDS + C_HIST + b];
+    for (let t = 0; t < c.threads; t++) for (let b = 0; b < HIST_BUCKETS; b++) hist[b] = (hist[b] ?? 0) + at(t, C_HIST + b);
     let maxBucket = 0;
     hist.forEach((v, i) => { if (v) maxBucket = i; });
-    const faults = (t: number) => c.all[t * COUNTER_WORDS + C_FAULTS_MISSING] + c.all[t * COUNTER_WORDS + C_FAULTS_MINOR]
-      + c.all[t * COUNTER_WORDS + C_FAULTS_WP] + c.all[t * COUNTER_WORDS + C_FAULTS_RWP];
+    const faults = (t: number) => at(t, C_FAULTS_MISSING) + at(t, C_FAULTS_MINOR) + at(t, C_FAULTS_WP) + at(t, C_FAULTS_RWP);
     const missing = sum(C_FAULTS_MISSING), minor = sum(C_FAULTS_MINOR), wp = sum(C_FAULTS_WP), rwp = sum(C_FAULTS_RWP);
     const demand = sum(C_PAGES_DEMAND), ra = sum(C_PAGES_READAHEAD), bg = sum(C_PAGES_BACKGROUND);
     return {
-      elapsedSec: (Date.now() - this.startTime) / 1000,
+      elapsedSec: (Date.now() - this.#startTime) / 1000,
       faults: { missing, minor, wp, rwp, total: missing + minor + wp + rwp },
       pages: { demand, readahead: ra, background: bg, total: demand + ra + bg, zeroFilled: sum(C_ZERO_FILLS) },
       bytes: sum(C_BYTES),
@@ -582,10 +526,10 @@ export class Engine extends EventEmitter {
       incidents: this.incidents.length,
       workers: Array.from({ length: this.workers }, (_, t) => ({
         faults: faults(t),
-        pages: c.all[t * COUNTER_WORDS + C_PAGES_DEMAND] + c.all[t * COUNTER_WORDS + C_PAGES_READAHEAD] + c.all[t * COUNTER_WORDS + C_PAGES_BACKGROUND],
-        cpuSec: c.all[t * COUNTER_WORDS + C_CPU_SEC],
+        pages: at(t, C_PAGES_DEMAND) + at(t, C_PAGES_READAHEAD) + at(t, C_PAGES_BACKGROUND),
+        cpuSec: at(t, C_CPU_SEC),
       })),
-      dispatcher: { faults: faults(this.workers), cpuSec: c.all[this.workers * COUNTER_WORDS + C_CPU_SEC] },
+      dispatcher: { faults: faults(this.workers), cpuSec: at(this.workers, C_CPU_SEC) },
       latencyUs: {
         p50: histogramPercentile(hist, 0.5), p90: histogramPercentile(hist, 0.9), p99: histogramPercentile(hist, 0.99),
         max: hist.some((v) => v) ? 2 ** (maxBucket + 1) : 0, histogram: hist,
@@ -595,30 +539,24 @@ export class Engine extends EventEmitter {
 
   /** True once background population has passed over every page. */
   get populated(): boolean {
-    return Atomics.load(this.control, L.CT_BG_DONE) === 1 && this.pagesMissing() === 0;
+    return this.#ctl.backgroundDone() && this.pagesMissing() === 0;
   }
 
   // ---- pages handed between the engine and its caller (see docs/engine.md) ----------------
 
   /** Calls fn(global page, page size) for each page of [start, start+len) in order until it returns false. */
-  private eachPage(start: number, len: number, fn: (g: number, pageSize: number) => boolean): void {
-    const table = new Float64Array(this.setup.regionTable);
-    const rows = Atomics.load(this.control, L.CT_REGION_ROWS);
+  #eachPage(start: number, len: number, fn: (g: number, pageSize: number) => boolean): void {
+    const tb = this.#table;
     let a = start;
     const end = start + len;
     while (a < end) {
-      let row = -1;
-      for (let r = 0; r < rows; r++) {
-        const b = r * L.RT_WORDS;
-        if (table[b + L.RT_ALIVE] !== 0 && a >= table[b + L.RT_START] && a < table[b + L.RT_START] + table[b + L.RT_SIZE]) { row = r; break; }
-      }
+      const row = tb.findRow(a);
       if (row < 0) throw new ConfigError(`0x${a.toString(16)} is not in a region this engine serves`);
-      const b = row * L.RT_WORDS;
-      const rs = table[b + L.RT_START];
-      const ps = table[b + L.RT_PAGE_SIZE];
+      const rs = tb.start(row);
+      const ps = tb.pageSize(row);
       if ((a - rs) % ps) throw new ConfigError(`0x${a.toString(16)} is not aligned to the region's page size ${ps}`);
-      const rowEnd = Math.min(end, rs + table[b + L.RT_SIZE]);
-      for (let g = table[b + L.RT_STATE_BASE] + (a - rs) / ps; a < rowEnd; a += ps, g++) {
+      const rowEnd = Math.min(end, tb.end(row));
+      for (let g = tb.globalPage(row, a); a < rowEnd; a += ps, g++) {
         if (!fn(g, ps)) return;
       }
     }
@@ -633,11 +571,11 @@ export class Engine extends EventEmitter {
    */
   hold(start: number, len: number): number {
     let held = 0;
-    this.eachPage(start, len, (g, ps) => {
+    this.#eachPage(start, len, (g, ps) => {
       for (;;) {
-        const s = this.states.get(g);
+        const s = this.#states.get(g);
         if (s === PAGE_FILLING) return false;
-        if (this.states.transition(g, s, PAGE_FILLING)) break;
+        if (this.#states.transition(g, s, PAGE_FILLING)) break;
       }
       held += ps;
       return true;
@@ -652,8 +590,8 @@ export class Engine extends EventEmitter {
    * Meant for pages the caller holds or that the engine is not filling.
    */
   forget(start: number, len: number): void {
-    this.eachPage(start, len, (g) => { this.states.set(g, PAGE_MISSING); return true; });
-    this.wakeRange(start, len);
+    this.#eachPage(start, len, (g) => { this.#states.set(g, PAGE_MISSING); return true; });
+    this.#wakeRange(start, len);
   }
 
   /**
@@ -662,11 +600,11 @@ export class Engine extends EventEmitter {
    * with afterRemove 'source'). Wakes threads that faulted on them while they were held.
    */
   markResident(start: number, len: number): void {
-    this.eachPage(start, len, (g) => { this.states.set(g, PAGE_DROPPED); return true; });
-    this.wakeRange(start, len);
+    this.#eachPage(start, len, (g) => { this.#states.set(g, PAGE_DROPPED); return true; });
+    this.#wakeRange(start, len);
   }
 
-  private wakeRange(start: number, len: number): void {
+  #wakeRange(start: number, len: number): void {
     try {
       this.uffd.wake(start, len);
     } catch {
@@ -679,19 +617,30 @@ export class Engine extends EventEmitter {
    * without stopping). Resolves with the pages still missing: 0, unless timeoutMs passed.
    */
   async populate(timeoutMs = 60_000): Promise<number> {
-    const deadline = Date.now() + timeoutMs;
-    Atomics.store(this.control, L.CT_COMPLETE, 1);
     try {
-      while (!this.stopping && this.pagesMissing() > 0 && Date.now() <= deadline) {
-        Atomics.store(this.control, L.CT_BG_CURSOR, 0);
-        Atomics.store(this.control, L.CT_BG_DONE, 0);
-        for (const r of this.rings) r.kick();
-        while (Atomics.load(this.control, L.CT_BG_DONE) !== 1 && !this.stopping && Date.now() <= deadline) await sleep(2);
-      }
+      await this.#complete(Date.now() + timeoutMs);
     } finally {
-      if (!this.stopping) Atomics.store(this.control, L.CT_COMPLETE, 0);
+      if (!this.#stopping) this.#ctl.setCompleting(false);
     }
     return this.pagesMissing();
+  }
+
+  /**
+   * The completion sweep (populate, stop 'complete'): workers fill every page still
+   * MISSING, demand faults first, in passes over the table until none is left, the
+   * deadline passes, the engine stops or the peer is gone. True if nothing is missing.
+   */
+  async #complete(deadline: number): Promise<boolean> {
+    const ctl = this.#ctl;
+    ctl.setCompleting(true);
+    for (;;) {
+      if (this.#stopping || ctl.peerGone() || Date.now() > deadline) break;
+      if (this.pagesMissing() === 0) return true;
+      ctl.restartBackground();
+      this.#kickAll();
+      while (!ctl.backgroundDone() && !this.#stopping && Date.now() <= deadline) await sleep(2);
+    }
+    return this.pagesMissing() === 0;
   }
 
   /**
@@ -702,17 +651,14 @@ export class Engine extends EventEmitter {
    * the uffd back to RWP_ASYNC first, so they resolve in the kernel when they retry.
    */
   holdRwp(on: boolean): void {
-    Atomics.store(this.control, L.CT_RWP_HOLD, on ? 1 : 0);
-    if (!on) this.wakeAll();
+    this.#ctl.setRwpHold(on);
+    if (!on) this.#wakeAll();
   }
 
   /** Wakes every thread waiting on a fault in any live region (they fault again if still unserved). */
-  private wakeAll(): void {
-    const table = new Float64Array(this.setup.regionTable);
-    for (let r = 0, n = Atomics.load(this.control, L.CT_REGION_ROWS); r < n; r++) {
-      const b = r * L.RT_WORDS;
-      if (table[b + L.RT_ALIVE] !== 0) this.wakeRange(table[b + L.RT_START], table[b + L.RT_SIZE]);
-    }
+  #wakeAll(): void {
+    const tb = this.#table;
+    for (let r = 0, n = tb.rows(); r < n; r++) if (tb.alive(r)) this.#wakeRange(tb.start(r), tb.size(r));
   }
 
   /** Write-protects [start, start+len) of a region registered with mode wp. */
@@ -720,16 +666,33 @@ export class Engine extends EventEmitter {
     this.uffd.writeprotect(start, len, protect);
   }
 
-  /** Test hook: make worker `shard` die — 'throw' in the middle of a fill, or 'terminate' its thread. */
+  /**
+   * Diagnostics for tests and soak runs: make worker `shard` die. 'terminate' ends its
+   * thread; 'throw' makes it throw at its next fill, holding a claim as a crashed worker
+   * would (needs the engine started with faultInjection: true).
+   */
   async killWorker(shard: number, how: 'throw' | 'terminate'): Promise<void> {
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.workers) throw new ConfigError(`no worker ${shard}: this engine has workers 0 to ${this.workers - 1}`);
     if (how === 'throw') {
-      Atomics.store(this.control, L.CT_KILL + shard, 1);
+      if (!this.#setup.faultInjection) throw new ConfigError("killWorker(shard, 'throw') needs an engine started with faultInjection: true");
+      this.#ctl.armKill(shard);
       return;
     }
-    const tid = Atomics.load(this.control, L.CT_THREAD_IDS + shard);
-    const w = (this.pool as Piscina).threads.find((t) => t.threadId === tid);
+    const tid = this.#ctl.threadId(shard);
+    const w = (this.#pool as Piscina).threads.find((t) => t.threadId === tid);
     if (!w) throw new Error(`no thread found for worker ${shard}`);
     await w.terminate();
+  }
+
+  /**
+   * Before unregistering: lets the fills in flight finish and the re-zeroings queued be done
+   * (bounded: a fill waiting on a slow source is abandoned). A page a REMOVE raced with is
+   * then zeroed while its REMOVE is still delivered, and no fill lands after the stop.
+   */
+  async #settleFills(): Promise<void> {
+    const busy = () => this.#ctl.rezerosPending() > 0 || Claims.anyHeld(this.#setup.claims, this.workers + 1);
+    const deadline = Date.now() + SETTLE_LIMIT_MS;
+    while (busy() && Date.now() < deadline) await sleep(1);
   }
 
   /**
@@ -737,53 +700,206 @@ export class Engine extends EventEmitter {
    * way no faulting thread is left waiting.
    */
   async stop(opts: StopOptions = {}): Promise<EngineStats> {
-    if (this.stopped) return this.stats();
+    if (this.#stopped) return this.stats();
     const mode = opts.mode ?? 'complete';
-    if (mode === 'complete' && !this.stopping && this.pool) {
-      const deadline = Date.now() + (opts.timeoutMs ?? 60_000);
-      Atomics.store(this.control, L.CT_COMPLETE, 1);
-      for (const r of this.rings) r.kick();
-      // Workers populate everything left, demand faults first; sweep until nothing is missing.
-      for (;;) {
-        await sleep(5);
-        if (Atomics.load(this.control, L.CT_BG_DONE) !== 1) {
-          if (Date.now() > deadline) break;
-          continue;
-        }
-        if (this.pagesMissing() === 0 || Date.now() > deadline || Atomics.load(this.control, L.CT_PEER_GONE)) break;
-        Atomics.store(this.control, L.CT_BG_CURSOR, 0);
-        Atomics.store(this.control, L.CT_BG_DONE, 0);
-        for (const r of this.rings) r.kick();
+    const ctl = this.#ctl;
+    if (mode === 'complete' && !this.#stopping && this.#pool) {
+      const timeoutMs = opts.timeoutMs ?? 60_000;
+      const deadline = Date.now() + timeoutMs;
+      if (!(await this.#complete(deadline)) && Date.now() > deadline) {
+        this.#incident(-1, `stop: pages still missing after ${timeoutMs} ms; abandoning them`);
       }
-      if (Date.now() > deadline) this.incident(-1, `stop: pages still missing after ${opts.timeoutMs ?? 60_000} ms; abandoning them`);
     }
-    this.stopping = true;
-    this.unwatchGates?.();
+    this.#stopping = true;
+    this.#unwatchGates?.();
+    if (this.#pool) await this.#settleFills();
     // Unregistering wakes every thread still waiting in these ranges.
-    for (const r of this.rows) {
+    for (const r of this.#rows) {
       try {
         this.uffd.unregister(r.start, r.size, r.pageSize);
       } catch {
         // Already gone (unmapped, or the owner exited).
       }
     }
-    Atomics.store(this.control, L.CT_STOP, 1);
-    for (const r of this.rings) r.kick();
-    eventfdSignal(this.setup.eventFd);
-    await Promise.all(this.tasks);
-    await this.dispatcherExit;
-    await this.pool?.destroy();
-    if (!this.pool) await this.threads?.destroy(); // never launched: the threads it was given
+    ctl.requestStop();
+    this.#kickAll();
+    eventfdSignal(this.#setup.eventFd);
+    await Promise.all(this.#tasks);
+    await this.#dispatcherExit;
+    await this.#pool?.destroy();
+    if (!this.#pool) await this.#threads?.destroy(); // never launched: the threads it was given
     const stats = this.stats();
-    closeFd(this.setup.eventFd);
-    for (const r of this.rings) if (r.eventFd >= 0) closeFd(r.eventFd);
-    if (this.ownsUffd) this.uffd.close();
-    for (const r of this.rows) r.source.close();
-    munmap(this.setup.zeroAddr, this.zeroLen);
-    await this.remotes?.close();
-    this.stopped = true;
+    closeFd(this.#setup.eventFd);
+    for (const r of this.#rings) if (r.eventFd >= 0) closeFd(r.eventFd);
+    if (this.#ownsUffd) this.uffd.close();
+    for (const r of this.#rows) r.source.close();
+    munmap(this.#setup.zeroAddr, this.#zeroLen);
+    await this.#remotes.close();
+    this.#stopped = true;
     return stats;
   }
+}
+
+const SETTLE_LIMIT_MS = 1000;
+
+/** Checks every option (nothing is opened or registered yet); throws ConfigError naming what is wrong. */
+function validate(opts: EngineOptions): StartPlan {
+  const workers = opts.workers ?? 2;
+  if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
+    throw new ConfigError(`workers must be an integer from 1 to ${MAX_WORKERS} (got ${workers})`);
+  }
+  if (!opts.regions || opts.regions.length === 0) throw new ConfigError('an engine needs at least one region to serve');
+  if (opts.readers !== undefined && opts.readers !== 'all' && opts.readers !== 'dispatcher') {
+    throw new ConfigError(`readers must be 'all' or 'dispatcher' (got ${String(opts.readers)})`);
+  }
+  if (opts.threads && opts.threads.workers !== workers) {
+    throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
+  }
+  if (opts.initially !== undefined && opts.initially !== 'missing' && opts.initially !== 'resident') {
+    throw new ConfigError(`initially must be 'missing' or 'resident' (got ${String(opts.initially)})`);
+  }
+  const regions: RegionPlan[] = [];
+  let stateBase = 0;
+  opts.regions.forEach((spec, i) => {
+    const what = `region ${i}`;
+    const own = !!spec.region;
+    const start = spec.region?.addr ?? spec.start;
+    const size = spec.region?.size ?? spec.size;
+    const pageSize = spec.region?.pageSize ?? spec.pageSize ?? PAGE_SIZE;
+    const type: MemoryTypeName = spec.region?.type ?? spec.type ?? (pageSize > PAGE_SIZE ? 'hugetlbfs' : 'anon');
+    if (start === undefined || size === undefined) throw new ConfigError(`${what}: give either region (from a memory type) or start and size`);
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(size) || size <= 0 || start % pageSize || size % pageSize) {
+      throw new ConfigError(`${what}: [0x${start.toString(16)}, +0x${size.toString(16)}) must be non-empty and aligned to its page size ${pageSize}`);
+    }
+    for (const r of regions) {
+      if (start < r.start + r.size && r.start < start + size) throw new ConfigError(`${what} overlaps another region`);
+    }
+    if (!spec.source) throw new ConfigError(`${what}: no source given (use sources.zero(), buffer(), file(), pageCache() or callback())`);
+    memoryType(type); // an unknown type throws here
+    regions.push({ spec, what, start, size, pageSize, type, own, stateBase });
+    stateBase += size / pageSize;
+  });
+  const totalPages = stateBase;
+  const minPage = Math.min(...regions.map((r) => r.pageSize));
+  const maxPage = Math.max(...regions.map((r) => r.pageSize));
+  const stripe = opts.stripe ?? Math.max(64 * 1024, maxPage);
+  if (!Number.isInteger(stripe) || stripe <= 0 || stripe % minPage) {
+    throw new ConfigError(`stripe must be a positive multiple of the page size ${minPage} (got ${stripe})`);
+  }
+  const prefetch = normalizePrefetch(opts.prefetch, minPage);
+  if (prefetch.order) {
+    for (let i = 0; i < prefetch.order.length; i++) {
+      const g = Number(prefetch.order[i]);
+      if (!Number.isInteger(g) || g < 0 || g >= totalPages) throw new ConfigError(`prefetch.order[${i}] = ${prefetch.order[i]} is not a page index below ${totalPages}`);
+    }
+  }
+  const ringCapacity = opts.ringCapacity ?? 4096;
+  if (!Number.isInteger(ringCapacity) || ringCapacity < 2 || (ringCapacity & (ringCapacity - 1)) !== 0) {
+    throw new ConfigError(`ringCapacity must be a power of two of at least 2 (got ${ringCapacity})`);
+  }
+  if (opts.onSourceError !== undefined && opts.onSourceError !== 'poison' && opts.onSourceError !== 'zero') {
+    throw new ConfigError(`onSourceError must be 'poison' or 'zero' (got ${String(opts.onSourceError)})`);
+  }
+  if (opts.afterRemove !== undefined && opts.afterRemove !== 'zero' && opts.afterRemove !== 'source') {
+    throw new ConfigError(`afterRemove must be 'zero' or 'source' (got ${String(opts.afterRemove)})`);
+  }
+  return { workers, readers: opts.readers ?? 'dispatcher', regions, totalPages, minPage, maxPage, stripe, prefetch, ringCapacity };
+}
+
+/** Registers a region the engine owns (checking its memory type can be resolved as asked) and builds its row. */
+function registerRegion(uffd: Userfaultfd, r: RegionPlan, source: OpenedSource, cleanup: Cleanup): RegionRow {
+  const type = memoryType(r.type);
+  const missingOp: MissOp = source.mode === 'copy' ? MissOp.copy : source.mode === 'callback' ? MissOp.callback
+    : type.ops.includes('zeropage') ? MissOp.zeropage : MissOp.copyZero;
+  if (r.own) {
+    const region = r.spec.region as Region;
+    const modes = r.spec.modes ?? (source.minor ? ['missing', 'minor'] as RegisterMode[] : ['missing'] as RegisterMode[]);
+    if (source.minor && !modes.includes('minor')) throw new ConfigError(`${r.what}: a pageCache source needs the minor mode`);
+    if (source.minor && !region.aliasAddr) throw new UnsupportedError(`${r.what}: a pageCache source needs a memory type with a page cache (shmem or hugetlbfs), not ${region.type}`);
+    const ioctls = registerChecked(uffd, region, modes);
+    cleanup.add(() => uffd.unregister(region.addr, region.size, region.pageSize));
+    if (modes.includes('missing')) checkResolve(type, missingOp === MissOp.zeropage ? 'zeropage' : 'copy', ioctls);
+    if (modes.includes('minor')) checkResolve(type, 'continue', ioctls);
+    if (modes.includes('wp')) checkResolve(type, 'writeprotect', ioctls);
+  }
+  return { start: r.start, size: r.size, pageSize: r.pageSize, type: r.type, source, missingOp, stateBase: r.stateBase, own: r.own };
+}
+
+/** Allocates the shared tables, the zero page and the eventfds (each given back by `cleanup` on failure). */
+function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, created: boolean, remotes: OpenedRemotes,
+  rows: RegionRow[], cleanup: Cleanup): Acquired {
+  const { workers, readers, maxPage, prefetch: pf } = plan;
+  const hasCallback = rows.some((r) => r.missingOp === MissOp.callback);
+  const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;
+  // Populated: UFFDIO_COPY reads its source with page faults disabled; for a hugetlb
+  // destination an unmapped source makes the kernel take a spare huge page for the
+  // retry (ENOMEM when none is free, e.g. zero-filling a page after a balloon REMOVE).
+  const zeroAddr = mmap(maxPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE);
+  cleanup.add(() => munmap(zeroAddr, maxPage));
+  const eventFd = eventfd();
+  cleanup.add(() => closeFd(eventFd));
+  const gates: GateSetup[] = [];
+  for (const r of rows) if (r.source.gate && !gates.includes(r.source.gate)) gates.push(r.source.gate);
+  let order: SharedArrayBuffer | null = null;
+  if (pf.order && pf.order.length) {
+    order = new SharedArrayBuffer(pf.order.length * 8);
+    const o = new Float64Array(order);
+    for (let i = 0; i < pf.order.length; i++) o[i] = Number(pf.order[i]);
+  }
+  const rings = Array.from({ length: workers }, () => {
+    // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
+    const fd = readers === 'all' ? eventfd() : -1;
+    if (fd >= 0) cleanup.add(() => closeFd(fd));
+    return Ring.allocate(plan.ringCapacity, fd);
+  });
+  const setup: EngineSetup = {
+    uffdFd: uffd.fd,
+    features: uffd.features.toString(),
+    workers,
+    stripePages: plan.stripe / plan.minPage,
+    regionTable: RegionTable.allocate(),
+    states: PageStates.allocate(plan.totalPages),
+    totalPages: plan.totalPages,
+    counters: Counters.allocate(workers + 1),
+    control: ControlBlock.allocate(),
+    claims: Claims.allocate(workers + 1),
+    rings,
+    order,
+    prefetch: {
+      readAheadMin: pf.readAheadMin, readAheadMax: pf.readAheadMax, background: pf.background,
+      chunkPages: pf.chunkPages, orderLength: pf.order?.length ?? 0,
+    },
+    zeroAddr,
+    onSourceError: opts.onSourceError ?? 'poison',
+    afterRemove: opts.afterRemove ?? 'zero',
+    readers,
+    warmUp: opts.warmUp ?? false,
+    inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
+    spinMicros: opts.spinMicros ?? 30,
+    dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
+    inlineBatch: opts.inlineBatch ?? 64,
+    wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
+    faultInjection: opts.faultInjection ?? false,
+    callbackStaging: hasCallback ? new SharedArrayBuffer(callbackRunBytes * workers) : null,
+    callbackControl: hasCallback ? CallbackSlot.allocate(workers) : null,
+    callbackRunBytes,
+    callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
+    eventFd,
+    gates,
+    gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
+  };
+  if (opts.initially === 'resident') new Int32Array(setup.states).fill(-1); // every 2-bit field DROPPED
+  const ctl = new ControlBlock(setup.control);
+  const table = new RegionTable(setup.regionTable, ctl);
+  rows.forEach((r, i) => table.write(i, {
+    start: r.start, size: r.size, pageSize: r.pageSize, stateBase: r.stateBase, missingOp: r.missingOp,
+    srcAddr: r.source.addr, source: i, srcOffset: 0, minor: r.source.minor, own: r.own, peerPid: opts.peerPid ?? 0,
+    gate: r.source.gate ? gates.indexOf(r.source.gate) + 1 : 0,
+  }));
+  ctl.setRegionRows(rows.length);
+  // Until a worker reads the uffd for the first time, the dispatcher reads in its place.
+  for (let w = 0; w < workers; w++) ctl.setHelpWanted(w, true);
+  return { uffd, ownsUffd: opts.ownsUffd ?? created, remotes, rows, setup, zeroLen: maxPage };
 }
 
 function normalizePrefetch(p: EngineOptions['prefetch'], page: number) {
@@ -794,13 +910,11 @@ function normalizePrefetch(p: EngineOptions['prefetch'], page: number) {
   return { readAheadMax, readAheadMin, background: !!o.background, chunkPages, order: o.order };
 }
 
-interface CallbackRequest { type: 'callback'; shard: number; id: number; source: number; offset: number; len: number }
-
 /** The earliest first-fault time of any thread (0: none), as Date.now() milliseconds. */
 function firstFault(c: Counters): number {
   let first = 0;
   for (let t = 0; t < c.threads; t++) {
-    const v = c.all[t * COUNTER_WORDS + C_FIRST_MS];
+    const v = c.all[t * COUNTER_WORDS + C_FIRST_MS] ?? 0;
     if (v > 0 && (first === 0 || v < first)) first = v;
   }
   return first;

@@ -2,26 +2,61 @@
 // with the region's operation, publish the new state. Used by every worker and by the
 // dispatcher when it resolves a fault itself. One Resolver per thread; nothing on the
 // per-fault path allocates.
-import { UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP } from '../kernel/constants.js';
+import {
+  MADV_DONTNEED, O_RDWR, PAGE_SIZE, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP,
+} from '../kernel/constants.js';
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
-import { MADV_DONTNEED, O_RDWR } from '../kernel/constants.js';
 import { bytesAt, eventfdSignal, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
 import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
-import { Userfaultfd } from '../kernel/userfaultfd.js';
+import { RangeResult, Userfaultfd } from '../kernel/userfaultfd.js';
 import { Gate } from '../remote/gate.js';
-import * as L from './layout.js';
+import type { EngineSetup } from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_FIRST_MS, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
   COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
 } from './shared.js';
+import { Claims, ControlBlock, MissOp, RegionTable } from './tables.js';
 
-export const CAUSE_DEMAND = 0;
-export const CAUSE_READAHEAD = 1;
-export const CAUSE_BACKGROUND = 2;
+/** Why pages are filled (which counter they go to). */
+export const Cause = { demand: 0, readahead: 1, background: 2 } as const;
+export type Cause = typeof Cause[keyof typeof Cause];
+
+/** How fill() treats a run. Each call site keeps one and reuses it: nothing allocates per fault. */
+export interface FillHow {
+  /** Pages from the run's first that count as demand (the rest count as read-ahead). */
+  demand: number;
+  /** Zeros instead of the source (a page the application removed). */
+  zero: boolean;
+  cause: Cause;
+  /** The state the pages were claimed from: pages not filled go back to it. */
+  from: number;
+}
+
+/** handleFault / fill result of the dispatcher when it cannot finish without waiting: hand the fault to a worker. */
+export const DEFERRED = -1;
 
 const EAGAIN_LIMIT = 2000; // then give the fault back to the kernel (wake: it re-faults)
+
+// The ioctl a run of pages is filled with.
+const K_COPY = 0; // UFFDIO_COPY from the source
+const K_ZEROPAGE = 1;
+const K_COPY_ZERO = 2; // UFFDIO_COPY from the zero buffer, a page at a time
+const K_CONTINUE = 3;
+const K_POISON = 4;
+
+/** What runRange did (one per Resolver, reused). */
+class RangeRun {
+  /** Bytes passed from the start: filled, or skipped because already there (EEXIST). */
+  done = 0;
+  /** Bytes this thread filled. */
+  filled = 0;
+  /** Offset of the first page skipped on EEXIST, or -1. */
+  firstExist = -1;
+  /** Stopped on EAGAIN before the end (not allowed to retry, or retried too often). */
+  gaveUp = false;
+}
 
 /** Wall-clock ms, comparable across threads (each thread has its own performance.timeOrigin). */
 export function nowMs(): number {
@@ -33,52 +68,65 @@ export type CallbackFetch = (sourceIndex: number, offset: number, len: number, s
 export class Resolver {
   readonly uffd: Userfaultfd;
   readonly states: PageStates;
-  readonly table: Float64Array;
-  readonly control: Int32Array;
+  readonly table: RegionTable;
+  readonly ctl: ControlBlock;
   readonly counters: Float64Array;
-  readonly claim: Float64Array;
+  /** This thread's claim record (finished by its replacement if it dies). */
+  readonly claim: Claims;
   readonly thread: number;
-  private readonly setup: L.EngineSetup;
+  /**
+   * Whether this thread may wait for the kernel (EAGAIN retries, re-zeroing, remote chunks,
+   * callbacks): true in workers, false in the dispatcher, which must keep reading events.
+   */
+  readonly mayRetry: boolean;
+  private readonly setup: EngineSetup;
   private readonly zeroAddr: number;
   private readonly order: Float64Array | null;
-  /** Chunk gates of remote sources (RT_GATE - 1 indexes them) and this engine's arrival cursors. */
+  /** Chunk gates of remote sources (RegionTable.gate indexes them) and this engine's arrival cursors. */
   private readonly gates: Gate[];
   private readonly gateCursors: Int32Array;
   private wpHook: ((addr: number, len: number, bytes: Uint8Array) => void) | null = null;
   /** Set by a worker that can fetch callback bytes; the dispatcher has none. */
   fetchCallback: CallbackFetch | null = null;
   callbackStagingAddr = 0;
-  /** True in the dispatcher: it must never spin on EAGAIN (it is the one that reads the events). */
-  readonly mayRetry: boolean;
+  /** Set by the dispatcher: queue a page to be re-zeroed by a worker (it cannot wait for the REMOVE it causes). */
+  deferRezero: ((addr: number) => void) | null = null;
   // Read-ahead window (pages), grown on sequential access.
   private window: number;
   private lastEnd = -1;
   private lastCpuUpdate = 0;
-  /** Set when the last fill gave up on EAGAIN (dispatcher: hand the fault to a worker). */
-  deferred = false;
-  /** Pages the last fill made present, counted from its first page without a gap. */
-  lastFilled = 0;
-  /** This worker's CT_HELP word (readers 'all'), or -1 (the dispatcher; readers 'dispatcher'). */
-  private readonly helpWord: number;
+  /** This worker's index for help words (readers 'all'), or -1 (the dispatcher; readers 'dispatcher'). */
+  private readonly helpIndex: number;
   private helping = false;
+  private peerMemFd = -1;
+  private readonly result = new RangeResult();
+  private readonly run = new RangeRun();
+  // One FillHow per kind of call (see FillHow).
+  private readonly demandHow: FillHow = { demand: 1, zero: false, cause: Cause.demand, from: PAGE_MISSING };
+  private readonly droppedHow: FillHow;
+  private readonly refillHow: FillHow = { demand: 1, zero: false, cause: Cause.demand, from: PAGE_PRESENT };
+  private readonly backgroundHow: FillHow = { demand: 0, zero: false, cause: Cause.background, from: PAGE_MISSING };
+  private readonly failHow: FillHow = { demand: 0, zero: true, cause: Cause.demand, from: PAGE_MISSING };
+  private readonly recoverHow: FillHow = { demand: 0, zero: false, cause: Cause.demand, from: PAGE_MISSING };
 
-  constructor(setup: L.EngineSetup, thread: number, mayRetry: boolean) {
+  constructor(setup: EngineSetup, thread: number, mayRetry: boolean) {
     this.setup = setup;
     this.thread = thread;
     this.mayRetry = mayRetry;
     this.uffd = Userfaultfd.fromFd(setup.uffdFd, BigInt(setup.features));
     this.states = new PageStates(setup.states, setup.totalPages);
-    this.table = new Float64Array(setup.regionTable);
-    this.control = new Int32Array(setup.control);
+    this.ctl = new ControlBlock(setup.control);
+    this.table = new RegionTable(setup.regionTable, this.ctl);
     this.counters = new Counters(setup.counters).block(thread);
-    this.claim = new Float64Array(setup.claims, thread * L.CL_WORDS * 8, L.CL_WORDS);
+    this.claim = new Claims(setup.claims, thread);
     this.zeroAddr = setup.zeroAddr;
     this.order = setup.order ? new Float64Array(setup.order) : null;
     this.gates = setup.gates.map((g) => new Gate(g));
     this.gateCursors = new Int32Array(setup.gateCursors);
     this.window = setup.prefetch.readAheadMin;
-    this.helpWord = setup.readers === 'all' && thread < setup.workers ? L.CT_HELP + thread : -1;
-    this.helping = this.helpWord >= 0; // raised until this worker first reads (the Engine raised it)
+    this.droppedHow = { demand: 1, zero: setup.afterRemove === 'zero', cause: Cause.demand, from: PAGE_DROPPED };
+    this.helpIndex = setup.readers === 'all' && thread < setup.workers ? thread : -1;
+    this.helping = this.helpIndex >= 0; // raised until this worker first reads (the Engine raised it)
     if (setup.wpHook) {
       const mod = require(setup.wpHook.module) as Record<string, unknown>;
       const fn = mod[setup.wpHook.export];
@@ -93,300 +141,295 @@ export class Resolver {
    * and events never wait for a worker. Lowered by readerAgain() when the worker reads again.
    */
   needReader(): void {
-    if (this.helpWord < 0 || this.helping) return;
+    if (this.helpIndex < 0 || this.helping) return;
     this.helping = true;
-    Atomics.store(this.control, this.helpWord, 1);
-    if (Atomics.load(this.control, L.CT_DISPATCHER_IDLE) !== 0) eventfdSignal(this.setup.eventFd);
+    this.ctl.setHelpWanted(this.helpIndex, true);
+    if (this.ctl.dispatcherIdle()) eventfdSignal(this.setup.eventFd);
   }
 
   readerAgain(): void {
     if (!this.helping) return;
     this.helping = false;
-    Atomics.store(this.control, this.helpWord, 0);
-  }
-
-  rows(): number {
-    return Atomics.load(this.control, L.CT_REGION_ROWS);
+    this.ctl.setHelpWanted(this.helpIndex, false);
   }
 
   /** The region-table row holding addr, or -1. */
   findRow(addr: number): number {
-    const t = this.table;
-    const n = this.rows();
-    for (let r = 0; r < n; r++) {
-      const b = r * L.RT_WORDS;
-      const start = t[b + L.RT_START];
-      if (addr >= start && addr < start + t[b + L.RT_SIZE] && t[b + L.RT_ALIVE] !== 0) return r;
-    }
-    return -1;
+    return this.table.findRow(addr);
   }
 
-  /** The row whose page-state range holds global page g, or -1. */
-  rowOfPage(g: number): number {
-    const t = this.table;
-    const n = this.rows();
-    for (let r = 0; r < n; r++) {
-      const b = r * L.RT_WORDS;
-      const base = t[b + L.RT_STATE_BASE];
-      if (g >= base && g < base + t[b + L.RT_SIZE] / t[b + L.RT_PAGE_SIZE] && t[b + L.RT_ALIVE] !== 0) return r;
-    }
-    return -1;
-  }
-
-  /** Global page index of the first page of the stripe holding addr (for sharding). */
+  /** Global page index of the page holding addr (for sharding). */
   globalPage(row: number, addr: number): number {
-    const b = row * L.RT_WORDS;
-    return this.table[b + L.RT_STATE_BASE] + Math.floor((addr - this.table[b + L.RT_START]) / this.table[b + L.RT_PAGE_SIZE]);
+    return this.table.globalPage(row, addr);
   }
 
   /**
    * Resolves one fault. `more` = how many directly following pages are also faulting
-   * (from the ring), so they are served by the same ioctl.
+   * (from the ring or the batch read), so they are served by the same ioctl. Returns how
+   * many of those it served too, or DEFERRED (dispatcher only: a worker must finish it).
    */
   handleFault(addr: number, flags: number, tRead: number, more: number, knownRow = -2): number {
     const c = this.counters;
-    const row = knownRow === -2 ? this.findRow(addr) : knownRow; // callers that looked it up pass it
-    if (flags & L.FAULT_REZERO) {
-      if (row >= 0) this.rezero(row, Math.floor((addr - this.table[row * L.RT_WORDS + L.RT_START]) / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]));
-      return 0;
-    }
+    const tb = this.table;
+    const row = knownRow === -2 ? tb.findRow(addr) : knownRow; // callers that looked it up pass it
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
-      c[C_SPURIOUS]++;
-      this.safeWake(addr - (addr % 4096), 4096);
+      c[C_SPURIOUS]!++;
+      this.safeWake(addr - (addr % PAGE_SIZE), PAGE_SIZE);
       return 0;
     }
-    const b = row * L.RT_WORDS;
-    const t = this.table;
-    const ps = t[b + L.RT_PAGE_SIZE];
-    const start = t[b + L.RT_START];
-    const local = Math.floor((addr - start) / ps);
-    const g = t[b + L.RT_STATE_BASE] + local;
-    const pageAddr = start + local * ps;
+    const ps = tb.pageSize(row);
+    const local = tb.localPage(row, addr);
+    const g = tb.stateBase(row) + local;
+    const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-      c[C_FAULTS_WP]++;
+      c[C_FAULTS_WP]!++;
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
       this.uffd.writeprotect(pageAddr, ps, false);
-      c[C_IOCTLS]++;
+      c[C_IOCTLS]!++;
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
-      c[C_FAULTS_RWP]++;
+      c[C_FAULTS_RWP]!++;
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
       // thread waits; closing the window wakes it and it retries (async by then).
-      if (Atomics.load(this.control, L.CT_RWP_HOLD) !== 0) return 0;
+      if (this.ctl.rwpHold()) return 0;
       this.uffd.rwprotect(pageAddr, ps, false);
-      c[C_IOCTLS]++;
+      c[C_IOCTLS]!++;
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
-      c[C_FAULTS_MINOR]++;
+      c[C_FAULTS_MINOR]!++;
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
-      const n = Math.min(1 + more, (t[b + L.RT_SIZE] / ps) - local);
+      const n = Math.min(1 + more, tb.pages(row) - local);
       try {
-        this.continueRun(row, g, local, n);
+        this.continueRun(row, g, local, n, Cause.demand);
       } catch {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
-        c[C_ERRORS]++;
+        c[C_ERRORS]!++;
         this.safeWake(pageAddr, n * ps);
         return 0;
       }
       this.latency(tRead);
-      c[C_FAULTS_MINOR] += n - 1;
+      c[C_FAULTS_MINOR]! += n - 1;
       return n - 1;
     }
-    c[C_FAULTS_MISSING]++;
+    c[C_FAULTS_MISSING]!++;
     const state = this.states.get(g);
     if (state === PAGE_MISSING && this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) {
       // Sequential access grows the read-ahead window; anything else resets it.
-      if (this.setup.prefetch.readAheadMax > 0) {
-        this.window = g === this.lastEnd ? Math.min(this.window * 2 || 1, this.setup.prefetch.readAheadMax)
-          : this.setup.prefetch.readAheadMin;
-      }
-      const maxPages = Math.max(1 + more, 1 + this.window);
-      const n = this.extendClaim(row, g, local, maxPages);
+      const pf = this.setup.prefetch;
+      if (pf.readAheadMax > 0) this.window = g === this.lastEnd ? Math.min(this.window * 2 || 1, pf.readAheadMax) : pf.readAheadMin;
+      const n = this.extendClaim(row, g, local, Math.max(1 + more, 1 + this.window));
       this.lastEnd = g + n;
-      this.fill(row, local, n, 1 + Math.min(more, n - 1), false);
+      const how = this.demandHow;
+      how.demand = 1 + Math.min(more, n - 1);
+      const filled = this.fill(row, local, n, how);
+      if (filled === DEFERRED) return DEFERRED;
       this.latency(tRead);
-      const absorbed = this.lastFilled > 0 ? Math.min(more, this.lastFilled - 1) : 0;
-      c[C_FAULTS_MISSING] += absorbed; // the faults this ioctl served for the caller's ring
+      const absorbed = filled > 0 ? Math.min(more, filled - 1) : 0;
+      c[C_FAULTS_MISSING]! += absorbed; // the faults this ioctl served for the caller's ring
       return absorbed;
     }
     if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
       // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
       // as the kernel would, unless configured to serve the source again.
-      this.fill(row, local, 1, 1, this.setup.afterRemove === 'zero');
+      if (this.fill(row, local, 1, this.droppedHow) === DEFERRED) return DEFERRED;
       this.latency(tRead);
       return 0;
     }
-    c[C_SPURIOUS]++;
+    c[C_SPURIOUS]!++;
     if (state === PAGE_PRESENT && this.states.transition(g, PAGE_PRESENT, PAGE_FILLING)) {
       // The table says present, yet the kernel reports the page missing: a race with the
-      // fill that mapped it, a hole punched without an event, or a REMOVE not yet read.
-      // Fill it again: EEXIST means it was a race. Wake either way so no thread is left.
-      this.fill(row, local, 1, 1, false);
+      // fill that mapped it, or a hole punched without an event. Fill it again: EEXIST means
+      // it was a race. Wake either way so no thread is left.
+      const filled = this.fill(row, local, 1, this.refillHow);
       this.safeWake(pageAddr, ps);
+      if (filled === DEFERRED) return DEFERRED;
     }
     // Otherwise another thread is filling it: its ioctl wakes this one.
     this.latency(tRead);
     return 0;
   }
 
+  /** A ring entry asking to re-zero the page at addr (queued by the dispatcher). */
+  rezeroAt(addr: number): void {
+    const row = this.table.findRow(addr);
+    if (row >= 0) this.rezero(row, this.table.localPage(row, addr));
+    this.ctl.rezeroDone();
+  }
+
   /** Claims up to maxPages contiguous MISSING pages after an already claimed first page. */
   private extendClaim(row: number, g: number, local: number, maxPages: number): number {
-    const b = row * L.RT_WORDS;
-    const limit = Math.min(maxPages, this.table[b + L.RT_SIZE] / this.table[b + L.RT_PAGE_SIZE] - local,
-      this.table[b + L.RT_MISSING_OP] === L.MISS_CALLBACK ? Math.max(1, this.setup.callbackRunBytes / this.table[b + L.RT_PAGE_SIZE]) : Infinity);
+    const tb = this.table;
+    const limit = Math.min(maxPages, tb.pages(row) - local,
+      tb.missingOp(row) === MissOp.callback ? Math.max(1, this.setup.callbackRunBytes / tb.pageSize(row)) : Infinity);
     let n = 1;
     while (n < limit && this.states.transition(g + n, PAGE_MISSING, PAGE_FILLING)) n++;
     return n;
   }
 
   /**
-   * Fills pages [local, local+n) of a row, all claimed (FILLING) by this thread.
-   * The first `demand` pages count as demand, the rest as read-ahead.
+   * Fills pages [local, local+n) of a row, all claimed (FILLING) by this thread from
+   * `how.from`. Returns the pages made present from the first without a gap, or DEFERRED
+   * (the dispatcher gave up on EAGAIN or a remote chunk: the pages are released).
    */
-  fill(row: number, local: number, n: number, demand: number, zero: boolean, cause = CAUSE_DEMAND): void {
+  fill(row: number, local: number, n: number, how: FillHow): number {
     const c = this.counters;
-    const t = this.table;
-    const b = row * L.RT_WORDS;
-    const ps = t[b + L.RT_PAGE_SIZE];
-    const g = t[b + L.RT_STATE_BASE] + local;
-    const dst = t[b + L.RT_START] + local * ps;
-    let len = n * ps;
-    let op = zero ? (t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO || ps > 4096 ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE) : t[b + L.RT_MISSING_OP];
-    const claim = this.claim;
-    claim[L.CL_ROW] = row;
-    claim[L.CL_FIRST] = local;
-    claim[L.CL_COUNT] = n;
-    if (Atomics.load(this.control, L.CT_KILL + this.thread) === 1) {
-      // Test hook: die holding a claim, as a crashed worker would.
-      Atomics.store(this.control, L.CT_KILL + this.thread, 2);
-      throw new Error(`worker ${this.thread} killed by test hook`);
-    }
-    let src = t[b + L.RT_SRC_ADDR] + local * ps;
-    if (op === L.MISS_CALLBACK) {
+    const tb = this.table;
+    const ps = tb.pageSize(row);
+    const dst = tb.start(row) + local * ps;
+    const miss = tb.missingOp(row);
+    const kind = how.zero ? (miss === MissOp.copyZero || ps > PAGE_SIZE ? K_COPY_ZERO : K_ZEROPAGE)
+      : miss === MissOp.copy || miss === MissOp.callback ? K_COPY : miss === MissOp.zeropage ? K_ZEROPAGE : K_COPY_ZERO;
+    this.claim.record(row, local, n, how.from);
+    let src = tb.srcAddr(row) + local * ps;
+    if (kind === K_COPY && miss === MissOp.callback) {
       const fetch = this.fetchCallback;
-      if (!fetch || !fetch(t[b + L.RT_SOURCE], t[b + L.RT_SRC_OFFSET] + local * ps, len, this.callbackStagingAddr)) {
+      if (!fetch || !fetch(tb.source(row), tb.srcOffset(row) + local * ps, n * ps, this.callbackStagingAddr)) {
         this.failPages(row, local, n);
-        return;
+        return 0;
       }
       src = this.callbackStagingAddr;
     }
-    this.deferred = false;
-    this.lastFilled = 0;
-    if (t[b + L.RT_GATE] !== 0 && op === L.MISS_COPY) {
+    if (kind === K_COPY && tb.gate(row) >= 0) {
       // A remote source: copy only what its chunk cache holds.
-      n = this.gateRun(row, local, n, src, cause);
-      if (n <= 0) return;
-      len = n * ps;
+      n = this.gateRun(row, local, n, src, how);
+      if (n <= 0) return n;
     }
-    let done = 0;
-    let retries = 0;
-    let filled = 0;
+    const len = n * ps;
+    const seq = this.ctl.readSeq();
+    let run: RangeRun;
     try {
-      while (done < len) {
-        let got: number;
-        if (op === L.MISS_COPY || op === L.MISS_CALLBACK) got = this.uffd.copy(dst + done, src + done, len - done);
-        else if (op === L.MISS_ZEROPAGE) got = this.uffd.zeropage(dst + done, len - done);
-        else got = this.uffd.copy(dst + done, this.zeroAddr, ps); // one zero page at a time
-        c[C_IOCTLS]++;
-        done += got;
-        filled += got;
-        if (op === L.MISS_COPY_ZERO && got === ps) continue;
-        const e = this.uffd.lastErrno;
-        if (e === 0) break;
-        if (e === ERRNO.EEXIST) {
-          // That page is already there: someone outside our claims filled it (a racing
-          // path, or memory touched before registration). Skip it.
-          c[C_EEXIST]++;
-          done += ps;
-          continue;
-        }
-        if (got > 0) continue; // partial progress: go on from there
-        // EAGAIN with nothing done: the mappings are changing under an unread event.
-        c[C_RETRIES]++;
-        if (op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO && this.setup.afterRemove === 'zero'
-          && this.states.get(g + Math.floor(done / ps)) === PAGE_DROPPED) {
-          // The event was a REMOVE over this page: what the thread must see now is zeros.
-          this.states.transition(g + Math.floor(done / ps), PAGE_DROPPED, PAGE_FILLING);
-          op = ps > 4096 || t[b + L.RT_MISSING_OP] === L.MISS_COPY_ZERO ? L.MISS_COPY_ZERO : L.MISS_ZEROPAGE;
-        }
-        if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
-          this.releaseFrom(row, local, n, done, PAGE_MISSING);
-          this.deferred = !this.mayRetry;
-          if (this.mayRetry) this.safeWake(dst + done, len - done);
-          this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
-          return;
-        }
-        this.needReader();
-        yieldCpu();
-      }
+      run = this.runRange(kind, dst, src, len, ps);
     } catch (err) {
       const e = err instanceof UffdError ? err.errno : 0;
-      if (e === ERRNO.ESRCH) Atomics.store(this.control, L.CT_PEER_GONE, 1);
+      const gone = e === ERRNO.ENOENT || e === ERRNO.ESRCH;
+      if (e === ERRNO.ESRCH) this.ctl.markPeerGone();
       // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again,
       // and nobody was failed (a VM that exits mid-population). Anything else is an error.
-      if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH) c[C_ERRORS]++;
-      this.releaseFrom(row, local, n, done, e === ERRNO.ENOENT || e === ERRNO.ESRCH ? PAGE_DROPPED : PAGE_MISSING);
-      this.safeWake(dst + done, len - done);
-      this.finish(row, local, Math.ceil(done / ps), n, demand, cause, op, filled);
-      if (e !== ERRNO.ENOENT && e !== ERRNO.ESRCH && e !== ERRNO.EFAULT) throw err;
-      return;
+      if (!gone) c[C_ERRORS]!++;
+      const r = this.run;
+      this.releaseFrom(row, local, n, r.done, gone ? PAGE_DROPPED : how.from);
+      this.safeWake(dst + r.done, len - r.done);
+      const ok = Math.ceil(r.done / ps);
+      this.finish(row, local, ok, how, kind, r.filled, seq);
+      if (!gone && e !== ERRNO.EFAULT) throw err;
+      return ok;
     }
-    this.finish(row, local, n, n, demand, cause, op, filled);
+    let ok = n;
+    if (run.gaveUp) {
+      this.releaseFrom(row, local, n, run.done, how.from);
+      if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
+      ok = Math.ceil(run.done / ps);
+    }
+    const stale = how.zero && how.from === PAGE_DROPPED && run.firstExist >= 0 ? local + Math.floor(run.firstExist / ps) : -1;
+    this.finish(row, local, ok, how, kind, run.filled, seq);
+    // A removed page we zero-filled was already mapped: a source fill that raced with the
+    // REMOVE landed after the zap. Its bytes must go.
+    if (stale >= 0) this.rezero(row, stale);
+    return run.gaveUp && !this.mayRetry ? DEFERRED : ok;
+  }
+
+  /**
+   * The one loop around a range ioctl: fills [dst, dst+len) until done, skipping a page
+   * already there (EEXIST), going on after partial progress, and retrying EAGAIN (the
+   * mappings change under an event not read yet) while this thread may wait. Ioctls that
+   * fail otherwise throw (UffdError); this.run holds the progress made.
+   */
+  private runRange(kind: number, dst: number, src: number, len: number, ps: number): RangeRun {
+    const run = this.run;
+    const res = this.result;
+    const uffd = this.uffd;
+    const c = this.counters;
+    run.done = 0;
+    run.filled = 0;
+    run.firstExist = -1;
+    run.gaveUp = false;
+    let retries = 0;
+    while (run.done < len) {
+      const at = dst + run.done;
+      const left = len - run.done;
+      if (kind === K_COPY) uffd.copy(at, src + run.done, left, 0, res);
+      else if (kind === K_ZEROPAGE) uffd.zeropage(at, left, 0, res);
+      else if (kind === K_COPY_ZERO) uffd.copy(at, this.zeroAddr, ps, 0, res); // one zero page at a time
+      else if (kind === K_CONTINUE) uffd.continue(at, left, 0, res);
+      else uffd.poison(at, left, 0, res);
+      c[C_IOCTLS]!++;
+      run.done += res.bytes;
+      run.filled += res.bytes;
+      if (res.errno === 0) continue;
+      if (res.errno === ERRNO.EEXIST) {
+        // That page is already there: someone outside our claims filled it (a racing path,
+        // or memory touched before registration). Skip it.
+        c[C_EEXIST]!++;
+        if (run.firstExist < 0) run.firstExist = run.done;
+        run.done += ps;
+        continue;
+      }
+      if (res.bytes > 0) continue; // partial progress: go on from there
+      c[C_RETRIES]!++;
+      if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
+        run.gaveUp = true;
+        break;
+      }
+      this.needReader(); // the event in the way must be read
+      yieldCpu();
+    }
+    return run;
   }
 
   /**
    * For a fill from a remote source: how many of the n claimed pages from `src` can be
    * copied now. A demand fill in a worker waits for the chunk (the fetch thread bounds the
-   * wait); the dispatcher never waits (the fault goes to a worker: `deferred`); a
-   * background fill takes only what is cached (arrivals install the rest), except when
-   * completing. Pages not taken are released; pages of a chunk that failed are failed
-   * (poisoned). Returns the pages to copy (0: nothing, all handled).
+   * wait); the dispatcher never waits (DEFERRED: the fault goes to a worker); a background
+   * fill takes only what is cached (arrivals install the rest), except when completing.
+   * Pages not taken are released; pages of a chunk that failed are failed (poisoned).
+   * Returns the pages to copy (0: nothing, all handled).
    */
-  private gateRun(row: number, local: number, n: number, src: number, cause: number): number {
-    const gate = this.gates[this.table[row * L.RT_WORDS + L.RT_GATE] - 1];
-    const ps = this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+  private gateRun(row: number, local: number, n: number, src: number, how: FillHow): number {
+    const gate = this.gates[this.table.gate(row)] as Gate;
+    const ps = this.table.pageSize(row);
     let ok = gate.ready(src, n * ps);
     if (ok === 0) {
       if (!this.mayRetry) {
-        this.releaseFrom(row, local, n, 0, PAGE_MISSING);
-        this.deferred = true;
-        this.counters[C_FAULTS_MISSING]--; // the worker that resolves it counts it
-        return 0;
+        this.releaseFrom(row, local, n, 0, how.from);
+        this.counters[C_FAULTS_MISSING]!--; // the worker that resolves it counts it
+        return DEFERRED;
       }
-      if (cause !== CAUSE_BACKGROUND || Atomics.load(this.control, L.CT_COMPLETE) !== 0) {
-        ok = gate.wait(src, ps, n * ps, this.control, L.CT_STOP);
+      if (how.cause !== Cause.background || this.ctl.completing()) {
+        ok = gate.wait(src, ps, n * ps, this.ctl.words, this.ctl.stopIndex);
       }
     }
     if (ok < 0) {
       const bad = Math.min(n, Math.ceil(-ok / ps));
-      if (bad < n) this.releaseFrom(row, local, n, bad * ps, PAGE_MISSING);
+      if (bad < n) this.releaseFrom(row, local, n, bad * ps, how.from);
       this.failPages(row, local, bad);
       return 0;
     }
     const take = Math.min(n, Math.floor(ok / ps));
     if (take < n) {
-      this.releaseFrom(row, local, n, take * ps, PAGE_MISSING);
-      this.claim[L.CL_COUNT] = take;
+      this.releaseFrom(row, local, n, take * ps, how.from);
+      this.claim.count = take;
     }
     return take;
   }
 
   /** Workers: some chunk arrived that this engine has not installed yet. */
   arrivalsPending(): boolean {
-    for (let k = 0; k < this.gates.length; k++) if (Atomics.load(this.gateCursors, k) < this.gates[k].published()) return true;
+    for (let k = 0; k < this.gates.length; k++) {
+      if (Atomics.load(this.gateCursors, k) < (this.gates[k] as Gate).published()) return true;
+    }
     return false;
   }
 
   /** Takes the next chunk that arrived in a gate's cache and fills this engine's missing pages of it. */
   private installArrival(): boolean {
     for (let k = 0; k < this.gates.length; k++) {
-      const gate = this.gates[k];
+      const gate = this.gates[k] as Gate;
       for (;;) {
         const i = Atomics.load(this.gateCursors, k);
         if (i >= gate.published()) break;
@@ -399,19 +442,19 @@ export class Resolver {
   }
 
   private installChunk(k: number, chunk: number): void {
-    const t = this.table;
-    const cs = this.gates[k].setup.chunkSize;
-    const from = this.gates[k].setup.base + chunk * cs;
-    const rows = this.rows();
+    const tb = this.table;
+    const gate = this.gates[k] as Gate;
+    const cs = gate.setup.chunkSize;
+    const from = gate.setup.base + chunk * cs;
+    const rows = tb.rows();
     for (let r = 0; r < rows; r++) {
-      const b = r * L.RT_WORDS;
-      if (t[b + L.RT_GATE] !== k + 1 || t[b + L.RT_ALIVE] === 0) continue;
-      const ps = t[b + L.RT_PAGE_SIZE];
-      const src = t[b + L.RT_SRC_ADDR];
+      if (tb.gate(r) !== k || !tb.alive(r)) continue;
+      const ps = tb.pageSize(r);
+      const src = tb.srcAddr(r);
       const first = Math.max(0, Math.floor((from - src) / ps));
-      const last = Math.min(t[b + L.RT_SIZE] / ps, Math.ceil((from + cs - src) / ps));
-      const end = t[b + L.RT_STATE_BASE] + last;
-      let g = t[b + L.RT_STATE_BASE] + first;
+      const last = Math.min(tb.pages(r), Math.ceil((from + cs - src) / ps));
+      const end = tb.stateBase(r) + last;
+      let g = tb.stateBase(r) + first;
       while (g < end) {
         g = this.states.nextMissing(g, end);
         if (g < 0) break;
@@ -420,122 +463,122 @@ export class Resolver {
     }
   }
 
-  private finish(row: number, local: number, ok: number, n: number, demand: number, cause: number, op: number, bytes: number): void {
+  /**
+   * Publishes a fill: pages [local, local+ok) become PRESENT. A page whose transition fails
+   * was dropped by a REMOVE while we filled it: if our copy may have landed after the
+   * kernel zapped it, it holds source bytes where zeros belong, so it is zeroed again.
+   */
+  private finish(row: number, local: number, ok: number, how: FillHow, kind: number, bytes: number, seq: number): void {
     const c = this.counters;
-    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    const tb = this.table;
+    const g = tb.stateBase(row) + local;
+    const copied = bytes > 0 && (kind === K_COPY || kind === K_CONTINUE);
+    if (copied) this.settle(seq);
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
-      // A REMOVE over this page was applied while we filled it. If our copy landed after
-      // the kernel zapped the page, it now holds source bytes where zeros belong.
-      if (bytes > 0 && op !== L.MISS_ZEROPAGE && op !== L.MISS_COPY_ZERO && this.states.get(g + i) === PAGE_DROPPED) {
-        this.rezero(row, local + i);
-      }
+      if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
     }
-    this.claim[L.CL_COUNT] = 0;
-    this.lastFilled = ok;
-    c[C_BYTES] += bytes;
+    this.claim.count = 0;
+    c[C_BYTES]! += bytes;
     // Count what this thread filled; pages skipped on EEXIST were filled by someone else.
-    const filled = Math.round(bytes / this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE]);
-    if (op === L.MISS_ZEROPAGE || op === L.MISS_COPY_ZERO) c[C_ZERO_FILLS] += filled;
-    if (cause === CAUSE_BACKGROUND) c[C_PAGES_BACKGROUND] += filled;
+    const filled = Math.round(bytes / tb.pageSize(row));
+    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c[C_ZERO_FILLS]! += filled;
+    if (how.cause === Cause.background) c[C_PAGES_BACKGROUND]! += filled;
     else {
-      const d = Math.min(demand, filled);
-      c[C_PAGES_DEMAND] += d;
-      c[C_PAGES_READAHEAD] += filled - d;
+      const d = Math.min(how.demand, filled);
+      c[C_PAGES_DEMAND]! += d;
+      c[C_PAGES_READAHEAD]! += filled - d;
     }
   }
 
-  /** Pages from byte `done` on were not filled: give them back. */
+  /**
+   * Waits until the REMOVE events of every batch read so far are in the page-state table.
+   * The kernel lets madvise zap as soon as its REMOVE is read, before the reader marks the
+   * pages DROPPED: a copy that landed in that gap is only found out (by the FILLING ->
+   * PRESENT transition failing) once the reader is done. `seq` is the read sequence before
+   * the copy: unchanged and even, no batch was read meanwhile (the common case: one load).
+   */
+  private settle(seq: number): void {
+    const ctl = this.ctl;
+    if (ctl.readSeq() === seq && (seq & 1) === 0) return;
+    // One read(2) and its events take a microsecond or two: spin briefly before yielding
+    // the CPU (a syscall), which matters only when the reader was preempted.
+    for (let spins = 0; (ctl.readSeq() & 1) !== 0; spins++) if (spins > 256) yieldCpu();
+  }
+
+  /** Pages from byte `done` on were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
   private releaseFrom(row: number, local: number, n: number, done: number, to: number): void {
-    const ps = this.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
-    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
+    const ps = this.table.pageSize(row);
+    const g = this.table.stateBase(row) + local;
     for (let i = Math.ceil(done / ps); i < n; i++) this.states.transition(g + i, PAGE_FILLING, to);
-    this.claim[L.CL_COUNT] = 0;
+    this.claim.count = 0;
   }
 
   /** A source failure: poison the pages (the faulting thread gets SIGBUS) or zero them. */
   private failPages(row: number, local: number, n: number): void {
-    const c = this.counters;
-    const b = row * L.RT_WORDS;
-    const ps = this.table[b + L.RT_PAGE_SIZE];
-    const dst = this.table[b + L.RT_START] + local * ps;
-    c[C_ERRORS] += n;
+    const tb = this.table;
+    const ps = tb.pageSize(row);
+    const dst = tb.start(row) + local * ps;
+    this.counters[C_ERRORS]! += n;
     try {
       if (this.setup.onSourceError === 'poison') {
-        let done = 0;
-        while (done < n * ps) {
-          done += this.uffd.poison(dst + done, n * ps - done);
-          if (this.uffd.lastErrno === ERRNO.EEXIST) done += ps;
-          else if (this.uffd.lastErrno === ERRNO.EAGAIN) { this.needReader(); yieldCpu(); }
-        }
-        this.finish(row, local, n, n, 0, CAUSE_DEMAND, -1, 0);
+        this.runRange(K_POISON, dst, 0, n * ps, ps);
+        this.finish(row, local, n, this.failHow, K_POISON, 0, 0);
       } else {
-        this.fill(row, local, n, n, true);
+        this.failHow.demand = n;
+        this.failHow.from = this.claim.from;
+        this.fill(row, local, n, this.failHow);
       }
     } catch {
-      this.releaseFrom(row, local, n, 0, PAGE_MISSING);
+      this.releaseFrom(row, local, n, 0, this.claim.from);
       this.safeWake(dst, n * ps);
     }
   }
 
-  private continueRun(row: number, g: number, local: number, n: number, cause = CAUSE_DEMAND): void {
-    const b = row * L.RT_WORDS;
-    const ps = this.table[b + L.RT_PAGE_SIZE];
-    const dst = this.table[b + L.RT_START] + local * ps;
-    let done = 0;
-    let retries = 0;
-    while (done < n * ps) {
-      done += this.uffd.continue(dst + done, n * ps - done);
-      this.counters[C_IOCTLS]++;
-      const e = this.uffd.lastErrno;
-      if (e === 0) break;
-      if (e === ERRNO.EEXIST) { this.counters[C_EEXIST]++; done += ps; continue; }
-      this.counters[C_RETRIES]++;
-      if (!this.mayRetry || ++retries > EAGAIN_LIMIT) { this.safeWake(dst + done, n * ps - done); break; }
-      this.needReader();
-      yieldCpu();
-    }
+  /** Maps n pages the page cache holds (minor faults, page-cache sources). */
+  private continueRun(row: number, g: number, local: number, n: number, cause: Cause): void {
+    const ps = this.table.pageSize(row);
+    const dst = this.table.start(row) + local * ps;
+    const run = this.runRange(K_CONTINUE, dst, 0, n * ps, ps);
+    if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
-    this.counters[cause === CAUSE_BACKGROUND ? C_PAGES_BACKGROUND : C_PAGES_DEMAND] += n;
-    this.counters[C_BYTES] += done;
+    this.counters[cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND]! += n;
+    this.counters[C_BYTES]! += run.done;
   }
 
   /**
    * Makes a page that a REMOVE dropped while we were filling it read zeros again: our own
    * memory is zapped with MADV_DONTNEED (the engine serves zeros on the next touch), a peer's
-   * is overwritten with zeros through /proc/PID/mem. Both block until the dispatcher has
-   * served or read what they cause, so the dispatcher hands this to a worker.
+   * is overwritten with zeros through /proc/PID/mem. Both block until a reader has read or
+   * served what they cause, so the dispatcher hands this to a worker.
    */
   rezero(row: number, local: number): void {
-    const b = row * L.RT_WORDS;
-    const ps = this.table[b + L.RT_PAGE_SIZE];
-    const addr = this.table[b + L.RT_START] + local * ps;
+    const tb = this.table;
+    const ps = tb.pageSize(row);
+    const addr = tb.start(row) + local * ps;
     if (!this.mayRetry) {
       this.deferRezero?.(addr);
       return;
     }
-    this.counters[C_REZEROED]++;
+    this.counters[C_REZEROED]!++;
     this.needReader(); // both ways below wait for a reader (the REMOVE we cause, the fault pwrite takes)
-    if (this.table[b + L.RT_OWN] === 1) {
+    if (tb.own(row)) {
       tryMadvise(addr, ps, MADV_DONTNEED);
       return;
     }
-    const pid = this.table[b + L.RT_PEER_PID];
+    const pid = tb.peerPid(row);
     if (!pid) return; // unknown owner: reported through the counter
     if (this.peerMemFd < 0) {
       try { this.peerMemFd = openFile(`/proc/${pid}/mem`, O_RDWR); } catch { return; }
     }
     try { pwriteFrom(this.peerMemFd, this.zeroAddr, ps, addr); } catch { /* the peer exited */ }
   }
-  /** Set by the dispatcher: queue a rezero for a worker. */
-  deferRezero: ((addr: number) => void) | null = null;
-  private peerMemFd = -1;
 
   safeWake(addr: number, len: number): void {
     if (len <= 0) return;
     try {
       this.uffd.wake(addr, len);
-      this.counters[C_WAKES]++;
+      this.counters[C_WAKES]!++;
     } catch {
       // The range is gone: nobody can be waiting there.
     }
@@ -552,25 +595,25 @@ export class Resolver {
    * address order) and fills its missing runs. Returns false when nothing is left.
    */
   backgroundStep(): boolean {
-    const ctl = this.control;
-    const chunk = this.setup.prefetch.chunkPages;
+    const ctl = this.ctl;
+    const pf = this.setup.prefetch;
     const order = this.order;
     if (this.gates.length && this.installArrival()) return true;
     if (order) {
-      const i = Atomics.add(ctl, L.CT_ORDER_CURSOR, 16);
-      if (i < this.setup.prefetch.orderLength) {
-        const end = Math.min(i + 16, this.setup.prefetch.orderLength);
-        for (let k = i; k < end; k++) this.fillMissingAround(order[k], 1);
+      const i = ctl.takeOrder(16);
+      if (i < pf.orderLength) {
+        const end = Math.min(i + 16, pf.orderLength);
+        for (let k = i; k < end; k++) this.fillMissingAround(order[k] as number, 1);
         return true;
       }
     }
-    const first = Atomics.add(ctl, L.CT_BG_CURSOR, chunk);
+    const first = ctl.takeBackground(pf.chunkPages);
     if (first >= this.setup.totalPages) {
-      Atomics.store(ctl, L.CT_BG_DONE, 1);
+      ctl.markBackgroundDone();
       return false;
     }
     let g = first;
-    const end = Math.min(first + chunk, this.setup.totalPages);
+    const end = Math.min(first + pf.chunkPages, this.setup.totalPages);
     while (g < end) {
       g = this.states.nextMissing(g, end);
       if (g < 0) break;
@@ -581,38 +624,41 @@ export class Resolver {
 
   /** Claims and fills up to max MISSING pages from global page g (stays in one row). Returns pages consumed. */
   private fillMissingAround(g: number, max: number, arrived = false): number {
-    const row = this.rowOfPage(g);
+    const tb = this.table;
+    const row = tb.rowOfPage(g);
     if (row < 0) return 1;
-    const b = row * L.RT_WORDS;
-    if (this.table[b + L.RT_MISSING_OP] === L.MISS_CALLBACK && !this.fetchCallback) return max;
+    if (tb.missingOp(row) === MissOp.callback && !this.fetchCallback) return max;
     // Remote pages are installed as their chunks arrive (installArrival), or waited for when completing.
-    if (this.table[b + L.RT_GATE] !== 0 && !arrived && Atomics.load(this.control, L.CT_COMPLETE) === 0) return max;
+    if (tb.gate(row) >= 0 && !arrived && !this.ctl.completing()) return max;
     if (!this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) return 1;
-    const local = g - this.table[b + L.RT_STATE_BASE];
+    const local = g - tb.stateBase(row);
     const n = this.extendClaim(row, g, local, max);
-    if (this.table[b + L.RT_MINOR] === 1) {
+    if (tb.minor(row)) {
       // A page-cache source: map what the cache holds (CONTINUE); what it lacks is filled
       // from the missing-fault source below.
       try {
-        this.continueRun(row, g, local, n, CAUSE_BACKGROUND);
+        this.continueRun(row, g, local, n, Cause.background);
         return n;
       } catch {
         // Not in the page cache (or gone): fill it as a missing page.
       }
     }
-    this.fill(row, local, n, 0, false, CAUSE_BACKGROUND);
+    this.fill(row, local, n, this.backgroundHow);
     return n;
   }
 
   /** Finishes the claims a dead thread left: fill what it held (EEXIST is fine), then wake. */
   recoverClaims(deadThread: number): void {
-    const cl = new Float64Array(this.setup.claims, deadThread * L.CL_WORDS * 8, L.CL_WORDS);
-    const n = cl[L.CL_COUNT];
+    const cl = new Claims(this.setup.claims, deadThread);
+    const n = cl.count;
     if (n <= 0) return;
-    const row = cl[L.CL_ROW];
-    const local = cl[L.CL_FIRST];
-    const g = this.table[row * L.RT_WORDS + L.RT_STATE_BASE] + local;
-    cl[L.CL_COUNT] = 0;
+    const row = cl.row;
+    const local = cl.first;
+    const g = this.table.stateBase(row) + local;
+    const how = this.recoverHow;
+    how.from = cl.from;
+    how.zero = cl.from === PAGE_DROPPED && this.setup.afterRemove === 'zero';
+    cl.count = 0;
     // Take over the pages still marked FILLING; a page another live thread holds is
     // filled twice at most, and the kernel keeps the first (EEXIST for the second).
     let i = 0;
@@ -620,7 +666,8 @@ export class Resolver {
       if (this.states.get(g + i) !== PAGE_FILLING) { i++; continue; }
       let k = 1;
       while (i + k < n && this.states.get(g + i + k) === PAGE_FILLING) k++;
-      this.fill(row, local + i, k, k, false);
+      how.demand = k;
+      this.fill(row, local + i, k, how);
       i += k;
     }
   }

@@ -6,11 +6,20 @@ import { eventfdSignal } from '../kernel/memory.js';
 
 // ---------------------------------------------------------------------------
 // Ring: single producer (the dispatcher), single consumer (one worker).
-// Each entry is ENTRY_WORDS float64: fault address, fault flags, time read (ms).
+// Each entry is ENTRY_WORDS float64: fault address, fault flags (the kernel's), time read
+// (ms), and what the entry asks for (EntryKind).
 // Indices only grow; slot = index & mask. The consumer advances `head` only after it
 // has resolved an entry, so a worker that dies leaves its entries for its replacement.
 // ---------------------------------------------------------------------------
-export const ENTRY_WORDS = 3;
+export const ENTRY_WORDS = 4;
+/** What a ring entry asks the worker to do with its address. */
+export const EntryKind = {
+  /** Resolve the fault. */
+  fault: 0,
+  /** Make the page read zeros again (a REMOVE raced with its fill; see Resolver.rezero). */
+  rezero: 1,
+} as const;
+export type EntryKind = typeof EntryKind[keyof typeof EntryKind];
 // Control words, 64 bytes apart so head, tail and the sleep flag sit in separate cache lines.
 const R_HEAD = 0; // next entry to consume
 const R_TAIL = 16; // next entry to produce
@@ -55,13 +64,14 @@ export class Ring {
 
   // Producer side -----------------------------------------------------------
   /** Writes an entry without publishing it; returns false when the ring is full. */
-  stage(pending: number, addr: number, flags: number, t: number): boolean {
+  stage(pending: number, addr: number, flags: number, t: number, kind: EntryKind = EntryKind.fault): boolean {
     const tail = Atomics.load(this.control, R_TAIL);
     if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return false;
     const i = ((tail + pending) & this.mask) * ENTRY_WORDS;
     this.entries[i] = addr;
     this.entries[i + 1] = flags;
     this.entries[i + 2] = t;
+    this.entries[i + 3] = kind;
     return true;
   }
   /** Publishes n staged entries; wakes the consumer if it sleeps. Returns true if it woke it. */
@@ -81,9 +91,10 @@ export class Ring {
   }
 
   // Consumer side -----------------------------------------------------------
-  addrAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS]; }
-  flagsAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 1]; }
-  timeAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 2]; }
+  addrAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS] as number; }
+  flagsAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 1] as number; }
+  timeAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 2] as number; }
+  kindAt(index: number): EntryKind { return this.entries[(index & this.mask) * ENTRY_WORDS + 3] as EntryKind; }
   /** Marks entries up to (not including) index as done. */
   commit(index: number): void { Atomics.store(this.control, R_HEAD, index); }
   /**
@@ -160,7 +171,7 @@ export class PageStates {
   /** Counts pages in each state over [first, first+count). */
   count(first: number, count: number, out: Float64Array): void {
     out.fill(0);
-    for (let p = first; p < first + count; p++) out[this.get(p)]++;
+    for (let p = first; p < first + count; p++) out[this.get(p)]!++;
   }
   /** Pages whose state is below `limit` (limit PRESENT: MISSING or FILLING), a word at a time. */
   countBelow(limit: number): number {
@@ -251,7 +262,7 @@ export class Counters {
   }
   sum(field: number): number {
     let s = 0;
-    for (let t = 0; t < this.threads; t++) s += this.all[t * COUNTER_WORDS + field];
+    for (let t = 0; t < this.threads; t++) s += this.all[t * COUNTER_WORDS + field] as number;
     return s;
   }
 }
@@ -261,18 +272,18 @@ export function recordLatency(block: Float64Array, micros: number): void {
   let b = 0;
   let v = micros;
   while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
-  block[C_HIST + b]++;
+  block[C_HIST + b]!++;
 }
 
 /** Percentile (0..1) of a log2 histogram, reported as the upper edge of its bucket, in µs. */
 export function histogramPercentile(hist: ArrayLike<number>, q: number): number {
   let total = 0;
-  for (let i = 0; i < hist.length; i++) total += hist[i];
+  for (let i = 0; i < hist.length; i++) total += hist[i] as number;
   if (total === 0) return 0;
   const target = q * total;
   let acc = 0;
   for (let i = 0; i < hist.length; i++) {
-    acc += hist[i];
+    acc += hist[i] as number;
     if (acc >= target) return 2 ** (i + 1);
   }
   return 2 ** hist.length;

@@ -9,11 +9,11 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { ConfigError } from '../kernel/errors.js';
-import type * as L from './layout.js';
+import type { EngineSetup } from './layout.js';
 import type { WarmData } from './warm-up.js';
 
-export const SHARD_WORKER = path.resolve(__dirname, '../../workers/shard-worker.js');
-export const DISPATCHER = path.resolve(__dirname, '../../workers/dispatcher.js');
+export const SHARD_WORKER = path.resolve(__dirname, 'threads/shard-worker.js');
+export const DISPATCHER = path.resolve(__dirname, 'threads/dispatcher.js');
 
 /** Engine threads (a piscina pool and a dispatcher) started ahead of the engine that will use them. */
 export class EngineThreads {
@@ -61,7 +61,7 @@ export class EngineThreads {
   }
 
   /** Hands the dispatcher its setup (once); the engine owns the threads from now on. */
-  take(setup: L.EngineSetup): { pool: Piscina; dispatcher: Worker } {
+  take(setup: EngineSetup): { pool: Piscina; dispatcher: Worker } {
     if (this.taken) throw new Error('these engine threads were already used by an engine');
     this.taken = true;
     this.dispatcher.postMessage(setup);

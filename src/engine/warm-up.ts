@@ -4,10 +4,11 @@ import { parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_
 import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE } from '../kernel/constants.js';
 import { madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
-import * as L from './layout.js';
+import type { EngineSetup } from './layout.js';
 import { UffdReader } from './reader.js';
 import { nowMs, Resolver } from './resolver.js';
 import { Counters, PageStates } from './shared.js';
+import { Claims, ControlBlock, RegionTable, scratchRow } from './tables.js';
 
 /** What a warm thread gets as workerData. */
 export interface WarmData {
@@ -24,31 +25,23 @@ export function isWarm(data: unknown): data is WarmData {
 export interface ScratchRow { start: number; size: number; srcAddr: number }
 
 /** An EngineSetup over the given rows (4 KiB pages, COPY from srcAddr), for warm-ups and micro-benchmarks. */
-export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number): L.EngineSetup {
-  const table = new SharedArrayBuffer(L.MAX_REGION_ROWS * L.RT_WORDS * 8);
-  const t = new Float64Array(table);
+export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number): EngineSetup {
+  const regionTable = RegionTable.allocate();
+  const control = ControlBlock.allocate();
+  const table = new RegionTable(regionTable, new ControlBlock(control));
   let base = 0;
   rows.forEach((r, i) => {
-    const b = i * L.RT_WORDS;
-    t[b + L.RT_START] = r.start;
-    t[b + L.RT_SIZE] = r.size;
-    t[b + L.RT_PAGE_SIZE] = PAGE_SIZE;
-    t[b + L.RT_STATE_BASE] = base;
-    t[b + L.RT_MISSING_OP] = L.MISS_COPY;
-    t[b + L.RT_SRC_ADDR] = r.srcAddr;
-    t[b + L.RT_ALIVE] = 1;
-    t[b + L.RT_OWN] = 1;
+    table.write(i, scratchRow(r.start, r.size, r.srcAddr, base));
     base += r.size / PAGE_SIZE;
   });
-  const control = new SharedArrayBuffer(L.CT_WORDS * 4);
-  Atomics.store(new Int32Array(control), L.CT_REGION_ROWS, rows.length);
+  new ControlBlock(control).setRegionRows(rows.length);
   return {
-    uffdFd, features: '0', workers, stripePages: 16, regionTable: table, states: PageStates.allocate(base), totalPages: base,
-    counters: Counters.allocate(workers + 1), control, claims: new SharedArrayBuffer((workers + 1) * L.CL_WORDS * 8),
+    uffdFd, features: '0', workers, stripePages: 16, regionTable, states: PageStates.allocate(base), totalPages: base,
+    counters: Counters.allocate(workers + 1), control, claims: Claims.allocate(workers + 1),
     rings: [], order: null,
     prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
     zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0,
-    inlineBatch: 16, wpHook: null, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
+    inlineBatch: 16, wpHook: null, faultInjection: false, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
     gates: [], gateCursors: new SharedArrayBuffer(4),
   };
 }
@@ -102,15 +95,15 @@ export function warmUpIfAsked(data: unknown): void {
  * In the dispatcher thread: its setup — workerData itself (a cold start), or, for a warm
  * thread, warm up, then wait for the Engine to post the setup.
  */
-export function waitForSetup(data: unknown): L.EngineSetup {
-  if (!isWarm(data)) return data as L.EngineSetup;
+export function waitForSetup(data: unknown): EngineSetup {
+  if (!isWarm(data)) return data as EngineSetup;
   const signal = new Int32Array(data.signal);
   try { warmUp(); } finally { Atomics.add(signal, 1, 1); }
   for (;;) {
     Atomics.wait(signal, 0, 0);
     if (Atomics.load(signal, 0) === 2) process.exit(0);
     const m = receiveMessageOnPort(parentPort as unknown as MessagePort);
-    if (m) return m.message as L.EngineSetup;
+    if (m) return m.message as EngineSetup;
     Atomics.wait(signal, 0, 1, 1); // posted, not yet visible here
   }
 }

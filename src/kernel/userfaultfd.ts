@@ -76,6 +76,17 @@ function openFd(flags: number): number {
   throw new UffdError({ op: 'userfaultfd', errno: sysErr, hint: hintFor('userfaultfd', errnoName(sysErr)) });
 }
 
+/**
+ * What a range operation (copy, zeropage, continue, poison, move) did: `bytes` done from
+ * the start, and `errno` 0 (all of it), EEXIST (stopped at a page already there) or EAGAIN
+ * (the mappings are changing, or partial progress). Pass one per thread and reuse it: the
+ * per-fault path allocates nothing.
+ */
+export class RangeResult {
+  bytes = 0;
+  errno = 0;
+}
+
 export class Userfaultfd {
   readonly fd: number;
   /** Features granted by UFFDIO_API (for fromFd: what the caller says was negotiated). */
@@ -83,7 +94,7 @@ export class Userfaultfd {
   /** Ioctls the API call advertised (bit nr per ioctl). */
   readonly ioctls: bigint;
   readonly nonBlocking: boolean;
-  /** Errno of the last range operation that stopped early: 0, EEXIST or EAGAIN. */
+  /** Errno of the last range operation that stopped early: 0, EEXIST or EAGAIN (also in its RangeResult). */
   lastErrno = 0;
 
   private readonly arg = new ArrayBuffer(128);
@@ -226,65 +237,71 @@ export class Userfaultfd {
   }
 
   // A range operation with an s64 out field: returns the bytes done; on partial or no
-  // progress sets lastErrno to EEXIST or EAGAIN; any other errno throws.
-  private rangeOp(op: string, req: number, outOff: number, start: number, len: number): number {
+  // progress the errno is EEXIST or EAGAIN (in `out` when given, and lastErrno); any other
+  // errno throws.
+  private rangeOp(op: string, req: number, outOff: number, start: number, len: number, out?: RangeResult): number {
     this.dv.setUint32(outOff, 0, true);
     this.dv.setUint32(outOff + 4, 0, true);
-    if (libc.ioctl(this.fd, req, this.argAddr) === 0) {
-      this.lastErrno = 0;
-      return len;
+    let bytes = len;
+    let e = 0;
+    if (libc.ioctl(this.fd, req, this.argAddr) !== 0) {
+      e = errno();
+      const done = s64(this.dv, outOff);
+      if (done > 0) {
+        // Partial progress: the kernel reports bytes done and answers EAGAIN.
+        bytes = done;
+        e = ERRNO.EAGAIN;
+      } else if (e === ERRNO.EEXIST || e === ERRNO.EAGAIN) {
+        bytes = 0;
+      } else {
+        throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
+      }
     }
-    const e = errno();
-    const out = s64(this.dv, outOff);
-    if (out > 0) {
-      // Partial progress: the kernel reports bytes done and answers EAGAIN.
-      this.lastErrno = ERRNO.EAGAIN;
-      return out;
+    this.lastErrno = e;
+    if (out) {
+      out.bytes = bytes;
+      out.errno = e;
     }
-    if (e === ERRNO.EEXIST || e === ERRNO.EAGAIN) {
-      this.lastErrno = e;
-      return 0;
-    }
-    throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
+    return bytes;
   }
 
   /** UFFDIO_COPY len bytes from src to dst (mode: COPY_MODE_DONTWAKE | COPY_MODE_WP). */
-  copy(dst: number, src: number, len: number, mode = 0): number {
+  copy(dst: number, src: number, len: number, mode = 0, out?: RangeResult): number {
     const dv = this.dv;
     writeU64(dv, 0, dst);
     writeU64(dv, 8, src);
     writeU64(dv, 16, len);
     writeU64(dv, 24, mode);
-    return this.rangeOp('copy', C.UFFDIO_COPY, 32, dst, len);
+    return this.rangeOp('copy', C.UFFDIO_COPY, 32, dst, len, out);
   }
 
-  zeropage(start: number, len: number, mode = 0): number {
+  zeropage(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('zeropage', C.UFFDIO_ZEROPAGE, 24, start, len);
+    return this.rangeOp('zeropage', C.UFFDIO_ZEROPAGE, 24, start, len, out);
   }
 
   /** UFFDIO_CONTINUE: maps pages already in the page cache (minor faults). */
-  continue(start: number, len: number, mode = 0): number {
+  continue(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('continue', C.UFFDIO_CONTINUE, 24, start, len);
+    return this.rangeOp('continue', C.UFFDIO_CONTINUE, 24, start, len, out);
   }
 
-  poison(start: number, len: number, mode = 0): number {
+  poison(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('poison', C.UFFDIO_POISON, 24, start, len);
+    return this.rangeOp('poison', C.UFFDIO_POISON, 24, start, len, out);
   }
 
   /** UFFDIO_MOVE: moves pages from src to dst (anon), leaving src empty. */
-  move(dst: number, src: number, len: number, mode = 0): number {
+  move(dst: number, src: number, len: number, mode = 0, out?: RangeResult): number {
     const dv = this.dv;
     writeU64(dv, 0, dst);
     writeU64(dv, 8, src);
     writeU64(dv, 16, len);
     writeU64(dv, 24, mode);
-    return this.rangeOp('move', C.UFFDIO_MOVE, 32, dst, len);
+    return this.rangeOp('move', C.UFFDIO_MOVE, 32, dst, len, out);
   }
 
   /** Write-protects (protect = true) or un-protects the range (un-protect wakes unless DONTWAKE). */

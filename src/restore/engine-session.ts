@@ -42,7 +42,6 @@
 // (it holds its own copy of the uffd, so the kernel never releases it).
 import * as fs from 'node:fs';
 import { Engine, EngineOptions, EngineStats } from '../engine/engine.js';
-import * as L from '../engine/layout.js';
 import { MAP_POPULATE, MAP_PRIVATE, O_NONBLOCK, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
 import { mmap, munmap } from '../kernel/memory.js';
@@ -229,7 +228,7 @@ export function inspectUffd(fd: number): { features: bigint; nonBlocking: boolea
   if (!(features & UFFD_FEATURE_INITIALIZED)) {
     throw new SessionError('uffd-uninitialised', 'the userfaultfd the peer sent was never initialised with UFFDIO_API');
   }
-  return { features: features & ~UFFD_FEATURE_INITIALIZED, nonBlocking: flags ? (parseInt(flags[1], 8) & O_NONBLOCK) !== 0 : false };
+  return { features: features & ~UFFD_FEATURE_INITIALIZED, nonBlocking: flags?.[1] !== undefined ? (parseInt(flags[1], 8) & O_NONBLOCK) !== 0 : false };
 }
 
 /** Reads (and drops) whatever is queued on a non-blocking uffd. */
@@ -241,10 +240,6 @@ function drainUffd(fd: number): void {
   } catch {
     // nothing to drain
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 /** Builds the ServeConnection (and its bookkeeping) that serves each VM with its own engine. */
@@ -323,14 +318,14 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         threads,
         beforeLaunch: async (e) => {
           await opts.beforeServe?.(e, handshake, ctx);
-          if (smp) await smp.attach(e.setup.states, e.totalPages);
+          if (smp) await smp.attach(e.pageStateBuffer, e.totalPages);
         },
         uffd: Userfaultfd.fromFd(uffdFd, uf.features),
         ownsUffd: false,
         peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
         regions: handshake.regions.map((r, i) => ({
           start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: r.pageSize > PAGE_SIZE ? 'hugetlbfs' as const : 'anon' as const,
-          source: opts.pageSource ? opts.pageSource(r) : sources.address(maps[i].addr, r.size),
+          source: opts.pageSource ? opts.pageSource(r) : sources.address((maps[i] as { addr: number }).addr, r.size),
         })),
         workers,
         prefetch: {
@@ -353,7 +348,6 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         emit({ type: 'incident', id: ctx.id, message: inc.message });
       });
       eng.on('remove', () => { summary.removes++; });
-      const control = new Int32Array(eng.setup.control);
       let lastFaults = 0;
       const progress = (): SessionProgress => {
         const st = eng.stats();
@@ -385,8 +379,8 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
             lastFaults = f;
             summary.lastDemandFaultMs = Math.round(since() * 10) / 10;
           }
-          if (Atomics.load(control, L.CT_PEER_GONE) !== 0) end('peer-gone');
-          else if (background && summary.populatedMs === null && Atomics.load(control, L.CT_BG_DONE) === 1 && eng.populated) {
+          if (eng.peerGone) end('peer-gone');
+          else if (background && summary.populatedMs === null && eng.populated) {
             summary.populatedMs = Math.round(since() * 10) / 10;
             emit({ type: 'populated', id: ctx.id, ms: summary.populatedMs });
             if (detach) end('populated');

@@ -936,7 +936,7 @@ export class WssTracker implements SoftDirtyUser {
   /** Bytes the tracker itself holds for per-page state (histories, shared states, scan vector). */
   footprint(): number {
     return this.hist.footprint + this.whist.footprint + (this.states?.footprint ?? 0) + this.scanner.vecLen * C.SIZEOF_PAGE_REGION + C.SIZEOF_PM_SCAN_ARG +
-      (this.engine ? this.engine.setup.states.byteLength : 0);
+      (this.engine ? this.engine.pageStateBuffer.byteLength : 0);
   }
 
   /** Counters of the trap handler thread (server 'trap'). */

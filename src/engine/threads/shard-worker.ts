@@ -7,15 +7,18 @@
 // ring, or in poll(2) on the uffd and the ring's eventfd). If the thread dies, the engine
 // starts this task again on a fresh thread and it resumes where the ring's head stands.
 import { threadId, workerData, type MessagePort } from 'node:worker_threads';
-import { EpollWaiter, eventfdDrain } from '../src/kernel/memory.js';
-import * as L from '../src/engine/layout.js';
-import { ThreadMessage, UffdReader } from '../src/engine/reader.js';
-import { nowMs, Resolver } from '../src/engine/resolver.js';
-import { C_DIRECT, Ring } from '../src/engine/shared.js';
-import { warmUpIfAsked, warmUpOnce } from '../src/engine/warm-up.js';
+import { addressOf } from '../../kernel/libc.js';
+import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
+import type { EngineSetup } from '../layout.js';
+import type { CallbackRequest, ThreadMessage } from '../messages.js';
+import { UffdReader } from '../reader.js';
+import { type FillHow, nowMs, Resolver } from '../resolver.js';
+import { C_DIRECT, EntryKind, Ring } from '../shared.js';
+import { CallbackSlot, CallbackState } from '../tables.js';
+import { warmUpIfAsked, warmUpOnce } from '../warm-up.js';
 
 export interface ShardTask {
-  setup: L.EngineSetup;
+  setup: EngineSetup;
   shard: number;
   /** To the main thread: events this worker read, and (callback sources) requests for bytes. */
   port: MessagePort | null;
@@ -27,21 +30,22 @@ export default function runShard(task: ShardTask): { shard: number } {
   const { setup, shard, port } = task;
   if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, shard, true);
-  const ring = new Ring(setup.rings[shard]);
-  const ctl = r.control;
-  Atomics.store(ctl, L.CT_THREAD_IDS + shard, threadId);
+  const ring = new Ring(setup.rings[shard] as EngineSetup['rings'][number]);
+  const ctl = r.ctl;
+  ctl.setThreadId(shard, threadId);
+  if (setup.faultInjection) injectFaults(r, shard);
   if (port && setup.callbackStaging && setup.callbackControl) installCallbackFetch(r, setup, shard, port);
   const reads = setup.readers === 'all';
   const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
   const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
   // A predecessor may have died holding claims: finish them first.
   r.recoverClaims(shard);
-  Atomics.add(ctl, L.CT_READY, 1);
+  ctl.markReady();
   const spinMs = setup.spinMicros / 1000;
   const background = setup.prefetch.background;
   let lastGapMs = 0; // how long the last sleep lasted
   for (;;) {
-    if (Atomics.load(ctl, L.CT_STOP) !== 0) break;
+    if (ctl.stopping()) break;
     const head = ring.head;
     const tail = ring.tail;
     if (head !== tail) {
@@ -51,7 +55,7 @@ export default function runShard(task: ShardTask): { shard: number } {
     }
     r.readerAgain();
     if (reader && readAndResolve(r, reader) > 0) { lastGapMs = 0; continue; }
-    if ((background || Atomics.load(ctl, L.CT_COMPLETE) !== 0) && (Atomics.load(ctl, L.CT_BG_DONE) === 0 || r.arrivalsPending())) {
+    if ((background || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
       r.needReader();
       r.backgroundStep();
       continue;
@@ -78,6 +82,9 @@ export default function runShard(task: ShardTask): { shard: number } {
     }
     lastGapMs = performance.now() - slept;
   }
+  // Re-zeroings handed here and not done yet (a stop that did not wait for them): the
+  // ranges are unregistered by now, so MADV_DONTNEED no longer waits for a reader.
+  for (let i = ring.head; i !== ring.tail; i = (i + 1) | 0) if (ring.kindAt(i) === EntryKind.rezero) r.rezeroAt(ring.addrAt(i));
   r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
   poller?.close();
@@ -86,17 +93,24 @@ export default function runShard(task: ShardTask): { shard: number } {
 
 /** Resolves the ring's entries from head to tail, a run of faults on consecutive pages with one ioctl. */
 function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
+  const tb = r.table;
   let i = head;
   while (i !== tail) {
     const addr = ring.addrAt(i);
+    if (ring.kindAt(i) === EntryKind.rezero) {
+      r.rezeroAt(addr);
+      i = (i + 1) | 0;
+      ring.commit(i);
+      continue;
+    }
     const flags = ring.flagsAt(i);
     let more = 0;
-    const row = r.findRow(addr);
-    const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
-    while (i + more + 1 !== tail && ring.flagsAt(i + more + 1) === flags
+    const row = tb.findRow(addr);
+    const ps = row < 0 ? 4096 : tb.pageSize(row);
+    while (((i + more + 1) | 0) !== tail && ring.kindAt(i + more + 1) === EntryKind.fault && ring.flagsAt(i + more + 1) === flags
       && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
-    const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row);
-    i += 1 + absorbed;
+    const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row); // never DEFERRED in a worker
+    i = (i + 1 + absorbed) | 0;
     ring.commit(i);
   }
 }
@@ -105,46 +119,61 @@ function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
 function readAndResolve(r: Resolver, reader: UffdReader): number {
   const n = reader.read();
   if (n === 0) return 0;
+  const tb = r.table;
   const t = nowMs();
   let i = 0;
   while (i < n) {
     if (!reader.isFault(i)) { i++; continue; }
     const addr = reader.address(i);
     const flags = reader.flags(i);
-    const row = r.findRow(addr);
-    const ps = row < 0 ? 4096 : r.table[row * L.RT_WORDS + L.RT_PAGE_SIZE];
+    const row = tb.findRow(addr);
+    const ps = row < 0 ? 4096 : tb.pageSize(row);
     let more = 0;
     while (i + more + 1 < n && reader.isFault(i + more + 1) && reader.flags(i + more + 1) === flags
       && reader.address(i + more + 1) === addr + (more + 1) * ps) more++;
     const absorbed = r.handleFault(addr, flags, t, more, row);
-    r.counters[C_DIRECT] += 1 + absorbed;
+    r.counters[C_DIRECT]! += 1 + absorbed;
     i += 1 + absorbed;
   }
   return n;
 }
 
+/**
+ * Fault injection (EngineOptions.faultInjection, tests only): the worker dies at its next
+ * fill once Engine.killWorker(shard, 'throw') armed it, holding a claim as a crashed worker
+ * would. Installed once at start: an engine without it has no check on its fill path.
+ */
+function injectFaults(r: Resolver, shard: number): void {
+  const fill = r.fill.bind(r);
+  r.fill = (row: number, local: number, n: number, how: FillHow): number => {
+    if (r.ctl.takeKill(shard)) {
+      r.claim.record(row, local, n, how.from);
+      throw new Error(`worker ${shard} killed by fault injection`);
+    }
+    return fill(row, local, n, how);
+  };
+}
+
 // Callback sources run on the main thread: ask it for the bytes over the port, wait on
-// this worker's staging slot, then copy from the staging buffer.
-function installCallbackFetch(r: Resolver, setup: L.EngineSetup, shard: number, port: MessagePort): void {
-  const { addressOf } = require('../src/kernel/libc.js') as typeof import('../src/kernel/libc.js');
-  const ctl = new Int32Array(setup.callbackControl as SharedArrayBuffer, shard * L.CB_WORDS * 4, L.CB_WORDS);
-  const staging = new Uint8Array(setup.callbackStaging as SharedArrayBuffer, shard * setup.callbackRunBytes, setup.callbackRunBytes);
-  r.callbackStagingAddr = addressOf(staging);
+// this worker's slot, then copy from the staging buffer.
+function installCallbackFetch(r: Resolver, setup: EngineSetup, shard: number, port: MessagePort): void {
+  const slot = new CallbackSlot(setup.callbackControl as SharedArrayBuffer, setup.callbackStaging as SharedArrayBuffer, setup.callbackRunBytes, shard);
+  r.callbackStagingAddr = addressOf(slot.staging);
   let seq = 0;
   r.fetchCallback = (source, offset, len) => {
     const id = ++seq;
-    Atomics.store(ctl, L.CB_ID, id);
-    Atomics.store(ctl, L.CB_STATE, 1);
+    slot.request(id);
     r.needReader();
-    port.postMessage({ type: 'callback', shard, id, source, offset, len });
+    const req: CallbackRequest = { type: 'callback', shard, id, source, offset, len };
+    port.postMessage(req);
     const deadline = performance.now() + setup.callbackTimeoutMs;
-    while (Atomics.load(ctl, L.CB_STATE) === 1) {
+    let state = slot.state();
+    while (state === CallbackState.requested) {
       const left = deadline - performance.now();
-      if (left <= 0 || Atomics.load(r.control, L.CT_STOP) !== 0) break;
-      Atomics.wait(ctl, L.CB_STATE, 1, Math.min(left, 100));
+      if (left <= 0 || r.ctl.stopping()) break;
+      state = slot.wait(Math.min(left, 100));
     }
-    const ok = Atomics.load(ctl, L.CB_STATE) === 2;
-    Atomics.store(ctl, L.CB_STATE, 0);
-    return ok;
+    slot.reset();
+    return state === CallbackState.ready;
   };
 }
