@@ -97,6 +97,11 @@ export interface EngineOptions {
    * REMOVE raced with its fill is zeroed again through /proc/PID/mem.
    */
   peerPid?: number;
+  /**
+   * An fd to which the thread that reads a REMOVE appends its range before applying it
+   * (remove-journal.ts): the serve supervisor's journal, which outlives this process.
+   */
+  removeJournalFd?: number;
   /** Extra userfaultfd features to request when the engine creates the uffd (e.g. EVENT_FORK). */
   features?: FeatureName[];
   /**
@@ -306,6 +311,7 @@ export class Engine extends EventEmitter {
       eventFd: eventfd(),
       gates,
       gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
+      removeJournalFd: opts.removeJournalFd ?? -1,
     };
     this.control = new Int32Array(this.setup.control);
     this.counters = new Counters(this.setup.counters);

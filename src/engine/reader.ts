@@ -18,6 +18,7 @@ import { yieldCpu } from '../kernel/time.js';
 import { MessageBuffer } from '../kernel/userfaultfd.js';
 import * as L from './layout.js';
 import type { Resolver } from './resolver.js';
+import { appendRemove } from './remove-journal.js';
 import { C_EVENTS, C_READS, C_REMOVES, PAGE_DROPPED } from './shared.js';
 
 /** What an engine thread tells the main thread (events, incidents). */
@@ -38,12 +39,14 @@ export class UffdReader {
   private readonly ctl: Int32Array;
   private readonly table: Float64Array;
   private readonly post: (m: ThreadMessage) => void;
+  private readonly journalFd: number;
 
   constructor(r: Resolver, capacity: number, post: (m: ThreadMessage) => void) {
     this.r = r;
     this.ctl = r.control;
     this.table = r.table;
     this.post = post;
+    this.journalFd = r.setup.removeJournalFd ?? -1;
     this.buf = new MessageBuffer(capacity);
     this.dv = this.buf.view;
   }
@@ -84,6 +87,8 @@ export class UffdReader {
       case UFFD_EVENT_REMOVE: {
         const start = u64(dv, base + 8);
         const end = u64(dv, base + 16);
+        // Journaled before it is applied: a supervisor's next engine must know of it if we die now.
+        if (this.journalFd >= 0) appendRemove(this.journalFd, start, end);
         this.dropRange(start, end, false);
         this.r.counters[C_REMOVES]++;
         this.post({ type: 'remove', start, end });

@@ -38,7 +38,7 @@ export class Resolver {
   readonly counters: Float64Array;
   readonly claim: Float64Array;
   readonly thread: number;
-  private readonly setup: L.EngineSetup;
+  readonly setup: L.EngineSetup;
   private readonly zeroAddr: number;
   private readonly order: Float64Array | null;
   /** Chunk gates of remote sources (RT_GATE - 1 indexes them) and this engine's arrival cursors. */
