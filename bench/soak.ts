@@ -82,7 +82,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.rssMiB.samples.push(Math.round(rss * 10) / 10);
       res.seconds = (Date.now() - t0) / 1000;
       log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
-        `kills ${res.kills.throw + res.kills.terminate}, mismatching pages ${res.mismatches}, rss ${rss.toFixed(1)} MiB, load ${os.loadavg()[0].toFixed(1)}`);
+        `kills ${res.kills.throw + res.kills.terminate}, mismatching pages ${res.mismatches}, rss ${rss.toFixed(1)} MiB, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
     fs.rmSync(tmpDir, { recursive: true, force: true });

@@ -53,6 +53,12 @@ async function waitFor(cond: () => boolean, what: string, timeoutMs = limit(1500
   }
 }
 
+/** The one element of a list (a failed assertion otherwise). */
+function only<T>(list: readonly T[]): T {
+  assert.equal(list.length, 1, `one element expected, got ${list.length}`);
+  return list[0] as T;
+}
+
 function lastJson<T>(text: string): T {
   const line = text.trim().split('\n').filter((l) => l.startsWith('{')).pop();
   assert.ok(line, `no JSON line in: ${text}`);
@@ -123,7 +129,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     return withServer(opts, async ({ sessions }) => {
       const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: limit(20000), ...client }).done;
       await waitFor(() => sessions.summaries.length === 1, 'the session summary');
-      return { run, summary: sessions.summaries[0] };
+      return { run, summary: only(sessions.summaries) };
     });
   }
 
@@ -165,6 +171,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
         assert.equal(run.result!.pagesChecked, 512);
         await waitFor(() => sessions.summaries.length === vm, `session ${vm}'s summary`);
         const s = sessions.summaries[vm - 1];
+        assert.ok(s, `session ${vm}'s summary`);
         assert.equal(s.error, undefined);
         assert.equal(s.warm, true, `VM ${vm} got warm threads`);
         assert.equal(s.pages.demand, 512);
@@ -300,8 +307,8 @@ describe('serve: the restore server backed by the parallel engine', function () 
       assert.equal(res.checksum, res.expected, 'the guest read the snapshot');
       assert.equal(res.badPage, -1, 'guest RAM equals the snapshot page by page');
       await waitFor(() => sessions.summaries.length === 1, 'the session');
-      assert.equal(sessions.summaries[0].pages.demand, 2048, 'every guest page was a fault taken in KVM and served by the engine');
-      assert.deepEqual(sessions.summaries[0].regions, [{ offset: 4 * MiB, size: 8 * MiB, pageSize: 4096 }]);
+      assert.equal(only(sessions.summaries).pages.demand, 2048, 'every guest page was a fault taken in KVM and served by the engine');
+      assert.deepEqual(only(sessions.summaries).regions, [{ offset: 4 * MiB, size: 8 * MiB, pageSize: 4096 }]);
     });
   });
 

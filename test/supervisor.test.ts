@@ -149,7 +149,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
 
   it('SIGKILL of the engine process at the hand-over, during demand faults, with a REMOVE applied or unread (60 restores, prefetch off)', async () => {
     const points: KillPoint[] = ['handshake', 'demand', 'remove-applied', 'remove-unread', 'demand'];
-    const sup = await killLoop('off', 60, (i) => points[i % points.length], { regionSize: 4 * MiB, threads: 2 }, '0:1M:256K');
+    const sup = await killLoop('off', 60, (i) => points[i % points.length] ?? 'demand', { regionSize: 4 * MiB, threads: 2 }, '0:1M:256K');
     const snap = sup.snapshot();
     // Kills at the hand-over and at a REMOVE always hit a live engine; the demand ones nearly always.
     assert.ok(snap.restarts >= 36, `only ${snap.restarts} engine deaths in 60 restores`);
@@ -175,7 +175,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
 
   it('SIGKILL of the engine process at the hand-over and during background population (40 restores, prefetch on)', async () => {
     const points: KillPoint[] = ['background', 'handshake', 'background', 'background'];
-    const sup = await killLoop('on', 40, (i) => points[i % points.length], { regionSize: 16 * MiB, threads: 2 });
+    const sup = await killLoop('on', 40, (i) => points[i % points.length] ?? 'background', { regionSize: 16 * MiB, threads: 2 });
     const snap = sup.snapshot();
     assert.ok(snap.restarts >= 10, `only ${snap.restarts} engine deaths in 40 restores`);
     assert.ok(sup.summaries.some((x) => x.engineRestarts && x.eexist + x.pages.total > 0));
@@ -198,7 +198,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
       assert.match(r.stderr, /hung up with \d+ page\(s\) never served/);
       assert.ok(events.some((e) => e.type === 'gave-up' && e.restarts === 1));
-      assert.match(sup.summaries[0].error ?? '', /gave up after 1 engine process deaths/);
+      assert.match(sup.summaries[0]?.error ?? '', /gave up after 1 engine process deaths/);
       assert.equal(sup.snapshot().gaveUp, 1);
     } finally {
       await sup.shutdown('abandon');

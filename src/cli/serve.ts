@@ -57,7 +57,7 @@ function extractUids(args: string[]): { rest: string[]; uids?: number[] } {
   const rest: string[] = [];
   let uids: number[] | undefined;
   for (let i = 0; i < args.length; i++) {
-    const a = args[i];
+    const a = args[i] ?? '';
     let v: string | undefined;
     if (a === '--allow-uid') {
       v = args[++i];
@@ -88,7 +88,7 @@ export async function run(args: string[]): Promise<number> {
     o = parseArgs<Options & Record<string, unknown>>(x.rest, SPEC);
     if (o.help) {
       console.log(helpText('serve', 'Firecracker-compatible snapshot restore handler: serves each VM that connects with the parallel engine.', {
-        ...SPEC, allowUid: { ...SPEC.allowUid, type: 'string' },
+        ...SPEC, allowUid: { ...SPEC.allowUid, help: SPEC.allowUid?.help ?? '', type: 'string' },
       }));
       return 0;
     }
