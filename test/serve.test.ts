@@ -453,6 +453,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
         [['--socket', sockPath, '--mem-file', memPath, '--record-ws', 'a', '--preload-ws', 'b'], /exclude each other/],
         [['--socket', sockPath, '--mem-file', memPath, '--record-ws', 'a', '--prefetch', 'on'], /--record-ws records demand faults only/],
         [['--socket', sockPath, '--mem-file', memPath, '--allow-uid', 'root'], /numeric uid/],
+        [['--socket', sockPath, '--mem-file', memPath, '--on-supervisor-death', 'maybe'], /--on-supervisor-death must be 'complete' or 'fail' \(got maybe\)/],
         [['--socket', sockPath, '--mem-file', memPath, '--preload-ws', bad('a.json', 'nope')], /not JSON/],
         [['--socket', sockPath, '--mem-file', memPath, '--preload-ws', bad('b.json', '{"format":"x"}')], /not a working-set file/],
         [['--socket', sockPath, '--mem-file', memPath, '--preload-ws', bad('c.json', ws([1, 4096]))], /pages\[1\] = 4096 is not a page index from 0 to 4095/],
