@@ -4,7 +4,15 @@
 // thread terminated). Each run ends with the C program checking every byte of its region;
 // the process's resident memory is sampled between runs and must stay flat.
 //
-//   node dist/bench/soak.js [--faults 1e8] [--size 32M] [--rounds 120] [--kill-ms 1000] [--json]
+//   node --expose-gc dist/bench/soak.js [--faults 1e8] [--size 32M] [--rounds 120] [--kill-ms 1000]
+//        [--kill both|throw|terminate|none] [--json]
+//
+// Kills: 'throw' makes a worker throw in the middle of a fill (its thread lives on and runs
+// the shard again); 'terminate' ends its thread (the engine starts a new one). Every new
+// thread costs resident memory that is never given back — Node's own ~15 KiB, and ~40 KiB
+// more for loading koffi (bench/thread-churn.ts measures it) — so RSS grows with
+// 'terminate' kills (and by a few threads per run: each run starts a fresh engine), and
+// stays flat with 'throw' kills.
 //
 // Runs until --faults engine faults were served (or --max-minutes passed) and prints one
 // summary: faults, rate, kills, mismatching pages (must be 0), RSS first/last/max.
@@ -17,7 +25,7 @@ import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, Bench
 
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;
-  maxMinutes: number; json: boolean; help: boolean;
+  maxMinutes: number; json: boolean; help: boolean; kill: string;
 }
 
 export interface SoakResult {
@@ -56,7 +64,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
         timer = setTimeout(() => {
           const e = engine;
           if (!e) return;
-          const how = Math.random() < 0.5 ? 'throw' as const : 'terminate' as const;
+          const how = o.kill === 'throw' || o.kill === 'terminate' ? o.kill : Math.random() < 0.5 ? 'throw' as const : 'terminate' as const;
           e.killWorker(Math.floor(Math.random() * e.workers), how).then(() => { res.kills[how]++; }, () => undefined);
           arm();
         }, o.killMs * (0.5 + Math.random()));
@@ -67,7 +75,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
           onEngine: (e) => {
             engine = e;
             e.on('incident', () => { res.incidents++; });
-            arm();
+            if (o.kill !== 'none') arm();
           },
         });
       } finally {
@@ -82,7 +90,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.rssMiB.samples.push(Math.round(rss * 10) / 10);
       res.seconds = (Date.now() - t0) / 1000;
       log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
-        `kills ${res.kills.throw + res.kills.terminate}, mismatching pages ${res.mismatches}, rss ${rss.toFixed(1)} MiB, load ${os.loadavg()[0].toFixed(1)}`);
+        `kills ${res.kills.throw + res.kills.terminate}, mismatching pages ${res.mismatches}, rss ${rss.toFixed(1)} MiB, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
     fs.rmSync(tmpDir, { recursive: true, force: true });
@@ -104,11 +112,16 @@ async function main(): Promise<void> {
     threads: { type: 'number', default: 8, help: 'faulting threads' },
     workers: { type: 'number', default: 2, help: 'engine workers' },
     killMs: { type: 'number', default: 1000, help: 'mean time between worker kills (uniform 0.5x-1.5x)' },
+    kill: { type: 'string', default: 'both', help: "how workers are killed: 'throw' (mid-fill; the thread lives on), 'terminate' (the thread ends), 'both' (half each), 'none'" },
     maxMinutes: { type: 'number', default: 60, help: 'stop after this long even if --faults is not reached' },
     json: { type: 'boolean', default: false, help: 'print the summary as JSON' },
     help: { type: 'boolean', default: false, help: 'show this help' },
   };
   const o = parseArgs<SoakOptions & Record<string, unknown>>(process.argv.slice(2), spec);
+  if (!['both', 'throw', 'terminate', 'none'].includes(o.kill)) {
+    console.error(`soak: --kill must be both, throw, terminate or none (got ${o.kill})`);
+    process.exit(2);
+  }
   if (o.help) {
     console.log(helpText('soak (node dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked.', spec));
     return;

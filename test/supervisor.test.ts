@@ -1,9 +1,10 @@
 // Supervised serve (src/restore/supervisor.ts, engine-process.ts): engine processes are
 // SIGKILLed at chosen points of real restores — as a session is handed to them, while
-// demand faults are served, during background population, with a balloon REMOVE applied
-// or still unread — and every Firecracker-style client must end with every byte checked
+// demand faults are served, during background population, with a balloon REMOVE applied,
+// read and journaled but not applied, or still unread — and every Firecracker-style client must end with every byte checked
 // and no thread waiting (the client's watchdog would exit 2). Then the supervisor itself
-// is killed (the documented behaviour), metrics and JSON logs through the built CLI.
+// is killed (the documented behaviours: the engine completes the VM, or with
+// --on-supervisor-death fail poisons what is missing), metrics and JSON logs through the built CLI.
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -17,6 +18,7 @@ import { writeSnapshot } from './helpers/restore-fixtures.js';
 
 const MiB = 1 << 20;
 const CLI = path.resolve(__dirname, '../src/cli/main.js');
+const TOUCH_CLIENT = path.resolve(__dirname, '../src/restore/touch-client.js');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, what: string, timeoutMs = 30000): Promise<void> {
@@ -52,7 +54,7 @@ const kill = (pid: number | undefined, sig: NodeJS.Signals = 'SIGKILL'): boolean
   }
 };
 
-type KillPoint = 'handshake' | 'demand' | 'remove-applied' | 'remove-unread' | 'background';
+type KillPoint = 'handshake' | 'demand' | 'remove-applied' | 'remove-unread' | 'remove-read' | 'background';
 
 describe('supervised serve: engine processes die, the VM goes on', function () {
   this.timeout(600_000);
@@ -70,13 +72,13 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
    * process at the point `pointOf(i)` names; every client must verify every byte.
    */
   async function killLoop(prefetch: 'off' | 'on', n: number, pointOf: (i: number) => KillPoint, client: Partial<FcClientOptions>,
-    remove?: string): Promise<Supervisor> {
+    remove?: string, engineEnv?: Record<string, string>): Promise<Supervisor> {
     const sock = path.join(dir, `k-${prefetch}.sock`);
     const events: SupervisorEvent[] = [];
     const listeners = new Set<(e: SupervisorEvent) => void>();
     const sup = new Supervisor({
       engine: { workers: 1, prefetch, memFileSize: 16 * MiB, record: false, detachWhenPopulated: true },
-      spares: 3, maxRestarts: 5,
+      spares: 3, maxRestarts: 5, engineEnv,
       onEvent: (e) => {
         if (e.type !== 'engine-log') events.push(e);
         for (const l of listeners) l(e);
@@ -94,8 +96,8 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       const gate = point === 'remove-unread' ? path.join(dir, `gate-${prefetch}-${i}`) : undefined;
       const pid = (): number | undefined => (id === undefined ? undefined : sup.enginePid(id));
       let id: number | undefined;
-      // A balloon REMOVE only where the kill point is chosen around it: a REMOVE the engine
-      // has read but not yet reported when it dies is lost (docs/restore.md).
+      // 'remove-read': the engine process kills itself (a failpoint) right after it journaled
+      // the REMOVE it read, before applying it.
       const c = spawnFcClient({ socket: sock, memFile: memPath, timeoutMs: 60_000, removeGate: gate, ...client,
         remove: point.startsWith('remove') ? remove : undefined });
       const peer = c.child.pid;
@@ -113,6 +115,8 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
           await Promise.race([next((e) => e.type === 'removed' && e.id === a.id), c.done]);
           await sleep(Math.random() * 10);
           kill(pid());
+        } else if (point === 'remove-read') {
+          // Nothing to do here: the failpoint kills the engine once it reads the REMOVE.
         } else if (gate) {
           await Promise.race([waitFor(() => fs.existsSync(`${gate}.ready`), 'the client to reach its REMOVE', 60_000), c.done]);
           const p = pid();
@@ -145,7 +149,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
 
   it('SIGKILL of the engine process at the hand-over, during demand faults, with a REMOVE applied or unread (60 restores, prefetch off)', async () => {
     const points: KillPoint[] = ['handshake', 'demand', 'remove-applied', 'remove-unread', 'demand'];
-    const sup = await killLoop('off', 60, (i) => points[i % points.length], { regionSize: 4 * MiB, threads: 2 }, '0:1M:256K');
+    const sup = await killLoop('off', 60, (i) => points[i % points.length] ?? 'demand', { regionSize: 4 * MiB, threads: 2 }, '0:1M:256K');
     const snap = sup.snapshot();
     // Kills at the hand-over and at a REMOVE always hit a live engine; the demand ones nearly always.
     assert.ok(snap.restarts >= 36, `only ${snap.restarts} engine deaths in 60 restores`);
@@ -154,9 +158,24 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     assert.ok(sup.summaries.filter((x) => x.pages.zeroFilled > 0).length >= 12, 'removed ranges read zeros (zero-filled by the engine that took over)');
   });
 
+  it('SIGKILL of the engine process with a REMOVE read and journaled but not applied: the next engine serves that range zeros (12 restores)', async () => {
+    const sup = await killLoop('off', 12, () => 'remove-read', { regionSize: 4 * MiB, threads: 2 }, '0:1M:256K',
+      { UFFD_ENGINE_FAILPOINT: 'kill-after-remove-journal' });
+    const snap = sup.snapshot();
+    // Every engine that read a REMOVE died at the failpoint; the one after it reads none.
+    assert.equal(snap.restarts, 12, `${snap.restarts} engine deaths in 12 restores`);
+    assert.equal(snap.handovers, 12);
+    for (const x of sup.summaries) {
+      assert.equal(x.engineRestarts, 1, `session ${x.id}`);
+      // 256 KiB removed: the next engine zero-fills what the client touches there (the
+      // client checks those pages read zeros), and never copies the snapshot into them.
+      assert.ok(x.pages.zeroFilled > 0, `session ${x.id}: the removed range was not zero-filled`);
+    }
+  });
+
   it('SIGKILL of the engine process at the hand-over and during background population (40 restores, prefetch on)', async () => {
     const points: KillPoint[] = ['background', 'handshake', 'background', 'background'];
-    const sup = await killLoop('on', 40, (i) => points[i % points.length], { regionSize: 16 * MiB, threads: 2 });
+    const sup = await killLoop('on', 40, (i) => points[i % points.length] ?? 'background', { regionSize: 16 * MiB, threads: 2 });
     const snap = sup.snapshot();
     assert.ok(snap.restarts >= 10, `only ${snap.restarts} engine deaths in 40 restores`);
     assert.ok(sup.summaries.some((x) => x.engineRestarts && x.eexist + x.pages.total > 0));
@@ -179,7 +198,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
       assert.match(r.stderr, /hung up with \d+ page\(s\) never served/);
       assert.ok(events.some((e) => e.type === 'gave-up' && e.restarts === 1));
-      assert.match(sup.summaries[0].error ?? '', /gave up after 1 engine process deaths/);
+      assert.match(sup.summaries[0]?.error ?? '', /gave up after 1 engine process deaths/);
       assert.equal(sup.snapshot().gaveUp, 1);
     } finally {
       await sup.shutdown('abandon');
@@ -242,6 +261,32 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     assert.ok(Date.now() - t0 < 30_000, 'failed at the hang-up, not at the watchdog');
     await cli.done;
     await waitFor(() => spares.every((p) => !alive(p)), 'the spare engine processes to exit with their supervisor');
+  });
+
+  it('--on-supervisor-death fail: the supervisor SIGKILLed, its engine poisons what the VM does not have and detaches: a touch there is SIGBUS, not a hang', async () => {
+    const sock = path.join(dir, 'fail.sock');
+    const cli = runServe(['--socket', sock, '--mem-file', memPath, '--prefetch', 'off', '--on-supervisor-death', 'fail']);
+    await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
+    // The client registers 8 MiB, sends the handshake, then waits for a line on stdin
+    // before it touches anything: every page is still missing when the supervisor dies.
+    const client = spawn(process.execPath, [TOUCH_CLIENT, '--socket', sock, '--mem-file', memPath, '--region-size', '8M',
+      '--wait-stdin', '--touch', '[[5]]', '--timeout-ms', '60000'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    clis.push(client);
+    let out = '';
+    let err = '';
+    client.stdout!.on('data', (b: Buffer) => { out += b.toString(); });
+    client.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => client.on('close', (code, signal) => r({ code, signal })));
+    await waitFor(() => /"ready"/.test(out) && !!eventOf(cli.lines(), 'engine-started'), 'the client to be served');
+    const engine = eventOf(cli.lines(), 'engine-assigned')!.pid as number;
+    cli.child.kill('SIGKILL');
+    await cli.done;
+    await waitFor(() => !alive(engine), 'the engine process to poison, detach and exit');
+    const t0 = Date.now();
+    client.stdin!.end('go\n');
+    const r = await exited;
+    assert.equal(r.signal, 'SIGBUS', `the touch of a page never served: exit ${r.code} ${r.signal} ${err}${out}`);
+    assert.ok(Date.now() - t0 < 30_000, 'failed at the touch, not at a watchdog');
   });
 
   it('--metrics serves Prometheus text (sessions, faults, pages by cause, latency histogram, restarts); --log-format json; SIGTERM drains', async () => {

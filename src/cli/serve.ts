@@ -37,6 +37,7 @@ const SPEC: OptionSpec = {
   logFormat: { type: 'string', default: 'text', help: 'event log on stderr: text | json (one object per line)' },
   spares: { type: 'number', default: 1, help: 'idle engine processes kept started for new VMs and hand-overs' },
   maxRestarts: { type: 'number', default: 10, help: 'engine process deaths one VM survives before its session is given up' },
+  onSupervisorDeath: { type: 'string', default: 'complete', help: "if this supervisor dies: 'complete' (the engine fills the VM, then detaches) or 'fail' (pages not yet served are poisoned: the VM gets SIGBUS there, never a hang)" },
   quiet: { type: 'boolean', default: false, help: 'no event log on stderr' },
   help: { type: 'boolean', default: false, help: 'show this help' },
 };
@@ -45,7 +46,7 @@ interface ServeOptions {
   socket?: string; memFile?: string; workers: number; prefetch?: string; readAhead?: number; chunk?: number;
   recordWs?: string; preloadWs?: string; once: boolean; warm: boolean; stayAttached: boolean; socketMode: string;
   recvTimeoutMs: number; maxSessions: number; shutdown: string; json: boolean; quiet: boolean; help: boolean;
-  metrics?: string; logFormat: string; spares: number; maxRestarts: number;
+  metrics?: string; logFormat: string; spares: number; maxRestarts: number; onSupervisorDeath: string;
 }
 type Options = ServeOptions & RemoteArgs;
 
@@ -56,7 +57,7 @@ function extractUids(args: string[]): { rest: string[]; uids?: number[] } {
   const rest: string[] = [];
   let uids: number[] | undefined;
   for (let i = 0; i < args.length; i++) {
-    const a = args[i];
+    const a = args[i] ?? '';
     let v: string | undefined;
     if (a === '--allow-uid') {
       v = args[++i];
@@ -87,7 +88,7 @@ export async function run(args: string[]): Promise<number> {
     o = parseArgs<Options & Record<string, unknown>>(x.rest, SPEC);
     if (o.help) {
       console.log(helpText('serve', 'Firecracker-compatible snapshot restore handler: serves each VM that connects with the parallel engine.', {
-        ...SPEC, allowUid: { ...SPEC.allowUid, type: 'string' },
+        ...SPEC, allowUid: { ...SPEC.allowUid, help: SPEC.allowUid?.help ?? '', type: 'string' },
       }));
       return 0;
     }
@@ -120,6 +121,9 @@ export async function run(args: string[]): Promise<number> {
     if (!['text', 'json'].includes(o.logFormat)) throw new UsageError(`--log-format must be text or json (got "${o.logFormat}")`);
     if (!Number.isInteger(o.spares) || o.spares < 0 || o.spares > 16) throw new UsageError(`--spares must be 0 to 16 (got ${o.spares})`);
     if (!Number.isInteger(o.maxRestarts) || o.maxRestarts < 0) throw new UsageError(`--max-restarts must be 0 or more (got ${o.maxRestarts})`);
+    if (o.onSupervisorDeath !== 'complete' && o.onSupervisorDeath !== 'fail') {
+      throw new UsageError(`--on-supervisor-death must be 'complete' or 'fail' (got ${o.onSupervisorDeath})`);
+    }
     if (o.metrics !== undefined) {
       try {
         metricsAt = parseMetricsAddress(o.metrics);
@@ -164,7 +168,7 @@ export async function run(args: string[]): Promise<number> {
   const sessions = new Supervisor({
     engine: {
       workers: o.workers, prefetch, readAhead: o.readAhead, chunk: o.chunk, preloadWs: o.preloadWs, memFileSize: memSize,
-      record: !!o.recordWs, detachWhenPopulated: !o.stayAttached, warm: o.warm,
+      record: !!o.recordWs, detachWhenPopulated: !o.stayAttached, warm: o.warm, onSupervisorDeath: o.onSupervisorDeath as 'complete' | 'fail',
       remote: o.memUrl ? remoteConfig({ ...o, memUrl: o.memUrl }) : undefined,
     },
     spares: o.spares, maxRestarts: o.maxRestarts,

@@ -96,6 +96,11 @@ export interface EngineOptions {
    * REMOVE raced with its fill is zeroed again through /proc/PID/mem.
    */
   peerPid?: number;
+  /**
+   * An fd to which the thread that reads a REMOVE appends its range before applying it
+   * (remove-journal.ts): the serve supervisor's journal, which outlives this process.
+   */
+  removeJournalFd?: number;
   /** Extra userfaultfd features to request when the engine creates the uffd (e.g. EVENT_FORK). */
   features?: FeatureName[];
   /**
@@ -887,6 +892,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, creat
     eventFd,
     gates,
     gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
+    removeJournalFd: opts.removeJournalFd ?? -1,
   };
   if (opts.initially === 'resident') new Int32Array(setup.states).fill(-1); // every 2-bit field DROPPED
   const ctl = new ControlBlock(setup.control);

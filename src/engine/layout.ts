@@ -49,5 +49,7 @@ export interface EngineSetup {
   gates: GateSetup[];
   /** Int32 per gate: how many of the gate's arrivals this engine's workers have installed. */
   gateCursors: SharedArrayBuffer;
+  /** Where REMOVE ranges are journaled before they are applied (remove-journal.ts); -1: nowhere. */
+  removeJournalFd?: number;
   /** The dispatcher's thread index in counters/claims is `workers`. */
 }

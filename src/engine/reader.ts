@@ -18,6 +18,7 @@ import { yieldCpu } from '../kernel/time.js';
 import { MessageBuffer } from '../kernel/userfaultfd.js';
 import type { ThreadMessage } from './messages.js';
 import type { Resolver } from './resolver.js';
+import { appendRemove } from './remove-journal.js';
 import { C_EVENTS, C_READS, C_REMOVES, PAGE_DROPPED } from './shared.js';
 import { ControlBlock, MAX_REGION_ROWS, RegionTable } from './tables.js';
 
@@ -31,12 +32,14 @@ export class UffdReader {
   private readonly ctl: ControlBlock;
   private readonly table: RegionTable;
   private readonly post: (m: ThreadMessage) => void;
+  private readonly journalFd: number;
 
   constructor(r: Resolver, capacity: number, post: (m: ThreadMessage) => void) {
     this.r = r;
     this.ctl = r.ctl;
     this.table = r.table;
     this.post = post;
+    this.journalFd = r.removeJournalFd;
     this.buf = new MessageBuffer(capacity);
     this.dv = this.buf.view;
   }
@@ -74,6 +77,8 @@ export class UffdReader {
       case 'pagefault':
         return; // not an event (the caller's)
       case 'remove':
+        // Journaled before it is applied: a supervisor's next engine must know of it if we die now.
+        if (this.journalFd >= 0) appendRemove(this.journalFd, ev.start, ev.end);
         this.dropRange(ev.start, ev.end, false);
         this.r.counters[C_REMOVES]!++;
         break;

@@ -80,6 +80,8 @@ export class Resolver {
    */
   readonly mayRetry: boolean;
   private readonly setup: EngineSetup;
+  /** Where REMOVE ranges are journaled before they are applied (remove-journal.ts); -1: nowhere. */
+  readonly removeJournalFd: number;
   private readonly zeroAddr: number;
   private readonly order: Float64Array | null;
   /** Chunk gates of remote sources (RegionTable.gate indexes them) and this engine's arrival cursors. */
@@ -111,6 +113,7 @@ export class Resolver {
 
   constructor(setup: EngineSetup, thread: number, mayRetry: boolean) {
     this.setup = setup;
+    this.removeJournalFd = setup.removeJournalFd ?? -1;
     this.thread = thread;
     this.mayRetry = mayRetry;
     this.uffd = Userfaultfd.fromFd(setup.uffdFd, BigInt(setup.features));

@@ -7,20 +7,28 @@
 // some pages and the dead process's page-state table is gone. Before the new engine's
 // threads start, the pages the VM has (PAGEMAP_SCAN of its process: present or swapped)
 // and the ranges a balloon removed (the supervisor's journal of this session's REMOVE
-// events) are marked resident (DROPPED: never filled again; a fault there is a hole and
+// events: a memfd that comes with the session, to which the engine thread that reads a
+// REMOVE appends it before applying it) are marked resident (DROPPED: never filled again; a fault there is a hole and
 // gets zeros). Anything else the engine finds already there answers EEXIST and counts as
 // present. Faults the dead process had read but not resolved were woken by the supervisor
 // (UFFDIO_WAKE over every region) as soon as it saw the death: those threads fault again
 // and the new engine reads their faults like any other.
 //
-// The supervisor going away (EOF on fd 3) is not the VM going away: a live session is
-// then ended with shutdown 'complete' — every page left is filled, the regions are
-// unregistered — so the VM keeps running with every byte right; then this process exits.
+// The supervisor going away (EOF on fd 3) is not the VM going away. What happens to a live
+// session then is `onSupervisorDeath`:
+// - 'complete' (default): it is ended with shutdown 'complete' — every page left is filled,
+//   the regions are unregistered — so the VM keeps running with every byte right;
+// - 'fail': no more pages are served. Every page the VM does not have yet is poisoned
+//   (UFFDIO_POISON: a thread that touches it gets SIGBUS, never zeros, never a hang), then
+//   the regions are unregistered (the poison stays in the page tables), so nothing of the
+//   VM waits on a handler that is no longer supervised.
+// Then this process exits.
 import { Engine, EngineStats } from '../engine/engine.js';
 import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
 import { getpid } from '../kernel/memory.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { closeFds } from '../kernel/socket.js';
+import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { Channel, ChannelMessage } from './channel.js';
 import { engineSessions, PrefetchMode, SessionSummary } from './engine-session.js';
 import type { Handshake } from './handshake.js';
@@ -51,6 +59,8 @@ export interface EngineProcessConfig {
    * fetches nothing), working set first, then the rest with background prefetch.
    */
   remote?: RemoteConfig;
+  /** What a live session does when the supervisor dies (see the top of this file; default 'complete'). */
+  onSupervisorDeath?: 'complete' | 'fail';
 }
 
 /** Engine counters a supervisor aggregates (a subset of EngineStats). */
@@ -121,22 +131,68 @@ function rediscover(engine: Engine, h: Handshake, peerPid: number, removed: [num
   return { resident, removed: gone, scan };
 }
 
+/**
+ * Poisons every page of the VM's regions that it does not have (not present, not swapped):
+ * its threads get SIGBUS there. A page filled meanwhile answers EEXIST and is stepped over.
+ * Returns the pages poisoned.
+ */
+function poisonMissing(uffdFd: number, h: Handshake, peerPid: number): number {
+  const uffd = Userfaultfd.fromFd(uffdFd);
+  let poisoned = 0;
+  const poisonRange = (start: number, end: number, ps: number): void => {
+    for (let a = start; a < end;) {
+      let done = 0;
+      try {
+        done = uffd.poison(a, end - a);
+      } catch {
+        return; // the range is gone (the VM exited or unmapped it)
+      }
+      poisoned += done / ps;
+      a += done > 0 ? done : ps; // 0: the page at `a` is there (EEXIST)
+    }
+  };
+  for (const r of h.regions) {
+    const end = r.baseHostVirtAddr + r.size;
+    let scanner: Scanner | undefined;
+    try {
+      scanner = new Scanner({ pid: peerPid });
+      let at = r.baseHostVirtAddr;
+      const present: [number, number][] = [];
+      scanner.scan(r.baseHostVirtAddr, end, { categoryAnyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED }, (s, e) => { present.push([s, e]); });
+      for (const [s, e] of present) {
+        if (s > at) poisonRange(at, s, r.pageSize);
+        at = Math.max(at, e);
+      }
+      if (at < end) poisonRange(at, end, r.pageSize);
+    } catch {
+      poisonRange(r.baseHostVirtAddr, end, r.pageSize); // no PAGEMAP_SCAN: EEXIST steps over present pages
+    } finally {
+      scanner?.close();
+    }
+  }
+  return poisoned;
+}
+
 function main(): void {
   const config = JSON.parse(process.argv[2] ?? '{}') as EngineProcessConfig;
   let ch: Channel;
-  let session: { id: number; hangup: () => void; engine?: Engine } | null = null;
+  let session: { id: number; hangup: () => void; engine?: Engine; uffd: number; handshake: Handshake; peerPid: number } | null = null;
   let serving: Promise<unknown> | null = null;
   const send = (m: ChannelMessage, fds?: number[]): boolean => ch.send(m, fds);
+  // Set when the session arrives (the session's REMOVE journal); read by Engine.start.
+  const engineTuning: { removeJournalFd?: number } = {};
   const workingSet = config.preloadWs ? loadWorkingSet(config.preloadWs, config.memFileSize) : undefined;
   let remote: RemoteMemory | undefined;
   const sessions = engineSessions({
     workers: config.workers, prefetch: config.prefetch, readAhead: config.readAhead, chunk: config.chunk, workingSet,
     pageSource: config.remote ? (r) => (remote as RemoteMemory).source(r.offset) : undefined,
     record: config.record, detachWhenPopulated: config.detachWhenPopulated, warm: config.warm ? 'once' : false, stopTimeoutMs: config.stopTimeoutMs,
+    engine: engineTuning,
     onEvent: (event) => { send({ type: 'event', event }); },
     beforeServe: (engine, h, ctx) => {
       if (session) session.engine = engine;
-      // The supervisor journals every REMOVE: a later engine must not fill those pages again.
+      // The journal already has every REMOVE (written by the thread that read it); this
+      // message only feeds the supervisor's log and metrics.
       engine.on('remove', (e: { start: number; end: number }) => { send({ type: 'removed', id: ctx.id, start: e.start, end: e.end }); });
       const ho = pending?.handover;
       if (ho) {
@@ -160,11 +216,12 @@ function main(): void {
   };
 
   const start = async (m: SessionMessage, fds: number[]): Promise<void> => {
-    if (session || fds.length !== (config.remote ? 2 : 3)) {
+    if (session || fds.length !== (config.remote ? 3 : 4)) {
       closeFds(fds);
       return;
     }
-    const [uffd, memFd, conn] = config.remote ? [fds[0], -1, fds[1]] : fds;
+    const [uffd = -1, memFd = -1, conn = -1, journal = -1] = config.remote ? [fds[0], -1, fds[1], fds[2]] : fds;
+    engineTuning.removeJournalFd = journal;
     if (config.remote) {
       try {
         remote = await openRemote(config.remote);
@@ -179,7 +236,7 @@ function main(): void {
     const hung = new Promise<void>((r) => { hangup = r; });
     const ac = new AbortController();
     void hung.then(() => ac.abort());
-    session = { id: m.id, hangup };
+    session = { id: m.id, hangup, uffd, handshake: m.handshake, peerPid: m.peer.pid };
     const ctx: SessionContext = { id: m.id, conn, peer: m.peer, hangup: hung, signal: ac.signal, extraFds: [] };
     const timer = setInterval(() => {
       if (session?.engine) send({ type: 'stats', id: m.id, stats: statsReport(session.engine.stats()) });
@@ -193,7 +250,7 @@ function main(): void {
         if (session?.engine) send({ type: 'stats', id: m.id, stats: statsReport(session.engine.stats()), final: true });
         if (remote) process.stderr.write(`${formatRemoteStats(remote.remoteStats())}\n`);
         send({ type: 'ended', id: m.id, summary, error });
-        closeFds(config.remote ? [uffd, conn] : [uffd, memFd, conn]);
+        closeFds(config.remote ? [uffd, conn, journal] : [uffd, memFd, conn, journal]);
         process.exit(0);
       });
   };
@@ -207,9 +264,14 @@ function main(): void {
     }
   }, () => {
     // The supervisor is gone. A VM being served is completed (nobody could restart us if we
-    // died now, and nobody will tell us of its hang-up); otherwise there is nothing to do.
-    if (!serving) process.exit(0);
-    void sessions.shutdown('complete');
+    // died now, and nobody will tell us of its hang-up) or, with 'fail', made to fail
+    // loudly; otherwise there is nothing to do.
+    if (!serving || !session) process.exit(0);
+    if (config.onSupervisorDeath === 'fail') {
+      // (Not logged: stderr went to the supervisor, and writing to it now fails with EPIPE.)
+      poisonMissing(session.uffd, session.handshake, session.peerPid);
+      void sessions.shutdown('abandon');
+    } else void sessions.shutdown('complete');
   });
   send({ type: 'ready', pid: getpid() });
 }

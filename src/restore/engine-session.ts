@@ -90,7 +90,7 @@ export interface EngineSessionOptions {
    */
   pageSource?: (region: { offset: number; size: number; pageSize: number }) => PageSource;
   /** Tuning passed to each engine. */
-  engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity' | 'readers'>;
+  engine?: Pick<EngineOptions, 'stripe' | 'inline' | 'spinMicros' | 'ringCapacity' | 'readers' | 'removeJournalFd'>;
   /**
    * Keep a set of engine threads warm for the next VM (threads started, JIT warmed up before
    * the handshake arrives; a fresh set for each VM). Default false; `serve` turns it on.

@@ -16,7 +16,7 @@ export function parseMetricsAddress(v: string): MetricsAddress {
   if (tcp) {
     const port = Number(tcp[2]);
     if (port < 1 || port > 65535) throw new Error(`--metrics port ${port} is not 1..65535`);
-    return { kind: 'tcp', host: tcp[1] === '[::1]' ? '::1' : tcp[1], port };
+    return { kind: 'tcp', host: tcp[1] === '[::1]' ? '::1' : tcp[1] ?? '127.0.0.1', port };
   }
   if (v.includes('/')) return { kind: 'unix', path: v };
   throw new Error(`--metrics wants a Unix socket path (containing a "/") or a loopback address 127.0.0.1:PORT (got "${v}"); ` +

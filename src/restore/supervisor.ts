@@ -3,7 +3,8 @@
 // (engine-process.ts: a child process running the parallel engine) over a socketpair,
 // with the VM's userfaultfd, the memory file and the VM's connection passed by SCM_RIGHTS.
 // The supervisor keeps its own copy of the userfaultfd, the regions and a journal of the
-// session's REMOVE events, so that when an engine process dies — a crash, the OOM killer,
+// session's REMOVE events (a memfd passed to each engine, which appends a REMOVE's range
+// before it applies the event: src/engine/remove-journal.ts), so that when an engine process dies — a crash, the OOM killer,
 // SIGKILL — the session goes on:
 //
 //  1. the death is seen (child exit: every thread of it is gone, it reads nothing more);
@@ -14,12 +15,15 @@
 //     Node start-up is on the path), marked as a hand-over: before its threads start, it
 //     marks what the VM already has (PAGEMAP_SCAN of the VM) and the journaled REMOVE
 //     ranges as resident, then serves the rest — EEXIST for anything else already there.
+//     A REMOVE the dead process read is in the journal even if it died before applying it.
 //
 // Engine processes are started in their own process group (a Ctrl-C reaches only the
 // supervisor, which drains them), report statistics every statsIntervalMs, and one that
 // reports nothing for engineTimeoutMs is killed and replaced the same way.
 import { ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
+import { readRemoveJournal } from '../engine/remove-journal.js';
+import { close, memfdCreate } from '../kernel/memory.js';
 import { closeFds, closeSocket, socketPair } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { Channel, ChannelMessage } from './channel.js';
@@ -38,6 +42,8 @@ export interface SupervisorOptions {
   maxRestarts?: number;
   /** An engine process silent this long is killed and replaced (default 15000 ms). */
   engineTimeoutMs?: number;
+  /** Extra environment for the engine processes (tests set a failpoint with it). */
+  engineEnv?: Record<string, string>;
   onEvent?: (e: SupervisorEvent) => void;
 }
 
@@ -74,8 +80,8 @@ interface Supervised {
   proc: EngineProc | null;
   generation: number;
   restarts: number;
-  /** REMOVE ranges [start, end) reported by the engines, oldest first. */
-  removed: [number, number][];
+  /** The REMOVE journal (a memfd): every engine of the session appends to it before applying a REMOVE. */
+  journalFd: number;
   /** Sum of the last reports of the engines that died. */
   carried: StatsReport;
   current: StatsReport | null;
@@ -153,7 +159,7 @@ export class Supervisor {
     let child: ChildProcess;
     try {
       child = spawn(process.execPath, [ENGINE_SCRIPT, JSON.stringify(this.config)], {
-        stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true,
+        stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true, env: { ...process.env, ...this.opts.engineEnv },
       });
     } finally {
       closeSocket(theirs);
@@ -207,7 +213,6 @@ export class Supervisor {
     if (!s || s.proc !== p) return;
     if (m.type === 'stats') s.current = m.stats as StatsReport;
     else if (m.type === 'removed') {
-      s.removed.push([m.start as number, m.end as number]);
       this.emit({ type: 'removed', id: s.id, start: m.start as number, end: m.end as number });
     }
     else if (m.type === 'handover') {
@@ -271,17 +276,19 @@ export class Supervisor {
     if (s.generation > 1) this.counts.handovers++;
     const msg: SessionMessage = {
       type: 'session', id: s.id, handshake: s.handshake, peer: s.ctx.peer, memFile: { path: s.memFile.path, size: s.memFile.size },
-      handover: s.generation > 1 ? { generation: s.generation, removed: s.removed } : null, shutdown: this.closing,
+      handover: s.generation > 1 ? { generation: s.generation, removed: readRemoveJournal(s.journalFd) } : null, shutdown: this.closing,
     };
     this.emit({ type: 'engine-assigned', id: s.id, pid: p.pid, generation: s.generation });
     // If the process died meanwhile, its exit (then or soon) hands the session on.
     // A memory file in object storage has no descriptor: the engine process fetches it itself.
-    p.ch.send(msg as unknown as ChannelMessage, s.memFile.fd >= 0 ? [s.uffdFd, s.memFile.fd, s.ctx.conn] : [s.uffdFd, s.ctx.conn]);
+    p.ch.send(msg as unknown as ChannelMessage,
+      s.memFile.fd >= 0 ? [s.uffdFd, s.memFile.fd, s.ctx.conn, s.journalFd] : [s.uffdFd, s.ctx.conn, s.journalFd]);
   }
 
   private end(s: Supervised, summary: SessionSummary | undefined, error: string | undefined, reason?: 'hangup'): void {
     if (s.done) return;
     s.done = true;
+    close(s.journalFd);
     const sum = summary ?? newSummary(s.handshake, s.ctx, this.config.prefetch ?? 'on', this.config.workers);
     if (!summary) {
       sum.endReason = reason ?? 'error';
@@ -332,7 +339,7 @@ export class Supervisor {
     const s: Supervised = {
       id: ctx.id, handshake, uffdFd, memFile, ctx, startedAt: Date.now(),
       totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0), proc: null, generation: 0, restarts: 0,
-      removed: [], carried: emptyReport(), current: null, summary: null, done: false,
+      journalFd: memfdCreate(`uffd-engine-remove-journal-${ctx.id}`), carried: emptyReport(), current: null, summary: null, done: false,
       finish: ({ summary, error }) => {
         if (error) reject(Object.assign(new Error(error), { summary }));
         else resolve(summary);

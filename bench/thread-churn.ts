@@ -1,0 +1,112 @@
+// What a worker thread leaves behind when it ends, by what it loaded: N threads, one after
+// the other, each started, made to load something, and ended (terminate() or a normal
+// return); the process's resident set is sampled after a GC every N/10 threads. One child
+// process per case, so no case sees another's memory.
+//
+//   node --expose-gc dist/bench/thread-churn.js [--threads 400] [--json]
+//
+// Cases: 'nothing' (an empty worker), 'koffi' (require('koffi') only), 'libc' (the
+// project's kernel layer, src/kernel/libc.js: koffi.load + its function declarations),
+// 'libc-call' (the same, plus one call through it). The slope (KiB per thread, least
+// squares over the samples) is what an engine pays per replaced worker thread.
+import { fork } from 'node:child_process';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
+
+const CASES = ['nothing', 'koffi', 'libc', 'libc-call'] as const;
+type Case = typeof CASES[number];
+
+const LIBC = path.resolve(__dirname, '../src/kernel/libc.js');
+const WORKER_CODE = `
+const { workerData, parentPort } = require('node:worker_threads');
+if (workerData.what === 'koffi') require('koffi');
+if (workerData.what === 'libc' || workerData.what === 'libc-call') {
+  const { libc } = require(workerData.libc);
+  if (workerData.what === 'libc-call') libc.getpid();
+}
+parentPort.postMessage('loaded');
+`;
+
+export interface ChurnResult { what: Case; threads: number; rssMiB: number[]; kibPerThread: number }
+
+function rssMiB(): number {
+  (globalThis as { gc?: () => void }).gc?.();
+  return Math.round((process.memoryUsage().rss / 2 ** 20) * 10) / 10;
+}
+
+/** Least-squares slope of y over x. */
+function slope(xs: number[], ys: number[]): number {
+  const n = xs.length;
+  const mx = xs.reduce((a, b) => a + b, 0) / n;
+  const my = ys.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < n; i++) {
+    num += ((xs[i] ?? 0) - mx) * ((ys[i] ?? 0) - my);
+    den += ((xs[i] ?? 0) - mx) ** 2;
+  }
+  return den > 0 ? num / den : 0;
+}
+
+async function churn(what: Case, threads: number): Promise<ChurnResult> {
+  const step = Math.max(1, Math.floor(threads / 10));
+  const xs: number[] = [];
+  const rss: number[] = [];
+  for (let i = 0; i <= threads; i++) {
+    if (i % step === 0) {
+      await new Promise((r) => setTimeout(r, 20));
+      xs.push(i);
+      rss.push(rssMiB());
+    }
+    if (i === threads) break;
+    const w = new Worker(WORKER_CODE, { eval: true, workerData: { what, libc: LIBC } });
+    await new Promise<void>((resolve, reject) => {
+      w.once('message', () => resolve());
+      w.once('error', reject);
+    });
+    await w.terminate(); // as the engine ends a killed worker
+  }
+  // The first sample is before any thread: the first threads also warm up shared state.
+  return { what, threads, rssMiB: rss, kibPerThread: Math.round(slope(xs.slice(1), rss.slice(1)) * 1024 * 10) / 10 };
+}
+
+async function main(): Promise<void> {
+  const spec: OptionSpec = {
+    threads: { type: 'number', default: 400, help: 'threads per case, one after the other' },
+    case: { type: 'string', help: 'run one case in this process (used by the parent run)' },
+    json: { type: 'boolean', default: false, help: 'print the results as JSON' },
+    help: { type: 'boolean', default: false, help: 'show this help' },
+  };
+  const o = parseArgs<{ threads: number; case?: string; json: boolean; help: boolean }>(process.argv.slice(2), spec);
+  if (o.help) {
+    console.log(helpText('thread-churn (node --expose-gc dist/bench/thread-churn.js)', 'Resident memory a worker thread leaves behind, by what it loaded.', spec));
+    return;
+  }
+  if (o.case) {
+    if (!(CASES as readonly string[]).includes(o.case)) throw new Error(`--case must be one of ${CASES.join(', ')}`);
+    process.send?.(await churn(o.case as Case, o.threads));
+    return;
+  }
+  const results: ChurnResult[] = [];
+  for (const what of CASES) {
+    const child = fork(__filename, ['--case', what, '--threads', String(o.threads)], { execArgv: ['--expose-gc'] });
+    results.push(await new Promise<ChurnResult>((resolve, reject) => {
+      child.once('message', (m) => resolve(m as ChurnResult));
+      child.once('exit', (code) => { if (code) reject(new Error(`case ${what}: exit ${code}`)); });
+    }));
+  }
+  if (o.json) console.log(JSON.stringify(results));
+  else {
+    for (const r of results) {
+      console.log(`${r.what.padEnd(10)} ${r.threads} threads: RSS ${r.rssMiB[0]} -> ${r.rssMiB[r.rssMiB.length - 1]} MiB, ${r.kibPerThread} KiB per thread`);
+    }
+  }
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(`thread-churn: ${(e as Error).message}`);
+    process.exit(2);
+  });
+}
