@@ -166,17 +166,26 @@ describe('wss served by the engine', () => {
    * and only page 11 counts as written (the engine installs pages writable, or dirty: written
    * means changed since the store copy). Then a page written in place is written.
    */
-  async function evictedComeBack(type: string, access: 'zap' | 'rwp'): Promise<void> {
+  async function evictedComeBack(type: string, access: 'zap' | 'minor' | 'rwp'): Promise<void> {
     const pages = 64;
     const region = memoryType(type).create({ size: pages * P4K });
     try {
       fill(region, pages);
       const t = await WssTracker.create(region, { evict: true, access });
       try {
-        const writes = access === 'zap' || softDirtyProbe().ok;
-        assert.deepEqual([t.access, t.server, t.write], [access, 'engine', access === 'zap' ? 'wp-async' : writes ? 'soft-dirty' : 'none'], t.describe());
+        // minor: the engine maps minor faults without MODE_WP, so writes are not tracked with it
+        const writes = access === 'zap' || (access === 'rwp' && softDirtyProbe().ok);
+        const expectWrite = access === 'zap' ? 'wp-async' : writes ? 'soft-dirty' : 'none';
+        assert.deepEqual([t.access, t.server, t.write], [access, 'engine', expectWrite], t.describe());
         t.arm();
-        for (let i = 0; i < 4; i++) { bytesAt(region.addr, P4K)[100] = i; t.sample(); } // page 0 hot
+        for (let i = 0; i < 4; i++) {
+          const filled = t.engineStats()!.pages.total;
+          bytesAt(region.addr, P4K)[100] = i; // page 0 hot
+          // minor: page 0 was zapped at the last sample, and the engine records its CONTINUE
+          // just after the ioctl that woke this thread: let it, so it counts in this interval.
+          if (access === 'minor' && i > 0) for (let k = 0; k < 1000 && t.engineStats()!.pages.total === filled; k++) await sleep(2);
+          t.sample();
+        }
         const ev = t.evictCold();
         assert.equal(ev.pages, pages - 1);
         assert.equal(t.sample().evicted, pages - 1);
@@ -218,6 +227,7 @@ describe('wss served by the engine', () => {
   }
 
   it('memfd, zap: evicted pages come back through the engine; written means changed since the store copy', () => evictedComeBack('shmem', 'zap'));
+  it('memfd, minor: minor faults are CONTINUEd and evicted pages copied back, both by the engine', () => evictedComeBack('shmem', 'minor'));
   for (const type of ['anon', 'shmem']) {
     it(`${type}, rwp (Linux 7.3): evicted pages come back through the engine; soft-dirty tells writes, a read back is not one`, function () {
       if (!kernelHasRwp()) {
@@ -265,7 +275,7 @@ describe('wss served by the engine', () => {
     let t: WssTracker | undefined;
     try {
       fill(region, pages);
-      t = await WssTracker.create(region, { evict: true, server: 'engine', workers: o.workers });
+      t = await WssTracker.create(region, { evict: true, workers: o.workers });
       assert.equal(t.server, 'engine');
       wl = await Workload.start({ addr: region.addr, size: region.size, pageSize, writeFrac: 0.4, writeAt: 0.1, readFrac: 0.3, readAt: 0.6, threads: o.threads });
       t.arm();
@@ -300,7 +310,6 @@ describe('wss served by the engine', () => {
       assert.ok(served > 0 && es.pages.total >= served, `the engine served pages back (${served} in samples, ${es.pages.total} in all)`);
       assert.equal(es.errors, 0);
       assert.equal(es.incidents, 0);
-      assert.equal(t.handlerStats(), undefined, 'no trap handler');
       await t.close();
       const end = t.engineStats()!;
       t = undefined;
