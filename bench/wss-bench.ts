@@ -58,7 +58,7 @@ function status(): { rss: number; pte: number } {
   return { rss: kb('VmRSS'), pte: kb('VmPTE') };
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] ?? NaN; };
 
 /** tracking 'write': WP_ASYNC, a page in ten rewritten per interval; 'rwp': RWP_ASYNC, a page in ten read. */
 async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp' | 'rwp-engine' = 'write') {
@@ -94,7 +94,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
       for (let c = 0; c < clusters; c++) {
         const v = bytesAt(region.addr + c * stride, 2 * MiB);
         if (tracking === 'write') for (let p = 0; p < 512; p += 10) v[p * P] = i + 2;
-        else for (let p = 0; p < 512; p += 10) sink += v[p * P];
+        else for (let p = 0; p < 512; p += 10) sink += v[p * P] ?? 0;
       }
       const w0 = performance.now();
       const st = t.sample();
@@ -111,7 +111,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
         msPerGiBRegion: presentMs / (o.region / GiB), msPerGiBResident: presentMs / (clusters * 2 * MiB / GiB) },
       tracking, armMs,
       writeInterval: { scanMs: median(samples.map((s) => s.ms)), rearmMs: median(samples.map((s) => s.rearm)),
-        sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1].written,
+        sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1]?.written ?? 0,
         expectedWritten: clusters * Math.ceil(512 / 10),
         residentPagesPerSec: wsPages / (median(samples.map((s) => s.ms)) / 1000),
         msPerGiBResident: median(samples.map((s) => s.ms)) / (clusters * 2 * MiB / GiB) },
@@ -175,7 +175,7 @@ function dense(o: Opts, log: (s: string) => void) {
         for (let first = 0; first < pages; first += 262144) {
           const n = Math.min(262144, pages - first);
           preadTo(fd, buf, n * 8, (region.addr / P + first) * 8);
-          for (let k = 0; k < n; k++) if (view[k] >> 63n) present++;
+          for (let k = 0; k < n; k++) if ((view[k] ?? 0n) >> 63n) present++;
         }
         if (present !== pages) throw new Error(`pagemap read saw ${present} of ${pages} pages present`);
       }));
@@ -297,8 +297,8 @@ async function evict(o: Opts, log: (s: string) => void) {
         let lat = '-';
         if (e0 && e1) {
           // latency of the read-back faults alone: the histogram difference
-          const h = e1.latencyUs.histogram.map((v, i) => v - e0.latencyUs.histogram[i]);
-          const pct = (q: number) => { const n = h.reduce((a, b) => a + b, 0); let acc = 0; for (let i = 0; i < h.length; i++) { acc += h[i]; if (acc >= q * n) return 2 ** (i + 1); } return 0; };
+          const h = e1.latencyUs.histogram.map((v, i) => v - (e0.latencyUs.histogram[i] ?? 0));
+          const pct = (q: number) => { const n = h.reduce((a, b) => a + b, 0); let acc = 0; for (let i = 0; i < h.length; i++) { acc += h[i] ?? 0; if (acc >= q * n) return 2 ** (i + 1); } return 0; };
           lat = `${pct(0.5)}/${pct(0.99)}`;
         }
         t.sample();

@@ -131,7 +131,7 @@ function readPagemapEntry(pid: number, addr: number): bigint {
 /** Where a cgroup2 hierarchy is mounted, or null. */
 function cgroup2Mount(): string | null {
   const line = fs.readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
-  return line ? line.split(' ')[1] : null;
+  return line?.split(' ')[1] ?? null;
 }
 const NO_CGROUP2 = 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this multi-threaded process ' +
   'must not run), and /proc/mounts lists none';

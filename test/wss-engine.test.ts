@@ -320,7 +320,7 @@ describe('wss served by the engine', () => {
         const a = region.addr + p * pageSize;
         const th = slices.findIndex((s) => a >= s.write[0] && a < s.write[1]);
         for (let o2 = 0; o2 < pageSize; o2 += o2 < 512 ? 8 : 4096) {
-          const guest = th >= 0 && o2 < 512 ? Workload.expectedByte(passes[th], o2 / 8) : undefined;
+          const guest = th >= 0 && o2 < 512 ? Workload.expectedByte(passes[th] ?? 0, o2 / 8) : undefined;
           const want = guest ?? (o2 % 512 === 0 ? initial(p, o2) : 0);
           if (b[p * pageSize + o2] !== want) assert.fail(`${type}: page ${p} offset ${o2}: ${b[p * pageSize + o2]} != ${want} (passes ${passes})`);
         }

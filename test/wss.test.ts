@@ -48,7 +48,7 @@ function touch(region: Region, pat: Pattern, value: number): void {
   const b = bytesAt(region.addr, region.size);
   for (const p of pat.writes) b[p * P + 8] = value;
   let sum = 0;
-  for (const p of pat.reads) sum += b[p * P];
+  for (const p of pat.reads) sum += b[p * P] ?? 0;
   assert.ok(sum >= 0);
 }
 
@@ -445,7 +445,7 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
           const th = slices.findIndex((s) => a >= s.write[0] && a < s.write[1]);
           for (let k = 0; k < 64; k++) {
             const o = k * 8;
-            const guest = th >= 0 ? Workload.expectedByte(passes[th], k) : undefined;
+            const guest = th >= 0 ? Workload.expectedByte(passes[th] ?? 0, k) : undefined;
             const want = guest ?? (o % 512 === 0 ? initial(p, o) : 0);
             if (b[p * P4K + o] !== want) assert.fail(`${type}: page ${p} offset ${o}: ${b[p * P4K + o]} != ${want} (passes ${passes}, evicted ${evicted})`);
           }

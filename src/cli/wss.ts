@@ -43,7 +43,7 @@ const MiB = 1024 * 1024;
 const mib = (bytes: number) => (bytes / MiB).toFixed(1);
 
 function sameRanges(a: Range[], b: Range[]): boolean {
-  return a.length === b.length && a.every((r, i) => r.start === b[i].start && r.end === b[i].end);
+  return a.length === b.length && a.every((r, i) => r.start === b[i]?.start && r.end === b[i]?.end);
 }
 
 /** Pages of `expected` missing from `got`, if every one came back through the engine unchanged and nothing extra was reported; else 0. */
@@ -117,6 +117,7 @@ export async function run(args: string[]): Promise<number> {
     log(`uffd-engine wss: ${type.name} region of ${mib(region.size)} MiB (${region.size / P} pages of ${P / 1024} KiB), ` +
       `${o.intervals} intervals of ${o.interval} ms, kernel ${kernelRelease()}`);
     const described = tracker.describe();
+    const serverKind = tracker.server;
     log(`methods: ${described}`);
     for (const n of tracker.methods.notes) log(`  ${n}`);
     log(`guest: ${o.threads} threads writing ${sets.writePages} pages (${mib(sets.writePages * P)} MiB at +${mib(sets.write.start - region.addr)} MiB) ` +
@@ -160,7 +161,7 @@ export async function run(args: string[]): Promise<number> {
       // between the end of the previous sample and the start of this one (two pass ends in
       // that window); otherwise there is nothing exact to compare with. (A sample can take a
       // while, and passes made during it belong partly to the next interval.)
-      const fullPass = before.every((p, k) => p - prevThread[k] >= 2);
+      const fullPass = before.every((p, k) => p - (prevThread[k] ?? 0) >= 2);
       prevThread = prog.perThread;
       const exact = (tracker.write === 'none' && !tracker.seesReads) || !fullPass ? null : wOk && aOk;
       let evictedNow = 0;
@@ -219,7 +220,7 @@ export async function run(args: string[]): Promise<number> {
       trackerBytes: footprint,
       evictedRestoredIntact: o.evict ? coldIntact : null,
       readBack: readBackResult,
-      server: rows.length ? rows[0].server : 'none',
+      server: serverKind,
       servedBack: rows.reduce((a, r) => a + r.servedBack, 0) + (readBackResult?.served ?? 0),
       engine: engine && engineBefore ? {
         faults: engine.faults.total, pagesServed: engine.pages.total, restoredOnClose: engine.pages.total - engineBefore.pages.total,
@@ -231,7 +232,7 @@ export async function run(args: string[]): Promise<number> {
       writeHeatmap(o.heatmap, frames, {
         title: `uffd-engine wss: ${type.name} ${mib(region.size)} MiB, ${o.intervals} × ${o.interval} ms`,
         subtitle: [`${described}`, `guest writes +${mib(sets.write.start - region.addr)}..+${mib(sets.write.end - region.addr)} MiB, reads +${mib(sets.read.start - region.addr)}..+${mib(sets.read.end - region.addr)} MiB; kernel ${kernelRelease()}`],
-        regionBytes: region.size, seesReads: rows.length ? rows[0].accessed !== null : true,
+        regionBytes: region.size, seesReads: rows[0]?.accessed !== null,
       });
     }
     if (o.json) {

@@ -65,7 +65,7 @@ export class SparseBytes {
   }
   get(page: number): number {
     const i = this.indexOf(page);
-    return i < 0 ? 0 : this.bytes[i];
+    return i < 0 ? 0 : this.bytes[i] ?? 0;
   }
 
   /** Calls fn(slotBase, pageBase, count) for each chunk overlapping [first, last) pages, allocating chunks. */
