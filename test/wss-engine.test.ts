@@ -22,24 +22,26 @@ import { kernelHasRwp } from '../src/wss/methods.js';
 import { softDirtyProbe } from '../src/wss/soft-dirty.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
+import type { BytesJob } from '../workers/wss-bytes.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
 import { limit } from './helpers/limits.js';
 
 const P4K = C.PAGE_SIZE;
-const LIBC = path.resolve(__dirname, '../src/kernel/libc.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Reads (or writes) one byte of native memory from a worker thread: the main thread never blocks on a fault. */
+const BYTES_WORKER = path.resolve(__dirname, '../workers/wss-bytes.js');
+
+/** Reads (or writes) one byte at each address from a worker thread, in order: the main thread never blocks on a fault. */
+function bytesFromThread(job: BytesJob): Worker {
+  return new Worker(BYTES_WORKER, { workerData: job });
+}
+
+/** Reads (or writes) one byte of native memory from a worker thread; `answered` says whether it came back yet. */
 function touchFromThread(addr: number, write?: number): { done: Promise<number>; answered: () => boolean } {
   let answered = false;
-  const w = new Worker(`
-    const { workerData, parentPort } = require('node:worker_threads');
-    const { viewOf } = require(workerData.libc);
-    const b = new Uint8Array(viewOf(workerData.addr, 1));
-    if (workerData.write !== undefined) b[0] = workerData.write;
-    parentPort.postMessage(b[0]);`, { eval: true, workerData: { addr, write, libc: LIBC } });
+  const w = bytesFromThread({ addrs: [addr], write });
   const done = new Promise<number>((resolve, reject) => {
-    w.once('message', (v: number) => { answered = true; resolve(v); });
+    w.once('message', (v: number[]) => { answered = true; resolve(v[0] ?? -1); });
     w.once('error', reject);
   });
   return { done, answered: () => answered };
@@ -48,10 +50,7 @@ function touchFromThread(addr: number, write?: number): { done: Promise<number>;
 /** Reads one byte at each address from one worker thread, in order. */
 function readFromThread(addrs: number[]): Promise<number[]> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(`
-      const { workerData, parentPort } = require('node:worker_threads');
-      const { viewOf } = require(workerData.libc);
-      parentPort.postMessage(workerData.addrs.map((a) => new Uint8Array(viewOf(a, 1))[0]));`, { eval: true, workerData: { addrs, libc: LIBC } });
+    const w = bytesFromThread({ addrs });
     w.once('message', resolve);
     w.once('error', reject);
   });
