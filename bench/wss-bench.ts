@@ -5,18 +5,17 @@
 //     whole TiB; a write-tracking interval (WP_ASYNC, scan + atomic re-arm) after the working
 //     set is partly rewritten; tracker state and process RSS / page-table growth. Where the
 //     kernel offers RWP (Linux 7.3), the same with access tracking (RWP_ASYNC: SET_MODE sync,
-//     scan of PAGE_IS_ACCESSED, UFFDIO_RWPROTECT re-arm, SET_MODE async) after reads.
+//     scan of PAGE_IS_ACCESSED, UFFDIO_RWPROTECT re-arm, SET_MODE async) after reads, once
+//     without and once with the engine started for eviction (its page-state table spans the region).
 //  2. Scan cost on a dense region: the tracker's filtered scan (generic kernel path) against the
 //     PAGE_IS_WRITTEN-only fast path and against reading /proc/self/pagemap (8 bytes per page).
 //  3. Overhead on a running workload: guest threads touching a known hot set, measured with
 //     and without tracking in the same run (alternating phases), for each method this kernel
 //     has; the ratio is tracked / untracked guest throughput.
 //  4. Eviction: a region written once and left cold is evicted whole, read back by guest
-//     threads through the server (every first touch a fault), evicted again and restored
-//     with restoreAll(), for each memory type and server (engine, trap).
+//     threads through the engine (every first touch a fault), evicted again and restored
+//     with restoreAll(), for each memory type.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { parseArgs, OptionSpec } from '../src/cli/args.js';
 import * as C from '../src/kernel/constants.js';
 import { bytesAt, close, kernelRelease, madvise, memset, munmap, openFile, preadTo, mapAnonymous } from '../src/kernel/memory.js';
@@ -25,6 +24,7 @@ import { memoryType } from '../src/memory-types/index.js';
 import { AccessMethod, chooseMethods, kernelHasRwp } from '../src/wss/methods.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
+import { readBack } from '../src/wss/read-back.js';
 
 const SPEC: OptionSpec = {
   region: { type: 'size', default: 2 ** 40, help: 'sparse region size for the scale test' },
@@ -35,8 +35,8 @@ const SPEC: OptionSpec = {
   interval: { type: 'number', default: 200, help: 'tracking interval in the overhead test, ms' },
   phase: { type: 'number', default: 1500, help: 'length of each measured phase, ms' },
   rounds: { type: 'number', default: 2, help: 'untracked/tracked phase pairs per method' },
-  methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap,anon:move:trap (type:access[:server])' },
-  skip: { type: 'string', default: '', help: 'parts to skip: scale,rwp-scale,dense,overhead,evict' },
+  methods: { type: 'string', default: 'all', help: 'overhead methods: all or a list like anon:none,shmem:zap,anon:move (type:access)' },
+  skip: { type: 'string', default: '', help: 'parts to skip: scale,rwp-scale,rwp-engine-scale,dense,overhead,evict' },
   evictSize: { type: 'size', default: 256 * 1024 * 1024, help: 'region of the eviction test' },
   readers: { type: 'number', default: 2, help: 'guest threads reading evicted pages back in the eviction test' },
   workers: { type: 'number', default: 2, help: 'engine worker threads in the eviction test' },
@@ -58,10 +58,10 @@ function status(): { rss: number; pte: number } {
   return { rss: kb('VmRSS'), pte: kb('VmPTE') };
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (a: number[]) => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)]; };
+const median = (a: number[]): number => { const s = [...a].sort((x, y) => x - y); return s[Math.floor(s.length / 2)] ?? NaN; };
 
 /** tracking 'write': WP_ASYNC, a page in ten rewritten per interval; 'rwp': RWP_ASYNC, a page in ten read. */
-async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp' = 'write') {
+async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp' | 'rwp-engine' = 'write') {
   const region = memoryType('anon').create({ size: o.region, noReserve: true });
   try {
     const clusters = Math.max(1, Math.round(o.ws / (2 * MiB)));
@@ -79,7 +79,9 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
     }
     scanner.close();
     const presentMs = median(present);
-    const t = await WssTracker.create(region, tracking === 'write' ? { access: 'none', write: true } : { access: 'rwp', write: false });
+    // 'rwp-engine': prepared for eviction, so the engine runs (its page-state table covers the whole region).
+    const t = await WssTracker.create(region, tracking === 'write' ? { access: 'none', write: true }
+      : { access: 'rwp', write: false, evict: tracking === 'rwp-engine' });
     const s2 = status();
     const a0 = performance.now();
     t.arm();
@@ -92,7 +94,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
       for (let c = 0; c < clusters; c++) {
         const v = bytesAt(region.addr + c * stride, 2 * MiB);
         if (tracking === 'write') for (let p = 0; p < 512; p += 10) v[p * P] = i + 2;
-        else for (let p = 0; p < 512; p += 10) sink += v[p * P];
+        else for (let p = 0; p < 512; p += 10) sink += v[p * P] ?? 0;
       }
       const w0 = performance.now();
       const st = t.sample();
@@ -109,7 +111,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
         msPerGiBRegion: presentMs / (o.region / GiB), msPerGiBResident: presentMs / (clusters * 2 * MiB / GiB) },
       tracking, armMs,
       writeInterval: { scanMs: median(samples.map((s) => s.ms)), rearmMs: median(samples.map((s) => s.rearm)),
-        sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1].written,
+        sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1]?.written ?? 0,
         expectedWritten: clusters * Math.ceil(512 / 10),
         residentPagesPerSec: wsPages / (median(samples.map((s) => s.ms)) / 1000),
         msPerGiBResident: median(samples.map((s) => s.ms)) / (clusters * 2 * MiB / GiB) },
@@ -117,7 +119,8 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
       rss: { workingSet: s1.rss - s0.rss, trackerCreateAndArm: s3.rss - s1.rss, afterIntervals: s4.rss - s1.rss,
         pageTablesWs: s1.pte - s0.pte, pageTablesTracking: s4.pte - s1.pte, createOnly: s2.rss - s1.rss },
     };
-    log(`${tracking === 'rwp' ? '\nrwp-scale' : 'scale'}: ${(o.region / GiB).toFixed(0)} GiB sparse anon region, working set ${(res.workingSetBytes / MiB).toFixed(0)} MiB in ${clusters} clusters of 2 MiB`);
+    log(`${tracking === 'write' ? 'scale' : `\n${tracking}-scale`}: ${(o.region / GiB).toFixed(0)} GiB sparse anon region, working set ${(res.workingSetBytes / MiB).toFixed(0)} MiB in ${clusters} clusters of 2 MiB` +
+      (tracking === 'rwp-engine' ? `; the engine started for eviction (${t.engine ? 'up' : 'absent'})` : ''));
     log(`  PAGEMAP_SCAN PRESENT over the region: ${presentMs.toFixed(2)} ms = ${(res.presentScan.regionPagesPerSec / 1e9).toFixed(1)} G region pages/s, ` +
       `${res.presentScan.msPerGiBRegion.toFixed(4)} ms per GiB of region, ${res.presentScan.msPerGiBResident.toFixed(2)} ms per resident GiB`);
     const what = tracking === 'write' ? 'write-tracking interval (scan + atomic re-arm)' : 'RWP access-tracking interval (sync, scan, RWPROTECT re-arm, async)';
@@ -125,7 +128,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
       `${res.writeInterval.sampleMs.toFixed(2)} ms for the whole sample(), ${tracking === 'write' ? 'written' : 'accessed'} ${res.writeInterval.written} ` +
       `(expected ${res.writeInterval.expectedWritten}), ${(res.writeInterval.residentPagesPerSec / 1e6).toFixed(1)} M resident pages/s, ` +
       `${res.writeInterval.msPerGiBResident.toFixed(2)} ms per resident GiB`);
-    log(`  tracker state ${(footprint / MiB).toFixed(2)} MiB; process RSS +${(res.rss.afterIntervals / MiB).toFixed(1)} MiB over the working set ` +
+    log(`  tracker state ${(footprint / MiB).toFixed(2)} MiB; create() +${(res.rss.createOnly / MiB).toFixed(1)} MiB RSS, arm() +${((res.rss.trackerCreateAndArm - res.rss.createOnly) / MiB).toFixed(1)} MiB; process RSS +${(res.rss.afterIntervals / MiB).toFixed(1)} MiB over the working set ` +
       `(${(res.rss.workingSet / MiB).toFixed(0)} MiB); page tables ${(res.rss.pageTablesWs / MiB).toFixed(2)} MiB for the working set, ` +
       `+${(res.rss.pageTablesTracking / MiB).toFixed(2)} MiB while tracking`);
     return res;
@@ -172,7 +175,7 @@ function dense(o: Opts, log: (s: string) => void) {
         for (let first = 0; first < pages; first += 262144) {
           const n = Math.min(262144, pages - first);
           preadTo(fd, buf, n * 8, (region.addr / P + first) * 8);
-          for (let k = 0; k < n; k++) if (view[k] >> 63n) present++;
+          for (let k = 0; k < n; k++) if ((view[k] ?? 0n) >> 63n) present++;
         }
         if (present !== pages) throw new Error(`pagemap read saw ${present} of ${pages} pages present`);
       }));
@@ -195,18 +198,22 @@ function dense(o: Opts, log: (s: string) => void) {
 }
 
 async function overhead(o: Opts, log: (s: string) => void) {
-  type Server = 'engine' | 'trap' | undefined;
-  const all: [string, AccessMethod, Server][] = [['anon', 'none', undefined], ['shmem', 'none', undefined], ['shmem', 'zap', undefined],
-    ['shmem', 'minor', undefined], ['anon', 'move', 'engine'], ['anon', 'move', 'trap']];
-  const wanted = o.methods === 'all' ? all : o.methods.split(',').map((m) => m.split(':') as [string, AccessMethod, Server]);
+  const all: [string, AccessMethod][] = [['anon', 'none'], ['shmem', 'none'], ['shmem', 'zap'], ['shmem', 'minor'], ['anon', 'move']];
+  const wanted = o.methods === 'all' ? all : o.methods.split(',').map((m): [string, AccessMethod] => {
+    const [type, access] = m.split(':');
+    if (!type || !access) throw new Error(`--methods takes type:access pairs like shmem:zap (got '${m}')`);
+    return [type, access as AccessMethod];
+  });
   const out: Record<string, unknown>[] = [];
   log(`\noverhead: ${(o.workload / MiB).toFixed(0)} MiB region, ${o.threads} guest thread(s) writing 10% and reading 10% in a loop, ` +
     `${o.interval} ms intervals, ${o.rounds} × (${o.phase} ms untracked, ${o.phase} ms tracked) per method`);
   log('  type    method                    untracked Mpg/s   tracked Mpg/s   ratio   faults/s   scan ms   re-arm ms');
-  for (const [type, access, server] of wanted) {
-    const label = ('wp-async+' + access + (server ? ` (${server})` : '')).padEnd(24);
+  for (const [type, access] of wanted) {
+    // minor tracks accesses only (the engine maps minor faults without MODE_WP).
+    const write = access !== 'minor';
+    const label = ((write ? 'wp-async+' : '') + access).padEnd(24);
     try {
-      chooseMethods(type, { access, server });
+      chooseMethods(type, { access, write });
     } catch (e) {
       log(`  ${type.padEnd(7)} ${label} skipped: ${(e as Error).message}`);
       continue;
@@ -231,7 +238,7 @@ async function overhead(o: Opts, log: (s: string) => void) {
       await rate(200); // warm up the guest's JIT
       for (let r = 0; r < o.rounds; r++) {
         base.push(await rate(o.phase));
-        const t = await WssTracker.create(region, { access, write: true, server });
+        const t = await WssTracker.create(region, { access, write });
         try {
           t.arm();
           const t0 = performance.now();
@@ -242,7 +249,7 @@ async function overhead(o: Opts, log: (s: string) => void) {
         }
       }
       const row = {
-        type, access, server: server ?? null, write: 'wp-async', untracked: median(base), tracked: median(tracked), ratio: median(tracked) / median(base),
+        type, access, write: write ? 'wp-async' : 'none', untracked: median(base), tracked: median(tracked), ratio: median(tracked) / median(base),
         faultsPerSec: faults / (trackedMs / 1000), scanMs: median(scans), rearmMs: median(rearms),
       };
       out.push(row);
@@ -256,48 +263,26 @@ async function overhead(o: Opts, log: (s: string) => void) {
   return out;
 }
 
-// Reads the first byte of every page of [start, end) from a worker thread, counting bytes that are not `byte`.
-const READER = `
-const { workerData, parentPort } = require('node:worker_threads');
-const { viewOf } = require(workerData.libc);
-const { start, end, pageSize, byte } = workerData;
-const b = new Uint8Array(viewOf(start, end - start));
-let bad = 0;
-for (let o = 0; o < b.length; o += pageSize) if (b[o] !== byte) bad++;
-parentPort.postMessage(bad);`;
-
-function readBack(start: number, size: number, pageSize: number, threads: number, byte: number): Promise<number> {
-  const libc = path.resolve(__dirname, '../src/kernel/libc.js');
-  const pages = size / pageSize;
-  return Promise.all(Array.from({ length: threads }, (_, i) => new Promise<number>((resolve, reject) => {
-    const a = start + Math.floor((pages * i) / threads) * pageSize;
-    const b = start + Math.floor((pages * (i + 1)) / threads) * pageSize;
-    const w = new Worker(READER, { eval: true, workerData: { start: a, end: b, pageSize, byte, libc } });
-    w.once('message', resolve);
-    w.once('error', reject);
-  }))).then((r) => r.reduce((x, y) => x + y, 0));
-}
-
 async function evict(o: Opts, log: (s: string) => void) {
   const out: Record<string, unknown>[] = [];
   log(`\neviction: ${(o.evictSize / MiB).toFixed(0)} MiB written once and left cold, evicted whole, read back by ${o.readers} guest threads ` +
     `(one byte per page), evicted again and restored with restoreAll(); engine: ${o.workers} workers`);
-  log('  type    server   access  evict ms   MiB/s   read back ms  k pages/s  server p50/p99 µs   restore ms');
-  const cases: [string, 'engine' | 'trap'][] = [['anon', 'engine'], ['anon', 'trap'], ['shmem', 'engine'], ['shmem', 'trap']];
+  log('  type    access  evict ms   MiB/s   read back ms  k pages/s  engine p50/p99 µs   restore ms');
+  const cases: [string, AccessMethod | 'auto'][] = [['anon', 'auto'], ['shmem', 'auto'], ['shmem', 'minor']];
   const hp = memoryType('hugetlbfs').available?.(C.HUGE_PAGE_2M);
-  if (hp?.ok) cases.push(['hugetlbfs', 'engine'], ['hugetlbfs', 'trap']);
-  for (const [type, server] of cases) {
+  if (hp?.ok) cases.push(['hugetlbfs', 'auto'], ['hugetlbfs', 'minor']);
+  for (const [type, access] of cases) {
     const pageSize = type === 'hugetlbfs' ? C.HUGE_PAGE_2M : P;
     let region;
     try {
       region = memoryType(type).create({ size: o.evictSize, pageSize });
     } catch (e) {
-      log(`  ${type.padEnd(7)} ${server.padEnd(8)} skipped: ${(e as Error).message}`);
+      log(`  ${type.padEnd(7)} ${access.padEnd(6)} skipped: ${(e as Error).message}`);
       continue;
     }
     try {
       memset(region.addr, 0x5a, region.size);
-      const t = await WssTracker.create(region, { evict: true, server, workers: o.workers });
+      const t = await WssTracker.create(region, { evict: true, access, write: access === 'minor' ? false : 'auto', workers: o.workers });
       try {
         t.arm();
         t.sample();
@@ -306,14 +291,14 @@ async function evict(o: Opts, log: (s: string) => void) {
         const evictMs = performance.now() - t0;
         const e0 = t.engineStats();
         t0 = performance.now();
-        const bad = await readBack(region.addr, region.size, pageSize, o.readers, 0x5a);
+        const { bad } = await readBack([{ start: region.addr, end: region.addr + region.size }], { threads: o.readers, pageSize, byte: 0x5a, check: 'first' });
         const readMs = performance.now() - t0;
         const e1 = t.engineStats();
         let lat = '-';
         if (e0 && e1) {
           // latency of the read-back faults alone: the histogram difference
-          const h = e1.latencyUs.histogram.map((v, i) => v - e0.latencyUs.histogram[i]);
-          const pct = (q: number) => { const n = h.reduce((a, b) => a + b, 0); let acc = 0; for (let i = 0; i < h.length; i++) { acc += h[i]; if (acc >= q * n) return 2 ** (i + 1); } return 0; };
+          const h = e1.latencyUs.histogram.map((v, i) => v - (e0.latencyUs.histogram[i] ?? 0));
+          const pct = (q: number) => { const n = h.reduce((a, b) => a + b, 0); let acc = 0; for (let i = 0; i < h.length; i++) { acc += h[i] ?? 0; if (acc >= q * n) return 2 ** (i + 1); } return 0; };
           lat = `${pct(0.5)}/${pct(0.99)}`;
         }
         t.sample();
@@ -322,9 +307,9 @@ async function evict(o: Opts, log: (s: string) => void) {
         t0 = performance.now();
         await t.restoreAll();
         const restoreMs = performance.now() - t0;
-        const row = { type, server, access: t.access, pages: ev.pages, evictMs, readMs, pagesPerSec: ev.pages / (readMs / 1000), bad, latencyUs: lat, restoreMs };
+        const row = { type, access: t.access, pages: ev.pages, evictMs, readMs, pagesPerSec: ev.pages / (readMs / 1000), bad, latencyUs: lat, restoreMs };
         out.push(row);
-        log(`  ${type.padEnd(7)} ${server.padEnd(8)} ${t.access.padEnd(6)} ${evictMs.toFixed(0).padStart(9)} ${(o.evictSize / MiB / (evictMs / 1000)).toFixed(0).padStart(7)} ` +
+        log(`  ${type.padEnd(7)} ${t.access.padEnd(6)} ${evictMs.toFixed(0).padStart(9)} ${(o.evictSize / MiB / (evictMs / 1000)).toFixed(0).padStart(7)} ` +
           `${readMs.toFixed(0).padStart(14)} ${(row.pagesPerSec / 1000).toFixed(1).padStart(10)}  ${lat.padStart(17)} ${restoreMs.toFixed(0).padStart(12)}` +
           (bad ? `  ${bad} pages WRONG` : ''));
       } finally {
@@ -348,6 +333,7 @@ async function main(): Promise<void> {
     if (kernelHasRwp()) result.rwpScale = await scale(o, log, 'rwp');
     else log(`\nrwp-scale: skipped, this kernel (${kernelRelease()}) does not offer UFFD_FEATURE_RWP + RWP_ASYNC (Linux 7.3)`);
   }
+  if (!skip.has('rwp-engine-scale') && kernelHasRwp()) result.rwpEngineScale = await scale(o, log, 'rwp-engine');
   if (!skip.has('dense')) result.dense = dense(o, log);
   if (!skip.has('overhead')) result.overhead = await overhead(o, log);
   if (!skip.has('evict')) result.evict = await evict(o, log);

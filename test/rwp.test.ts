@@ -23,11 +23,12 @@ import { sources } from '../src/sources/index.js';
 import { PagePins } from '../src/wss/pins.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
 import { within } from './helpers/within.js';
+import type { CompareJob } from '../workers/rwp-compare.js';
 
 const KINDS = ['anon', 'shmem', 'shmem-private', 'hugetlb', 'hugetlb-private'] as const;
 type Kind = typeof KINDS[number];
 const PAGES = 8;
-const MEMORY = path.resolve(__dirname, '../src/kernel/memory.js');
+const COMPARE_WORKER = path.resolve(__dirname, '../workers/rwp-compare.js');
 // Under emulation (QEMU TCG) a worker thread takes seconds to start: waits are generous
 // upper bounds on conditions, never sleeps.
 const WAIT_MS = 300_000;
@@ -83,12 +84,8 @@ function badPages(m: Mem, first = 0, last = PAGES): number[] {
 /** Compares pages [first, last) from a worker thread (it may block on sync faults); resolves with the bad pages. */
 function badPagesFromThread(m: Mem, first: number, last: number): Promise<number[]> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(`
-      const { workerData: d, parentPort } = require('node:worker_threads');
-      const M = require(d.memory);
-      const bad = [];
-      for (let p = d.first; p < d.last; p++) if (M.memcmp(d.addr + p * d.P, d.expected + p * d.P, d.P) !== 0) bad.push(p);
-      parentPort.postMessage(bad);`, { eval: true, workerData: { memory: MEMORY, addr: m.addr, expected: m.expected, P: m.P, first, last } });
+    const workerData: CompareJob = { addr: m.addr, expected: m.expected, P: m.P, first, last };
+    const w = new Worker(COMPARE_WORKER, { workerData });
     w.once('message', resolve);
     w.once('error', reject);
   });
@@ -131,7 +128,7 @@ function readPagemapEntry(pid: number, addr: number): bigint {
 /** Where a cgroup2 hierarchy is mounted, or null. */
 function cgroup2Mount(): string | null {
   const line = fs.readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
-  return line ? line.split(' ')[1] : null;
+  return line?.split(' ')[1] ?? null;
 }
 const NO_CGROUP2 = 'needs a cgroup2 mount: the forked child waits in a frozen cgroup (a copy of this multi-threaded process ' +
   'must not run), and /proc/mounts lists none';

@@ -22,24 +22,26 @@ import { kernelHasRwp } from '../src/wss/methods.js';
 import { softDirtyProbe } from '../src/wss/soft-dirty.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
+import type { BytesJob } from '../workers/wss-bytes.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
 import { limit } from './helpers/limits.js';
 
 const P4K = C.PAGE_SIZE;
-const LIBC = path.resolve(__dirname, '../src/kernel/libc.js');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Reads (or writes) one byte of native memory from a worker thread: the main thread never blocks on a fault. */
+const BYTES_WORKER = path.resolve(__dirname, '../workers/wss-bytes.js');
+
+/** Reads (or writes) one byte at each address from a worker thread, in order: the main thread never blocks on a fault. */
+function bytesFromThread(job: BytesJob): Worker {
+  return new Worker(BYTES_WORKER, { workerData: job });
+}
+
+/** Reads (or writes) one byte of native memory from a worker thread; `answered` says whether it came back yet. */
 function touchFromThread(addr: number, write?: number): { done: Promise<number>; answered: () => boolean } {
   let answered = false;
-  const w = new Worker(`
-    const { workerData, parentPort } = require('node:worker_threads');
-    const { viewOf } = require(workerData.libc);
-    const b = new Uint8Array(viewOf(workerData.addr, 1));
-    if (workerData.write !== undefined) b[0] = workerData.write;
-    parentPort.postMessage(b[0]);`, { eval: true, workerData: { addr, write, libc: LIBC } });
+  const w = bytesFromThread({ addrs: [addr], write });
   const done = new Promise<number>((resolve, reject) => {
-    w.once('message', (v: number) => { answered = true; resolve(v); });
+    w.once('message', (v: number[]) => { answered = true; resolve(v[0] ?? -1); });
     w.once('error', reject);
   });
   return { done, answered: () => answered };
@@ -48,10 +50,7 @@ function touchFromThread(addr: number, write?: number): { done: Promise<number>;
 /** Reads one byte at each address from one worker thread, in order. */
 function readFromThread(addrs: number[]): Promise<number[]> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(`
-      const { workerData, parentPort } = require('node:worker_threads');
-      const { viewOf } = require(workerData.libc);
-      parentPort.postMessage(workerData.addrs.map((a) => new Uint8Array(viewOf(a, 1))[0]));`, { eval: true, workerData: { addrs, libc: LIBC } });
+    const w = bytesFromThread({ addrs });
     w.once('message', resolve);
     w.once('error', reject);
   });
@@ -166,17 +165,26 @@ describe('wss served by the engine', () => {
    * and only page 11 counts as written (the engine installs pages writable, or dirty: written
    * means changed since the store copy). Then a page written in place is written.
    */
-  async function evictedComeBack(type: string, access: 'zap' | 'rwp'): Promise<void> {
+  async function evictedComeBack(type: string, access: 'zap' | 'minor' | 'rwp'): Promise<void> {
     const pages = 64;
     const region = memoryType(type).create({ size: pages * P4K });
     try {
       fill(region, pages);
       const t = await WssTracker.create(region, { evict: true, access });
       try {
-        const writes = access === 'zap' || softDirtyProbe().ok;
-        assert.deepEqual([t.access, t.server, t.write], [access, 'engine', access === 'zap' ? 'wp-async' : writes ? 'soft-dirty' : 'none'], t.describe());
+        // minor: the engine maps minor faults without MODE_WP, so writes are not tracked with it
+        const writes = access === 'zap' || (access === 'rwp' && softDirtyProbe().ok);
+        const expectWrite = access === 'zap' ? 'wp-async' : writes ? 'soft-dirty' : 'none';
+        assert.deepEqual([t.access, t.server, t.write], [access, 'engine', expectWrite], t.describe());
         t.arm();
-        for (let i = 0; i < 4; i++) { bytesAt(region.addr, P4K)[100] = i; t.sample(); } // page 0 hot
+        for (let i = 0; i < 4; i++) {
+          const filled = t.engineStats()!.pages.total;
+          bytesAt(region.addr, P4K)[100] = i; // page 0 hot
+          // minor: page 0 was zapped at the last sample, and the engine records its CONTINUE
+          // just after the ioctl that woke this thread: let it, so it counts in this interval.
+          if (access === 'minor' && i > 0) for (let k = 0; k < 1000 && t.engineStats()!.pages.total === filled; k++) await sleep(2);
+          t.sample();
+        }
         const ev = t.evictCold();
         assert.equal(ev.pages, pages - 1);
         assert.equal(t.sample().evicted, pages - 1);
@@ -218,6 +226,7 @@ describe('wss served by the engine', () => {
   }
 
   it('memfd, zap: evicted pages come back through the engine; written means changed since the store copy', () => evictedComeBack('shmem', 'zap'));
+  it('memfd, minor: minor faults are CONTINUEd and evicted pages copied back, both by the engine', () => evictedComeBack('shmem', 'minor'));
   for (const type of ['anon', 'shmem']) {
     it(`${type}, rwp (Linux 7.3): evicted pages come back through the engine; soft-dirty tells writes, a read back is not one`, function () {
       if (!kernelHasRwp()) {
@@ -265,7 +274,7 @@ describe('wss served by the engine', () => {
     let t: WssTracker | undefined;
     try {
       fill(region, pages);
-      t = await WssTracker.create(region, { evict: true, server: 'engine', workers: o.workers });
+      t = await WssTracker.create(region, { evict: true, workers: o.workers });
       assert.equal(t.server, 'engine');
       wl = await Workload.start({ addr: region.addr, size: region.size, pageSize, writeFrac: 0.4, writeAt: 0.1, readFrac: 0.3, readAt: 0.6, threads: o.threads });
       t.arm();
@@ -300,7 +309,6 @@ describe('wss served by the engine', () => {
       assert.ok(served > 0 && es.pages.total >= served, `the engine served pages back (${served} in samples, ${es.pages.total} in all)`);
       assert.equal(es.errors, 0);
       assert.equal(es.incidents, 0);
-      assert.equal(t.handlerStats(), undefined, 'no trap handler');
       await t.close();
       const end = t.engineStats()!;
       t = undefined;
@@ -311,7 +319,7 @@ describe('wss served by the engine', () => {
         const a = region.addr + p * pageSize;
         const th = slices.findIndex((s) => a >= s.write[0] && a < s.write[1]);
         for (let o2 = 0; o2 < pageSize; o2 += o2 < 512 ? 8 : 4096) {
-          const guest = th >= 0 && o2 < 512 ? Workload.expectedByte(passes[th], o2 / 8) : undefined;
+          const guest = th >= 0 && o2 < 512 ? Workload.expectedByte(passes[th] ?? 0, o2 / 8) : undefined;
           const want = guest ?? (o2 % 512 === 0 ? initial(p, o2) : 0);
           if (b[p * pageSize + o2] !== want) assert.fail(`${type}: page ${p} offset ${o2}: ${b[p * pageSize + o2]} != ${want} (passes ${passes})`);
         }

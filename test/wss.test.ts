@@ -5,8 +5,8 @@
 // ioctl against the documented layout, the clear refusal here, and real RWP runs where the
 // kernel advertises UFFD_FEATURE_RWP.
 //
-// The tests touch tracked memory from the main thread: every method that needs a fault
-// handler runs it on its own worker thread, so the main thread can block on a fault.
+// The tests touch tracked memory from the main thread: every method that raises fault
+// messages is served by the engine's threads, so the main thread can block on a fault.
 import * as assert from 'node:assert/strict';
 import * as C from '../src/kernel/constants.js';
 import { ConfigError, UffdError, UnsupportedError } from '../src/kernel/errors.js';
@@ -19,8 +19,7 @@ import type { Region } from '../src/memory-types/types.js';
 import { heatmapSvg } from '../src/wss/heatmap.js';
 import { chooseMethods, kernelHasRwp, AccessMethod } from '../src/wss/methods.js';
 import { softDirtyProbe } from '../src/wss/soft-dirty.js';
-import { SharedPageStates, SparseBytes, PS_EVICTED, PS_HELD, PS_NONE } from '../src/wss/pages.js';
-import { K, TrapServer } from '../src/wss/serve.js';
+import { COPY_EVICTED, COPY_HELD, COPY_NONE, PageCopies, SparseBytes } from '../src/wss/pages.js';
 import { Range, TrackerOptions, WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
@@ -49,12 +48,12 @@ function touch(region: Region, pat: Pattern, value: number): void {
   const b = bytesAt(region.addr, region.size);
   for (const p of pat.writes) b[p * P + 8] = value;
   let sum = 0;
-  for (const p of pat.reads) sum += b[p * P];
+  for (const p of pat.reads) sum += b[p * P] ?? 0;
   assert.ok(sum >= 0);
 }
 
 /** Runs two intervals of known patterns through a tracker and checks what it reports. */
-async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: boolean): Promise<void> {
+async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: boolean, expectWrites = true): Promise<void> {
   const P = region.pageSize;
   const pages = region.size / P;
   const populated = pages / 2;
@@ -68,8 +67,12 @@ async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: 
     const i1: Pattern = { writes: [1, 2, populated + 3], reads: [4, 5, populated + 4] };
     touch(region, i1, 0xee);
     let st = t.sample();
-    assert.deepEqual(pagesOf(t.ranges('written'), region.addr, P), sorted(i1.writes), `${t.describe()}: written`);
-    assert.equal(st.written, i1.writes.length);
+    if (expectWrites) {
+      assert.deepEqual(pagesOf(t.ranges('written'), region.addr, P), sorted(i1.writes), `${t.describe()}: written`);
+      assert.equal(st.written, i1.writes.length);
+    } else {
+      assert.equal(st.written, null);
+    }
     if (expectReads) {
       assert.deepEqual(pagesOf(t.ranges('accessed'), region.addr, P), sorted([...i1.writes, ...i1.reads]), `${t.describe()}: accessed`);
       assert.equal(st.accessed, 6);
@@ -81,13 +84,12 @@ async function checkPatterns(region: Region, opts: TrackerOptions, expectReads: 
     const i2: Pattern = { writes: [4], reads: [1, 7] };
     touch(region, i2, 0xdd);
     st = t.sample();
-    assert.deepEqual(pagesOf(t.ranges('written'), region.addr, P), [4], `${t.describe()}: written (2)`);
+    if (expectWrites) assert.deepEqual(pagesOf(t.ranges('written'), region.addr, P), [4], `${t.describe()}: written (2)`);
     if (expectReads) assert.deepEqual(pagesOf(t.ranges('accessed'), region.addr, P), [1, 4, 7], `${t.describe()}: accessed (2)`);
     // interval 3: nothing
     st = t.sample();
-    assert.equal(st.written, 0);
+    assert.equal(st.written, expectWrites ? 0 : null);
     if (expectReads) assert.equal(st.accessed, 0);
-    assert.equal(t.handlerStats()?.errors ?? 0, 0);
     assert.equal(t.engineStats()?.errors ?? 0, 0);
   } finally {
     await t.close();
@@ -113,30 +115,37 @@ describe('wss: method choice', () => {
       assert.equal(anon.access, 'rwp');
       // MODE_WP excludes MODE_RWP: writes come from soft-dirty bits where the kernel keeps them
       assert.equal(anon.write, softDirtyProbe().ok ? 'soft-dirty' : 'none');
+      assert.deepEqual(pick(anon), ['rwp', 'none']);
       assert.deepEqual(pick(chooseMethods('anon', { evict: true })), ['rwp', 'engine']);
       assert.deepEqual(pick(chooseMethods('shmem', { evict: true })), ['rwp', 'engine']);
-      assert.deepEqual(pick(chooseMethods('anon', { evict: true, server: 'trap' })), ['move', 'trap']);
-      assert.throws(() => chooseMethods('anon', { access: 'rwp', evict: true, server: 'trap' }),
-        (e: unknown) => e instanceof UnsupportedError && /engine/.test(e.message) && /pageout/.test(e.message));
     } else {
       assert.deepEqual([anon.write, anon.access], ['wp-async', 'move']);
       assert.deepEqual([shmem.write, shmem.access], ['wp-async', 'zap']);
-      // evicting: the engine serves evicted file pages with zap (pages pinned across the
-      // punch); the trap server needs the minor trap for that
       assert.deepEqual(pick(chooseMethods('shmem', { evict: true })), ['zap', 'engine']);
-      assert.deepEqual(pick(chooseMethods('shmem', { evict: true, server: 'trap' })), ['minor', 'trap']);
       assert.equal(chooseMethods('hugetlbfs', {}).access, 'zap');
       assert.deepEqual(pick(anon), ['move', 'engine']);
-      assert.deepEqual(pick(chooseMethods('anon', { server: 'trap' })), ['move', 'trap']);
-      assert.deepEqual(pick(chooseMethods('shmem', { access: 'minor' })), ['minor', 'trap']);
-      assert.equal(chooseMethods('shmem', {}).server, 'none');
+      assert.equal(shmem.server, 'none');
     }
-    assert.throws(() => chooseMethods('shmem', { access: 'minor', server: 'engine' }), (e: unknown) => e instanceof UnsupportedError && /CONTINUE/.test(e.message));
+    // minor is served by the engine, which maps minor faults without MODE_WP: accesses only
+    const minor = chooseMethods('shmem', { access: 'minor' });
+    assert.deepEqual([minor.access, minor.server, minor.write], ['minor', 'engine', 'none']);
+    assert.ok(minor.notes.some((n) => /CONTINUE/.test(n)), minor.notes.join('; '));
+    assert.throws(() => chooseMethods('shmem', { access: 'minor', write: true }), (e: unknown) =>
+      e instanceof UnsupportedError && /CONTINUE/.test(e.message) && /'zap'/.test(e.message));
     assert.throws(() => chooseMethods('anon', { access: 'zap' }), (e: unknown) => e instanceof UnsupportedError && /move/.test(e.message));
     assert.throws(() => chooseMethods('shmem', { access: 'move' }), (e: unknown) => e instanceof UnsupportedError && /anon/.test(e.message));
-    assert.throws(() => chooseMethods('shmem', { access: 'zap', evict: true, server: 'trap' }), (e: unknown) => e instanceof UnsupportedError && /minor/.test(e.message));
     assert.throws(() => chooseMethods('guest_memfd', {}), UnsupportedError);
     assert.throws(() => chooseMethods('anon', { access: 'bogus' as AccessMethod }), ConfigError);
+  });
+
+  it("refuses the removed 'server' option, naming why", async () => {
+    const region = memoryType('shmem').create({ size: 16 * P4K });
+    try {
+      await assert.rejects(WssTracker.create(region, { access: 'zap', server: 'trap' } as TrackerOptions), (e: unknown) =>
+        e instanceof ConfigError && /engine serves every fault/.test(e.message));
+    } finally {
+      region.close();
+    }
   });
 
   it('requesting RWP on a kernel without it is a clear error naming the fallback', async function () {
@@ -161,15 +170,16 @@ describe('wss: method choice', () => {
 });
 
 describe('wss: known access patterns, every method this kernel supports', function () {
-  const cases: [string, AccessMethod, boolean, ('engine' | 'trap')?][] = [
-    ['anon', 'none', false], ['anon', 'move', true, 'engine'], ['anon', 'move', true, 'trap'],
-    ['shmem', 'none', false], ['shmem', 'zap', true], ['shmem', 'minor', true],
+  // [type, access, sees reads, tracks writes]; minor tracks accesses only (served by the engine, see methods.ts)
+  const cases: [string, AccessMethod, boolean, boolean][] = [
+    ['anon', 'none', false, true], ['anon', 'move', true, true],
+    ['shmem', 'none', false, true], ['shmem', 'zap', true, true], ['shmem', 'minor', true, false],
   ];
-  for (const [type, access, reads, server] of cases) {
-    it(`${type}: write=wp-async access=${access}${server ? ` (served by the ${server})` : ''}`, async () => {
+  for (const [type, access, reads, writes] of cases) {
+    it(`${type}: write=${writes ? 'wp-async' : 'none'} access=${access}${access === 'move' || access === 'minor' ? ' (served by the engine)' : ''}`, async () => {
       const region = memoryType(type).create({ size: 64 * P4K });
       try {
-        await checkPatterns(region, { access, write: true, server }, reads);
+        await checkPatterns(region, { access, write: writes }, reads, writes);
       } finally {
         region.close();
       }
@@ -207,11 +217,11 @@ describe('wss: known access patterns, every method this kernel supports', functi
       release = r.release;
     });
     after(() => release?.());
-    for (const [access, reads] of [['none', false], ['zap', true], ['minor', true]] as const) {
-      it(`hugetlbfs: write=wp-async access=${access}`, async () => {
+    for (const [access, reads, writes] of [['none', false, true], ['zap', true, true], ['minor', true, false]] as const) {
+      it(`hugetlbfs: write=${writes ? 'wp-async' : 'none'} access=${access}`, async () => {
         const region = memoryType('hugetlbfs').create({ size: 16 * C.HUGE_PAGE_2M, pageSize: C.HUGE_PAGE_2M });
         try {
-          await checkPatterns(region, { access, write: true }, reads);
+          await checkPatterns(region, { access, write: writes }, reads, writes);
         } finally {
           region.close();
         }
@@ -270,16 +280,16 @@ describe('wss: hot and cold over several intervals', () => {
 });
 
 describe('wss: evict cold pages and serve them back byte-exact', function () {
-  async function evictLoop(type: string, pageSize: number, pages: number, server: 'engine' | 'trap', access: AccessMethod): Promise<void> {
+  async function evictLoop(type: string, pageSize: number, pages: number, access: AccessMethod): Promise<void> {
     const region = memoryType(type).create({ size: pages * pageSize, pageSize });
     try {
       fill(region, pages);
-      const t = await WssTracker.create(region, { evict: true, server, access });
+      const t = await WssTracker.create(region, { evict: true, access, write: access === 'minor' ? false : 'auto' });
       try {
-        assert.equal(t.server, server, t.describe());
+        assert.equal(t.server, 'engine', t.describe());
         assert.equal(t.access, access, t.describe());
         // anon + move: every page sits in the store since the last sample (the hot ones too)
-        const allHeld = type === 'anon' && access === 'move' && server === 'engine';
+        const allHeld = type === 'anon' && access === 'move';
         t.arm();
         const hot: Pattern = { writes: [1, 2], reads: [3] };
         for (let i = 0; i < 4; i++) {
@@ -292,18 +302,14 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         const st = t.sample();
         assert.equal(st.evicted, pages - 3);
         assert.ok(cold.length >= 1);
-        // the memory is gone from the region (and, with the trap server, from the holding
-        // area; with the engine, anon pages were moved into the store, which is the holding area)
+        // the memory is gone from the region (anon: moved into the store, an anonymous
+        // holding area; files: punched out of the file, their bytes in the memfd store)
         const s = new Scanner();
         const present = s.countBytes(region.addr, region.addr + region.size, { categoryMask: C.PAGE_IS_PRESENT });
-        const held = t.holdingAddr ? s.countBytes(t.holdingAddr, t.holdingAddr + region.size, { categoryMask: C.PAGE_IS_PRESENT }) : 0;
+        const held = type === 'anon' ? s.countBytes(t.storeAddr, t.storeAddr + region.size, { categoryMask: C.PAGE_IS_PRESENT }) : 0;
         s.close();
-        if (server === 'engine' && type === 'anon') {
-          assert.ok(present <= 3 * pageSize, `present ${present}`);
-          assert.equal(held, allHeld ? region.size : (pages - 3) * pageSize, 'the store holds every page moved into it');
-        } else {
-          assert.ok(present + held <= 3 * pageSize, `present ${present} + held ${held}`);
-        }
+        assert.ok(present <= 3 * pageSize, `present ${present}`);
+        if (type === 'anon') assert.equal(held, allHeld ? region.size : (pages - 3) * pageSize, 'the store holds every page moved into it');
         const served0 = t.engineStats()?.pages.total ?? 0;
         // touching every page brings each back from the store
         const b = bytesAt(region.addr, region.size);
@@ -315,24 +321,22 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         }
         // The engine records a fill just after the ioctl that woke the toucher: a page it has
         // not recorded yet still counts as evicted at a sample.
-        const want = served0 + (allHeld ? pages : pages - 3);
-        if (server === 'engine') for (let i = 0; i < 1000 && t.engineStats()!.pages.total < want; i++) await new Promise((r) => setTimeout(r, 2));
+        // Every evicted page came back through the engine (anon + move: the 3 hot pages too,
+        // they were held in the store since the last sample; minor: the 3 hot pages were zapped
+        // at the last sample and come back with UFFDIO_CONTINUE).
+        const want = served0 + (allHeld || access === 'minor' ? pages : pages - 3);
+        for (let i = 0; i < 1000 && t.engineStats()!.pages.total < want; i++) await new Promise((r) => setTimeout(r, 2));
         const after = t.sample();
         assert.equal(after.evicted, 0);
-        if (server === 'trap') {
-          // The resolve ioctl wakes the toucher before the handler counts it: let it finish.
-          for (let i = 0; i < 100 && t.handlerStats()!.fromStore < pages - 3; i++) await new Promise((r) => setTimeout(r, 2));
-          const hs = t.handlerStats()!;
-          assert.equal(hs.fromStore, pages - 3);
-          assert.equal(hs.errors, 0);
+        const es = t.engineStats()!;
+        if (access === 'minor') {
+          // The engine records a CONTINUE just after the ioctl that woke the toucher: the hot
+          // pages of the last interval may be counted after served0 was read.
+          assert.ok(es.pages.total >= want && es.pages.total <= want + 3, `${es.pages.total} pages served, expected ${want} (+3 at most)`);
         } else {
-          // Every evicted page came back through the engine (anon: the 3 hot pages too, they
-          // were held in the store since the last sample).
-          const es = t.engineStats()!;
           assert.equal(es.pages.total, want);
-          assert.equal(es.errors, 0);
-          assert.equal(t.handlerStats(), undefined);
         }
+        assert.equal(es.errors, 0);
         // evict again, and let close() restore everything instead of faults
         for (let i = 0; i < 3; i++) t.sample();
         assert.ok(t.evictCold({ how: 'store' }).pages > 0);
@@ -346,28 +350,26 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
     }
   }
 
-  it('anon, engine (move trap into the store, the engine copies back)', () => evictLoop('anon', P4K, 256, 'engine', 'move'));
-  it('anon, trap (move trap, store, UFFDIO_MOVE/COPY back)', () => evictLoop('anon', P4K, 256, 'trap', 'move'));
-  it('shmem/memfd, engine (zap, pinned + punched, the engine copies back)', () => evictLoop('shmem', P4K, 256, 'engine', 'zap'));
-  it('shmem/memfd, trap (minor trap, save + punch hole, UFFDIO_COPY back)', () => evictLoop('shmem', P4K, 256, 'trap', 'minor'));
+  it('anon, move (moved into the store by the access trap, the engine copies back)', () => evictLoop('anon', P4K, 256, 'move'));
+  it('shmem/memfd, zap (pinned + punched, the engine copies back)', () => evictLoop('shmem', P4K, 256, 'zap'));
+  it('shmem/memfd, minor (pinned + punched, the engine copies back; minor faults CONTINUEd by the engine)', () => evictLoop('shmem', P4K, 256, 'minor'));
   // RWP (Linux 7.3): the sync window keeps RWP faults waiting while cold pages go
   const rwpCases = [
-    ['anon', 'engine', 'anon, engine, rwp (cold pages moved into the store in the sync window, the engine copies back)'],
-    ['shmem', 'engine', 'shmem/memfd, engine, rwp (pinned + punched in the sync window, the engine copies back)'],
-    ['shmem', 'trap', 'shmem/memfd, trap, rwp (save + punch hole in the sync window, UFFDIO_COPY back)'],
+    ['anon', 'anon, rwp (cold pages moved into the store in the sync window, the engine copies back)'],
+    ['shmem', 'shmem/memfd, rwp (pinned + punched in the sync window, the engine copies back)'],
   ] as const;
-  for (const [type, server, name] of rwpCases) {
+  for (const [type, name] of rwpCases) {
     it(name, async function () {
       if (!kernelHasRwp()) {
         console.log(`      skipped: this kernel lacks UFFD_FEATURE_RWP/RWP_ASYNC (Linux 7.3)`);
         this.skip();
       }
-      await evictLoop(type, P4K, 256, server, 'rwp');
+      await evictLoop(type, P4K, 256, 'rwp');
     });
   }
 
-  for (const [server, access] of [['engine', 'zap'], ['trap', 'minor'], ['engine', 'rwp']] as const) {
-    it(`hugetlbfs, ${server}, ${access} (2 MiB pages, ${server === 'engine' ? 'pinned + punched' : 'save + punch hole'}, UFFDIO_COPY back)`, async function () {
+  for (const access of ['zap', 'minor', 'rwp'] as const) {
+    it(`hugetlbfs, ${access} (2 MiB pages, pinned + punched, UFFDIO_COPY back through the engine)`, async function () {
       if (access === 'rwp' && !kernelHasRwp()) {
         console.log(`      skipped: this kernel lacks UFFD_FEATURE_RWP/RWP_ASYNC (Linux 7.3)`);
         this.skip();
@@ -378,7 +380,7 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         this.skip();
       }
       try {
-        await evictLoop('hugetlbfs', C.HUGE_PAGE_2M, 16, server, access);
+        await evictLoop('hugetlbfs', C.HUGE_PAGE_2M, 16, access);
       } finally {
         r.release();
       }
@@ -405,12 +407,12 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
     }
   });
 
-  for (const [type, server] of [['anon', 'engine'], ['anon', 'trap'], ['shmem', 'engine'], ['shmem', 'trap']] as const) {
-    it(`${type}, ${server}: nothing is lost while a guest writes and pages are evicted under it`, async function () {
+  for (const [type, access] of [['anon', 'auto'], ['shmem', 'auto'], ['shmem', 'minor']] as const) {
+    it(`${type}, access ${access}: nothing is lost while a guest writes and pages are evicted under it`, async function () {
       const pages = 2048;
       const region = memoryType(type).create({ size: pages * P4K });
       fill(region, pages);
-      const t = await WssTracker.create(region, { evict: true, server });
+      const t = await WssTracker.create(region, { evict: true, access, write: access === 'minor' ? false : 'auto' });
       let wl: Workload | undefined;
       try {
         wl = await Workload.start({ addr: region.addr, size: region.size, pageSize: P4K, writeFrac: 0.5, writeAt: 0.1, readFrac: 0.25, readAt: 0.7, threads: 2 });
@@ -426,7 +428,15 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
         const slices = wl.slices;
         wl = undefined;
         assert.ok(evicted > 0, 'something was evicted');
-        assert.equal((t.handlerStats() ?? t.engineStats()!).errors, 0);
+        const errors = t.engineStats()!.errors;
+        if (access === 'minor') {
+          // A minor fault whose page is punched out before the engine's CONTINUE gets EFAULT:
+          // the engine wakes the thread, which faults again as a missing fault and is served
+          // from the store (checked byte by byte below). The engine counts each such race in errors.
+          if (errors) console.log(`      ${errors} CONTINUE(s) lost the race with a punch and were served again as missing faults`);
+        } else {
+          assert.equal(errors, 0);
+        }
         await t.close();
         // every page: the guest's last writes, or the initial bytes
         const b = bytesAt(region.addr, region.size);
@@ -435,7 +445,7 @@ describe('wss: evict cold pages and serve them back byte-exact', function () {
           const th = slices.findIndex((s) => a >= s.write[0] && a < s.write[1]);
           for (let k = 0; k < 64; k++) {
             const o = k * 8;
-            const guest = th >= 0 ? Workload.expectedByte(passes[th], k) : undefined;
+            const guest = th >= 0 ? Workload.expectedByte(passes[th] ?? 0, k) : undefined;
             const want = guest ?? (o % 512 === 0 ? initial(p, o) : 0);
             if (b[p * P4K + o] !== want) assert.fail(`${type}: page ${p} offset ${o}: ${b[p * P4K + o]} != ${want} (passes ${passes}, evicted ${evicted})`);
           }
@@ -477,19 +487,24 @@ describe('wss: a sparse 1 TiB region with bounded tracker memory', () => {
     }
   });
 
-  it('sparse page tables allocate only touched chunks, shared states work across CAS', () => {
+  it('sparse per-page bytes and store-copy states allocate only touched chunks', () => {
     const sb = new SparseBytes(2 ** 28);
     sb.forRange(1000, 1010, (idx, _p, n) => { for (let i = idx; i < idx + n; i++) sb.bytes[i] = 7; });
     assert.equal(sb.used, 1);
     assert.equal(sb.get(1005), 7);
     assert.equal(sb.get(5000), 0);
-    const st = new SharedPageStates(SharedPageStates.allocate(2 ** 28));
-    assert.equal(st.get(123456789), PS_NONE);
-    assert.equal(st.cas(123456789, PS_NONE, PS_HELD), PS_NONE);
-    assert.equal(st.cas(123456789, PS_NONE, PS_EVICTED), PS_HELD);
-    const other = new SharedPageStates(st.init); // what another thread sees
-    assert.equal(other.get(123456789), PS_HELD);
-    assert.deepEqual(other.counts().slice(0, 2), [511, 1]);
+    const copies = new PageCopies(2 ** 28);
+    const before = copies.footprint;
+    assert.equal(copies.get(123456789), COPY_NONE);
+    copies.setRange(123456789, 123456791, COPY_HELD);
+    copies.setRange(123456790, 123456791, COPY_EVICTED);
+    copies.setRange(5, 6, COPY_NONE); // allocates nothing
+    assert.deepEqual([copies.get(123456789), copies.get(123456790), copies.get(123456791)], [COPY_HELD, COPY_EVICTED, COPY_NONE]);
+    assert.deepEqual(copies.counts(), [0, 1, 1]);
+    const seen: [number, number][] = [];
+    copies.forEachSet((p, st) => seen.push([p, st]));
+    assert.deepEqual(seen, [[123456789, COPY_HELD], [123456790, COPY_EVICTED]]);
+    assert.equal(copies.footprint, before, 'one chunk fits in the initial pool');
   });
 });
 
@@ -559,7 +574,7 @@ describe('wss: RWP (read-write protect, Linux 7.3)', () => {
     }
   });
 
-  it('decodes an RWP fault message, and the handler leaves RWP faults to the evictor', async () => {
+  it('decodes an RWP fault message', () => {
     const msg = new Uint8Array(32);
     const mdv = new DataView(msg.buffer);
     mdv.setUint8(0, C.UFFD_EVENT_PAGEFAULT);
@@ -567,23 +582,6 @@ describe('wss: RWP (read-write protect, Linux 7.3)', () => {
     mdv.setBigUint64(16, 0x7f0000042000n, true);
     const ev = decodeMessage(mdv, 0);
     assert.ok(ev.type === 'pagefault' && ev.kind === 'rwp' && ev.write && ev.address === 0x7f0000042000);
-    const uffd = Userfaultfd.create({});
-    const region = mapAnonymous(4 * P4K);
-    try {
-      const states = SharedPageStates.allocate(4);
-      const counters = new SharedArrayBuffer(24 * 4);
-      const server = new TrapServer({
-        uffdFd: uffd.fd, features: '0', regionAddr: region, regionSize: 4 * P4K, pageSize: P4K, anon: true, hugetlb: false,
-        holdingAddr: 0, storeAddr: 0, storeFd: -1, protectReads: false, states, counters,
-      });
-      server.serve(region + P4K, C.UFFD_PAGEFAULT_FLAG_RWP);
-      const c = new Int32Array(counters);
-      assert.equal(c[K.rwp], 1);
-      assert.equal(c[K.errors], 0);
-    } finally {
-      munmap(region, 4 * P4K);
-      uffd.close();
-    }
   });
 
   describe('on a kernel that advertises UFFD_FEATURE_RWP', function () {

@@ -2,7 +2,7 @@
 // byte per page: a write set (a store per page) and a read set (a load per page), until told
 // to stop. Runs on its own thread so that its faults are served by the handler thread.
 import { workerData, parentPort } from 'node:worker_threads';
-import { viewOf } from '../src/kernel/libc.js';
+import { bytesAt } from '../src/kernel/memory.js';
 
 interface GuestData {
   /** [start, end) address ranges. */
@@ -22,7 +22,7 @@ function run(d: GuestData): void {
   const ctl = new Int32Array(d.control);
   const stats = new Float64Array(d.stats);
   const P = d.pageSize;
-  const views = (rs: [number, number][]) => rs.map(([s, e]) => new Uint8Array(viewOf(s, e - s)));
+  const views = (rs: [number, number][]) => rs.map(([s, e]) => bytesAt(s, e - s));
   const w = views(d.writes);
   const r = views(d.reads);
   parentPort?.postMessage('ready');
@@ -38,12 +38,12 @@ function run(d: GuestData): void {
     }
     for (const a of r) {
       for (let o = 0; o < a.length; o += P) {
-        sum += a[o + (pass & 63) * 8];
+        sum += a[o + (pass & 63) * 8] ?? 0;
         touched++;
       }
     }
     stats[2 * d.id] = pass;
-    stats[2 * d.id + 1] += touched;
+    stats[2 * d.id + 1] = (stats[2 * d.id + 1] ?? 0) + touched;
     if (d.passes && pass >= d.passes) break;
   }
   parentPort?.postMessage({ done: true, sum });

@@ -9,8 +9,7 @@ import { writeHeatmap, HeatFrame } from '../wss/heatmap.js';
 import { ACCESS_METHODS, AccessMethod, chooseMethods, METHOD_INFO } from '../wss/methods.js';
 import { IntervalStats, Range, WssTracker } from '../wss/tracker.js';
 import { Workload } from '../wss/workload.js';
-import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { readBack } from '../wss/read-back.js';
 
 const SPEC: OptionSpec = {
   type: { type: 'string', default: 'shmem', help: 'memory type: shmem (memfd), anon or hugetlbfs' },
@@ -24,10 +23,9 @@ const SPEC: OptionSpec = {
   writeFrac: { type: 'number', default: 0.1, help: 'fraction of the region the guest writes every pass' },
   readFrac: { type: 'number', default: 0.1, help: 'fraction of the region the guest reads every pass' },
   evict: { type: 'boolean', default: false, help: 'evict cold pages to a store after each interval (they come back on touch)' },
-  store: { type: 'string', help: 'file for evicted bytes (default: a memfd; shmem/hugetlbfs with the engine, any type with the trap)' },
-  server: { type: 'string', default: 'auto', help: 'who serves faults of the trap methods and evicted pages: auto, engine (the parallel engine), trap (one handler thread)' },
-  workers: { type: 'number', default: 2, help: 'engine worker threads (server engine)' },
-  readBack: { type: 'boolean', default: true, help: 'with --evict: after the last interval, guest threads read every evicted page back (through the server) and check its bytes (--no-read-back: leave them to close)' },
+  store: { type: 'string', help: 'file for evicted bytes of shmem/hugetlbfs (default: a memfd)' },
+  workers: { type: 'number', default: 2, help: 'engine worker threads (the engine serves the trap methods and evicted pages)' },
+  readBack: { type: 'boolean', default: true, help: 'with --evict: after the last interval, guest threads read every evicted page back (through the engine) and check its bytes (--no-read-back: leave them to close)' },
   heatmap: { type: 'string', help: 'write an access heatmap to FILE.html or FILE.svg' },
   buckets: { type: 'number', default: 128, help: 'address buckets in the heatmap' },
   json: { type: 'boolean', default: false, help: 'print a JSON report instead of the table' },
@@ -37,7 +35,7 @@ const SPEC: OptionSpec = {
 
 type Opts = {
   type: string; size: number; pageSize?: number; interval: number; intervals: number; access: string; write: string;
-  threads: number; writeFrac: number; readFrac: number; evict: boolean; store?: string; server: string; workers: number; readBack: boolean; heatmap?: string; buckets: number;
+  threads: number; writeFrac: number; readFrac: number; evict: boolean; store?: string; workers: number; readBack: boolean; heatmap?: string; buckets: number;
   json: boolean; methods: boolean; help: boolean; _: string[];
 };
 
@@ -45,47 +43,7 @@ const MiB = 1024 * 1024;
 const mib = (bytes: number) => (bytes / MiB).toFixed(1);
 
 function sameRanges(a: Range[], b: Range[]): boolean {
-  return a.length === b.length && a.every((r, i) => r.start === b[i].start && r.end === b[i].end);
-}
-
-// Reads [start, end) ranges from `threads` worker threads, checking every byte is `byte`;
-// each first touch of an evicted page is a fault the server answers.
-const READ_BACK = `
-const { workerData, parentPort } = require('node:worker_threads');
-const { viewOf } = require(workerData.libc);
-const { ranges, pageSize, byte } = workerData;
-const pat = Buffer.alloc(pageSize, byte);
-let pages = 0, bad = 0;
-for (const [s, e] of ranges) {
-  const b = Buffer.from(viewOf(s, e - s));
-  for (let o = 0; o < b.length; o += pageSize) { if (!b.subarray(o, o + pageSize).equals(pat)) bad++; pages++; }
-}
-parentPort.postMessage({ pages, bad });`;
-
-async function readBack(ranges: Range[], threads: number, pageSize: number, byte: number): Promise<{ pages: number; bad: number; ms: number }> {
-  // Split the pages evenly, in address order.
-  const all: [number, number][] = ranges.map((r) => [r.start, r.end]);
-  const total = all.reduce((n, [s, e]) => n + (e - s) / pageSize, 0);
-  const per = Math.ceil(total / threads);
-  const jobs: [number, number][][] = Array.from({ length: threads }, () => []);
-  let t = 0, left = per;
-  for (let [s, e] of all) {
-    while (s < e) {
-      const n = Math.min(left, (e - s) / pageSize);
-      if (n > 0) jobs[t].push([s, s + n * pageSize]);
-      s += n * pageSize;
-      left -= n;
-      if (left === 0 && t < threads - 1) { t++; left = per; }
-    }
-  }
-  const libc = path.resolve(__dirname, '../kernel/libc.js');
-  const t0 = performance.now();
-  const results = await Promise.all(jobs.map((job) => new Promise<{ pages: number; bad: number }>((resolve, reject) => {
-    const w = new Worker(READ_BACK, { eval: true, workerData: { ranges: job, pageSize, byte, libc } });
-    w.once('message', resolve);
-    w.once('error', reject);
-  })));
-  return { pages: results.reduce((n, r) => n + r.pages, 0), bad: results.reduce((n, r) => n + r.bad, 0), ms: performance.now() - t0 };
+  return a.length === b.length && a.every((r, i) => r.start === b[i]?.start && r.end === b[i]?.end);
 }
 
 /** Pages of `expected` missing from `got`, if every one came back through the engine unchanged and nothing extra was reported; else 0. */
@@ -148,10 +106,8 @@ export async function run(args: string[]): Promise<number> {
   try {
     // Everything written once: pages outside the hot sets are the cold part of the guest.
     memset(region.addr, 0x5a, region.size);
-    if (!['auto', 'engine', 'trap'].includes(o.server)) throw new Error(`--server takes auto, engine or trap (got ${o.server})`);
     tracker = await WssTracker.create(region, {
-      access: o.access as AccessMethod | 'auto', write, evict: o.evict, storePath: o.store,
-      server: o.server as 'auto' | 'engine' | 'trap', workers: o.workers,
+      access: o.access as AccessMethod | 'auto', write, evict: o.evict, storePath: o.store, workers: o.workers,
     });
     wl = await Workload.start({
       addr: region.addr, size: region.size, pageSize: region.pageSize, writeFrac: o.writeFrac, readFrac: o.readFrac, threads: o.threads,
@@ -161,6 +117,7 @@ export async function run(args: string[]): Promise<number> {
     log(`uffd-engine wss: ${type.name} region of ${mib(region.size)} MiB (${region.size / P} pages of ${P / 1024} KiB), ` +
       `${o.intervals} intervals of ${o.interval} ms, kernel ${kernelRelease()}`);
     const described = tracker.describe();
+    const serverKind = tracker.server;
     log(`methods: ${described}`);
     for (const n of tracker.methods.notes) log(`  ${n}`);
     log(`guest: ${o.threads} threads writing ${sets.writePages} pages (${mib(sets.writePages * P)} MiB at +${mib(sets.write.start - region.addr)} MiB) ` +
@@ -204,7 +161,7 @@ export async function run(args: string[]): Promise<number> {
       // between the end of the previous sample and the start of this one (two pass ends in
       // that window); otherwise there is nothing exact to compare with. (A sample can take a
       // while, and passes made during it belong partly to the next interval.)
-      const fullPass = before.every((p, k) => p - prevThread[k] >= 2);
+      const fullPass = before.every((p, k) => p - (prevThread[k] ?? 0) >= 2);
       prevThread = prog.perThread;
       const exact = (tracker.write === 'none' && !tracker.seesReads) || !fullPass ? null : wOk && aOk;
       let evictedNow = 0;
@@ -228,7 +185,7 @@ export async function run(args: string[]): Promise<number> {
       for (const r of sets2) { if (r.start > at) cold.push({ start: at, end: r.start }); at = Math.max(at, r.end); }
       if (at < region.addr + region.size) cold.push({ start: at, end: region.addr + region.size });
       const before = tracker.sample(); // settles what came back so far
-      const rb = await readBack(cold, o.threads, P, 0x5a);
+      const rb = await readBack(cold, { threads: o.threads, pageSize: P, byte: 0x5a });
       const after = tracker.sample();
       readBackResult = { ...rb, served: after.servedBack };
       log(`read back the cold part from ${o.threads} guest threads: ${rb.pages} pages (${before.evicted} evicted) in ${rb.ms.toFixed(0)} ms ` +
@@ -236,7 +193,6 @@ export async function run(args: string[]): Promise<number> {
         `served back by the ${tracker.server}: ${after.servedBack} pages on ${after.faults} faults`);
     }
     const footprint = tracker.footprint();
-    const handler = tracker.handlerStats();
     const engineBefore = tracker.engineStats();
     const closeT0 = performance.now();
     await tracker.close();
@@ -264,9 +220,8 @@ export async function run(args: string[]): Promise<number> {
       trackerBytes: footprint,
       evictedRestoredIntact: o.evict ? coldIntact : null,
       readBack: readBackResult,
-      server: rows.length ? rows[0].server : 'none',
+      server: serverKind,
       servedBack: rows.reduce((a, r) => a + r.servedBack, 0) + (readBackResult?.served ?? 0),
-      handler,
       engine: engine && engineBefore ? {
         faults: engine.faults.total, pagesServed: engine.pages.total, restoredOnClose: engine.pages.total - engineBefore.pages.total,
         closeMs, inline: engine.inline, handoffs: engine.handoffs, errors: engine.errors, latencyUs: { p50: engine.latencyUs.p50, p90: engine.latencyUs.p90, p99: engine.latencyUs.p99, max: engine.latencyUs.max },
@@ -277,7 +232,7 @@ export async function run(args: string[]): Promise<number> {
       writeHeatmap(o.heatmap, frames, {
         title: `uffd-engine wss: ${type.name} ${mib(region.size)} MiB, ${o.intervals} × ${o.interval} ms`,
         subtitle: [`${described}`, `guest writes +${mib(sets.write.start - region.addr)}..+${mib(sets.write.end - region.addr)} MiB, reads +${mib(sets.read.start - region.addr)}..+${mib(sets.read.end - region.addr)} MiB; kernel ${kernelRelease()}`],
-        regionBytes: region.size, seesReads: rows.length ? rows[0].accessed !== null : true,
+        regionBytes: region.size, seesReads: rows[0]?.accessed !== null,
       });
     }
     if (o.json) {

@@ -46,7 +46,7 @@ export function heatColor(accessed: number, written: number): string {
 }
 
 export function heatmapSvg(frames: HeatFrame[], o: HeatmapOptions): string {
-  const buckets = frames.length ? frames[0].accessed.length : 1;
+  const buckets = frames[0]?.accessed.length ?? 1;
   const cellW = Math.max(2, Math.floor(900 / buckets));
   const cellH = frames.length > 60 ? 6 : 14;
   const left = 90;
@@ -62,11 +62,12 @@ export function heatmapSvg(frames: HeatFrame[], o: HeatmapOptions): string {
   frames.forEach((f, row) => {
     const y = top + row * cellH;
     for (let b = 0; b < buckets; b++) {
-      const a = o.seesReads ? f.accessed[b] : f.written[b];
-      const c = heatColor(a, f.written[b]);
+      const w = f.written[b] ?? 0;
+      const a = o.seesReads ? f.accessed[b] ?? 0 : w;
+      const c = heatColor(a, w);
       if (c === '#f7f7f7') continue;
       out.push(`<rect x="${left + b * cellW}" y="${y}" width="${cellW}" height="${cellH}" fill="${c}"><title>interval ${f.interval}, bucket ${b}: ` +
-        `${(a * 100).toFixed(1)}% accessed, ${(f.written[b] * 100).toFixed(1)}% written</title></rect>`);
+        `${(a * 100).toFixed(1)}% accessed, ${(w * 100).toFixed(1)}% written</title></rect>`);
     }
     if (frames.length <= 60 || row % 5 === 0) {
       out.push(`<text x="${left - 6}" y="${y + cellH - 3}" text-anchor="end" fill="#444">${f.interval} · ${(f.atMs / 1000).toFixed(1)}s</text>`);

@@ -2,8 +2,8 @@
 export * from './methods.js';
 export * from './tracker.js';
 export * from './pages.js';
-export { TrapHandler } from './handler.js';
-export { TrapServer, type TrapConfig } from './serve.js';
+export * from './history.js';
+export { PageStore } from './store.js';
 export { PagePins } from './pins.js';
 export * from './workload.js';
 export * from './heatmap.js';

@@ -10,10 +10,10 @@ export type AccessMethod = 'rwp' | 'zap' | 'minor' | 'move' | 'none';
 export type WriteMethod = 'wp-async' | 'soft-dirty' | 'none';
 /**
  * Who serves the faults of the trap methods and of evicted pages: the parallel engine
- * (src/engine/, its dispatcher and workers), the tracker's own single handler thread
- * (TrapServer), or nobody (the methods in use raise no fault messages).
+ * (src/engine/, its dispatcher and workers), or nobody (the methods in use raise no fault
+ * messages).
  */
-export type ServerKind = 'engine' | 'trap' | 'none';
+export type ServerKind = 'engine' | 'none';
 export const ACCESS_METHODS: readonly AccessMethod[] = ['rwp', 'zap', 'minor', 'move', 'none'];
 
 export interface MethodInfo {
@@ -57,28 +57,24 @@ export const METHOD_INFO: Record<WriteMethod | AccessMethod, MethodInfo> = {
       'otherwise map up to 16 neighbouring cached pages on each read fault and report them as accessed',
     exactness: 'exact for reads and writes at page granularity, except an access in the microseconds between the scan of a ' +
       'run and its zap. Eviction is served by the engine: the pages are pinned (vmsplice) across the hole punch, so a write ' +
-      'up to the punch is saved and a touch after it waits for the engine; with the trap server a write between saving and ' +
-      'punching could be lost (use minor there)',
+      'up to the punch is saved and a touch after it waits for the engine',
   },
   minor: {
     name: 'minor', sees: 'reads and writes', types: 'shmem/memfd, hugetlbfs', kernel: 'MINOR_SHMEM / MINOR_HUGETLBFS (5.13+)',
-    cost: 'like zap, but the first access to each page per interval is a synchronous minor fault served by a handler ' +
-      'thread with UFFDIO_CONTINUE (a round trip: measured here ~60k faults/s, ~17 us each, with the handler spinning 50 us ' +
-      'before it sleeps; 25-60 us when it has to be woken)',
-    exactness: 'exact, and race-free eviction: a page being saved and punched cannot be touched (the fault waits), then ' +
-      'comes back from the store with UFFDIO_COPY',
+    cost: 'like zap, but registered MINOR: the first access to each page per interval is a synchronous minor fault that ' +
+      "the engine resolves with UFFDIO_CONTINUE (a round trip per hot page per interval)",
+    exactness: 'exact for accesses, as zap. Writes are not tracked with it: the engine maps a minor fault with UFFDIO_CONTINUE ' +
+      'without MODE_WP (it does not keep the fault\'s WRITE flag), so a page read back would look written. Eviction as zap ' +
+      '(pinned across the punch, served back by the engine)',
   },
   move: {
     name: 'move', sees: 'reads and writes', types: 'anon', kernel: 'UFFDIO_MOVE (6.8+)',
     cost: 'each interval moves the pages seen present into a holding area (the store) with UFFDIO_MOVE (no copy); the ' +
-      'first access to each page per interval is a synchronous missing fault. Served by the engine (default), whose workers ' +
-      'copy the page back from the store (the copy stays there until the next sample, which compares it to tell reads from ' +
-      'writes); served by the trap handler thread, it is moved back (a read with write tracking: UFFDIO_COPY with MODE_WP). ' +
-      'A round trip either way: ~50k faults/s here',
+      'first access to each page per interval is a synchronous missing fault, whose page the engine\'s workers copy back ' +
+      'from the store (the copy stays there until the next sample, which compares it to tell reads from writes): ~50k faults/s here',
     exactness: 'exact for reads; an access in the microseconds between the scan of a run and its move is counted in the ' +
-      'next interval. Writes: exact with the trap server; with the engine a page that came back counts as written when its ' +
-      'bytes differ from the copy it came from (a store of the same bytes is not seen). Eviction is race-free (held pages ' +
-      'can only come back through the server)',
+      'next interval. Writes: a page that came back counts as written when its bytes differ from the copy it came from (a ' +
+      'store of the same bytes is not seen). Eviction is race-free (held pages can only come back through the engine)',
   },
   none: {
     name: 'none', sees: 'nothing', types: 'all', kernel: '-', cost: 'none', exactness: '-',
@@ -101,15 +97,14 @@ export function kernelHasRwp(): boolean {
 }
 
 /** The fallback access method for a memory type on kernels without RWP. */
-export function rwpFallback(type: string, evict = false, server: ServerKind | 'auto' = 'auto'): AccessMethod {
-  if (type === 'anon') return 'move';
-  return evict && server === 'trap' ? 'minor' : 'zap';
+export function rwpFallback(type: string): AccessMethod {
+  return type === 'anon' ? 'move' : 'zap';
 }
 
 function rwpMissing(type: string): string {
   const fb = type === 'anon'
-    ? "'move' (UFFDIO_MOVE access trap: pages moved to a holding area and moved back on the first touch)"
-    : "'zap' (MADV_DONTNEED + PAGE_IS_PRESENT scan, async) or 'minor' (MINOR-fault trap, sync, safe for eviction)";
+    ? "'move' (UFFDIO_MOVE access trap: pages moved into a store and copied back by the engine on the first touch)"
+    : "'zap' (MADV_DONTNEED + PAGE_IS_PRESENT scan, async) or 'minor' (MINOR-fault trap served by the engine, sync)";
   return `access method 'rwp' needs UFFD_FEATURE_RWP and RWP_ASYNC (userfaultfd read-write-protect, Linux 7.3), ` +
     `which this kernel (${kernelRelease()}) does not offer; the fallback for ${type} is ${fb}`;
 }
@@ -119,38 +114,30 @@ function rwpMissing(type: string): string {
  * available; an explicit request the kernel or type cannot do is an UnsupportedError naming
  * the fallback.
  */
-export function chooseMethods(type: string, req: {
-  write?: boolean | 'auto'; access?: AccessMethod | 'auto'; evict?: boolean; server?: 'engine' | 'trap' | 'auto';
-}): MethodChoice {
+export function chooseMethods(type: string, req: { write?: boolean | 'auto'; access?: AccessMethod | 'auto'; evict?: boolean }): MethodChoice {
   const notes: string[] = [];
   const isFile = FILE_TYPES.has(type);
   if (type !== 'anon' && !isFile) {
     throw new UnsupportedError(`working-set tracking supports anon, shmem and hugetlbfs regions, not ${type}`);
   }
   const hasRwp = kernelHasRwp();
-  let reqServer = req.server ?? 'auto';
-  if (!['engine', 'trap', 'auto'].includes(reqServer)) throw new ConfigError(`unknown server "${reqServer}"; use engine, trap or auto`);
-  if (reqServer !== 'trap' && req.evict && isFile) {
+  if (req.evict && isFile) {
     // The engine serves evicted file pages only if they can be pinned across the punch.
     const pins = PagePins.probe();
     if (!pins.ok) {
-      if (reqServer === 'engine') {
-        throw new UnsupportedError(`the engine cannot serve evicted ${type} pages here: ${pins.reason}; use server 'trap' (access 'minor')`);
-      }
-      reqServer = 'trap';
-      notes.push(`server: trap (pages cannot be pinned across a hole punch here: ${pins.reason})`);
+      throw new UnsupportedError(`evicting ${type} pages needs them pinned across the hole punch (vmsplice), and ${pins.reason}; ` +
+        "use evictCold('pageout'|'cold') hints without { evict: true }");
     }
   }
   let access: AccessMethod;
   const reqAccess = req.access ?? 'auto';
   if (reqAccess === 'auto') {
-    // The trap thread cannot store-evict anon memory under RWP (below): auto takes move there.
-    if (hasRwp && !(type === 'anon' && req.evict && reqServer === 'trap')) {
+    if (hasRwp) {
       access = 'rwp';
       notes.push('access: rwp (the kernel offers UFFD_FEATURE_RWP)');
     } else {
-      access = rwpFallback(type, req.evict, reqServer);
-      notes.push(`access: ${access} (this kernel has no RWP; ${access} is the fallback for ${type}${req.evict && isFile ? ' when evicting' : ''})`);
+      access = rwpFallback(type);
+      notes.push(`access: ${access} (this kernel has no RWP; ${access} is the fallback for ${type})`);
     }
   } else {
     access = reqAccess;
@@ -177,12 +164,17 @@ export function chooseMethods(type: string, req: {
   // clear_refs does not clear the soft-dirty bits of hugetlb pages: they would stay dirty.
   const sd = access !== 'rwp' || reqWrite === false ? undefined : type === 'hugetlbfs'
     ? { ok: false, reason: 'soft-dirty bits of hugetlb pages are never cleared (clear_refs skips hugetlb mappings)' } : softDirtyProbe();
+  const minorNoWrites = 'the engine maps a minor fault with UFFDIO_CONTINUE without MODE_WP (it does not keep the fault\'s WRITE ' +
+    'flag), so every page read back would look written';
   if (reqWrite === 'auto') {
-    if (access === 'rwp') {
-      write = sd!.ok ? 'soft-dirty' : 'none';
-      notes.push(sd!.ok
+    if (sd) {
+      write = sd.ok ? 'soft-dirty' : 'none';
+      notes.push(sd.ok
         ? 'write: soft-dirty (MODE_WP and MODE_RWP exclude each other on one range; PAGE_IS_SOFT_DIRTY tells the writes)'
-        : `write: none (MODE_WP and MODE_RWP exclude each other on one range, and ${sd!.reason})`);
+        : `write: none (MODE_WP and MODE_RWP exclude each other on one range, and ${sd.reason})`);
+    } else if (access === 'minor') {
+      write = 'none';
+      notes.push(`write: none (${minorNoWrites}; access 'zap' tracks writes with wp-async)`);
     } else if (wpOk) {
       write = 'wp-async';
       notes.push('write: wp-async (WP_ASYNC + PAGEMAP_SCAN PAGE_IS_WRITTEN)');
@@ -191,13 +183,16 @@ export function chooseMethods(type: string, req: {
       notes.push('write: none (this kernel lacks WP_ASYNC)');
     }
   } else if (reqWrite) {
-    if (access === 'rwp') {
-      if (!sd!.ok) {
+    if (sd) {
+      if (!sd.ok) {
         throw new UnsupportedError("write tracking with access method 'rwp' uses soft-dirty bits (MODE_WP and MODE_RWP exclude each " +
-          `other on one range), and ${sd!.reason}; track writes with a fallback access method (wp-async), or accesses only`);
+          `other on one range), and ${sd.reason}; track writes with a fallback access method (wp-async), or accesses only`);
       }
       write = 'soft-dirty';
       notes.push('write: soft-dirty (requested with rwp: PAGE_IS_SOFT_DIRTY + clear_refs)');
+    } else if (access === 'minor') {
+      throw new UnsupportedError(`write tracking with access method 'minor' is not possible: ${minorNoWrites}. ` +
+        "Use access 'zap' (the same scan, no fault per touch; writes with wp-async) or track accesses only");
     } else {
       if (!wpOk) throw new UnsupportedError(`write tracking needs UFFD_FEATURE_WP_ASYNC (Linux 6.7)${isFile ? ' and WP_HUGETLBFS_SHMEM' : ''}`);
       write = 'wp-async';
@@ -206,36 +201,15 @@ export function chooseMethods(type: string, req: {
   } else {
     write = 'none';
   }
-  if (req.evict && access === 'zap' && reqServer === 'trap') {
-    throw new UnsupportedError("eviction with access method 'zap' and the trap server could lose a write made between saving a page " +
-      "and punching it; use access 'minor' with the trap server, or the engine server (it pins the pages across the punch)");
-  }
   if (req.evict && access === 'none') {
     throw new UnsupportedError(`eviction needs an access method that traps the next touch: ${type === 'anon' ? "'move'" : "'zap' or 'minor'"}${hasRwp ? " or 'rwp'" : ''}`);
   }
-  // Who serves faults.
-  let server: ServerKind;
+  // Who serves faults: the engine, whenever the methods raise any.
   const needsServer = access === 'move' || access === 'minor' || !!req.evict;
-  if (!needsServer) {
-    server = 'none';
-  } else if (access === 'minor') {
-    if (reqServer === 'engine') {
-      throw new UnsupportedError("access method 'minor' needs the trap server: the engine maps a minor fault with UFFDIO_CONTINUE at once, so it can " +
-          'neither install a page write-protected for a read (write tracking) nor keep a page away while it is saved and ' +
-          "punched; use 'zap' (evicted pages are then served by the engine) or server 'trap'");
-    }
-    server = 'trap';
-    notes.push("server: trap (minor needs the tracker's own handler; see docs/wss.md)");
-  } else if (access === 'rwp' && reqServer === 'trap' && type === 'anon') {
-    throw new UnsupportedError("store eviction of anon memory under RWP needs the engine server: the trap thread cannot save a protected " +
-      'anon page (reading it would fault on itself, and MADV_DONTNEED would drop the marker with the data); the engine moves each ' +
-      "cold page into its store with UFFDIO_MOVE in the sync window. Use server 'engine' (the default), or evictCold('pageout'|'cold')");
-  } else {
-    server = reqServer === 'trap' ? 'trap' : 'engine';
-    notes.push(server === 'engine'
-      ? `server: engine (${access === 'move' ? 'held and evicted pages' : 'evicted pages'} are served back by the parallel engine's workers` +
-        `${access === 'rwp' ? '; RWP faults in a sync window wait for the evictor' : ''})`
-      : 'server: trap (the tracker\'s single handler thread, requested)');
+  const server: ServerKind = needsServer ? 'engine' : 'none';
+  if (needsServer) {
+    const what = access === 'move' ? 'held and evicted pages are' : access === 'minor' ? 'minor faults (UFFDIO_CONTINUE) and evicted pages are' : 'evicted pages are';
+    notes.push(`server: engine (${what} served by the parallel engine's workers${access === 'rwp' ? '; RWP faults in a sync window wait for the evictor' : ''})`);
   }
   return { write, access, server, notes };
 }

@@ -4,8 +4,6 @@
 // proportional to the chunks ever touched, not to the region: a 1 TiB region costs a 2 MiB
 // directory (4 bytes per 2 MiB chunk) plus CHUNK_PAGES elements per touched chunk (4 KiB pages).
 //
-// SharedPageStates puts both in SharedArrayBuffers (the pool is growable), so a fault
-// handler on another thread sees the same states; only the owning thread allocates chunks.
 export const CHUNK_SHIFT = 9;
 export const CHUNK_PAGES = 1 << CHUNK_SHIFT; // 512
 
@@ -67,7 +65,7 @@ export class SparseBytes {
   }
   get(page: number): number {
     const i = this.indexOf(page);
-    return i < 0 ? 0 : this.bytes[i];
+    return i < 0 ? 0 : this.bytes[i] ?? 0;
   }
 
   /** Calls fn(slotBase, pageBase, count) for each chunk overlapping [first, last) pages, allocating chunks. */
@@ -88,141 +86,67 @@ export class SparseBytes {
   }
 }
 
-// Page states shared with the fault handler (Int32 so Atomics.wait/notify work on them).
-export const PS_NONE = 0; // resident in the region, or never populated
-export const PS_HELD = 1; // moved aside into the holding area at the same offset (anon access trap)
-export const PS_EVICTING = 2; // being saved to the store; a fault on it waits
-export const PS_EVICTED = 3; // bytes in the store, page gone from memory
-export const PS_SERVING = 4; // the handler is putting it back
-export const PAGE_STATE_NAMES = ['none', 'held', 'evicting', 'evicted', 'serving'];
+// Which pages have a copy in the tracker's store (the engine's source): one byte per page in
+// sparse chunks, kept by the main thread only (the engine's own page-state table says whether
+// a fault is served from the store; this one says why the store holds the page).
+export const COPY_NONE = 0; // no copy: the page is in the region (or a hole)
+export const COPY_HELD = 1; // moved into the store by the anon access trap (move) this interval
+export const COPY_EVICTED = 2; // evicted: its bytes are in the store, gone from memory
+export const COPY_STATE_NAMES = ['none', 'held', 'evicted'] as const;
 
-export interface SharedPageStatesInit {
-  pages: number;
-  dir: SharedArrayBuffer;
-  pool: SharedArrayBuffer;
-}
+/** A sparse per-page COPY_* state. */
+export class PageCopies {
+  private readonly marks: SparseBytes;
 
-/** A sparse Int32 state per page, in SharedArrayBuffers; any thread may allocate chunks. */
-export class SharedPageStates {
-  readonly pages: number;
-  readonly dir: Int32Array;
-  /** Length-tracking view over the growable pool (sees growth made by any thread). */
-  readonly pool: Int32Array;
-  private readonly poolBuf: SharedArrayBuffer;
-
-  static allocate(pages: number): SharedPageStatesInit {
-    const chunks = Math.ceil(pages / CHUNK_PAGES);
-    // Slot 0 of the pool is the control chunk: word 0 counts allocated slots.
-    const max = (chunks + 1) * CHUNK_PAGES * 4;
-    const SAB = SharedArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => SharedArrayBuffer;
-    return { pages, dir: new SharedArrayBuffer(chunks * 4), pool: new SAB(Math.min(64 * 1024, max), { maxByteLength: max }) };
+  constructor(pages: number) {
+    this.marks = new SparseBytes(pages);
   }
 
-  constructor(init: SharedPageStatesInit) {
-    this.pages = init.pages;
-    this.dir = new Int32Array(init.dir);
-    this.poolBuf = init.pool;
-    this.pool = new Int32Array(init.pool);
-  }
-
-  get init(): SharedPageStatesInit {
-    return { pages: this.pages, dir: this.dir.buffer as SharedArrayBuffer, pool: this.poolBuf };
-  }
-
-  /** Index in pool of a page's state, or -1 (state none) when its chunk has no slot. */
-  indexOf(page: number): number {
-    const d = Atomics.load(this.dir, page >>> CHUNK_SHIFT);
-    return d ? (d << CHUNK_SHIFT) | (page & (CHUNK_PAGES - 1)) : -1;
-  }
   get(page: number): number {
-    const i = this.indexOf(page);
-    return i < 0 ? PS_NONE : Atomics.load(this.pool, i);
+    return this.marks.get(page);
   }
 
-  /** Index of a page's state, allocating its chunk if needed (safe from any thread). */
-  ensure(page: number): number {
-    const chunk = page >>> CHUNK_SHIFT;
-    let d = Atomics.load(this.dir, chunk);
-    if (!d) {
-      const slot = Atomics.add(this.pool, 0, 1) + 1; // slot numbers start at 1
-      const need = (slot + 1) * CHUNK_PAGES * 4;
-      const b = this.poolBuf as unknown as { grow(n: number): void; maxByteLength: number; byteLength: number };
-      while (b.byteLength < need) {
-        try {
-          b.grow(growCapacity(b.byteLength, need, b.maxByteLength));
-        } catch {
-          // another thread grew it concurrently (grow never shrinks): re-check
-        }
-      }
-      const prev = Atomics.compareExchange(this.dir, chunk, 0, slot);
-      d = prev === 0 ? slot : prev; // lost the race: the other slot wins, ours stays unused
-    }
-    return (d << CHUNK_SHIFT) | (page & (CHUNK_PAGES - 1));
-  }
-
-  set(page: number, state: number): void {
-    const i = state === PS_NONE ? this.indexOf(page) : this.ensure(page);
-    if (i >= 0) {
-      Atomics.store(this.pool, i, state);
-      Atomics.notify(this.pool, i);
-    }
-  }
-  /** Sets [first, last) to state. */
+  /** Sets pages [first, last) to state (COPY_NONE allocates nothing). */
   setRange(first: number, last: number, state: number): void {
-    for (let p = first; p < last; p++) this.set(p, state);
-  }
-  /** compareExchange on a page's state; returns the previous value. Wakes waiters on success. */
-  cas(page: number, expected: number, replacement: number): number {
-    const i = expected === PS_NONE ? this.ensure(page) : this.indexOf(page);
-    if (i < 0) return PS_NONE;
-    const prev = Atomics.compareExchange(this.pool, i, expected, replacement);
-    if (prev === expected) Atomics.notify(this.pool, i);
-    return prev;
-  }
-  /** Waits (up to ms) while a page is in `state`. */
-  waitWhile(page: number, state: number, ms: number): void {
-    const i = this.indexOf(page);
-    if (i >= 0) Atomics.wait(this.pool, i, state, ms);
+    if (state === COPY_NONE) {
+      for (let p = first; p < last; p++) {
+        const i = this.marks.indexOf(p);
+        if (i >= 0) this.marks.bytes[i] = COPY_NONE;
+      }
+      return;
+    }
+    this.marks.forRange(first, last, (idx, _page, n) => { this.marks.bytes.fill(state, idx, idx + n); });
   }
 
-  /** Pages per state over all allocated chunks. */
-  counts(): number[] {
-    const out = [0, 0, 0, 0, 0];
-    const n = Math.min((Atomics.load(this.pool, 0) + 1) * CHUNK_PAGES, this.pool.length);
-    for (let i = CHUNK_PAGES; i < n; i++) out[this.pool[i]]++;
+  /** Pages per state (indexed by COPY_*). */
+  counts(): [number, number, number] {
+    const out: [number, number, number] = [0, 0, 0];
+    const b = this.marks.bytes;
+    for (let i = 0, n = this.marks.used * CHUNK_PAGES; i < n; i++) {
+      const v = b[i];
+      if (v === COPY_HELD) out[COPY_HELD]++;
+      else if (v === COPY_EVICTED) out[COPY_EVICTED]++;
+    }
     return out;
   }
 
-  /** Calls fn(page) for each page in `state` (in chunk-allocation order). */
-  forEachIn(state: number, fn: (page: number) => void): void {
-    const slots = Atomics.load(this.pool, 0);
-    const slotChunk = new Int32Array(slots + 1).fill(-1);
-    for (let c = 0; c < this.dir.length; c++) { const d = this.dir[c]; if (d) slotChunk[d] = c; }
-    for (let s = 1; s <= slots; s++) {
-      const c = slotChunk[s];
-      if (c < 0) continue;
-      const base = s << CHUNK_SHIFT;
-      for (let k = 0; k < CHUNK_PAGES; k++) if (this.pool[base + k] === state) fn((c << CHUNK_SHIFT) + k);
-    }
-  }
-
-  /** Calls fn(page, state) for each page not in state none, in page order. */
+  /** Calls fn(page, state) for each page with a copy, in page order. */
   forEachSet(fn: (page: number, state: number) => void): void {
-    const pool = this.pool;
-    for (let c = 0; c < this.dir.length; c++) {
-      const d = Atomics.load(this.dir, c);
+    const { dir, bytes } = this.marks;
+    for (let c = 0; c < dir.length; c++) {
+      const d = dir[c];
       if (!d) continue;
-      const base = d << CHUNK_SHIFT;
+      const base = (d - 1) << CHUNK_SHIFT;
       const first = c << CHUNK_SHIFT;
-      const n = Math.min(CHUNK_PAGES, this.pages - first);
+      const n = Math.min(CHUNK_PAGES, this.marks.pages - first);
       for (let k = 0; k < n; k++) {
-        const v = pool[base + k];
-        if (v !== PS_NONE) fn(first + k, v);
+        const v = bytes[base + k];
+        if (v) fn(first + k, v);
       }
     }
   }
 
   get footprint(): number {
-    return this.dir.byteLength + this.poolBuf.byteLength;
+    return this.marks.footprint;
   }
 }

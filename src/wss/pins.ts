@@ -172,13 +172,14 @@ function openPipe(): Pipe {
   if (libc.syscall5(SYS_pipe2, addressOf(fds), O_CLOEXEC, 0, 0, 0) < 0) {
     throw new UnsupportedError(`pipe2 failed: ${errnoName(errno())}`);
   }
+  const [r = -1, w = -1] = fds;
   // Grow to 1 MiB when allowed (pipe-max-size, and the user's pipe-user-pages-soft).
-  let cap = libc.fcntl(fds[1], F_SETPIPE_SZ, PIPE_BYTES);
-  if (cap < 0) cap = libc.fcntl(fds[1], F_GETPIPE_SZ, 0);
+  let cap = libc.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES);
+  if (cap < 0) cap = libc.fcntl(w, F_GETPIPE_SZ, 0);
   if (cap <= 0) {
-    libc.close(fds[0]);
-    libc.close(fds[1]);
+    libc.close(r);
+    libc.close(w);
     throw new UnsupportedError(`cannot size a pipe: ${errnoName(errno())}`);
   }
-  return { r: fds[0], w: fds[1], cap, used: 0 };
+  return { r, w, cap, used: 0 };
 }

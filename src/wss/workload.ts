@@ -85,9 +85,12 @@ export class Workload {
     const rs = split(sets.read, threads, o.pageSize);
     const ready: Promise<void>[] = [];
     for (let id = 0; id < threads; id++) {
-      wl.slices.push({ write: ws[id], read: rs[id] });
+      const write = ws[id];
+      const read = rs[id];
+      if (!write || !read) throw new Error(`workload: no slice for thread ${id} of ${threads}`);
+      wl.slices.push({ write, read });
       const w = new Worker(Workload.workerPath(), {
-        workerData: { writes: [ws[id]], reads: [rs[id]], pageSize: o.pageSize, control: sab, stats, id, passes: o.passes ?? 0 },
+        workerData: { writes: [write], reads: [read], pageSize: o.pageSize, control: sab, stats, id, passes: o.passes ?? 0 },
       });
       wl.workers.push(w);
       ready.push(new Promise((resolve, reject) => {
@@ -117,9 +120,10 @@ export class Workload {
     let touches = 0;
     const perThread: number[] = [];
     for (let i = 0; i < this.threads; i++) {
-      passes += this.stats[2 * i];
-      touches += this.stats[2 * i + 1];
-      perThread.push(this.stats[2 * i]);
+      const p = this.stats[2 * i] ?? 0;
+      passes += p;
+      touches += this.stats[2 * i + 1] ?? 0;
+      perThread.push(p);
     }
     return { passes, touches, perThread };
   }
