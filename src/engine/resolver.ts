@@ -15,7 +15,7 @@ import type { EngineSetup } from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_FIRST_MS, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
-  COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
+  COUNTER_WORDS, CounterBlock, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates,
 } from './shared.js';
 import { Claims, ControlBlock, MissOp, RegionTable } from './tables.js';
 
@@ -70,7 +70,7 @@ export class Resolver {
   readonly states: PageStates;
   readonly table: RegionTable;
   readonly ctl: ControlBlock;
-  readonly counters: Float64Array;
+  readonly counters: CounterBlock;
   /** This thread's claim record (finished by its replacement if it dies). */
   readonly claim: Claims;
   readonly thread: number;
@@ -177,7 +177,7 @@ export class Resolver {
     const row = knownRow === -2 ? tb.findRow(addr) : knownRow; // callers that looked it up pass it
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
-      c[C_SPURIOUS]!++;
+      c.add(C_SPURIOUS);
       this.safeWake(addr - (addr % PAGE_SIZE), PAGE_SIZE);
       return 0;
     }
@@ -186,25 +186,25 @@ export class Resolver {
     const g = tb.stateBase(row) + local;
     const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-      c[C_FAULTS_WP]!++;
+      c.add(C_FAULTS_WP);
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
       this.uffd.writeprotect(pageAddr, ps, false);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
-      c[C_FAULTS_RWP]!++;
+      c.add(C_FAULTS_RWP);
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
       // thread waits; closing the window wakes it and it retries (async by then).
       if (this.ctl.rwpHold()) return 0;
       this.uffd.rwprotect(pageAddr, ps, false);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
-      c[C_FAULTS_MINOR]!++;
+      c.add(C_FAULTS_MINOR);
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
       const n = Math.min(1 + more, tb.pages(row) - local);
       try {
@@ -212,15 +212,15 @@ export class Resolver {
       } catch {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
-        c[C_ERRORS]!++;
+        c.add(C_ERRORS);
         this.safeWake(pageAddr, n * ps);
         return 0;
       }
       this.latency(tRead);
-      c[C_FAULTS_MINOR]! += n - 1;
+      c.add(C_FAULTS_MINOR, n - 1);
       return n - 1;
     }
-    c[C_FAULTS_MISSING]!++;
+    c.add(C_FAULTS_MISSING);
     const state = this.states.get(g);
     if (state === PAGE_MISSING && this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) {
       // Sequential access grows the read-ahead window; anything else resets it.
@@ -234,7 +234,7 @@ export class Resolver {
       if (filled === DEFERRED) return DEFERRED;
       this.latency(tRead);
       const absorbed = filled > 0 ? Math.min(more, filled - 1) : 0;
-      c[C_FAULTS_MISSING]! += absorbed; // the faults this ioctl served for the caller's ring
+      c.add(C_FAULTS_MISSING, absorbed); // the faults this ioctl served for the caller's ring
       return absorbed;
     }
     if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
@@ -244,7 +244,7 @@ export class Resolver {
       this.latency(tRead);
       return 0;
     }
-    c[C_SPURIOUS]!++;
+    c.add(C_SPURIOUS);
     if (state === PAGE_PRESENT && this.states.transition(g, PAGE_PRESENT, PAGE_FILLING)) {
       // The table says present, yet the kernel reports the page missing: a race with the
       // fill that mapped it, or a hole punched without an event. Fill it again: EEXIST means
@@ -314,7 +314,7 @@ export class Resolver {
       if (e === ERRNO.ESRCH) this.ctl.markPeerGone();
       // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again,
       // and nobody was failed (a VM that exits mid-population). Anything else is an error.
-      if (!gone) c[C_ERRORS]!++;
+      if (!gone) c.add(C_ERRORS);
       const r = this.run;
       this.releaseFrom(row, local, n, r.done, gone ? PAGE_DROPPED : how.from);
       this.safeWake(dst + r.done, len - r.done);
@@ -361,20 +361,20 @@ export class Resolver {
       else if (kind === K_COPY_ZERO) uffd.copy(at, this.zeroAddr, ps, 0, res); // one zero page at a time
       else if (kind === K_CONTINUE) uffd.continue(at, left, 0, res);
       else uffd.poison(at, left, 0, res);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       run.done += res.bytes;
       run.filled += res.bytes;
       if (res.errno === 0) continue;
       if (res.errno === ERRNO.EEXIST) {
         // That page is already there: someone outside our claims filled it (a racing path,
         // or memory touched before registration). Skip it.
-        c[C_EEXIST]!++;
+        c.add(C_EEXIST);
         if (run.firstExist < 0) run.firstExist = run.done;
         run.done += ps;
         continue;
       }
       if (res.bytes > 0) continue; // partial progress: go on from there
-      c[C_RETRIES]!++;
+      c.add(C_RETRIES);
       if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
         run.gaveUp = true;
         break;
@@ -400,7 +400,7 @@ export class Resolver {
     if (ok === 0) {
       if (!this.mayRetry) {
         this.releaseFrom(row, local, n, 0, how.from);
-        this.counters[C_FAULTS_MISSING]!--; // the worker that resolves it counts it
+        this.counters.add(C_FAULTS_MISSING, -1); // the worker that resolves it counts it
         return DEFERRED;
       }
       if (how.cause !== Cause.background || this.ctl.completing()) {
@@ -482,15 +482,15 @@ export class Resolver {
       if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
     }
     this.claim.count = 0;
-    c[C_BYTES]! += bytes;
+    c.add(C_BYTES, bytes);
     // Count what this thread filled; pages skipped on EEXIST were filled by someone else.
     const filled = Math.round(bytes / tb.pageSize(row));
-    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c[C_ZERO_FILLS]! += filled;
-    if (how.cause === Cause.background) c[C_PAGES_BACKGROUND]! += filled;
+    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c.add(C_ZERO_FILLS, filled);
+    if (how.cause === Cause.background) c.add(C_PAGES_BACKGROUND, filled);
     else {
       const d = Math.min(how.demand, filled);
-      c[C_PAGES_DEMAND]! += d;
-      c[C_PAGES_READAHEAD]! += filled - d;
+      c.add(C_PAGES_DEMAND, d);
+      c.add(C_PAGES_READAHEAD, filled - d);
     }
   }
 
@@ -522,7 +522,7 @@ export class Resolver {
     const tb = this.table;
     const ps = tb.pageSize(row);
     const dst = tb.start(row) + local * ps;
-    this.counters[C_ERRORS]! += n;
+    this.counters.add(C_ERRORS, n);
     try {
       if (this.setup.onSourceError === 'poison') {
         this.runRange(K_POISON, dst, 0, n * ps, ps);
@@ -545,8 +545,8 @@ export class Resolver {
     const run = this.runRange(K_CONTINUE, dst, 0, n * ps, ps);
     if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
-    this.counters[cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND]! += n;
-    this.counters[C_BYTES]! += run.done;
+    this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, n);
+    this.counters.add(C_BYTES, run.done);
   }
 
   /**
@@ -563,7 +563,7 @@ export class Resolver {
       this.deferRezero?.(addr);
       return;
     }
-    this.counters[C_REZEROED]!++;
+    this.counters.add(C_REZEROED);
     this.needReader(); // both ways below wait for a reader (the REMOVE we cause, the fault pwrite takes)
     if (tb.own(row)) {
       tryMadvise(addr, ps, MADV_DONTNEED);
@@ -581,7 +581,7 @@ export class Resolver {
     if (len <= 0) return;
     try {
       this.uffd.wake(addr, len);
-      this.counters[C_WAKES]!++;
+      this.counters.add(C_WAKES);
     } catch {
       // The range is gone: nobody can be waiting there.
     }
@@ -589,8 +589,8 @@ export class Resolver {
 
   private latency(tRead: number): void {
     const now = nowMs();
-    recordLatency(this.counters, (now - tRead) * 1000);
-    if (this.counters[C_FIRST_MS] === 0) this.counters[C_FIRST_MS] = now;
+    this.counters.recordLatency((now - tRead) * 1000);
+    if (this.counters.get(C_FIRST_MS) === 0) this.counters.set(C_FIRST_MS, now);
   }
 
   /**
@@ -679,7 +679,7 @@ export class Resolver {
     const now = performance.now();
     if (!force && now - this.lastCpuUpdate < 50) return;
     this.lastCpuUpdate = now;
-    this.counters[C_CPU_SEC] = threadCpuSeconds();
+    this.counters.set(C_CPU_SEC, threadCpuSeconds());
   }
 }
 

@@ -117,7 +117,10 @@ export function decodeRegs(dv: DataView): Regs {
   return r;
 }
 export function encodeRegs(dv: DataView, r: Partial<Regs>): void {
-  REG_NAMES.forEach((n, i) => { if (r[n] !== undefined) writeU64(dv, i * 8, r[n]!); });
+  REG_NAMES.forEach((n, i) => {
+    const v = r[n];
+    if (v !== undefined) writeU64(dv, i * 8, v);
+  });
 }
 
 export interface Segment {

@@ -39,7 +39,7 @@ function stage(shard: number, addr: number, flags: number, t: number, kind: Entr
     ring.kick();
     ctl.pause(0.05);
   }
-  staged[shard]!++;
+  staged[shard] = (staged[shard] as number) + 1;
 }
 
 function shardOf(row: number, addr: number): number {
@@ -73,12 +73,12 @@ function route(addr: number, flags: number, t: number, batch: number): void {
   if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && ring.size() === 0
     && ring.consumerSleeping()))) {
     if (r.handleFault(addr, flags, t, 0, row) !== DEFERRED) {
-      c[C_INLINE]!++;
+      c.add(C_INLINE);
       return;
     }
   }
   stage(shard, addr, flags, t, EntryKind.fault);
-  c[C_HANDOFFS]!++;
+  c.add(C_HANDOFFS);
 }
 
 // ---- main loop -----------------------------------------------------------------------

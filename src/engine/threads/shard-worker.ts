@@ -132,7 +132,7 @@ function readAndResolve(r: Resolver, reader: UffdReader): number {
     while (i + more + 1 < n && reader.isFault(i + more + 1) && reader.flags(i + more + 1) === flags
       && reader.address(i + more + 1) === addr + (more + 1) * ps) more++;
     const absorbed = r.handleFault(addr, flags, t, more, row);
-    r.counters[C_DIRECT]! += 1 + absorbed;
+    r.counters.add(C_DIRECT, 1 + absorbed);
     i += 1 + absorbed;
   }
   return n;
