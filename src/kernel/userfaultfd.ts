@@ -94,8 +94,6 @@ export class Userfaultfd {
   /** Ioctls the API call advertised (bit nr per ioctl). */
   readonly ioctls: bigint;
   readonly nonBlocking: boolean;
-  /** Errno of the last range operation that stopped early: 0, EEXIST or EAGAIN (also in its RangeResult). */
-  lastErrno = 0;
 
   private readonly arg = new ArrayBuffer(128);
   private readonly dv = new DataView(this.arg);
@@ -237,8 +235,8 @@ export class Userfaultfd {
   }
 
   // A range operation with an s64 out field: returns the bytes done; on partial or no
-  // progress the errno is EEXIST or EAGAIN (in `out` when given, and lastErrno); any other
-  // errno throws.
+  // progress the errno is EEXIST or EAGAIN (in `out`: pass one to tell them apart); any
+  // other errno throws.
   private rangeOp(op: string, req: number, outOff: number, start: number, len: number, out?: RangeResult): number {
     this.dv.setUint32(outOff, 0, true);
     this.dv.setUint32(outOff + 4, 0, true);
@@ -257,7 +255,6 @@ export class Userfaultfd {
         throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
       }
     }
-    this.lastErrno = e;
     if (out) {
       out.bytes = bytes;
       out.errno = e;
