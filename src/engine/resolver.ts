@@ -48,6 +48,10 @@ const K_POISON = 4;
 
 /** What runRange did (one per Resolver, reused). */
 class RangeRun {
+  /** The ioctl it ran (K_*). */
+  kind = K_COPY;
+  /** The read sequence (ControlBlock.readSeq) before its first ioctl: see Resolver.settle. */
+  seq = 0;
   /** Bytes passed from the start: filled, or skipped because already there (EEXIST). */
   done = 0;
   /** Bytes this thread filled. */
@@ -61,6 +65,22 @@ class RangeRun {
 /** Wall-clock ms, comparable across threads (each thread has its own performance.timeOrigin). */
 export function nowMs(): number {
   return performance.timeOrigin + performance.now();
+}
+
+/**
+ * One fault for handleFault. Each caller keeps one and refills it per fault: nothing
+ * allocates on the per-fault path.
+ */
+export class Fault {
+  /** The faulting address and the kernel's fault flags (kind bits). */
+  addr = 0;
+  flags = 0;
+  /** Its region-table row (RegionTable.findRow; negative: none of ours). */
+  row = -1;
+  /** Wall-clock ms (nowMs) when it was read: the latency counts from there. */
+  readAt = 0;
+  /** How many directly following pages are also faulting (served by the same ioctl). */
+  more = 0;
 }
 
 export type CallbackFetch = (sourceIndex: number, offset: number, len: number, stagingAddr: number) => boolean;
@@ -167,14 +187,14 @@ export class Resolver {
   }
 
   /**
-   * Resolves one fault. `more` = how many directly following pages are also faulting
-   * (from the ring or the batch read), so they are served by the same ioctl. Returns how
-   * many of those it served too, or DEFERRED (dispatcher only: a worker must finish it).
+   * Resolves one fault. Returns how many of its `more` following pages (from the ring or
+   * the batch read) it served too, or DEFERRED (dispatcher only: a worker must finish it).
    */
-  handleFault(addr: number, flags: number, tRead: number, more: number, knownRow = -2): number {
+  handleFault(f: Fault): number {
     const c = this.counters;
     const tb = this.table;
-    const row = knownRow === -2 ? tb.findRow(addr) : knownRow; // callers that looked it up pass it
+    const { addr, flags, row, more } = f;
+    const tRead = f.readAt;
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
       c.add(C_SPURIOUS);
@@ -208,7 +228,7 @@ export class Resolver {
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
       const n = Math.min(1 + more, tb.pages(row) - local);
       try {
-        this.continueRun(row, g, local, n, Cause.demand);
+        this.continueRun(row, local, n, Cause.demand);
       } catch {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
@@ -289,25 +309,22 @@ export class Resolver {
     const kind = how.zero ? (miss === MissOp.copyZero || ps > PAGE_SIZE ? K_COPY_ZERO : K_ZEROPAGE)
       : miss === MissOp.copy || miss === MissOp.callback ? K_COPY : miss === MissOp.zeropage ? K_ZEROPAGE : K_COPY_ZERO;
     this.claim.record(row, local, n, how.from);
-    let src = tb.srcAddr(row) + local * ps;
     if (kind === K_COPY && miss === MissOp.callback) {
       const fetch = this.fetchCallback;
       if (!fetch || !fetch(tb.source(row), tb.srcOffset(row) + local * ps, n * ps, this.callbackStagingAddr)) {
         this.failPages(row, local, n);
         return 0;
       }
-      src = this.callbackStagingAddr;
     }
     if (kind === K_COPY && tb.gate(row) >= 0) {
       // A remote source: copy only what its chunk cache holds.
-      n = this.gateRun(row, local, n, src, how);
+      n = this.gateRun(row, local, n, how);
       if (n <= 0) return n;
     }
     const len = n * ps;
-    const seq = this.ctl.readSeq();
     let run: RangeRun;
     try {
-      run = this.runRange(kind, dst, src, len, ps);
+      run = this.runRange(kind, row, local, n);
     } catch (err) {
       const e = err instanceof UffdError ? err.errno : 0;
       const gone = e === ERRNO.ENOENT || e === ERRNO.ESRCH;
@@ -316,21 +333,21 @@ export class Resolver {
       // and nobody was failed (a VM that exits mid-population). Anything else is an error.
       if (!gone) c.add(C_ERRORS);
       const r = this.run;
-      this.releaseFrom(row, local, n, r.done, gone ? PAGE_DROPPED : how.from);
-      this.safeWake(dst + r.done, len - r.done);
       const ok = Math.ceil(r.done / ps);
-      this.finish(row, local, ok, how, kind, r.filled, seq);
+      this.release(row, local + ok, local + n, gone ? PAGE_DROPPED : how.from);
+      this.safeWake(dst + r.done, len - r.done);
+      this.finish(row, local, ok, how);
       if (!gone && e !== ERRNO.EFAULT) throw err;
       return ok;
     }
     let ok = n;
     if (run.gaveUp) {
-      this.releaseFrom(row, local, n, run.done, how.from);
-      if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
       ok = Math.ceil(run.done / ps);
+      this.release(row, local + ok, local + n, how.from);
+      if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
     }
     const stale = how.zero && how.from === PAGE_DROPPED && run.firstExist >= 0 ? local + Math.floor(run.firstExist / ps) : -1;
-    this.finish(row, local, ok, how, kind, run.filled, seq);
+    this.finish(row, local, ok, how);
     // A removed page we zero-filled was already mapped: a source fill that raced with the
     // REMOVE landed after the zap. Its bytes must go.
     if (stale >= 0) this.rezero(row, stale);
@@ -338,16 +355,25 @@ export class Resolver {
   }
 
   /**
-   * The one loop around a range ioctl: fills [dst, dst+len) until done, skipping a page
-   * already there (EEXIST), going on after partial progress, and retrying EAGAIN (the
-   * mappings change under an event not read yet) while this thread may wait. Ioctls that
-   * fail otherwise throw (UffdError); this.run holds the progress made.
+   * The one loop around a range ioctl: fills pages [local, local+n) of a row with `kind`
+   * until done, skipping a page already there (EEXIST), going on after partial progress,
+   * and retrying EAGAIN (the mappings change under an event not read yet) while this thread
+   * may wait. Ioctls that fail otherwise throw (UffdError); this.run holds the progress made.
+   * A copy reads the row's source, or the callback staging buffer (filled by fill()).
    */
-  private runRange(kind: number, dst: number, src: number, len: number, ps: number): RangeRun {
+  private runRange(kind: number, row: number, local: number, n: number): RangeRun {
+    const tb = this.table;
+    const ps = tb.pageSize(row);
+    const dst = tb.start(row) + local * ps;
+    const len = n * ps;
+    const src = kind !== K_COPY ? 0
+      : tb.missingOp(row) === MissOp.callback ? this.callbackStagingAddr : tb.srcAddr(row) + local * ps;
     const run = this.run;
     const res = this.result;
     const uffd = this.uffd;
     const c = this.counters;
+    run.kind = kind;
+    run.seq = this.ctl.readSeq();
     run.done = 0;
     run.filled = 0;
     run.firstExist = -1;
@@ -393,13 +419,14 @@ export class Resolver {
    * Pages not taken are released; pages of a chunk that failed are failed (poisoned).
    * Returns the pages to copy (0: nothing, all handled).
    */
-  private gateRun(row: number, local: number, n: number, src: number, how: FillHow): number {
+  private gateRun(row: number, local: number, n: number, how: FillHow): number {
     const gate = this.gates[this.table.gate(row)] as Gate;
     const ps = this.table.pageSize(row);
+    const src = this.table.srcAddr(row) + local * ps; // a remote row is never a callback row
     let ok = gate.ready(src, n * ps);
     if (ok === 0) {
       if (!this.mayRetry) {
-        this.releaseFrom(row, local, n, 0, how.from);
+        this.release(row, local, local + n, how.from);
         this.counters.add(C_FAULTS_MISSING, -1); // the worker that resolves it counts it
         return DEFERRED;
       }
@@ -409,13 +436,13 @@ export class Resolver {
     }
     if (ok < 0) {
       const bad = Math.min(n, Math.ceil(-ok / ps));
-      if (bad < n) this.releaseFrom(row, local, n, bad * ps, how.from);
+      if (bad < n) this.release(row, local + bad, local + n, how.from);
       this.failPages(row, local, bad);
       return 0;
     }
     const take = Math.min(n, Math.floor(ok / ps));
     if (take < n) {
-      this.releaseFrom(row, local, n, take * ps, how.from);
+      this.release(row, local + take, local + n, how.from);
       this.claim.count = take;
     }
     return take;
@@ -471,12 +498,15 @@ export class Resolver {
    * was dropped by a REMOVE while we filled it: if our copy may have landed after the
    * kernel zapped it, it holds source bytes where zeros belong, so it is zeroed again.
    */
-  private finish(row: number, local: number, ok: number, how: FillHow, kind: number, bytes: number, seq: number): void {
+  private finish(row: number, local: number, ok: number, how: FillHow): void {
     const c = this.counters;
     const tb = this.table;
     const g = tb.stateBase(row) + local;
+    const run = this.run; // the run that filled them
+    const kind = run.kind;
+    const bytes = kind === K_POISON ? 0 : run.filled; // poisoned pages hold no bytes
     const copied = bytes > 0 && (kind === K_COPY || kind === K_CONTINUE);
-    if (copied) this.settle(seq);
+    if (copied) this.settle(run.seq);
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
       if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
@@ -509,11 +539,10 @@ export class Resolver {
     for (let spins = 0; (ctl.readSeq() & 1) !== 0; spins++) if (spins > 256) yieldCpu();
   }
 
-  /** Pages from byte `done` on were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
-  private releaseFrom(row: number, local: number, n: number, done: number, to: number): void {
-    const ps = this.table.pageSize(row);
-    const g = this.table.stateBase(row) + local;
-    for (let i = Math.ceil(done / ps); i < n; i++) this.states.transition(g + i, PAGE_FILLING, to);
+  /** Claimed pages [first, end) of a row were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
+  private release(row: number, first: number, end: number, to: number): void {
+    const base = this.table.stateBase(row);
+    for (let p = first; p < end; p++) this.states.transition(base + p, PAGE_FILLING, to);
     this.claim.count = 0;
   }
 
@@ -525,24 +554,25 @@ export class Resolver {
     this.counters.add(C_ERRORS, n);
     try {
       if (this.setup.onSourceError === 'poison') {
-        this.runRange(K_POISON, dst, 0, n * ps, ps);
-        this.finish(row, local, n, this.failHow, K_POISON, 0, 0);
+        this.runRange(K_POISON, row, local, n);
+        this.finish(row, local, n, this.failHow);
       } else {
         this.failHow.demand = n;
         this.failHow.from = this.claim.from;
         this.fill(row, local, n, this.failHow);
       }
     } catch {
-      this.releaseFrom(row, local, n, 0, this.claim.from);
+      this.release(row, local, local + n, this.claim.from);
       this.safeWake(dst, n * ps);
     }
   }
 
   /** Maps n pages the page cache holds (minor faults, page-cache sources). */
-  private continueRun(row: number, g: number, local: number, n: number, cause: Cause): void {
+  private continueRun(row: number, local: number, n: number, cause: Cause): void {
     const ps = this.table.pageSize(row);
+    const g = this.table.stateBase(row) + local;
     const dst = this.table.start(row) + local * ps;
-    const run = this.runRange(K_CONTINUE, dst, 0, n * ps, ps);
+    const run = this.runRange(K_CONTINUE, row, local, n);
     if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
     this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, n);
@@ -640,7 +670,7 @@ export class Resolver {
       // A page-cache source: map what the cache holds (CONTINUE); what it lacks is filled
       // from the missing-fault source below.
       try {
-        this.continueRun(row, g, local, n, Cause.background);
+        this.continueRun(row, local, n, Cause.background);
         return n;
       } catch {
         // Not in the page cache (or gone): fill it as a missing page.

@@ -63,16 +63,34 @@ export class Ring {
   free(): number { return this.capacity - this.size(); }
 
   // Producer side -----------------------------------------------------------
-  /** Writes an entry without publishing it; returns false when the ring is full. */
-  stage(pending: number, addr: number, flags: number, t: number, kind: EntryKind = EntryKind.fault): boolean {
-    const tail = Atomics.load(this.control, R_TAIL);
-    if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return false;
-    const i = ((tail + pending) & this.mask) * ENTRY_WORDS;
+  /**
+   * Writes a fault entry (address, the kernel's fault flags, time read) after `pending`
+   * staged ones, without publishing it; returns false when the ring is full.
+   */
+  stage(pending: number, addr: number, flags: number, t: number): boolean {
+    const i = this.slot(pending);
+    if (i < 0) return false;
     this.entries[i] = addr;
     this.entries[i + 1] = flags;
     this.entries[i + 2] = t;
-    this.entries[i + 3] = kind;
+    this.entries[i + 3] = EntryKind.fault;
     return true;
+  }
+  /** Writes an entry asking to re-zero the page at addr (see stage). */
+  stageRezero(pending: number, addr: number, t: number): boolean {
+    const i = this.slot(pending);
+    if (i < 0) return false;
+    this.entries[i] = addr;
+    this.entries[i + 1] = 0;
+    this.entries[i + 2] = t;
+    this.entries[i + 3] = EntryKind.rezero;
+    return true;
+  }
+  /** Index in `entries` of the entry after `pending` staged ones, or -1 when the ring is full. */
+  private slot(pending: number): number {
+    const tail = Atomics.load(this.control, R_TAIL);
+    if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return -1;
+    return ((tail + pending) & this.mask) * ENTRY_WORDS;
   }
   /** Publishes n staged entries; wakes the consumer if it sleeps. Returns true if it woke it. */
   publish(n: number): boolean {
