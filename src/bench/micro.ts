@@ -124,7 +124,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
       },
     });
 
-    // ---- shard routing (as workers/dispatcher.ts route()) ----
+    // ---- shard routing (as src/engine/threads/dispatcher.ts route()) ----
     const setup = fakeSetup(uffd.fd, 4, 2);
     const resolver = new Resolver(setup, 0, true);
     const starts = [0x7f0000000000, 0x7f1000000000, 0x7f2000000000, 0x7f3000000000];
