@@ -18,7 +18,7 @@ import { writeSnapshot } from './helpers/restore-fixtures.js';
 
 const MiB = 1 << 20;
 const CLI = path.resolve(__dirname, '../src/cli/main.js');
-const TOUCH_CLIENT = path.resolve(__dirname, '../src/restore/touch-client.js');
+const TOUCH_CLIENT = path.resolve(__dirname, '../src/cli/touch-client.js');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, what: string, timeoutMs = 30000): Promise<void> {
