@@ -6,8 +6,9 @@
 // memory in object storage. Internal modules are not reachable from outside the package
 // (package.json "exports"); docs/architecture.md draws the layers.
 
-// Kernel: the userfaultfd object and the errors every layer throws.
-export { Userfaultfd } from './kernel/userfaultfd.js';
+// Kernel: the userfaultfd object (and the { bytes, errno } its range operations fill) and the
+// errors every layer throws.
+export { RangeResult, Userfaultfd } from './kernel/userfaultfd.js';
 export type { UserfaultfdOptions, RegisterMode, IoctlName } from './kernel/userfaultfd.js';
 export type { FeatureName } from './kernel/constants.js';
 export { UffdError, UnsupportedError, ConfigError } from './kernel/errors.js';

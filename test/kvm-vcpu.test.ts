@@ -32,7 +32,7 @@ describe('kvm-vcpu: UAPI numbers and layouts', () => {
 
   it('kvm_userspace_memory_region layout', () => {
     const dv = new DataView(new ArrayBuffer(32));
-    K.encodeMemoryRegion(dv, 3, K.KVM_MEM_READONLY, 0x100000, 0x200000, 0x7f0012345000);
+    K.encodeMemoryRegion(dv, { slot: 3, flags: K.KVM_MEM_READONLY, gpa: 0x100000, size: 0x200000, hostAddr: 0x7f0012345000 });
     assert.equal(dv.getUint32(0, true), 3);
     assert.equal(dv.getUint32(4, true), 2);
     assert.equal(dv.getBigUint64(8, true), 0x100000n);

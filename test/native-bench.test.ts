@@ -14,7 +14,7 @@ import { ERRNO } from '../src/kernel/libc.js';
 import { close as closeFd, mmap, munmap, openFile, Poller } from '../src/kernel/memory.js';
 import { msgEvent, msgFaultAddress } from '../src/kernel/messages.js';
 import { acceptAsync, closeFds, closeSocket, listenUnix, recvWithFds, whenReadable } from '../src/kernel/socket.js';
-import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
+import { MessageBuffer, RangeResult, Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { useHugePages } from './helpers/hugetlb.js';
 import { limit } from './helpers/limits.js';
 import { at } from './helpers/at.js';
@@ -271,6 +271,7 @@ describe('native reference benchmark (src/bench/native)', function () {
         const uffd = Userfaultfd.fromFd(at(fds, 0));
         const buf = new MessageBuffer(64);
         const poller = new Poller([uffd.fd, conn]);
+        const copied = new RangeResult();
         let served = 0;
         const deadline = Date.now() + limit(30_000);
         for (;;) {
@@ -282,9 +283,9 @@ describe('native reference benchmark (src/bench/native)', function () {
               if (msgEvent(buf.view, i) !== C.UFFD_EVENT_PAGEFAULT) continue;
               const page = msgFaultAddress(buf.view, i) - (msgFaultAddress(buf.view, i) % ps);
               for (;;) {
-                uffd.copy(page, srcAddr + offset + (page - base), ps);
-                if (uffd.lastErrno === ERRNO.EAGAIN) continue;
-                if (uffd.lastErrno !== 0) uffd.wake(page, ps); // EEXIST: already there
+                uffd.copy(page, srcAddr + offset + (page - base), ps, 0, copied);
+                if (copied.errno === ERRNO.EAGAIN) continue;
+                if (copied.errno !== 0) uffd.wake(page, ps); // EEXIST: already there
                 break;
               }
               served++;

@@ -14,7 +14,7 @@ const cleanups = useCleanups();
 
 /** What `require('uffd-engine')` gives: values only (types are checked by tsc below). */
 const ROOT_EXPORTS = [
-  'ConfigError', 'Engine', 'HandshakeError', 'MEMORY_TYPES', 'RemoteMemory', 'RestoreServer', 'UffdError',
+  'ConfigError', 'Engine', 'HandshakeError', 'MEMORY_TYPES', 'RangeResult', 'RemoteMemory', 'RestoreServer', 'UffdError',
   'UnsupportedError', 'Userfaultfd', 'WssTracker', 'engineSessions', 'memoryType', 'memoryTypes', 'parseMemUrl',
   'sources', 'uploadSnapshot', 'writeManifest',
 ];

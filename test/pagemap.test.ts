@@ -40,8 +40,8 @@ describe('PAGEMAP_SCAN (Scanner)', function () {
     assert.equal(C.SIZEOF_PAGE_REGION, 24);
     const buf = new ArrayBuffer(96);
     const dv = new DataView(buf);
-    encodeScanArg(dv, 0x7f0000001000, 0x7f0000009000, 0x5555aaaa0000, 4096, {
-      flags: 3, categoryInverted: 0x20, categoryMask: 0x22, categoryAnyof: 0x18, returnMask: 0x3a, maxPages: 7,
+    encodeScanArg(dv, {
+      start: 0x7f0000001000, end: 0x7f0000009000, vec: 0x5555aaaa0000, vecLen: 4096, flags: 3, categoryInverted: 0x20, categoryMask: 0x22, categoryAnyof: 0x18, returnMask: 0x3a, maxPages: 7,
     });
     const u = (o: number) => dv.getBigUint64(o, true);
     assert.equal(u(0), 96n);

@@ -23,12 +23,12 @@ import { sources } from '../src/sources/index.js';
 import { PagePins } from '../src/wss/pins.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
 import { within } from './helpers/within.js';
-import type { CompareJob } from '../workers/rwp-compare.js';
+import type { CompareJob } from './helpers/threads/rwp-compare.js';
 
 const KINDS = ['anon', 'shmem', 'shmem-private', 'hugetlb', 'hugetlb-private'] as const;
 type Kind = typeof KINDS[number];
 const PAGES = 8;
-const COMPARE_WORKER = path.resolve(__dirname, '../workers/rwp-compare.js');
+const COMPARE_WORKER = path.resolve(__dirname, 'helpers/threads/rwp-compare.js');
 // Under emulation (QEMU TCG) a worker thread takes seconds to start: waits are generous
 // upper bounds on conditions, never sleeps.
 const WAIT_MS = 300_000;

@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import {
-  Counters, histogramPercentile, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
+  Counters, histogramPercentile, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates,
   Ring, C_HIST, COUNTER_WORDS,
 } from '../src/engine/shared.js';
 
@@ -102,10 +102,10 @@ describe('shared: counters and latency histogram', () => {
     const c = new Counters(Counters.allocate(3));
     const b0 = c.block(0);
     const b2 = c.block(2);
-    b0[1] = 5; b2[1] = 7;
+    b0.set(1, 5); b2.set(1, 7);
     assert.equal(c.sum(1), 12);
-    for (let i = 0; i < 90; i++) recordLatency(b0, 3); // bucket 1: [2, 4)
-    for (let i = 0; i < 10; i++) recordLatency(b2, 100); // bucket 6: [64, 128)
+    for (let i = 0; i < 90; i++) b0.recordLatency(3); // bucket 1: [2, 4)
+    for (let i = 0; i < 10; i++) b2.recordLatency(100); // bucket 6: [64, 128)
     const hist = Array.from({ length: 32 }, (_, k) => c.sum(C_HIST + k));
     assert.equal(histogramPercentile(hist, 0.5), 4);
     assert.equal(histogramPercentile(hist, 0.95), 128);

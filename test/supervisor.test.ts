@@ -13,12 +13,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnFcClient, FcClientOptions } from '../src/restore/fc-client.js';
 import { RestoreServer } from '../src/restore/server.js';
-import { TOUCH_CLIENT_SCRIPT } from '../src/restore/touch-client.js';
 import { Supervisor, SupervisorEvent } from '../src/restore/supervisor.js';
 import { writeSnapshot } from './helpers/restore-fixtures.js';
 
 const MiB = 1 << 20;
 const CLI = path.resolve(__dirname, '../src/cli/main.js');
+const TOUCH_CLIENT = path.resolve(__dirname, '../src/cli/touch-client.js');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, what: string, timeoutMs = 30000): Promise<void> {
@@ -269,7 +269,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
     // The client registers 8 MiB, sends the handshake, then waits for a line on stdin
     // before it touches anything: every page is still missing when the supervisor dies.
-    const client = spawn(process.execPath, [TOUCH_CLIENT_SCRIPT, '--socket', sock, '--mem-file', memPath, '--region-size', '8M',
+    const client = spawn(process.execPath, [TOUCH_CLIENT, '--socket', sock, '--mem-file', memPath, '--region-size', '8M',
       '--wait-stdin', '--touch', '[[5]]', '--timeout-ms', '60000'], { stdio: ['pipe', 'pipe', 'pipe'] });
     clis.push(client);
     let out = '';

@@ -13,7 +13,7 @@ import { ConfigError, UffdError, UnsupportedError } from '../src/kernel/errors.j
 import { addressOf } from '../src/kernel/libc.js';
 import { decodeMessage } from '../src/kernel/messages.js';
 import { Poller, bytesAt, mapAnonymous, munmap } from '../src/kernel/memory.js';
-import { MessageBuffer, RegisterMode, Userfaultfd, ioctlNames } from '../src/kernel/userfaultfd.js';
+import { MessageBuffer, RangeResult, RegisterMode, Userfaultfd, ioctlNames } from '../src/kernel/userfaultfd.js';
 import { checkResolve, featuresFor, registerChecked } from '../src/memory-types/check.js';
 import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
@@ -114,8 +114,9 @@ for (const typeName of ['anon', 'shmem']) {
       const io = registerChecked(u, r, ['missing']);
       checkResolve(memoryType(typeName), 'copy', io);
       const src = source(4 * P, 1);
-      assert.equal(u.copy(r.addr, src.addr, 4 * P), 4 * P);
-      assert.equal(u.lastErrno, 0);
+      const res = new RangeResult();
+      assert.equal(u.copy(r.addr, src.addr, 4 * P, 0, res), 4 * P);
+      assert.deepEqual({ ...res }, { bytes: 4 * P, errno: 0 });
       assertBytes(bytesAt(r.addr, 4 * P), src.bytes, 'registered mapping after copy');
       if (r.aliasAddr) assertBytes(bytesAt(r.aliasAddr, 4 * P), src.bytes, 'alias mapping (page cache) after copy');
     });
@@ -236,12 +237,13 @@ for (const typeName of ['anon', 'shmem']) {
       const first = source(P, 6);
       assert.equal(u.copy(r.addr + 2 * P, first.addr, P), P); // the page in the middle
       const src = source(4 * P, 7);
-      assert.equal(u.copy(r.addr, src.addr, 4 * P), 2 * P, 'stops at the present page');
-      assert.equal(u.lastErrno, 11 /* EAGAIN */);
-      assert.equal(u.copy(r.addr + 2 * P, src.addr + 2 * P, 2 * P), 0, 'no progress on the present page');
-      assert.equal(u.lastErrno, 17 /* EEXIST */);
-      assert.equal(u.copy(r.addr + 3 * P, src.addr + 3 * P, P), P);
-      assert.equal(u.lastErrno, 0);
+      const res = new RangeResult();
+      assert.equal(u.copy(r.addr, src.addr, 4 * P, 0, res), 2 * P, 'stops at the present page');
+      assert.deepEqual({ ...res }, { bytes: 2 * P, errno: 11 /* EAGAIN */ });
+      assert.equal(u.copy(r.addr + 2 * P, src.addr + 2 * P, 2 * P, 0, res), 0, 'no progress on the present page');
+      assert.deepEqual({ ...res }, { bytes: 0, errno: 17 /* EEXIST */ });
+      assert.equal(u.copy(r.addr + 3 * P, src.addr + 3 * P, P, 0, res), P);
+      assert.deepEqual({ ...res }, { bytes: P, errno: 0 });
       const expected = src.bytes.slice();
       expected.set(first.bytes, 2 * P);
       assertBytes(bytesAt(r.addr, 4 * P), expected, 'pages after partial copies');
@@ -325,8 +327,9 @@ describe('userfaultfd on memfd (shmem) memory: minor faults and CONTINUE', () =>
     bytesAt(r.aliasAddr, 4 * P).set(data); // fills the page cache; the registered mapping has no PTEs yet
     assert.equal(u.continue(r.addr, 4 * P), 4 * P);
     assertBytes(bytesAt(r.addr, 4 * P), data, 'registered mapping after CONTINUE');
-    assert.equal(u.continue(r.addr, P), 0, 'already mapped');
-    assert.equal(u.lastErrno, 17 /* EEXIST */);
+    const res = new RangeResult();
+    assert.equal(u.continue(r.addr, P, 0, res), 0, 'already mapped');
+    assert.equal(res.errno, 17 /* EEXIST */);
   });
 
   it('a real minor fault from another thread, resolved with CONTINUE', async () => {

@@ -22,14 +22,14 @@ import { kernelHasRwp } from '../src/wss/methods.js';
 import { softDirtyProbe } from '../src/wss/soft-dirty.js';
 import { WssTracker } from '../src/wss/tracker.js';
 import { Workload } from '../src/wss/workload.js';
-import type { BytesJob } from '../workers/wss-bytes.js';
+import type { BytesJob } from './helpers/threads/wss-bytes.js';
 import { reserveHugePages } from './helpers/hugetlb.js';
 import { limit } from './helpers/limits.js';
 
 const P4K = C.PAGE_SIZE;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const BYTES_WORKER = path.resolve(__dirname, '../workers/wss-bytes.js');
+const BYTES_WORKER = path.resolve(__dirname, 'helpers/threads/wss-bytes.js');
 
 /** Reads (or writes) one byte at each address from a worker thread, in order: the main thread never blocks on a fault. */
 function bytesFromThread(job: BytesJob): Worker {

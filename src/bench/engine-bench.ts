@@ -706,7 +706,7 @@ export async function runCase(cfg: BenchConfig, opts: CaseOptions = {}): Promise
     const why = jsWorkloadProblem(cfg);
     if (why) throw new Error(`the C workload cannot be used (${skipped}), and ${why}`);
     note(`native side skipped: ${skipped}. The engine side ran with JavaScript faulting threads in its own process ` +
-      '(workers/toucher.js), which is not the C workload: compare these figures with nothing but each other');
+      '(src/workload/threads/toucher.ts), which is not the C workload: compare these figures with nothing but each other');
     binary = null;
     skipped = `skipped: ${skipped}`;
   }

@@ -1,6 +1,6 @@
 // The engine side without the C program: for machines with no C compiler. The region is
 // made in this process, the engine registers it, and JavaScript faulting threads
-// (workers/toucher.js) touch it in the same pattern and verify every byte. Same figures,
+// (src/workload/threads/toucher.ts) touch it in the same pattern and verify every byte. Same figures,
 // different faulting side (JS threads in the engine's own process): not comparable with the
 // C workload's numbers, and reported as such.
 import { Engine } from '../engine/engine.js';

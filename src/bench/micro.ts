@@ -1,5 +1,5 @@
 // Micro-benchmarks of the engine's per-fault building blocks, with tinybench:
-//   - one koffi call (getpid: FFI + the cheapest syscall), one ioctl on a userfaultfd
+//   - one FFI call into libc (getpid: the call + the cheapest syscall), one ioctl on a userfaultfd
 //     (UFFDIO_WAKE on a registered page nobody waits on; UFFDIO_COPY answered EEXIST),
 //     read(2) of an empty non-blocking uffd (EAGAIN): the dispatcher's idle read;
 //   - message decode (msgEvent + msgFaultAddress + msgFaultFlags over a MessageBuffer);
@@ -43,7 +43,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
   const cleanup: (() => void)[] = [];
   try {
     // ---- kernel calls ----
-    tasks.push({ name: 'koffi call: getpid()', ops: 100, fn: () => { for (let i = 0; i < 100; i++) libc.getpid(); } });
+    tasks.push({ name: 'FFI call: getpid()', ops: 100, fn: () => { for (let i = 0; i < 100; i++) libc.getpid(); } });
     const uffd = Userfaultfd.create();
     cleanup.push(() => uffd.close());
     const len = 1024 * 1024;
@@ -124,7 +124,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
       },
     });
 
-    // ---- shard routing (as workers/dispatcher.ts route()) ----
+    // ---- shard routing (as src/engine/threads/dispatcher.ts route()) ----
     const setup = fakeSetup(uffd.fd, 4, 2);
     const resolver = new Resolver(setup, 0, true);
     const starts = [0x7f0000000000, 0x7f1000000000, 0x7f2000000000, 0x7f3000000000];
@@ -144,7 +144,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
 
     // ---- clocks ----
     tasks.push({ name: 'nowMs() (timeOrigin + performance.now())', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += nowMs(); } });
-    tasks.push({ name: 'threadCpuSeconds() (clock_gettime via koffi)', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += threadCpuSeconds(); } });
+    tasks.push({ name: 'threadCpuSeconds() (clock_gettime via FFI)', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += threadCpuSeconds(); } });
 
     const selected = opts.filter ? tasks.filter((t) => opts.filter?.test(t.name)) : tasks;
     const bench = new Bench({ time: opts.timeMs ?? 300, warmupTime: 50 });

@@ -327,7 +327,7 @@ export class Engine extends EventEmitter {
       step('sources');
       const rows = plan.regions.map((r, i) => registerRegion(uffd, r, sourcesOpened[i] as OpenedSource, cleanup));
       step('register');
-      const acquired = allocate(opts, plan, uffd, created, remotes, rows, cleanup);
+      const acquired = allocate(opts, plan, { uffd, created, remotes, rows }, cleanup);
       step('buffers');
       engine = new Engine(acquired, opts.threads);
     } catch (err) {
@@ -830,9 +830,12 @@ function registerRegion(uffd: Userfaultfd, r: RegionPlan, source: OpenedSource, 
   return { start: r.start, size: r.size, pageSize: r.pageSize, type: r.type, source, missingOp, stateBase: r.stateBase, own: r.own };
 }
 
+/** What start() took before allocate(): the userfaultfd (created: by start), remote sources, registered rows. */
+interface Registered { uffd: Userfaultfd; created: boolean; remotes: OpenedRemotes; rows: RegionRow[] }
+
 /** Allocates the shared tables, the zero page and the eventfds (each given back by `cleanup` on failure). */
-function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, created: boolean, remotes: OpenedRemotes,
-  rows: RegionRow[], cleanup: Cleanup): Acquired {
+function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup: Cleanup): Acquired {
+  const { uffd, created, remotes, rows } = got;
   const { workers, readers, maxPage, prefetch: pf } = plan;
   const hasCallback = rows.some((r) => r.missingOp === MissOp.callback);
   const callbackRunBytes = hasCallback ? Math.max(maxPage, 256 * 1024) : 0;

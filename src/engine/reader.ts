@@ -55,7 +55,7 @@ export class UffdReader {
     try {
       n = this.r.uffd.read(this.buf);
       if (n > 0) {
-        this.r.counters[C_READS]!++;
+        this.r.counters.add(C_READS);
         for (let i = 0; i < n; i++) if (msgEvent(this.dv, i) !== UFFD_EVENT_PAGEFAULT) this.applyEvent(i);
       }
     } finally {
@@ -72,7 +72,7 @@ export class UffdReader {
 
   private applyEvent(i: number): void {
     const ev = decodeMessage(this.dv, i); // events are rare: a decoded object is fine here
-    this.r.counters[C_EVENTS]!++;
+    this.r.counters.add(C_EVENTS);
     switch (ev.type) {
       case 'pagefault':
         return; // not an event (the caller's)
@@ -80,7 +80,7 @@ export class UffdReader {
         // Journaled before it is applied: a supervisor's next engine must know of it if we die now.
         if (this.journalFd >= 0) appendRemove(this.journalFd, ev.start, ev.end);
         this.dropRange(ev.start, ev.end, false);
-        this.r.counters[C_REMOVES]!++;
+        this.r.counters.add(C_REMOVES);
         break;
       case 'unmap':
         this.dropRange(ev.start, ev.end, true);

@@ -15,7 +15,7 @@ import type { EngineSetup } from './layout.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_FIRST_MS, C_ERRORS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP, C_IOCTLS,
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
-  COUNTER_WORDS, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates, recordLatency,
+  COUNTER_WORDS, CounterBlock, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates,
 } from './shared.js';
 import { Claims, ControlBlock, MissOp, RegionTable } from './tables.js';
 
@@ -48,6 +48,10 @@ const K_POISON = 4;
 
 /** What runRange did (one per Resolver, reused). */
 class RangeRun {
+  /** The ioctl it ran (K_*). */
+  kind = K_COPY;
+  /** The read sequence (ControlBlock.readSeq) before its first ioctl: see Resolver.settle. */
+  seq = 0;
   /** Bytes passed from the start: filled, or skipped because already there (EEXIST). */
   done = 0;
   /** Bytes this thread filled. */
@@ -63,6 +67,22 @@ export function nowMs(): number {
   return performance.timeOrigin + performance.now();
 }
 
+/**
+ * One fault for handleFault. Each caller keeps one and refills it per fault: nothing
+ * allocates on the per-fault path.
+ */
+export class Fault {
+  /** The faulting address and the kernel's fault flags (kind bits). */
+  addr = 0;
+  flags = 0;
+  /** Its region-table row (RegionTable.findRow; negative: none of ours). */
+  row = -1;
+  /** Wall-clock ms (nowMs) when it was read: the latency counts from there. */
+  readAt = 0;
+  /** How many directly following pages are also faulting (served by the same ioctl). */
+  more = 0;
+}
+
 export type CallbackFetch = (sourceIndex: number, offset: number, len: number, stagingAddr: number) => boolean;
 
 export class Resolver {
@@ -70,7 +90,7 @@ export class Resolver {
   readonly states: PageStates;
   readonly table: RegionTable;
   readonly ctl: ControlBlock;
-  readonly counters: Float64Array;
+  readonly counters: CounterBlock;
   /** This thread's claim record (finished by its replacement if it dies). */
   readonly claim: Claims;
   readonly thread: number;
@@ -167,17 +187,17 @@ export class Resolver {
   }
 
   /**
-   * Resolves one fault. `more` = how many directly following pages are also faulting
-   * (from the ring or the batch read), so they are served by the same ioctl. Returns how
-   * many of those it served too, or DEFERRED (dispatcher only: a worker must finish it).
+   * Resolves one fault. Returns how many of its `more` following pages (from the ring or
+   * the batch read) it served too, or DEFERRED (dispatcher only: a worker must finish it).
    */
-  handleFault(addr: number, flags: number, tRead: number, more: number, knownRow = -2): number {
+  handleFault(f: Fault): number {
     const c = this.counters;
     const tb = this.table;
-    const row = knownRow === -2 ? tb.findRow(addr) : knownRow; // callers that looked it up pass it
+    const { addr, flags, row, more } = f;
+    const tRead = f.readAt;
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
-      c[C_SPURIOUS]!++;
+      c.add(C_SPURIOUS);
       this.safeWake(addr - (addr % PAGE_SIZE), PAGE_SIZE);
       return 0;
     }
@@ -186,41 +206,41 @@ export class Resolver {
     const g = tb.stateBase(row) + local;
     const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-      c[C_FAULTS_WP]!++;
+      c.add(C_FAULTS_WP);
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
       this.uffd.writeprotect(pageAddr, ps, false);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
-      c[C_FAULTS_RWP]!++;
+      c.add(C_FAULTS_RWP);
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
       // thread waits; closing the window wakes it and it retries (async by then).
       if (this.ctl.rwpHold()) return 0;
       this.uffd.rwprotect(pageAddr, ps, false);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
-      c[C_FAULTS_MINOR]!++;
+      c.add(C_FAULTS_MINOR);
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
       const n = Math.min(1 + more, tb.pages(row) - local);
       try {
-        this.continueRun(row, g, local, n, Cause.demand);
+        this.continueRun(row, local, n, Cause.demand);
       } catch {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
-        c[C_ERRORS]!++;
+        c.add(C_ERRORS);
         this.safeWake(pageAddr, n * ps);
         return 0;
       }
       this.latency(tRead);
-      c[C_FAULTS_MINOR]! += n - 1;
+      c.add(C_FAULTS_MINOR, n - 1);
       return n - 1;
     }
-    c[C_FAULTS_MISSING]!++;
+    c.add(C_FAULTS_MISSING);
     const state = this.states.get(g);
     if (state === PAGE_MISSING && this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) {
       // Sequential access grows the read-ahead window; anything else resets it.
@@ -234,7 +254,7 @@ export class Resolver {
       if (filled === DEFERRED) return DEFERRED;
       this.latency(tRead);
       const absorbed = filled > 0 ? Math.min(more, filled - 1) : 0;
-      c[C_FAULTS_MISSING]! += absorbed; // the faults this ioctl served for the caller's ring
+      c.add(C_FAULTS_MISSING, absorbed); // the faults this ioctl served for the caller's ring
       return absorbed;
     }
     if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
@@ -244,7 +264,7 @@ export class Resolver {
       this.latency(tRead);
       return 0;
     }
-    c[C_SPURIOUS]!++;
+    c.add(C_SPURIOUS);
     if (state === PAGE_PRESENT && this.states.transition(g, PAGE_PRESENT, PAGE_FILLING)) {
       // The table says present, yet the kernel reports the page missing: a race with the
       // fill that mapped it, or a hole punched without an event. Fill it again: EEXIST means
@@ -289,48 +309,45 @@ export class Resolver {
     const kind = how.zero ? (miss === MissOp.copyZero || ps > PAGE_SIZE ? K_COPY_ZERO : K_ZEROPAGE)
       : miss === MissOp.copy || miss === MissOp.callback ? K_COPY : miss === MissOp.zeropage ? K_ZEROPAGE : K_COPY_ZERO;
     this.claim.record(row, local, n, how.from);
-    let src = tb.srcAddr(row) + local * ps;
     if (kind === K_COPY && miss === MissOp.callback) {
       const fetch = this.fetchCallback;
       if (!fetch || !fetch(tb.source(row), tb.srcOffset(row) + local * ps, n * ps, this.callbackStagingAddr)) {
         this.failPages(row, local, n);
         return 0;
       }
-      src = this.callbackStagingAddr;
     }
     if (kind === K_COPY && tb.gate(row) >= 0) {
       // A remote source: copy only what its chunk cache holds.
-      n = this.gateRun(row, local, n, src, how);
+      n = this.gateRun(row, local, n, how);
       if (n <= 0) return n;
     }
     const len = n * ps;
-    const seq = this.ctl.readSeq();
     let run: RangeRun;
     try {
-      run = this.runRange(kind, dst, src, len, ps);
+      run = this.runRange(kind, row, local, n);
     } catch (err) {
       const e = err instanceof UffdError ? err.errno : 0;
       const gone = e === ERRNO.ENOENT || e === ERRNO.ESRCH;
       if (e === ERRNO.ESRCH) this.ctl.markPeerGone();
       // ENOENT/ESRCH: the mapping or the process is gone: nothing will fault there again,
       // and nobody was failed (a VM that exits mid-population). Anything else is an error.
-      if (!gone) c[C_ERRORS]!++;
+      if (!gone) c.add(C_ERRORS);
       const r = this.run;
-      this.releaseFrom(row, local, n, r.done, gone ? PAGE_DROPPED : how.from);
-      this.safeWake(dst + r.done, len - r.done);
       const ok = Math.ceil(r.done / ps);
-      this.finish(row, local, ok, how, kind, r.filled, seq);
+      this.release(row, local + ok, local + n, gone ? PAGE_DROPPED : how.from);
+      this.safeWake(dst + r.done, len - r.done);
+      this.finish(row, local, ok, how);
       if (!gone && e !== ERRNO.EFAULT) throw err;
       return ok;
     }
     let ok = n;
     if (run.gaveUp) {
-      this.releaseFrom(row, local, n, run.done, how.from);
-      if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
       ok = Math.ceil(run.done / ps);
+      this.release(row, local + ok, local + n, how.from);
+      if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
     }
     const stale = how.zero && how.from === PAGE_DROPPED && run.firstExist >= 0 ? local + Math.floor(run.firstExist / ps) : -1;
-    this.finish(row, local, ok, how, kind, run.filled, seq);
+    this.finish(row, local, ok, how);
     // A removed page we zero-filled was already mapped: a source fill that raced with the
     // REMOVE landed after the zap. Its bytes must go.
     if (stale >= 0) this.rezero(row, stale);
@@ -338,16 +355,25 @@ export class Resolver {
   }
 
   /**
-   * The one loop around a range ioctl: fills [dst, dst+len) until done, skipping a page
-   * already there (EEXIST), going on after partial progress, and retrying EAGAIN (the
-   * mappings change under an event not read yet) while this thread may wait. Ioctls that
-   * fail otherwise throw (UffdError); this.run holds the progress made.
+   * The one loop around a range ioctl: fills pages [local, local+n) of a row with `kind`
+   * until done, skipping a page already there (EEXIST), going on after partial progress,
+   * and retrying EAGAIN (the mappings change under an event not read yet) while this thread
+   * may wait. Ioctls that fail otherwise throw (UffdError); this.run holds the progress made.
+   * A copy reads the row's source, or the callback staging buffer (filled by fill()).
    */
-  private runRange(kind: number, dst: number, src: number, len: number, ps: number): RangeRun {
+  private runRange(kind: number, row: number, local: number, n: number): RangeRun {
+    const tb = this.table;
+    const ps = tb.pageSize(row);
+    const dst = tb.start(row) + local * ps;
+    const len = n * ps;
+    const src = kind !== K_COPY ? 0
+      : tb.missingOp(row) === MissOp.callback ? this.callbackStagingAddr : tb.srcAddr(row) + local * ps;
     const run = this.run;
     const res = this.result;
     const uffd = this.uffd;
     const c = this.counters;
+    run.kind = kind;
+    run.seq = this.ctl.readSeq();
     run.done = 0;
     run.filled = 0;
     run.firstExist = -1;
@@ -361,20 +387,20 @@ export class Resolver {
       else if (kind === K_COPY_ZERO) uffd.copy(at, this.zeroAddr, ps, 0, res); // one zero page at a time
       else if (kind === K_CONTINUE) uffd.continue(at, left, 0, res);
       else uffd.poison(at, left, 0, res);
-      c[C_IOCTLS]!++;
+      c.add(C_IOCTLS);
       run.done += res.bytes;
       run.filled += res.bytes;
       if (res.errno === 0) continue;
       if (res.errno === ERRNO.EEXIST) {
         // That page is already there: someone outside our claims filled it (a racing path,
         // or memory touched before registration). Skip it.
-        c[C_EEXIST]!++;
+        c.add(C_EEXIST);
         if (run.firstExist < 0) run.firstExist = run.done;
         run.done += ps;
         continue;
       }
       if (res.bytes > 0) continue; // partial progress: go on from there
-      c[C_RETRIES]!++;
+      c.add(C_RETRIES);
       if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
         run.gaveUp = true;
         break;
@@ -393,14 +419,15 @@ export class Resolver {
    * Pages not taken are released; pages of a chunk that failed are failed (poisoned).
    * Returns the pages to copy (0: nothing, all handled).
    */
-  private gateRun(row: number, local: number, n: number, src: number, how: FillHow): number {
+  private gateRun(row: number, local: number, n: number, how: FillHow): number {
     const gate = this.gates[this.table.gate(row)] as Gate;
     const ps = this.table.pageSize(row);
+    const src = this.table.srcAddr(row) + local * ps; // a remote row is never a callback row
     let ok = gate.ready(src, n * ps);
     if (ok === 0) {
       if (!this.mayRetry) {
-        this.releaseFrom(row, local, n, 0, how.from);
-        this.counters[C_FAULTS_MISSING]!--; // the worker that resolves it counts it
+        this.release(row, local, local + n, how.from);
+        this.counters.add(C_FAULTS_MISSING, -1); // the worker that resolves it counts it
         return DEFERRED;
       }
       if (how.cause !== Cause.background || this.ctl.completing()) {
@@ -409,13 +436,13 @@ export class Resolver {
     }
     if (ok < 0) {
       const bad = Math.min(n, Math.ceil(-ok / ps));
-      if (bad < n) this.releaseFrom(row, local, n, bad * ps, how.from);
+      if (bad < n) this.release(row, local + bad, local + n, how.from);
       this.failPages(row, local, bad);
       return 0;
     }
     const take = Math.min(n, Math.floor(ok / ps));
     if (take < n) {
-      this.releaseFrom(row, local, n, take * ps, how.from);
+      this.release(row, local + take, local + n, how.from);
       this.claim.count = take;
     }
     return take;
@@ -471,26 +498,29 @@ export class Resolver {
    * was dropped by a REMOVE while we filled it: if our copy may have landed after the
    * kernel zapped it, it holds source bytes where zeros belong, so it is zeroed again.
    */
-  private finish(row: number, local: number, ok: number, how: FillHow, kind: number, bytes: number, seq: number): void {
+  private finish(row: number, local: number, ok: number, how: FillHow): void {
     const c = this.counters;
     const tb = this.table;
     const g = tb.stateBase(row) + local;
+    const run = this.run; // the run that filled them
+    const kind = run.kind;
+    const bytes = kind === K_POISON ? 0 : run.filled; // poisoned pages hold no bytes
     const copied = bytes > 0 && (kind === K_COPY || kind === K_CONTINUE);
-    if (copied) this.settle(seq);
+    if (copied) this.settle(run.seq);
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
       if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
     }
     this.claim.count = 0;
-    c[C_BYTES]! += bytes;
+    c.add(C_BYTES, bytes);
     // Count what this thread filled; pages skipped on EEXIST were filled by someone else.
     const filled = Math.round(bytes / tb.pageSize(row));
-    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c[C_ZERO_FILLS]! += filled;
-    if (how.cause === Cause.background) c[C_PAGES_BACKGROUND]! += filled;
+    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c.add(C_ZERO_FILLS, filled);
+    if (how.cause === Cause.background) c.add(C_PAGES_BACKGROUND, filled);
     else {
       const d = Math.min(how.demand, filled);
-      c[C_PAGES_DEMAND]! += d;
-      c[C_PAGES_READAHEAD]! += filled - d;
+      c.add(C_PAGES_DEMAND, d);
+      c.add(C_PAGES_READAHEAD, filled - d);
     }
   }
 
@@ -509,11 +539,10 @@ export class Resolver {
     for (let spins = 0; (ctl.readSeq() & 1) !== 0; spins++) if (spins > 256) yieldCpu();
   }
 
-  /** Pages from byte `done` on were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
-  private releaseFrom(row: number, local: number, n: number, done: number, to: number): void {
-    const ps = this.table.pageSize(row);
-    const g = this.table.stateBase(row) + local;
-    for (let i = Math.ceil(done / ps); i < n; i++) this.states.transition(g + i, PAGE_FILLING, to);
+  /** Claimed pages [first, end) of a row were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
+  private release(row: number, first: number, end: number, to: number): void {
+    const base = this.table.stateBase(row);
+    for (let p = first; p < end; p++) this.states.transition(base + p, PAGE_FILLING, to);
     this.claim.count = 0;
   }
 
@@ -522,31 +551,32 @@ export class Resolver {
     const tb = this.table;
     const ps = tb.pageSize(row);
     const dst = tb.start(row) + local * ps;
-    this.counters[C_ERRORS]! += n;
+    this.counters.add(C_ERRORS, n);
     try {
       if (this.setup.onSourceError === 'poison') {
-        this.runRange(K_POISON, dst, 0, n * ps, ps);
-        this.finish(row, local, n, this.failHow, K_POISON, 0, 0);
+        this.runRange(K_POISON, row, local, n);
+        this.finish(row, local, n, this.failHow);
       } else {
         this.failHow.demand = n;
         this.failHow.from = this.claim.from;
         this.fill(row, local, n, this.failHow);
       }
     } catch {
-      this.releaseFrom(row, local, n, 0, this.claim.from);
+      this.release(row, local, local + n, this.claim.from);
       this.safeWake(dst, n * ps);
     }
   }
 
   /** Maps n pages the page cache holds (minor faults, page-cache sources). */
-  private continueRun(row: number, g: number, local: number, n: number, cause: Cause): void {
+  private continueRun(row: number, local: number, n: number, cause: Cause): void {
     const ps = this.table.pageSize(row);
+    const g = this.table.stateBase(row) + local;
     const dst = this.table.start(row) + local * ps;
-    const run = this.runRange(K_CONTINUE, dst, 0, n * ps, ps);
+    const run = this.runRange(K_CONTINUE, row, local, n);
     if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
     for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
-    this.counters[cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND]! += n;
-    this.counters[C_BYTES]! += run.done;
+    this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, n);
+    this.counters.add(C_BYTES, run.done);
   }
 
   /**
@@ -563,7 +593,7 @@ export class Resolver {
       this.deferRezero?.(addr);
       return;
     }
-    this.counters[C_REZEROED]!++;
+    this.counters.add(C_REZEROED);
     this.needReader(); // both ways below wait for a reader (the REMOVE we cause, the fault pwrite takes)
     if (tb.own(row)) {
       tryMadvise(addr, ps, MADV_DONTNEED);
@@ -581,7 +611,7 @@ export class Resolver {
     if (len <= 0) return;
     try {
       this.uffd.wake(addr, len);
-      this.counters[C_WAKES]!++;
+      this.counters.add(C_WAKES);
     } catch {
       // The range is gone: nobody can be waiting there.
     }
@@ -589,8 +619,8 @@ export class Resolver {
 
   private latency(tRead: number): void {
     const now = nowMs();
-    recordLatency(this.counters, (now - tRead) * 1000);
-    if (this.counters[C_FIRST_MS] === 0) this.counters[C_FIRST_MS] = now;
+    this.counters.recordLatency((now - tRead) * 1000);
+    if (this.counters.get(C_FIRST_MS) === 0) this.counters.set(C_FIRST_MS, now);
   }
 
   /**
@@ -640,7 +670,7 @@ export class Resolver {
       // A page-cache source: map what the cache holds (CONTINUE); what it lacks is filled
       // from the missing-fault source below.
       try {
-        this.continueRun(row, g, local, n, Cause.background);
+        this.continueRun(row, local, n, Cause.background);
         return n;
       } catch {
         // Not in the page cache (or gone): fill it as a missing page.
@@ -679,7 +709,7 @@ export class Resolver {
     const now = performance.now();
     if (!force && now - this.lastCpuUpdate < 50) return;
     this.lastCpuUpdate = now;
-    this.counters[C_CPU_SEC] = threadCpuSeconds();
+    this.counters.set(C_CPU_SEC, threadCpuSeconds());
   }
 }
 

@@ -63,16 +63,34 @@ export class Ring {
   free(): number { return this.capacity - this.size(); }
 
   // Producer side -----------------------------------------------------------
-  /** Writes an entry without publishing it; returns false when the ring is full. */
-  stage(pending: number, addr: number, flags: number, t: number, kind: EntryKind = EntryKind.fault): boolean {
-    const tail = Atomics.load(this.control, R_TAIL);
-    if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return false;
-    const i = ((tail + pending) & this.mask) * ENTRY_WORDS;
+  /**
+   * Writes a fault entry (address, the kernel's fault flags, time read) after `pending`
+   * staged ones, without publishing it; returns false when the ring is full.
+   */
+  stage(pending: number, addr: number, flags: number, t: number): boolean {
+    const i = this.slot(pending);
+    if (i < 0) return false;
     this.entries[i] = addr;
     this.entries[i + 1] = flags;
     this.entries[i + 2] = t;
-    this.entries[i + 3] = kind;
+    this.entries[i + 3] = EntryKind.fault;
     return true;
+  }
+  /** Writes an entry asking to re-zero the page at addr (see stage). */
+  stageRezero(pending: number, addr: number, t: number): boolean {
+    const i = this.slot(pending);
+    if (i < 0) return false;
+    this.entries[i] = addr;
+    this.entries[i + 1] = 0;
+    this.entries[i + 2] = t;
+    this.entries[i + 3] = EntryKind.rezero;
+    return true;
+  }
+  /** Index in `entries` of the entry after `pending` staged ones, or -1 when the ring is full. */
+  private slot(pending: number): number {
+    const tail = Atomics.load(this.control, R_TAIL);
+    if (((tail + pending - Atomics.load(this.control, R_HEAD)) | 0) >= this.capacity) return -1;
+    return ((tail + pending) & this.mask) * ENTRY_WORDS;
   }
   /** Publishes n staged entries; wakes the consumer if it sleeps. Returns true if it woke it. */
   publish(n: number): boolean {
@@ -171,7 +189,10 @@ export class PageStates {
   /** Counts pages in each state over [first, first+count). */
   count(first: number, count: number, out: Float64Array): void {
     out.fill(0);
-    for (let p = first; p < first + count; p++) out[this.get(p)]!++;
+    for (let p = first; p < first + count; p++) {
+      const st = this.get(p);
+      out[st] = (out[st] as number) + 1;
+    }
   }
   /** Pages whose state is below `limit` (limit PRESENT: MISSING or FILLING), a word at a time. */
   countBelow(limit: number): number {
@@ -256,9 +277,9 @@ export class Counters {
   static allocate(threads: number): SharedArrayBuffer {
     return new SharedArrayBuffer(threads * COUNTER_WORDS * 8);
   }
-  /** The block of one thread (a subarray view: create once per thread). */
-  block(thread: number): Float64Array {
-    return this.all.subarray(thread * COUNTER_WORDS, (thread + 1) * COUNTER_WORDS);
+  /** The block of one thread (a view: create once per thread). */
+  block(thread: number): CounterBlock {
+    return new CounterBlock(this.all.subarray(thread * COUNTER_WORDS, (thread + 1) * COUNTER_WORDS));
   }
   sum(field: number): number {
     let s = 0;
@@ -267,12 +288,26 @@ export class Counters {
   }
 }
 
-/** Adds one latency sample (µs) to a counter block's histogram. */
-export function recordLatency(block: Float64Array, micros: number): void {
-  let b = 0;
-  let v = micros;
-  while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
-  block[C_HIST + b]!++;
+/**
+ * One thread's counters (its only writer): typed access to the fields of its block, for the
+ * per-fault path (C_* field indices, always inside the block).
+ */
+export class CounterBlock {
+  readonly words: Float64Array;
+  constructor(words: Float64Array) {
+    if (words.length !== COUNTER_WORDS) throw new RangeError(`a counter block has ${COUNTER_WORDS} words, not ${words.length}`);
+    this.words = words;
+  }
+  get(field: number): number { return this.words[field] as number; }
+  set(field: number, value: number): void { this.words[field] = value; }
+  add(field: number, n = 1): void { this.words[field] = (this.words[field] as number) + n; }
+  /** Adds one latency sample (µs) to the histogram. */
+  recordLatency(micros: number): void {
+    let b = 0;
+    let v = micros;
+    while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
+    this.add(C_HIST + b);
+  }
 }
 
 /** Percentile (0..1) of a log2 histogram, reported as the upper edge of its bucket, in µs. */

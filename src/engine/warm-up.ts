@@ -6,7 +6,7 @@ import { madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
 import { UffdReader } from './reader.js';
-import { nowMs, Resolver } from './resolver.js';
+import { Fault, nowMs, Resolver } from './resolver.js';
 import { Counters, PageStates } from './shared.js';
 import { Claims, ControlBlock, RegionTable, scratchRow } from './tables.js';
 
@@ -72,9 +72,15 @@ export function warmUp(rounds = 40): void {
     const r = new Resolver(setup, 0, true);
     const reader = new UffdReader(r, 64, () => undefined);
     const words = new Int32Array(setup.states);
+    const fault = new Fault();
     for (let k = 0; k < rounds; k++) {
       reader.read(); // nothing pending: EAGAIN
-      for (let p = 0; p < pages; p++) r.handleFault(region + p * PAGE_SIZE, 0, nowMs(), 0);
+      for (let p = 0; p < pages; p++) {
+        fault.addr = region + p * PAGE_SIZE;
+        fault.row = r.findRow(fault.addr);
+        fault.readAt = nowMs();
+        r.handleFault(fault);
+      }
       madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
       words.fill(0);
     }

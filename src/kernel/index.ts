@@ -10,3 +10,4 @@ export * as kvm from './kvm.js';
 export * as kvmVcpu from './kvm-vcpu.js';
 export * as socket from './socket.js';
 export { Scanner } from './pagemap.js';
+export { Pipe } from './pipe.js';

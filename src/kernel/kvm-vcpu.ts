@@ -73,13 +73,23 @@ const memRegion = new Uint8Array(new ArrayBuffer(SIZEOF_KVM_USERSPACE_MEMORY_REG
 const memRegionDv = new DataView(memRegion.buffer);
 const memRegionAddr = addressOf(memRegion);
 
+/** A guest memory slot: guest-physical [gpa, gpa+size) backed by host memory at hostAddr. */
+export interface MemorySlot {
+  slot: number;
+  gpa: number;
+  size: number;
+  hostAddr: number;
+  /** KVM_MEM_* (KVM_MEM_READONLY…); default 0. */
+  flags?: number;
+}
+
 /** Encodes struct kvm_userspace_memory_region { u32 slot; u32 flags; u64 guest_phys_addr, memory_size, userspace_addr; }. */
-export function encodeMemoryRegion(dv: DataView, slot: number, flags: number, gpa: number, size: number, hostAddr: number): void {
-  dv.setUint32(0, slot, true);
-  dv.setUint32(4, flags, true);
-  writeU64(dv, 8, gpa);
-  writeU64(dv, 16, size);
-  writeU64(dv, 24, hostAddr);
+export function encodeMemoryRegion(dv: DataView, m: MemorySlot): void {
+  dv.setUint32(0, m.slot, true);
+  dv.setUint32(4, m.flags ?? 0, true);
+  writeU64(dv, 8, m.gpa);
+  writeU64(dv, 16, m.size);
+  writeU64(dv, 24, m.hostAddr);
 }
 
 /**
@@ -87,8 +97,8 @@ export function encodeMemoryRegion(dv: DataView, slot: number, flags: number, gp
  * hostAddr (any mapping of this process: anonymous, memfd, hugetlb — and it may be
  * registered with a userfaultfd, so guest accesses fault to the handler). Size 0 deletes the slot.
  */
-export function setUserMemoryRegion(vmFd: number, slot: number, gpa: number, size: number, hostAddr: number, flags = 0): void {
-  encodeMemoryRegion(memRegionDv, slot, flags, gpa, size, hostAddr);
+export function setUserMemoryRegion(vmFd: number, m: MemorySlot): void {
+  encodeMemoryRegion(memRegionDv, m);
   if (libc.ioctl(vmFd, KVM_SET_USER_MEMORY_REGION, memRegionAddr) < 0) fail('KVM_SET_USER_MEMORY_REGION');
 }
 
@@ -117,7 +127,10 @@ export function decodeRegs(dv: DataView): Regs {
   return r;
 }
 export function encodeRegs(dv: DataView, r: Partial<Regs>): void {
-  REG_NAMES.forEach((n, i) => { if (r[n] !== undefined) writeU64(dv, i * 8, r[n]!); });
+  REG_NAMES.forEach((n, i) => {
+    const v = r[n];
+    if (v !== undefined) writeU64(dv, i * 8, v);
+  });
 }
 
 export interface Segment {
@@ -256,12 +269,13 @@ export class Vcpu {
   private readonly owned: boolean;
   private closed = false;
 
-  private constructor(fd: number, id: number, runAddr: number, runSize: number, owned: boolean) {
+  /** `run`: the kvm_run mapping; `owned`: close the fd and unmap it on close(). */
+  private constructor(fd: number, id: number, run: { addr: number; size: number }, owned: boolean) {
     this.fd = fd;
     this.id = id;
-    this.runAddr = runAddr;
-    this.runSize = runSize;
-    this.run = new DataView(viewOf(runAddr, runSize));
+    this.runAddr = run.addr;
+    this.runSize = run.size;
+    this.run = new DataView(viewOf(run.addr, run.size));
     this.bufAddr = addressOf(new Uint8Array(this.buf));
     this.owned = owned;
   }
@@ -277,12 +291,12 @@ export class Vcpu {
       libc.close(fd);
       fail('mmap kvm_run', e);
     }
-    return new Vcpu(fd, id, addr, size, true);
+    return new Vcpu(fd, id, { addr, size }, true);
   }
 
   /** Wraps a vCPU created elsewhere (another thread): its fd and kvm_run mapping. Does not own them. */
   static fromFd(fd: number, runAddr: number, runSize: number, id = 0): Vcpu {
-    return new Vcpu(fd, id, runAddr, runSize, false);
+    return new Vcpu(fd, id, { addr: runAddr, size: runSize }, false);
   }
 
   getRegs(): Regs {

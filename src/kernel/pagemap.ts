@@ -79,20 +79,27 @@ export function categoryNames(mask: number): string[] {
   return out;
 }
 
+/** What one PAGEMAP_SCAN is asked: [start, end), the region vector (address, capacity) and the options. */
+export interface ScanArg extends Required<ScanOptions> {
+  start: number;
+  end: number;
+  vec: number;
+  vecLen: number;
+}
+
 /**
  * Writes a struct pm_scan_arg into dv at offset 0 (all fields u64, little-endian):
  * 0 size, 8 flags, 16 start, 24 end, 32 walk_end, 40 vec, 48 vec_len, 56 max_pages,
  * 64 category_inverted, 72 category_mask, 80 category_anyof_mask, 88 return_mask.
  */
-export function encodeScanArg(dv: DataView, start: number, end: number, vec: number, vecLen: number,
-  o: Required<ScanOptions>): void {
+export function encodeScanArg(dv: DataView, o: ScanArg): void {
   w64(dv, 0, C.SIZEOF_PM_SCAN_ARG);
   w64(dv, 8, o.flags);
-  w64(dv, 16, start);
-  w64(dv, 24, end);
+  w64(dv, 16, o.start);
+  w64(dv, 24, o.end);
   w64(dv, 32, 0);
-  w64(dv, 40, vec);
-  w64(dv, 48, vecLen);
+  w64(dv, 40, o.vec);
+  w64(dv, 48, o.vecLen);
   w64(dv, 56, o.maxPages);
   w64(dv, 64, o.categoryInverted);
   w64(dv, 72, o.categoryMask);
@@ -185,7 +192,7 @@ export class Scanner {
   scanRaw(start: number, end: number, o: ScanOptions, maxPages = o.maxPages ?? 0): number {
     if (this.closed) throw new ConfigError('Scanner is closed');
     const t = this.setOpts(o);
-    encodeScanArg(this.argDv, start, end, this.vecAddr, this.vecLen, { ...t, maxPages });
+    encodeScanArg(this.argDv, { ...t, maxPages, start, end, vec: this.vecAddr, vecLen: this.vecLen });
     const t0 = process.hrtime.bigint();
     let n = libc.ioctl(this.fd, C.PAGEMAP_SCAN, this.argAddr);
     while (n < 0 && errno() === ERRNO.EINTR) n = libc.ioctl(this.fd, C.PAGEMAP_SCAN, this.argAddr);

@@ -87,6 +87,14 @@ export class RangeResult {
   errno = 0;
 }
 
+/** A range ioctl: its name in errors, request number, and the offset of its s64 out field (bytes done). */
+interface RangeIoctl { op: string; req: number; outOff: number }
+const IO_COPY: RangeIoctl = { op: 'copy', req: C.UFFDIO_COPY, outOff: 32 };
+const IO_ZEROPAGE: RangeIoctl = { op: 'zeropage', req: C.UFFDIO_ZEROPAGE, outOff: 24 };
+const IO_CONTINUE: RangeIoctl = { op: 'continue', req: C.UFFDIO_CONTINUE, outOff: 24 };
+const IO_POISON: RangeIoctl = { op: 'poison', req: C.UFFDIO_POISON, outOff: 24 };
+const IO_MOVE: RangeIoctl = { op: 'move', req: C.UFFDIO_MOVE, outOff: 32 };
+
 export class Userfaultfd {
   readonly fd: number;
   /** Features granted by UFFDIO_API (for fromFd: what the caller says was negotiated). */
@@ -94,8 +102,6 @@ export class Userfaultfd {
   /** Ioctls the API call advertised (bit nr per ioctl). */
   readonly ioctls: bigint;
   readonly nonBlocking: boolean;
-  /** Errno of the last range operation that stopped early: 0, EEXIST or EAGAIN (also in its RangeResult). */
-  lastErrno = 0;
 
   private readonly arg = new ArrayBuffer(128);
   private readonly dv = new DataView(this.arg);
@@ -237,14 +243,15 @@ export class Userfaultfd {
   }
 
   // A range operation with an s64 out field: returns the bytes done; on partial or no
-  // progress the errno is EEXIST or EAGAIN (in `out` when given, and lastErrno); any other
-  // errno throws.
-  private rangeOp(op: string, req: number, outOff: number, start: number, len: number, out?: RangeResult): number {
+  // progress the errno is EEXIST or EAGAIN (in `out`: pass one to tell them apart); any
+  // other errno throws.
+  private rangeOp(io: RangeIoctl, start: number, len: number, out?: RangeResult): number {
+    const { op, outOff } = io;
     this.dv.setUint32(outOff, 0, true);
     this.dv.setUint32(outOff + 4, 0, true);
     let bytes = len;
     let e = 0;
-    if (libc.ioctl(this.fd, req, this.argAddr) !== 0) {
+    if (libc.ioctl(this.fd, io.req, this.argAddr) !== 0) {
       e = errno();
       const done = s64(this.dv, outOff);
       if (done > 0) {
@@ -257,7 +264,6 @@ export class Userfaultfd {
         throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
       }
     }
-    this.lastErrno = e;
     if (out) {
       out.bytes = bytes;
       out.errno = e;
@@ -272,26 +278,26 @@ export class Userfaultfd {
     writeU64(dv, 8, src);
     writeU64(dv, 16, len);
     writeU64(dv, 24, mode);
-    return this.rangeOp('copy', C.UFFDIO_COPY, 32, dst, len, out);
+    return this.rangeOp(IO_COPY, dst, len, out);
   }
 
   zeropage(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('zeropage', C.UFFDIO_ZEROPAGE, 24, start, len, out);
+    return this.rangeOp(IO_ZEROPAGE, start, len, out);
   }
 
   /** UFFDIO_CONTINUE: maps pages already in the page cache (minor faults). */
   continue(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('continue', C.UFFDIO_CONTINUE, 24, start, len, out);
+    return this.rangeOp(IO_CONTINUE, start, len, out);
   }
 
   poison(start: number, len: number, mode = 0, out?: RangeResult): number {
     this.range(start, len);
     writeU64(this.dv, 16, mode);
-    return this.rangeOp('poison', C.UFFDIO_POISON, 24, start, len, out);
+    return this.rangeOp(IO_POISON, start, len, out);
   }
 
   /** UFFDIO_MOVE: moves pages from src to dst (anon), leaving src empty. */
@@ -301,7 +307,7 @@ export class Userfaultfd {
     writeU64(dv, 8, src);
     writeU64(dv, 16, len);
     writeU64(dv, 24, mode);
-    return this.rangeOp('move', C.UFFDIO_MOVE, 32, dst, len, out);
+    return this.rangeOp(IO_MOVE, dst, len, out);
   }
 
   /** Write-protects (protect = true) or un-protects the range (un-protect wakes unless DONTWAKE). */

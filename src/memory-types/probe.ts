@@ -118,13 +118,14 @@ function probeRegistration(type: MemoryType, region: Region, modes: RegisterMode
     // Raw mode bits, so that even combinations Userfaultfd.register refuses reach the kernel.
     const advertised = uffd.register(region.addr, region.pageSize, mode, region.pageSize);
     out.registered = true;
-    out.ioctls = ioctlNames(advertised);
+    const ioctls: string[] = ioctlNames(advertised);
+    out.ioctls = ioctls;
     out.ioctlMask = hex(advertised);
     if (declared) {
       const missing = type.ops.filter((op) => {
         const needs = OP_MODE[op];
         if (needs && !modes.includes(needs)) return false;
-        return !out.ioctls!.includes(IOCTL_OF[op]);
+        return !ioctls.includes(IOCTL_OF[op]);
       });
       if (missing.length) out.missingOps = missing;
     }

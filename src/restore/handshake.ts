@@ -136,6 +136,8 @@ export function jsonValueEnd(text: string): number {
   return -1;
 }
 
+function field(obj: Record<string, unknown>, name: string, index: number, required: true): number;
+function field(obj: Record<string, unknown>, name: string, index: number, required: boolean): number | undefined;
 function field(obj: Record<string, unknown>, name: string, index: number, required: boolean): number | undefined {
   if (!Object.prototype.hasOwnProperty.call(obj, name)) {
     if (required) throw new HandshakeError('bad-field', `region ${index} has no "${name}" field`, index);
@@ -193,9 +195,9 @@ export function parseRegions(payload: string | Uint8Array, opts: ValidateOptions
       throw new HandshakeError('bad-region', `region ${index} must be an object, got ${Array.isArray(item) ? 'an array' : item === null ? 'null' : typeof item}`, index);
     }
     const obj = item as Record<string, unknown>;
-    const base = field(obj, 'base_host_virt_addr', index, true)!;
-    const size = field(obj, 'size', index, true)!;
-    const offset = field(obj, 'offset', index, true)!;
+    const base = field(obj, 'base_host_virt_addr', index, true);
+    const size = field(obj, 'size', index, true);
+    const offset = field(obj, 'offset', index, true);
     const ps = field(obj, 'page_size', index, false);
     const psKib = field(obj, 'page_size_kib', index, false);
     let pageSize = PAGE_SIZE;

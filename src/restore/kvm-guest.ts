@@ -128,8 +128,8 @@ export class ChecksumGuest {
       codeAddr = mapAnonymous(C.PAGE_SIZE);
       bytesAt(codeAddr, C.PAGE_SIZE).set(CHECKSUM_CODE);
       ramAddr = mapAnonymous(o.ramSize, C.MAP_NORESERVE | (o.hugetlb ? C.MAP_HUGETLB | C.MAP_HUGE_2MB : 0));
-      setUserMemoryRegion(vmFd, 0, 0, C.PAGE_SIZE, codeAddr);
-      setUserMemoryRegion(vmFd, 1, o.ramGpa, o.ramSize, ramAddr);
+      setUserMemoryRegion(vmFd, { slot: 0, gpa: 0, size: C.PAGE_SIZE, hostAddr: codeAddr });
+      setUserMemoryRegion(vmFd, { slot: 1, gpa: o.ramGpa, size: o.ramSize, hostAddr: ramAddr });
       const vcpu = Vcpu.create(kvmFd, vmFd, 0);
       vcpu.setSregs(flatProtectedMode(vcpu.getSregs()));
       vcpu.setRegs({

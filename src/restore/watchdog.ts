@@ -32,8 +32,8 @@ function watch(d: WatchdogData): void {
   const flag = new Int32Array(d.sab);
   if (Atomics.wait(flag, 0, 0, d.timeoutMs) !== 'timed-out') return;
   fs.writeSync(2, `${d.name}: timed out after ${d.timeoutMs} ms (faults not served?)\n`);
-  // The kernel layer (koffi) is loaded only now: a thread torn down by the process's exit
-  // while it loads koffi aborts the process (napi_throw), and a restore that ends early must not.
+  // The kernel layer (its FFI library) is loaded only now: a thread torn down by the process's
+  // exit while it loads the FFI aborts the process (napi_throw), and a restore that ends early must not.
   try {
     const { libc } = require('../kernel/libc.js') as typeof import('../kernel/libc.js');
     libc._exit(2);

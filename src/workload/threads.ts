@@ -1,10 +1,10 @@
-// Runs faulting threads (workers/toucher.js) over a region and gathers their results.
+// Runs faulting threads (threads/toucher.ts) over a region and gathers their results.
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { TouchJob, TouchResult } from '../../workers/toucher.js';
+import type { TouchJob, TouchResult } from './threads/toucher.js';
 
 export type { TouchJob, TouchResult };
-const TOUCHER = path.resolve(__dirname, '../../workers/toucher.js');
+const TOUCHER = path.resolve(__dirname, 'threads/toucher.js');
 
 /** Starts one thread per job, all released at once; resolves with their results. */
 export async function runTouchers(jobs: TouchJob[], timeoutMs = 120_000): Promise<TouchResult[]> {

@@ -7,46 +7,39 @@
 // This is what lets the parallel engine serve evicted shmem/hugetlbfs pages without taking
 // part in the eviction (it resolves minor faults without consulting anyone's page states).
 //
-// x86_64 system call numbers; pipes are grown to pipe-max-size (1 MiB by default) when the
-// user's pipe allowance permits, and enough of them are opened to hold one huge page.
+// Pipes are grown to pipe-max-size (1 MiB by default) when the user's pipe allowance permits,
+// and enough of them are opened to hold one huge page.
 import * as C from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
-import { addressOf, errno, errnoName, libc } from '../kernel/libc.js';
+import { addressOf } from '../kernel/libc.js';
 import * as M from '../kernel/memory.js';
+import { Pipe } from '../kernel/pipe.js';
 
-const SYS_vmsplice = 278;
-const SYS_pipe2 = 293;
-const O_CLOEXEC = 0o2000000;
-const F_SETPIPE_SZ = 1031;
-const F_GETPIPE_SZ = 1032;
-const SPLICE_F_NONBLOCK = 2;
 const PIPE_BYTES = 1 << 20;
 const MAX_PIPES = 64;
 
-interface Pipe { r: number; w: number; cap: number; used: number }
+/** A pipe and the bytes of pinned pages it holds now. */
+interface Held { pipe: Pipe; used: number }
 
 export class PagePins {
-  private readonly pipes: Pipe[] = [];
+  private readonly pipes: Held[] = [];
   /** Bytes the pipes can hold at once: the largest run pin() takes. */
   readonly capacity: number;
-  private readonly iov = new BigUint64Array(2);
-  private readonly iovAddr: number;
   private pinned = 0;
 
   /** Opens pipes that together hold at least `minBytes` (and at least 1 MiB). */
   constructor(minBytes: number) {
-    this.iovAddr = addressOf(this.iov);
     const want = Math.max(minBytes, PIPE_BYTES);
     let cap = 0;
     try {
       while (cap < want) {
         if (this.pipes.length >= MAX_PIPES) {
           throw new UnsupportedError(`holding ${want} bytes of pages needs more than ${MAX_PIPES} pipes ` +
-            `(each holds ${this.pipes[0]?.cap ?? 0} bytes here; raise /proc/sys/fs/pipe-max-size, or use server 'trap')`);
+            `(each holds ${this.pipes[0]?.pipe.capacity ?? 0} bytes here; raise /proc/sys/fs/pipe-max-size, or use server 'trap')`);
         }
-        const p = openPipe();
-        this.pipes.push(p);
-        cap += p.cap;
+        const pipe = Pipe.open(PIPE_BYTES);
+        this.pipes.push({ pipe, used: 0 });
+        cap += pipe.capacity;
       }
     } catch (e) {
       this.close();
@@ -65,16 +58,15 @@ export class PagePins {
     if (len > this.capacity) throw new ConfigError(`PagePins.pin: ${len} bytes exceed the capacity of ${this.capacity}`);
     let done = 0;
     for (const p of this.pipes) {
-      while (done < len && p.used < p.cap) {
-        const n = Math.min(len - done, p.cap - p.used);
-        this.iov[0] = BigInt(addr + done);
-        this.iov[1] = BigInt(n);
-        const got = libc.syscall5(SYS_vmsplice, p.w, this.iovAddr, 1, SPLICE_F_NONBLOCK, 0);
-        if (got <= 0) {
-          const e = errno();
+      while (done < len && p.used < p.pipe.capacity) {
+        const n = Math.min(len - done, p.pipe.capacity - p.used);
+        let got: number;
+        try {
+          got = p.pipe.vmsplice(addr + done, n);
+        } catch (e) {
           this.pinned = done;
           this.discard();
-          throw new UnsupportedError(`vmsplice of ${n} bytes at 0x${(addr + done).toString(16)} failed: ${errnoName(e)}`);
+          throw e;
         }
         p.used += got;
         done += got;
@@ -95,8 +87,7 @@ export class PagePins {
     let done = 0;
     for (const p of this.pipes) {
       while (p.used > 0) {
-        const n = libc.read(p.r, dst + done, p.used);
-        if (n <= 0) throw new UnsupportedError(`reading pinned pages back from a pipe failed: ${n < 0 ? errnoName(errno()) : 'end of file'}`);
+        const n = p.pipe.readTo(dst + done, p.used);
         p.used -= n;
         done += n;
       }
@@ -109,10 +100,10 @@ export class PagePins {
     const sink = new Uint8Array(64 * 1024);
     const a = addressOf(sink);
     for (const p of this.pipes) {
-      while (p.used > 0) {
-        const n = libc.read(p.r, a, Math.min(p.used, sink.length));
-        if (n <= 0) break;
-        p.used -= n;
+      try {
+        while (p.used > 0) p.used -= p.pipe.readTo(a, Math.min(p.used, sink.length));
+      } catch {
+        // Nothing more to read back.
       }
       p.used = 0;
     }
@@ -120,10 +111,7 @@ export class PagePins {
   }
 
   close(): void {
-    for (const p of this.pipes.splice(0)) {
-      libc.close(p.r);
-      libc.close(p.w);
-    }
+    for (const p of this.pipes.splice(0)) p.pipe.close();
   }
 
   /**
@@ -166,20 +154,3 @@ export class PagePins {
 }
 
 let probed: { ok: boolean; reason?: string } | undefined;
-
-function openPipe(): Pipe {
-  const fds = new Int32Array(2);
-  if (libc.syscall5(SYS_pipe2, addressOf(fds), O_CLOEXEC, 0, 0, 0) < 0) {
-    throw new UnsupportedError(`pipe2 failed: ${errnoName(errno())}`);
-  }
-  const [r = -1, w = -1] = fds;
-  // Grow to 1 MiB when allowed (pipe-max-size, and the user's pipe-user-pages-soft).
-  let cap = libc.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES);
-  if (cap < 0) cap = libc.fcntl(w, F_GETPIPE_SZ, 0);
-  if (cap <= 0) {
-    libc.close(r);
-    libc.close(w);
-    throw new UnsupportedError(`cannot size a pipe: ${errnoName(errno())}`);
-  }
-  return { r, w, cap, used: 0 };
-}

@@ -1,16 +1,16 @@
-// Reading pages of a tracked region back from worker threads (workers/wss-reader.ts), checking
+// Reading pages of a tracked region back from worker threads (threads/reader.ts), checking
 // their bytes: each first touch of an evicted page is a fault the engine serves. Used by
 // `uffd-engine wss --evict` and bench/wss-bench.ts; the main thread stays free meanwhile.
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { ReaderData, ReaderResult } from '../../workers/wss-reader.js';
+import type { ReaderData, ReaderResult } from './threads/reader.js';
 import type { Range } from './tracker.js';
 
 export interface ReadBackResult { pages: number; bad: number; ms: number }
 
 /** Path of the compiled reader worker. */
 export function readerPath(): string {
-  return path.resolve(__dirname, '../../workers/wss-reader.js');
+  return path.resolve(__dirname, 'threads/reader.js');
 }
 
 /**

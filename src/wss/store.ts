@@ -17,7 +17,7 @@ import { ERRNO } from '../kernel/libc.js';
 import { close as closeFd, madvise, memcmp, memcpy, munmap, punchHole, tryMadvise } from '../kernel/memory.js';
 import type { Scanner } from '../kernel/pagemap.js';
 import { yieldCpu } from '../kernel/time.js';
-import type { Userfaultfd } from '../kernel/userfaultfd.js';
+import { RangeResult, type Userfaultfd } from '../kernel/userfaultfd.js';
 import type { Engine } from '../engine/engine.js';
 import { PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT } from '../engine/shared.js';
 import { COPY_EVICTED, COPY_HELD, COPY_NONE, PageCopies } from './pages.js';
@@ -47,6 +47,8 @@ export class PageStore {
   private readonly p: StoreParts;
   private readonly P: number;
   private readonly anon: boolean;
+  /** What the last UFFDIO_MOVE did (reused). */
+  private readonly moved = new RangeResult();
 
   constructor(parts: StoreParts) {
     this.p = parts;
@@ -201,12 +203,13 @@ export class PageStore {
     const uffd = this.p.uffd;
     const dst = this.addr + (a - this.p.regionAddr);
     madvise(dst, len, C.MADV_DONTNEED);
+    const res = this.moved;
     let done = 0;
     for (let tries = 0; done < len && tries < 100; tries++) {
       try {
-        done += uffd.move(dst + done, a + done, len - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
-        if (uffd.lastErrno === ERRNO.EEXIST) return { done, failed: true };
-        if (uffd.lastErrno === ERRNO.EAGAIN) yieldCpu(); // an event (REMOVE) not read yet
+        done += uffd.move(dst + done, a + done, len - done, C.UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, res);
+        if (res.errno === ERRNO.EEXIST) return { done, failed: true };
+        if (res.errno === ERRNO.EAGAIN) yieldCpu(); // an event (REMOVE) not read yet
       } catch {
         return { done, failed: true };
       }

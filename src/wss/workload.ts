@@ -71,7 +71,7 @@ export class Workload {
   }
 
   static workerPath(): string {
-    return path.resolve(__dirname, '../../workers/wss-guest.js');
+    return path.resolve(__dirname, 'threads/guest.js');
   }
 
   /** Starts the guest threads (each writes its slice of the write set and reads its slice of the read set). */

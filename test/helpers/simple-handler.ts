@@ -7,7 +7,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import * as C from '../../src/kernel/constants.js';
 import { decodeMessage } from '../../src/kernel/messages.js';
 import { bytesAt, eventfd, eventfdSignal, mapAnonymous, memcpy, Poller, close } from '../../src/kernel/memory.js';
-import { MessageBuffer, Userfaultfd } from '../../src/kernel/userfaultfd.js';
+import { MessageBuffer, RangeResult, Userfaultfd } from '../../src/kernel/userfaultfd.js';
 import { ERRNO } from '../../src/kernel/libc.js';
 
 export interface HandlerRegion { base: number; size: number; offset: number; pageSize: number }
@@ -41,6 +41,7 @@ export interface HandlerStats {
 export function serveFaults(spec: HandlerSpec): HandlerStats {
   const uffd = Userfaultfd.fromFd(spec.uffdFd);
   const msgs = new MessageBuffer(64);
+  const copied = new RangeResult();
   const poller = new Poller([spec.uffdFd, spec.stopFd]);
   const stats: HandlerStats = { faults: 0, copies: 0, zeroes: 0, removes: 0, eexist: 0, eagain: 0, bytesCopied: 0, errors: [] };
   const removed: { start: number; end: number }[] = [];
@@ -65,13 +66,13 @@ export function serveFaults(spec: HandlerSpec): HandlerStats {
       b[0] = (b[0] ?? 0) ^ 0x5a;
       src = scratch;
     }
-    const done = uffd.copy(page, src, r.pageSize);
+    const done = uffd.copy(page, src, r.pageSize, 0, copied);
     if (done === r.pageSize) {
       if (zero) stats.zeroes++; else stats.copies++;
       stats.bytesCopied += r.pageSize;
       return true;
     }
-    if (uffd.lastErrno === ERRNO.EEXIST) {
+    if (copied.errno === ERRNO.EEXIST) {
       stats.eexist++;
       return true;
     }

@@ -11,8 +11,8 @@ import { UFFD_PAGEFAULT_FLAG_WP } from '../../kernel/constants.js';
 import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { DEFERRED, nowMs, Resolver } from '../resolver.js';
-import { C_HANDOFFS, C_INLINE, EntryKind, Ring } from '../shared.js';
+import { DEFERRED, Fault, nowMs, Resolver } from '../resolver.js';
+import { C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
 import { MissOp } from '../tables.js';
 import { waitForSetup, warmUpOnce } from '../warm-up.js';
 
@@ -24,22 +24,33 @@ const table = r.table;
 const c = r.counters;
 const rings = setup.rings.map((b) => new Ring(b));
 const staged = new Int32Array(rings.length);
+const fault = new Fault(); // the fault being routed (reused)
 const reader = new UffdReader(r, 256, post);
 const inlineAuto = setup.inline === 'auto';
 const inlineAll = setup.inline === 'always';
 const canInlineWp = setup.wpHook === null;
 
-/** Stages one entry for a worker's ring, publishing (and waiting) while the ring is full. */
-function stage(shard: number, addr: number, flags: number, t: number, kind: EntryKind): void {
+/** Stages a fault for a worker's ring, publishing (and waiting) while the ring is full. */
+function stage(shard: number, f: Fault): void {
   const ring = rings[shard] as Ring;
-  while (!ring.stage(staged[shard] as number, addr, flags, t, kind)) {
-    // Ring full: publish what is staged and let the worker drain it.
-    ring.publish(staged[shard] as number);
-    staged[shard] = 0;
-    ring.kick();
-    ctl.pause(0.05);
-  }
-  staged[shard]!++;
+  while (!ring.stage(staged[shard] as number, f.addr, f.flags, f.readAt)) full(shard, ring);
+  staged[shard] = (staged[shard] as number) + 1;
+}
+
+/** Stages a request to re-zero the page at addr, as stage() does a fault. */
+function stageRezero(shard: number, addr: number): void {
+  const ring = rings[shard] as Ring;
+  const t = nowMs();
+  while (!ring.stageRezero(staged[shard] as number, addr, t)) full(shard, ring);
+  staged[shard] = (staged[shard] as number) + 1;
+}
+
+/** A ring is full: publish what is staged for it and let its worker drain it. */
+function full(shard: number, ring: Ring): void {
+  ring.publish(staged[shard] as number);
+  staged[shard] = 0;
+  ring.kick();
+  ctl.pause(0.05);
 }
 
 function shardOf(row: number, addr: number): number {
@@ -51,17 +62,18 @@ r.deferRezero = (addr: number) => {
   const row = table.findRow(addr);
   if (row < 0) return;
   ctl.rezeroQueued(); // Engine.stop waits for these before unregistering
-  stage(shardOf(row, addr), addr, 0, nowMs(), EntryKind.rezero);
+  stageRezero(shardOf(row, addr), addr);
 };
 
 function post(msg: DispatcherMessage): void {
   parentPort?.postMessage(msg);
 }
 
-function route(addr: number, flags: number, t: number, batch: number): void {
-  const row = table.findRow(addr);
+/** Resolves the fault here or hands it to its shard's worker; `batch`: messages in the read. */
+function route(f: Fault, batch: number): void {
+  const { addr, flags, row } = f;
   if (row < 0) {
-    r.handleFault(addr, flags, t, 0, row); // not ours any more: wake so the kernel decides
+    r.handleFault(f); // not ours any more: wake so the kernel decides
     return;
   }
   const shard = shardOf(row, addr);
@@ -72,13 +84,13 @@ function route(addr: number, flags: number, t: number, batch: number): void {
   // large batch wakes the workers so they share it.
   if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && ring.size() === 0
     && ring.consumerSleeping()))) {
-    if (r.handleFault(addr, flags, t, 0, row) !== DEFERRED) {
-      c[C_INLINE]!++;
+    if (r.handleFault(f) !== DEFERRED) {
+      c.add(C_INLINE);
       return;
     }
   }
-  stage(shard, addr, flags, t, EntryKind.fault);
-  c[C_HANDOFFS]!++;
+  stage(shard, f);
+  c.add(C_HANDOFFS);
 }
 
 // ---- main loop -----------------------------------------------------------------------
@@ -106,7 +118,15 @@ for (;;) {
       idleReads = 0;
       lastBusy = true;
       const t = nowMs();
-      for (let i = 0; i < n; i++) if (reader.isFault(i)) route(reader.address(i), reader.flags(i), t, n);
+      for (let i = 0; i < n; i++) {
+        if (!reader.isFault(i)) continue;
+        fault.addr = reader.address(i);
+        fault.flags = reader.flags(i);
+        fault.row = table.findRow(fault.addr);
+        fault.readAt = t;
+        fault.more = 0;
+        route(fault, n);
+      }
       for (let s = 0; s < rings.length; s++) {
         const k = staged[s] as number;
         if (k !== 0) {

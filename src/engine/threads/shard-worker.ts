@@ -12,7 +12,7 @@ import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { EngineSetup } from '../layout.js';
 import type { CallbackRequest, ThreadMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { type FillHow, nowMs, Resolver } from '../resolver.js';
+import { Fault, type FillHow, nowMs, Resolver } from '../resolver.js';
 import { C_DIRECT, EntryKind, Ring } from '../shared.js';
 import { CallbackSlot, CallbackState } from '../tables.js';
 import { warmUpIfAsked, warmUpOnce } from '../warm-up.js';
@@ -92,6 +92,9 @@ export default function runShard(task: ShardTask): { shard: number } {
 }
 
 /** Resolves the ring's entries from head to tail, a run of faults on consecutive pages with one ioctl. */
+/** The fault being resolved (reused: drainRing and readAndResolve never nest). */
+const fault = new Fault();
+
 function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
   const tb = r.table;
   let i = head;
@@ -109,7 +112,12 @@ function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
     const ps = row < 0 ? 4096 : tb.pageSize(row);
     while (((i + more + 1) | 0) !== tail && ring.kindAt(i + more + 1) === EntryKind.fault && ring.flagsAt(i + more + 1) === flags
       && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
-    const absorbed = r.handleFault(addr, flags, ring.timeAt(i), more, row); // never DEFERRED in a worker
+    fault.addr = addr;
+    fault.flags = flags;
+    fault.row = row;
+    fault.readAt = ring.timeAt(i);
+    fault.more = more;
+    const absorbed = r.handleFault(fault); // never DEFERRED in a worker
     i = (i + 1 + absorbed) | 0;
     ring.commit(i);
   }
@@ -131,8 +139,13 @@ function readAndResolve(r: Resolver, reader: UffdReader): number {
     let more = 0;
     while (i + more + 1 < n && reader.isFault(i + more + 1) && reader.flags(i + more + 1) === flags
       && reader.address(i + more + 1) === addr + (more + 1) * ps) more++;
-    const absorbed = r.handleFault(addr, flags, t, more, row);
-    r.counters[C_DIRECT]! += 1 + absorbed;
+    fault.addr = addr;
+    fault.flags = flags;
+    fault.row = row;
+    fault.readAt = t;
+    fault.more = more;
+    const absorbed = r.handleFault(fault);
+    r.counters.add(C_DIRECT, 1 + absorbed);
     i += 1 + absorbed;
   }
   return n;

@@ -2,8 +2,8 @@
 // (each touch may fault), measures each touch, then verifies every byte of every page
 // it touched against the expected source (or zeros).
 import { parentPort, workerData } from 'node:worker_threads';
-import { bytesAt, memcmp } from '../src/kernel/memory.js';
-import { HIST_BUCKETS } from '../src/engine/shared.js';
+import { bytesAt, memcmp } from '../../kernel/memory.js';
+import { HIST_BUCKETS } from '../../engine/shared.js';
 
 export interface TouchJob {
   addr: number;

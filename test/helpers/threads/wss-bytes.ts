@@ -2,7 +2,7 @@
 // each first, when given) and posts the bytes back. Runs off the main thread, so a touch that
 // faults waits here while the engine serves it.
 import { parentPort, workerData } from 'node:worker_threads';
-import { bytesAt } from '../src/kernel/memory.js';
+import { bytesAt } from '../../../src/kernel/memory.js';
 
 export interface BytesJob {
   addrs: number[];

@@ -3,7 +3,7 @@
 // page is a fault the engine serves while this thread waits. Runs off the main thread, which
 // must stay free (the engine's events and statistics live there).
 import { parentPort, workerData } from 'node:worker_threads';
-import { bytesAt } from '../src/kernel/memory.js';
+import { bytesAt } from '../../kernel/memory.js';
 
 export interface ReaderData {
   /** [start, end) address ranges, page-aligned. */

@@ -2,7 +2,7 @@
 // bytes and posts the pages that differ. Runs off the main thread, which must not block on a
 // sync RWP fault the engine (on other threads) resolves.
 import { parentPort, workerData } from 'node:worker_threads';
-import { memcmp } from '../src/kernel/memory.js';
+import { memcmp } from '../../../src/kernel/memory.js';
 
 export interface CompareJob {
   addr: number;

@@ -2,7 +2,7 @@
 // byte per page: a write set (a store per page) and a read set (a load per page), until told
 // to stop. Runs on its own thread so that its faults are served by the handler thread.
 import { workerData, parentPort } from 'node:worker_threads';
-import { bytesAt } from '../src/kernel/memory.js';
+import { bytesAt } from '../../kernel/memory.js';
 
 interface GuestData {
   /** [start, end) address ranges. */
