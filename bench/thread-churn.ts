@@ -36,7 +36,7 @@ function rssMiB(): number {
 }
 
 /** Least-squares slope of y over x. */
-function slope(xs: number[], ys: number[]): number {
+export function slope(xs: number[], ys: number[]): number {
   const n = xs.length;
   const mx = xs.reduce((a, b) => a + b, 0) / n;
   const my = ys.reduce((a, b) => a + b, 0) / n;
@@ -49,7 +49,7 @@ function slope(xs: number[], ys: number[]): number {
   return den > 0 ? num / den : 0;
 }
 
-async function churn(what: Case, threads: number): Promise<ChurnResult> {
+export async function churn(what: Case, threads: number): Promise<ChurnResult> {
   const step = Math.max(1, Math.floor(threads / 10));
   const xs: number[] = [];
   const rss: number[] = [];

@@ -125,7 +125,8 @@ export interface EngineOptions {
   warmUp?: boolean;
   /**
    * Threads started ahead (EngineThreads.start(workers), e.g. kept warm by a restore server):
-   * the engine takes them instead of starting its own. Their worker count must match.
+   * the engine takes them instead of starting its own. Their worker count must match. At
+   * stop the engine ends them, or, for a reusable set, leaves them idle for the next engine.
    */
   threads?: EngineThreads;
   /**
@@ -274,6 +275,8 @@ export class Engine extends EventEmitter {
   #stopping = false;
   #stopped = false;
   #dispatcherExit: Promise<void> = Promise.resolve();
+  /** Takes this engine's listeners off the dispatcher (a warm one outlives the engine). */
+  #detachDispatcher: () => void = () => undefined;
   #unwatchGates: (() => void) | null = null;
 
   private constructor(a: Acquired, threads: EngineThreads | undefined) {
@@ -398,17 +401,31 @@ export class Engine extends EventEmitter {
 
   #startDispatcher(warm?: Worker): void {
     const w = warm ?? new Worker(DISPATCHER, { workerData: this.#setup });
-    w.on('message', (m: DispatcherMessage) => this.#onThreadMessage(m, -1));
     this.#dispatcherExit = new Promise((resolve) => {
-      w.on('error', (err) => this.#incident(-1, `dispatcher failed: ${err.message}`));
-      w.on('exit', () => {
+      // A warm dispatcher says it is done with this engine ('exit' message) and lives on; a
+      // cold one ends its thread.
+      const onMessage = (m: DispatcherMessage): void => {
+        if (m.type !== 'exit') this.#onThreadMessage(m, -1);
+        else if (warm) resolve();
+      };
+      const onError = (err: Error): void => this.#incident(-1, `dispatcher failed: ${err.message}`);
+      const onExit = (): void => {
+        this.#detachDispatcher();
         if (!this.#stopping) {
           // Never leave faults unread: start a new dispatcher.
           this.#incident(-1, 'dispatcher thread exited; restarting it');
           this.#startDispatcher();
         }
         resolve();
-      });
+      };
+      w.on('message', onMessage);
+      w.on('error', onError);
+      w.on('exit', onExit);
+      this.#detachDispatcher = () => {
+        w.off('message', onMessage);
+        w.off('error', onError);
+        w.off('exit', onExit);
+      };
     });
   }
 
@@ -436,6 +453,8 @@ export class Engine extends EventEmitter {
         this.#failures[shard] = failures;
         this.#incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (failures > 3) await sleep(Math.min(1000, 10 * failures));
+      } finally {
+        ch.port1.close(); // both ends: the thread may live on to serve another engine
       }
     }
   }
@@ -731,8 +750,10 @@ export class Engine extends EventEmitter {
     eventfdSignal(this.#setup.eventFd);
     await Promise.all(this.#tasks);
     await this.#dispatcherExit;
-    await this.#pool?.destroy();
-    if (!this.#pool) await this.#threads?.destroy(); // never launched: the threads it was given
+    this.#detachDispatcher();
+    if (!this.#threads) await this.#pool?.destroy();
+    else if (this.#pool) await this.#threads.release(); // idle again (reusable), or ended
+    else if (!this.#threads.reusable) await this.#threads.destroy(); // never launched: the threads it was given (a reusable set stays its owner's)
     const stats = this.stats();
     closeFd(this.#setup.eventFd);
     for (const r of this.#rings) if (r.eventFd >= 0) closeFd(r.eventFd);

@@ -93,18 +93,23 @@ export function warmUpIfAsked(data: unknown): void {
 
 /**
  * In the dispatcher thread: its setup — workerData itself (a cold start), or, for a warm
- * thread, warm up, then wait for the Engine to post the setup.
+ * thread, warm up (once), then wait for an Engine to post the setup. A warm dispatcher
+ * comes back here after each engine it served (threads.ts: reusable sets).
  */
 export function waitForSetup(data: unknown): EngineSetup {
   if (!isWarm(data)) return data as EngineSetup;
   const signal = new Int32Array(data.signal);
-  try { warmUp(); } finally { Atomics.add(signal, 1, 1); }
+  if (!warmed) {
+    try { warmUp(); } finally { Atomics.add(signal, 1, 1); }
+  }
   for (;;) {
     Atomics.wait(signal, 0, 0);
     if (Atomics.load(signal, 0) === 2) process.exit(0);
     const m = receiveMessageOnPort(parentPort as unknown as MessagePort);
-    if (m) return m.message as EngineSetup;
+    if (m) {
+      Atomics.store(signal, 0, 0); // taken: the next engine's take() raises it again
+      return m.message as EngineSetup;
+    }
     Atomics.wait(signal, 0, 1, 1); // posted, not yet visible here
   }
 }
-

@@ -27,9 +27,20 @@ export interface ShardTask {
 warmUpIfAsked(workerData);
 
 export default function runShard(task: ShardTask): { shard: number } {
+  const held: { close(): void }[] = [];
+  try {
+    return serveShard(task, held);
+  } finally {
+    // The thread lives on in the pool (after a throw too): give back what this task opened.
+    for (const h of held) h.close();
+  }
+}
+
+function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number } {
   const { setup, shard, port } = task;
   if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, shard, true);
+  held.push(r);
   const ring = new Ring(setup.rings[shard] as EngineSetup['rings'][number]);
   const ctl = r.ctl;
   ctl.setThreadId(shard, threadId);
@@ -38,6 +49,7 @@ export default function runShard(task: ShardTask): { shard: number } {
   const reads = setup.readers === 'all';
   const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
   const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
+  if (poller) held.push(poller);
   // A predecessor may have died holding claims: finish them first.
   r.recoverClaims(shard);
   ctl.markReady();
@@ -87,7 +99,6 @@ export default function runShard(task: ShardTask): { shard: number } {
   for (let i = ring.head; i !== ring.tail; i = (i + 1) | 0) if (ring.kindAt(i) === EntryKind.rezero) r.rezeroAt(ring.addrAt(i));
   r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
-  poller?.close();
   return { shard };
 }
 
