@@ -37,6 +37,8 @@ interface SoakOptions {
 export interface SoakSample {
   /** Engine faults served so far. */
   faults: number;
+  /** Seconds since the soak began. */
+  sec: number;
   rssMiB: number;
   heapMiB: number;
   externalMiB: number;
@@ -84,12 +86,12 @@ function procThreads(): number {
 
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 
-function sample(faults: number, threadsStarted: number): SoakSample {
+function sample(faults: number, sec: number, threadsStarted: number): SoakSample {
   // With --expose-gc, collect first: the figures are then what is really kept.
   (globalThis as { gc?: () => void }).gc?.();
   const m = process.memoryUsage();
   return {
-    faults, rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
+    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
     threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length, threadsStarted,
   };
 }
@@ -178,9 +180,9 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       }
       res.faults += run.engine?.faults.total ?? 0;
       res.mismatches += run.mismatches;
-      const s = sample(res.faults, threadsStarted);
-      res.samples.push(s);
       res.seconds = (Date.now() - t0) / 1000;
+      const s = sample(res.faults, res.seconds, threadsStarted);
+      res.samples.push(s);
       log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
         `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
         `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
