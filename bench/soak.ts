@@ -129,7 +129,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
   };
   // The price of a new thread in this process (also warms up what the first threads allocate once).
   const threadKiB = o.churn > 0 ? threadPrice(await churn('libc-call', o.churn)) : 0;
-  log(`a new thread that loads the kernel layer leaves ${threadKiB} KiB behind (${o.churn} threads)`);
+  log(`a new thread that loads the kernel layer leaves ${round1(threadKiB)} KiB behind (${o.churn} threads started and ended)`);
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-soak-'));
   const res: SoakResult = {
     faults: 0, runs: 0, seconds: 0, faultsPerSec: 0, threadsPerRun: o.freshThreads ? 'fresh' : 'reuse',

@@ -274,6 +274,8 @@ export class Engine extends EventEmitter {
   readonly #tasks: Promise<void>[] = [];
   #stopping = false;
   #stopped = false;
+  /** The statistics at stop: the counters may serve the next engine on the same threads by then. */
+  #final: EngineStats | null = null;
   #dispatcherExit: Promise<void> = Promise.resolve();
   /** Takes this engine's listeners off the dispatcher (a warm one outlives the engine). */
   #detachDispatcher: () => void = () => undefined;
@@ -518,6 +520,7 @@ export class Engine extends EventEmitter {
   }
 
   stats(): EngineStats {
+    if (this.#final) return this.#final;
     const c = this.#counters;
     const at = (t: number, f: number): number => c.all[t * COUNTER_WORDS + f] ?? 0;
     const sum = (f: number) => c.sum(f);
@@ -755,6 +758,10 @@ export class Engine extends EventEmitter {
     else if (this.#pool) await this.#threads.release(); // idle again (reusable), or ended
     else if (!this.#threads.reusable) await this.#threads.destroy(); // never launched: the threads it was given (a reusable set stays its owner's)
     const stats = this.stats();
+    this.#final = stats;
+    // No thread uses this engine's per-thread tables any more: on to the next engine.
+    const setup = this.#setup;
+    this.#threads?.buffers?.giveBack([setup.counters, setup.claims, setup.gateCursors, ...setup.rings.flatMap((r) => [r.control, r.entries])]);
     closeFd(this.#setup.eventFd);
     for (const r of this.#rings) if (r.eventFd >= 0) closeFd(r.eventFd);
     if (this.#ownsUffd) this.uffd.close();
@@ -872,11 +879,14 @@ function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, creat
     const o = new Float64Array(order);
     for (let i = 0; i < pf.order.length; i++) o[i] = Number(pf.order[i]);
   }
+  // On a reusable set of threads, per-thread tables the threads have seen before (buffer-recycler.ts).
+  const keep = (b: SharedArrayBuffer): SharedArrayBuffer => opts.threads?.buffers?.swap(b) ?? b;
   const rings = Array.from({ length: workers }, () => {
     // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
     const fd = readers === 'all' ? eventfd() : -1;
     if (fd >= 0) cleanup.add(() => closeFd(fd));
-    return Ring.allocate(plan.ringCapacity, fd);
+    const r = Ring.allocate(plan.ringCapacity, fd);
+    return { ...r, control: keep(r.control), entries: keep(r.entries) };
   });
   const setup: EngineSetup = {
     uffdFd: uffd.fd,
@@ -886,9 +896,9 @@ function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, creat
     regionTable: RegionTable.allocate(),
     states: PageStates.allocate(plan.totalPages),
     totalPages: plan.totalPages,
-    counters: Counters.allocate(workers + 1),
+    counters: keep(Counters.allocate(workers + 1)),
     control: ControlBlock.allocate(),
-    claims: Claims.allocate(workers + 1),
+    claims: keep(Claims.allocate(workers + 1)),
     rings,
     order,
     prefetch: {
@@ -912,7 +922,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, uffd: Userfaultfd, creat
     callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
     eventFd,
     gates,
-    gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
+    gateCursors: keep(new SharedArrayBuffer(Math.max(1, gates.length) * 4)),
     removeJournalFd: opts.removeJournalFd ?? -1,
   };
   if (opts.initially === 'resident') new Int32Array(setup.states).fill(-1); // every 2-bit field DROPPED

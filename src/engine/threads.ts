@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { ConfigError } from '../kernel/errors.js';
+import { BufferRecycler } from './buffer-recycler.js';
 import type { EngineSetup } from './layout.js';
 import type { WarmData } from './warm-up.js';
 
@@ -34,6 +35,8 @@ export interface EngineThreadsOptions {
 export class EngineThreads {
   readonly workers: number;
   readonly reusable: boolean;
+  /** A reusable set's engines hand their per-thread tables on to the next (buffer-recycler.ts). */
+  readonly buffers: BufferRecycler | null;
   readonly pool: Piscina;
   /** Resolves once every thread has loaded and finished its warm-up. */
   readonly ready: Promise<void>;
@@ -51,6 +54,7 @@ export class EngineThreads {
     if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
     this.workers = workers;
     this.reusable = opts.reusable ?? false;
+    this.buffers = this.reusable ? new BufferRecycler() : null;
     const data: WarmData = { warm: true, signal: new SharedArrayBuffer(8) };
     this.data = data;
     const signal = new Int32Array(data.signal);

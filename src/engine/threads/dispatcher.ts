@@ -15,12 +15,15 @@ import { UffdReader } from '../reader.js';
 import { DEFERRED, nowMs, Resolver } from '../resolver.js';
 import { C_HANDOFFS, C_INLINE, EntryKind, Ring } from '../shared.js';
 import { MissOp } from '../tables.js';
-import { isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
+import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
 
 // A warm dispatcher (threads.ts) serves one engine after another until it is told to quit;
 // a cold one (workerData is the setup) serves its engine and ends.
 if (isWarm(workerData)) {
-  for (;;) serve(waitForSetup(workerData));
+  for (;;) {
+    serve(waitForSetup(workerData));
+    collectGarbage(); // idle from here on: let go of the last engine's tables
+  }
 } else {
   serve(workerData as EngineSetup);
 }

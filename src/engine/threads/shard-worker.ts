@@ -15,7 +15,7 @@ import { UffdReader } from '../reader.js';
 import { type FillHow, nowMs, Resolver } from '../resolver.js';
 import { C_DIRECT, EntryKind, Ring } from '../shared.js';
 import { CallbackSlot, CallbackState } from '../tables.js';
-import { warmUpIfAsked, warmUpOnce } from '../warm-up.js';
+import { collectGarbage, isWarm, warmUpIfAsked, warmUpOnce } from '../warm-up.js';
 
 export interface ShardTask {
   setup: EngineSetup;
@@ -31,8 +31,10 @@ export default function runShard(task: ShardTask): { shard: number } {
   try {
     return serveShard(task, held);
   } finally {
-    // The thread lives on in the pool (after a throw too): give back what this task opened.
+    // The thread lives on in the pool (after a throw too): give back what this task opened,
+    // and once the task is gone (a warm thread idles until its next engine) its tables.
     for (const h of held) h.close();
+    if (isWarm(workerData)) setImmediate(collectGarbage);
   }
 }
 
