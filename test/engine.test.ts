@@ -471,6 +471,7 @@ describe('engine: warm threads (EngineThreads)', function () {
       await threads.ready;
       const poolIds = threads.pool.threads.map((t) => t.threadId).sort();
       let idleThreads = -1;
+      let previous: { engine: Engine; stats: EngineStats } | null = null;
       // Both ways of reading the uffd (rings only, or workers in epoll), twice each.
       for (const [i, readers] of (['dispatcher', 'all', 'dispatcher', 'all'] as const).entries()) {
         const snap = makeSnapshot(size, 20 + i);
@@ -490,6 +491,9 @@ describe('engine: warm threads (EngineThreads)', function () {
           const st = await engine.stop();
           assertFilledOnce(st, size / PAGE);
           assert.equal(threads.inUse, false, 'idle again after stop');
+          // Its counters went on to this engine (recycled, zeroed): the last one still reports its own.
+          if (previous) assert.deepEqual(previous.engine.stats(), previous.stats, 'a stopped engine keeps its final statistics');
+          previous = { engine, stats: st };
         } finally {
           region.close();
         }
