@@ -115,7 +115,7 @@ export function judge(samples: SoakSample[], threadKiB: number, limit: number): 
   return {
     threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), threadsStarted: started,
     limitKiBPerMFaults: limit, flat: net < limit,
-    rule: `flat when the least-squares slope of RSS over faults in the second half of the runs (${half.length} samples), ` +
+    rule: half.length < 3 ? 'too few runs to judge (at least 6)' : `flat when the least-squares slope of RSS over faults in the second half of the runs (${half.length} samples), ` +
       `less ${round1(threadKiB)} KiB per thread started there (${started}), is below ${limit} KiB per million faults`,
   };
 }
