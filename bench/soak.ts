@@ -31,6 +31,7 @@ import { churn, ChurnResult, slope } from './thread-churn.js';
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;
   maxMinutes: number; json: boolean; help: boolean; kill: string; freshThreads: boolean; churn: number; flatKib: number;
+  rejudge?: string; threadKib?: number;
 }
 
 /** The process after one run (and a GC). */
@@ -128,8 +129,8 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
     prefetch: false, bounce: o.rounds, repeat: 1, reference: null,
   };
   // The price of a new thread in this process (also warms up what the first threads allocate once).
-  const threadKiB = o.churn > 0 ? threadPrice(await churn('libc-call', o.churn)) : 0;
-  log(`a new thread that loads the kernel layer leaves ${round1(threadKiB)} KiB behind (${o.churn} threads started and ended)`);
+  const threadKiB = o.churn > 0 ? threadPrice(await churn('shard-worker', o.churn)) : 0;
+  log(`a new engine worker thread leaves ${round1(threadKiB)} KiB behind (${o.churn} threads started and ended)`);
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-soak-'));
   const res: SoakResult = {
     faults: 0, runs: 0, seconds: 0, faultsPerSec: 0, threadsPerRun: o.freshThreads ? 'fresh' : 'reuse',
@@ -199,6 +200,11 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
   return res;
 }
 
+function verdictLine(v: SoakVerdict): string {
+  return `memory ${v.flat ? 'flat' : 'NOT flat'}: ${v.kiBPerMFaults} KiB per million faults (${v.rawKiBPerMFaults} before taking out ` +
+    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each); ${v.rule}`;
+}
+
 async function main(): Promise<void> {
   const spec: OptionSpec = {
     faults: { type: 'number', default: 1e8, help: 'engine faults to serve' },
@@ -209,7 +215,9 @@ async function main(): Promise<void> {
     killMs: { type: 'number', default: 1000, help: 'mean time between worker kills (uniform 0.5x-1.5x)' },
     kill: { type: 'string', default: 'both', help: "how workers are killed: 'throw' (mid-fill; the thread lives on), 'terminate' (the thread ends), 'both' (half each), 'none'" },
     freshThreads: { type: 'boolean', default: false, help: 'give each run fresh engine threads instead of one reusable set' },
-    churn: { type: 'number', default: 200, help: 'threads started and ended before the soak to measure what a new thread costs (0: count nothing)' },
+    churn: { type: 'number', default: 200, help: 'engine worker threads started and ended before the soak to measure what a new thread costs (0: count nothing)' },
+    rejudge: { type: 'string', help: 'print the verdict of a soak saved with --json (FILE) again, with --thread-kib, and exit' },
+    threadKib: { type: 'number', help: 'with --rejudge: KiB per new thread to take out (default: the price that soak measured)' },
     flatKib: { type: 'number', default: 32, help: 'the verdict: memory is flat below this many KiB per million faults' },
     maxMinutes: { type: 'number', default: 60, help: 'stop after this long even if --faults is not reached' },
     json: { type: 'boolean', default: false, help: 'print the summary as JSON' },
@@ -224,6 +232,13 @@ async function main(): Promise<void> {
     console.log(helpText('soak (node --expose-gc dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked, memory judged.', spec));
     return;
   }
+  if (o.rejudge) {
+    const saved = JSON.parse(fs.readFileSync(o.rejudge, 'utf8')) as SoakResult;
+    const v = judge(saved.samples, o.threadKib ?? saved.verdict.threadKiB, o.flatKib);
+    console.log(o.json ? JSON.stringify(v) : verdictLine(v));
+    process.exitCode = v.flat ? 0 : 1;
+    return;
+  }
   if (!(globalThis as { gc?: () => void }).gc) process.stderr.write('soak: run node with --expose-gc, or RSS samples include garbage not yet collected\n');
   const r = await soak(o, (s) => process.stderr.write(`${s}\n`));
   const v = r.verdict;
@@ -232,8 +247,7 @@ async function main(): Promise<void> {
     console.log(`soak: ${r.faults} faults in ${r.runs} runs (${r.threadsPerRun} threads), ${r.seconds.toFixed(0)} s (${Math.round(r.faultsPerSec)} faults/s); ` +
       `worker kills ${r.kills.throw} throw + ${r.kills.terminate} terminate (${r.incidents} incidents); mismatching pages ${r.mismatches}; ` +
       `RSS first ${r.rssMiB.first} MiB, last ${r.rssMiB.last} MiB, max ${r.rssMiB.max} MiB over ${r.samples.length} runs; load ${r.loadavg.join(' ')}`);
-    console.log(`memory ${v.flat ? 'flat' : 'NOT flat'}: ${v.kiBPerMFaults} KiB per million faults (${v.rawKiBPerMFaults} before taking out ` +
-      `${v.threadsStarted} new threads at ${v.threadKiB} KiB each); ${v.rule}`);
+    console.log(verdictLine(v));
   }
   process.exitCode = r.mismatches || !v.flat ? 1 : 0;
 }

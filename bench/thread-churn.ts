@@ -7,7 +7,9 @@
 //
 // Cases: 'nothing' (an empty worker), 'koffi' (require('koffi') only), 'libc' (the
 // project's kernel layer, src/kernel/libc.js: koffi.load + its function declarations),
-// 'libc-call' (the same, plus one call through it). The slope (KiB per thread, least
+// 'libc-call' (the same, plus one call through it), 'shard-worker' (an engine worker thread
+// as a warm set starts it, and as piscina replaces a terminated one: the engine's modules
+// loaded and the fault path warmed up on a private uffd). The slope (KiB per thread, least
 // squares over the samples) is what an engine pays per replaced worker thread. Two more
 // count engines instead of threads (--threads of them): 'engine-fresh' starts and stops an
 // engine (1 MiB anonymous region, 2 workers) on threads of its own each time, as the soak
@@ -17,11 +19,12 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import { Engine } from '../src/engine/engine.js';
-import { EngineThreads } from '../src/engine/threads.js';
+import { EngineThreads, SHARD_WORKER } from '../src/engine/threads.js';
+import type { WarmData } from '../src/engine/warm-up.js';
 import { memoryType } from '../src/memory-types/index.js';
 import { sources } from '../src/sources/index.js';
 
-const CASES = ['nothing', 'koffi', 'libc', 'libc-call', 'engine-fresh', 'engine-reused'] as const;
+const CASES = ['nothing', 'koffi', 'libc', 'libc-call', 'shard-worker', 'engine-fresh', 'engine-reused'] as const;
 type Case = typeof CASES[number];
 
 const LIBC = path.resolve(__dirname, '../src/kernel/libc.js');
@@ -84,6 +87,18 @@ export async function churn(what: Case, threads: number): Promise<ChurnResult> {
       await oneEngine(shared);
       continue;
     }
+    if (what === 'shard-worker') {
+      const data: WarmData = { warm: true, signal: new SharedArrayBuffer(8) };
+      const w = new Worker(SHARD_WORKER, { workerData: data });
+      const done = new Int32Array(data.signal);
+      await new Promise<void>((resolve, reject) => {
+        w.once('error', reject);
+        const poll = (): void => { if (Atomics.load(done, 1) > 0) resolve(); else setTimeout(poll, 1); };
+        poll();
+      });
+      await w.terminate();
+      continue;
+    }
     const w = new Worker(WORKER_CODE, { eval: true, workerData: { what, libc: LIBC } });
     await new Promise<void>((resolve, reject) => {
       w.once('message', () => resolve());
@@ -100,7 +115,7 @@ async function main(): Promise<void> {
   const spec: OptionSpec = {
     threads: { type: 'number', default: 400, help: 'threads per case, one after the other' },
     case: { type: 'string', help: 'run one case in this process (used by the parent run)' },
-    cases: { type: 'string', default: CASES.join(','), help: `cases to run, of ${CASES.join(', ')}` },
+    cases: { type: 'string', default: CASES.filter((c) => c !== 'shard-worker').join(','), help: `cases to run, of ${CASES.join(', ')}` },
     json: { type: 'boolean', default: false, help: 'print the results as JSON' },
     help: { type: 'boolean', default: false, help: 'show this help' },
   };
