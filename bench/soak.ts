@@ -5,27 +5,64 @@
 // the process's resident memory is sampled between runs and must stay flat.
 //
 //   node --expose-gc dist/bench/soak.js [--faults 1e8] [--size 32M] [--rounds 120] [--kill-ms 1000]
-//        [--kill both|throw|terminate|none] [--json]
+//        [--kill both|throw|terminate|none] [--fresh-threads] [--max-minutes 60] [--json]
 //
-// Kills: 'throw' makes a worker throw in the middle of a fill (its thread lives on and runs
-// the shard again); 'terminate' ends its thread (the engine starts a new one). Every new
-// thread costs resident memory that is never given back — Node's own ~15 KiB, and ~40 KiB
-// more for loading koffi (bench/thread-churn.ts measures it) — so RSS grows with
-// 'terminate' kills (and by a few threads per run: each run starts a fresh engine), and
-// stays flat with 'throw' kills.
+// Threads: every run is a new engine, but all of them serve on one reusable set of engine
+// threads (EngineThreads, reusable), as a long-lived user should; --fresh-threads gives each
+// run a set of its own (the old way, to compare). Kills: 'throw' makes a worker throw in the
+// middle of a fill (its thread lives on and runs the shard again); 'terminate' ends its
+// thread and piscina starts a new one. A new thread leaves resident memory behind when it
+// ends (Node's own, and koffi's per-thread load, bench/thread-churn.ts), which no engine can
+// give back: the soak measures that price here first (--churn threads loading the kernel
+// layer, one after the other) and judges memory after taking it out.
 //
-// Runs until --faults engine faults were served (or --max-minutes passed) and prints one
-// summary: faults, rate, kills, mismatching pages (must be 0), RSS first/last/max.
+// The verdict (printed): memory is flat when the least-squares slope of RSS over the
+// cumulative faults, over the second half of the runs, after subtracting the price of the
+// threads started meanwhile, is below --flat-kib KiB per million faults.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Engine } from '../src/engine/engine.js';
+import { EngineThreads } from '../src/engine/threads.js';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from '../src/bench/engine-bench.js';
+import { churn, ChurnResult, slope } from './thread-churn.js';
 
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;
-  maxMinutes: number; json: boolean; help: boolean; kill: string;
+  maxMinutes: number; json: boolean; help: boolean; kill: string; freshThreads: boolean; churn: number; flatKib: number;
+  rejudge?: string; threadKib?: number;
+}
+
+/** The process after one run (and a GC). */
+export interface SoakSample {
+  /** Engine faults served so far. */
+  faults: number;
+  /** Seconds since the soak began. */
+  sec: number;
+  rssMiB: number;
+  heapMiB: number;
+  externalMiB: number;
+  /** Threads of the process now (/proc/self/status). */
+  threads: number;
+  /** Open fds now (/proc/self/fd). */
+  fds: number;
+  /** Engine threads started so far (sets started, and replacements of terminated workers). */
+  threadsStarted: number;
+}
+
+export interface SoakVerdict {
+  /** RSS per new thread, measured in this process before the soak (KiB). */
+  threadKiB: number;
+  /** RSS slope over faults, second half of the runs, as measured (KiB per million faults). */
+  rawKiBPerMFaults: number;
+  /** The same after subtracting threadKiB for each thread started in that half. */
+  kiBPerMFaults: number;
+  /** Threads started in the second half. */
+  threadsStarted: number;
+  limitKiBPerMFaults: number;
+  flat: boolean;
+  rule: string;
 }
 
 export interface SoakResult {
@@ -33,11 +70,55 @@ export interface SoakResult {
   runs: number;
   seconds: number;
   faultsPerSec: number;
+  threadsPerRun: 'reuse' | 'fresh';
   kills: { throw: number; terminate: number };
   incidents: number;
   mismatches: number;
-  rssMiB: { first: number; last: number; max: number; samples: number[] };
+  rssMiB: { first: number; last: number; max: number };
+  samples: SoakSample[];
+  verdict: SoakVerdict;
   loadavg: number[];
+}
+
+function procThreads(): number {
+  const m = /^Threads:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) : -1;
+}
+
+const round1 = (v: number): number => Math.round(v * 10) / 10;
+
+function sample(faults: number, sec: number, threadsStarted: number): SoakSample {
+  // With --expose-gc, collect first: the figures are then what is really kept.
+  (globalThis as { gc?: () => void }).gc?.();
+  const m = process.memoryUsage();
+  return {
+    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
+    threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length, threadsStarted,
+  };
+}
+
+/** KiB per thread over the second half of a churn (the first threads also warm up what is allocated once). */
+function threadPrice(c: ChurnResult): number {
+  const n = c.rssMiB.length;
+  const from = Math.floor(n / 2);
+  const step = Math.max(1, Math.floor(c.threads / 10)); // as churn() samples
+  const xs = c.rssMiB.slice(from).map((_, i) => (from + i) * step);
+  return slope(xs, c.rssMiB.slice(from).map((v) => v * 1024));
+}
+
+/** The rule: RSS slope over the second half of the samples, net of the threads started there. */
+export function judge(samples: SoakSample[], threadKiB: number, limit: number): SoakVerdict {
+  const half = samples.slice(Math.floor(samples.length / 2));
+  const xs = half.map((s) => s.faults / 1e6);
+  const raw = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024)) : NaN;
+  const net = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024 - s.threadsStarted * threadKiB)) : NaN;
+  const started = half.length ? (half[half.length - 1]?.threadsStarted ?? 0) - (half[0]?.threadsStarted ?? 0) : 0;
+  return {
+    threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), threadsStarted: started,
+    limitKiBPerMFaults: limit, flat: net < limit,
+    rule: half.length < 3 ? 'too few runs to judge (at least 6)' : `flat when the least-squares slope of RSS over faults in the second half of the runs (${half.length} samples), ` +
+      `less ${round1(threadKiB)} KiB per thread started there (${started}), is below ${limit} KiB per million faults`,
+  };
 }
 
 export async function soak(o: SoakOptions, log: (s: string) => void = () => undefined): Promise<SoakResult> {
@@ -47,14 +128,25 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
     ...DEFAULT_CONFIG, name: 'soak', size: o.size, threads: o.threads, workers: o.workers, pattern: 'random',
     prefetch: false, bounce: o.rounds, repeat: 1, reference: null,
   };
+  // The price of a new thread in this process (also warms up what the first threads allocate once).
+  const threadKiB = o.churn > 0 ? threadPrice(await churn('shard-worker', o.churn)) : 0;
+  log(`a new engine worker thread leaves ${round1(threadKiB)} KiB behind (${o.churn} threads started and ended)`);
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-soak-'));
   const res: SoakResult = {
-    faults: 0, runs: 0, seconds: 0, faultsPerSec: 0, kills: { throw: 0, terminate: 0 }, incidents: 0, mismatches: 0,
-    rssMiB: { first: 0, last: 0, max: 0, samples: [] }, loadavg: [],
+    faults: 0, runs: 0, seconds: 0, faultsPerSec: 0, threadsPerRun: o.freshThreads ? 'fresh' : 'reuse',
+    kills: { throw: 0, terminate: 0 }, incidents: 0, mismatches: 0,
+    rssMiB: { first: 0, last: 0, max: 0 }, samples: [], verdict: judge([], 0, o.flatKib), loadavg: [],
   };
   const t0 = Date.now();
   const deadline = t0 + o.maxMinutes * 60_000;
+  let shared: EngineThreads | null = null;
+  let threadsStarted = 0;
   try {
+    if (!o.freshThreads) {
+      shared = EngineThreads.start(o.workers, { reusable: true });
+      await shared.ready;
+      threadsStarted += o.workers + 1;
+    }
     const sourceFile = await sourceFileFor(cfg, tmpDir, binary);
     const env = { binary, tmpDir, sourceFile };
     while (res.faults < o.faults && Date.now() < deadline) {
@@ -65,13 +157,18 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
           const e = engine;
           if (!e) return;
           const how = o.kill === 'throw' || o.kill === 'terminate' ? o.kill : Math.random() < 0.5 ? 'throw' as const : 'terminate' as const;
-          e.killWorker(Math.floor(Math.random() * e.workers), how).then(() => { res.kills[how]++; }, () => undefined);
+          e.killWorker(Math.floor(Math.random() * e.workers), how).then(() => {
+            res.kills[how]++;
+            if (how === 'terminate') threadsStarted++; // piscina starts a thread in its place
+          }, () => undefined);
           arm();
         }, o.killMs * (0.5 + Math.random()));
       };
+      if (o.freshThreads) threadsStarted += o.workers + 1;
       let run;
       try {
         run = await runEngineSide(cfg, env, ++res.runs, {
+          threads: shared ?? undefined,
           onEngine: (e) => {
             engine = e;
             e.on('incident', () => { res.incidents++; });
@@ -84,24 +181,28 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       }
       res.faults += run.engine?.faults.total ?? 0;
       res.mismatches += run.mismatches;
-      // With --expose-gc, collect first: the figure is then what is really kept.
-      (globalThis as { gc?: () => void }).gc?.();
-      const rss = process.memoryUsage().rss / MiB;
-      res.rssMiB.samples.push(Math.round(rss * 10) / 10);
       res.seconds = (Date.now() - t0) / 1000;
+      const s = sample(res.faults, res.seconds, threadsStarted);
+      res.samples.push(s);
       log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
-        `kills ${res.kills.throw + res.kills.terminate}, mismatching pages ${res.mismatches}, rss ${rss.toFixed(1)} MiB, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
+        `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
+        `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
+    await shared?.destroy();
     fs.rmSync(tmpDir, { recursive: true, force: true });
   }
-  const s = res.rssMiB.samples;
-  res.rssMiB.first = s[0] ?? 0;
-  res.rssMiB.last = s[s.length - 1] ?? 0;
-  res.rssMiB.max = Math.max(0, ...s);
+  const rss = res.samples.map((s) => s.rssMiB);
+  res.rssMiB = { first: rss[0] ?? 0, last: rss[rss.length - 1] ?? 0, max: Math.max(0, ...rss) };
   res.faultsPerSec = res.seconds > 0 ? res.faults / res.seconds : 0;
+  res.verdict = judge(res.samples, threadKiB, o.flatKib);
   res.loadavg = os.loadavg().map((v) => Math.round(v * 100) / 100);
   return res;
+}
+
+function verdictLine(v: SoakVerdict): string {
+  return `memory ${v.flat ? 'flat' : 'NOT flat'}: ${v.kiBPerMFaults} KiB per million faults (${v.rawKiBPerMFaults} before taking out ` +
+    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each); ${v.rule}`;
 }
 
 async function main(): Promise<void> {
@@ -113,6 +214,11 @@ async function main(): Promise<void> {
     workers: { type: 'number', default: 2, help: 'engine workers' },
     killMs: { type: 'number', default: 1000, help: 'mean time between worker kills (uniform 0.5x-1.5x)' },
     kill: { type: 'string', default: 'both', help: "how workers are killed: 'throw' (mid-fill; the thread lives on), 'terminate' (the thread ends), 'both' (half each), 'none'" },
+    freshThreads: { type: 'boolean', default: false, help: 'give each run fresh engine threads instead of one reusable set' },
+    churn: { type: 'number', default: 200, help: 'engine worker threads started and ended before the soak to measure what a new thread costs (0: count nothing)' },
+    rejudge: { type: 'string', help: 'print the verdict of a soak saved with --json (FILE) again, with --thread-kib, and exit' },
+    threadKib: { type: 'number', help: 'with --rejudge: KiB per new thread to take out (default: the price that soak measured)' },
+    flatKib: { type: 'number', default: 32, help: 'the verdict: memory is flat below this many KiB per million faults' },
     maxMinutes: { type: 'number', default: 60, help: 'stop after this long even if --faults is not reached' },
     json: { type: 'boolean', default: false, help: 'print the summary as JSON' },
     help: { type: 'boolean', default: false, help: 'show this help' },
@@ -123,18 +229,27 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   if (o.help) {
-    console.log(helpText('soak (node dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked.', spec));
+    console.log(helpText('soak (node --expose-gc dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked, memory judged.', spec));
     return;
   }
+  if (o.rejudge) {
+    const saved = JSON.parse(fs.readFileSync(o.rejudge, 'utf8')) as SoakResult;
+    const v = judge(saved.samples, o.threadKib ?? saved.verdict.threadKiB, o.flatKib);
+    console.log(o.json ? JSON.stringify(v) : verdictLine(v));
+    process.exitCode = v.flat ? 0 : 1;
+    return;
+  }
+  if (!(globalThis as { gc?: () => void }).gc) process.stderr.write('soak: run node with --expose-gc, or RSS samples include garbage not yet collected\n');
   const r = await soak(o, (s) => process.stderr.write(`${s}\n`));
-  const rss = r.rssMiB.samples;
+  const v = r.verdict;
   if (o.json) console.log(JSON.stringify(r));
   else {
-    console.log(`soak: ${r.faults} faults in ${r.runs} runs, ${r.seconds.toFixed(0)} s (${Math.round(r.faultsPerSec)} faults/s); ` +
+    console.log(`soak: ${r.faults} faults in ${r.runs} runs (${r.threadsPerRun} threads), ${r.seconds.toFixed(0)} s (${Math.round(r.faultsPerSec)} faults/s); ` +
       `worker kills ${r.kills.throw} throw + ${r.kills.terminate} terminate (${r.incidents} incidents); mismatching pages ${r.mismatches}; ` +
-      `RSS first ${r.rssMiB.first} MiB, last ${r.rssMiB.last} MiB, max ${r.rssMiB.max} MiB over ${rss.length} runs; load ${r.loadavg.join(' ')}`);
+      `RSS first ${r.rssMiB.first} MiB, last ${r.rssMiB.last} MiB, max ${r.rssMiB.max} MiB over ${r.samples.length} runs; load ${r.loadavg.join(' ')}`);
+    console.log(verdictLine(v));
   }
-  process.exitCode = r.mismatches ? 1 : 0;
+  process.exitCode = r.mismatches || !v.flat ? 1 : 0;
 }
 
 if (require.main === module) {

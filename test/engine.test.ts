@@ -447,6 +447,95 @@ describe('engine: warm threads (EngineThreads)', function () {
       region.close();
     }
   });
+
+  // A long-lived user (the soak) runs engine after engine on one set: new threads are not
+  // free (each leaves memory behind when it ends, bench/thread-churn.ts).
+  const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+  const procThreads = (): number => Number(/^Threads:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1]);
+  /** `count()` once it equals `want` (or stops moving, without `want`): the toucher threads of touchAll are reaped asynchronously. */
+  const settled = async (count: () => number, want?: number): Promise<number> => {
+    let n = count();
+    for (let i = 0; i < 300 && n !== want; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      const m = count();
+      if (want === undefined && m === n && i > 20) break;
+      n = m;
+    }
+    return n;
+  };
+
+  it('a reusable set serves engine after engine byte-exact on the same threads; a stopped engine leaves them idle, no fd or thread added', async () => {
+    const size = 8 * MiB;
+    const threads = EngineThreads.start(2, { reusable: true });
+    try {
+      await threads.ready;
+      const poolIds = threads.pool.threads.map((t) => t.threadId).sort();
+      let idleThreads = -1;
+      let previous: { engine: Engine; stats: EngineStats } | null = null;
+      // Both ways of reading the uffd (rings only, or workers in epoll), twice each.
+      for (const [i, readers] of (['dispatcher', 'all', 'dispatcher', 'all'] as const).entries()) {
+        const snap = makeSnapshot(size, 20 + i);
+        const region = memoryType('anon').create({ size });
+        const fdsBefore = openFds();
+        try {
+          const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers, threads });
+          assert.equal(threads.inUse, true);
+          // While it serves, nobody else can take the set (the second start gives back what it took).
+          const other = memoryType('anon').create({ size: MiB });
+          try {
+            await assert.rejects(Engine.start({ regions: [{ region: other, source: sources.zero() }], workers: 2, threads }), /serving another engine/);
+          } finally {
+            other.close();
+          }
+          await touchAll(region, addressOf(snap), 4);
+          const st = await engine.stop();
+          assertFilledOnce(st, size / PAGE);
+          assert.equal(threads.inUse, false, 'idle again after stop');
+          // Its counters went on to this engine (recycled, zeroed): the last one still reports its own.
+          if (previous) assert.deepEqual(previous.engine.stats(), previous.stats, 'a stopped engine keeps its final statistics');
+          previous = { engine, stats: st };
+        } finally {
+          region.close();
+        }
+        assert.equal(await settled(openFds, fdsBefore), fdsBefore, `engine ${i} (readers ${readers}): every fd it opened is closed, its threads hold none`);
+        assert.deepEqual(threads.pool.threads.map((t) => t.threadId).sort(), poolIds, 'the same pool threads served it');
+        const now = await settled(procThreads, i === 0 ? undefined : idleThreads);
+        if (i === 0) idleThreads = now;
+        else assert.equal(now, idleThreads, `engine ${i}: no thread added or left behind`);
+      }
+      await threads.destroy();
+      assert.equal(await settled(procThreads, idleThreads - 3), idleThreads - 3, 'destroy() ends the dispatcher and both pool threads');
+    } finally {
+      await threads.destroy();
+    }
+  });
+
+  it('a reusable set survives its workers being killed (throw, terminate): the next engine on it serves byte-exact', async () => {
+    const size = 8 * MiB;
+    const threads = EngineThreads.start(2, { reusable: true });
+    try {
+      await threads.ready;
+      for (let i = 0; i < 3; i++) {
+        const snap = makeSnapshot(size, 40 + i);
+        const region = memoryType('anon').create({ size });
+        try {
+          const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads, faultInjection: true });
+          if (i < 2) {
+            // A worker killed mid-run: thrown (its thread lives on) or terminated (piscina starts another).
+            await engine.killWorker(i, i === 0 ? 'throw' : 'terminate');
+          }
+          await touchAll(region, addressOf(snap), 4);
+          const st = await engine.stop();
+          assert.equal(st.errors, 0);
+          if (i === 1) assert.ok(engine.incidents.some((x) => /worker 1 died/.test(x.message)), 'the terminated worker was replaced');
+        } finally {
+          region.close();
+        }
+      }
+    } finally {
+      await threads.destroy();
+    }
+  });
 });
 
 describe('engine: bad configuration and source failures', function () {

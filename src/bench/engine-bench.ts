@@ -21,6 +21,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Engine, EngineStats } from '../engine/engine.js';
+import type { EngineThreads } from '../engine/threads.js';
 import type { FeatureName } from '../kernel/constants.js';
 import { acceptAsync, closeFds, closeSocket, listenUnix, sendWithFds } from '../kernel/socket.js';
 import { featureMask, Userfaultfd } from '../kernel/userfaultfd.js';
@@ -229,6 +230,8 @@ export interface Hooks {
   onNote?(note: string): void;
   /** The engine of an engine-side run is serving (the soak kills its workers). */
   onEngine?(engine: Engine): void;
+  /** Engine threads to serve on (a reusable set kept across runs, as the soak does) instead of fresh ones. */
+  threads?: EngineThreads;
 }
 
 // ---- workload mapping ----------------------------------------------------------------
@@ -521,6 +524,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
       readers: cfg.readers, warmUp: cfg.warmUp, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
       faultInjection: hooks.onEngine !== undefined, // the soak kills workers (killWorker 'throw')
+      threads: hooks.threads,
     });
     const tReady = performance.now();
     hooks.onEngine?.(engine);

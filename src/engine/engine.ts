@@ -125,7 +125,8 @@ export interface EngineOptions {
   warmUp?: boolean;
   /**
    * Threads started ahead (EngineThreads.start(workers), e.g. kept warm by a restore server):
-   * the engine takes them instead of starting its own. Their worker count must match.
+   * the engine takes them instead of starting its own. Their worker count must match. At
+   * stop the engine ends them, or, for a reusable set, leaves them idle for the next engine.
    */
   threads?: EngineThreads;
   /**
@@ -273,7 +274,11 @@ export class Engine extends EventEmitter {
   readonly #tasks: Promise<void>[] = [];
   #stopping = false;
   #stopped = false;
+  /** The statistics at stop: the counters may serve the next engine on the same threads by then. */
+  #final: EngineStats | null = null;
   #dispatcherExit: Promise<void> = Promise.resolve();
+  /** Takes this engine's listeners off the dispatcher (a warm one outlives the engine). */
+  #detachDispatcher: () => void = () => undefined;
   #unwatchGates: (() => void) | null = null;
 
   private constructor(a: Acquired, threads: EngineThreads | undefined) {
@@ -398,17 +403,31 @@ export class Engine extends EventEmitter {
 
   #startDispatcher(warm?: Worker): void {
     const w = warm ?? new Worker(DISPATCHER, { workerData: this.#setup });
-    w.on('message', (m: DispatcherMessage) => this.#onThreadMessage(m, -1));
     this.#dispatcherExit = new Promise((resolve) => {
-      w.on('error', (err) => this.#incident(-1, `dispatcher failed: ${err.message}`));
-      w.on('exit', () => {
+      // A warm dispatcher says it is done with this engine ('exit' message) and lives on; a
+      // cold one ends its thread.
+      const onMessage = (m: DispatcherMessage): void => {
+        if (m.type !== 'exit') this.#onThreadMessage(m, -1);
+        else if (warm) resolve();
+      };
+      const onError = (err: Error): void => this.#incident(-1, `dispatcher failed: ${err.message}`);
+      const onExit = (): void => {
+        this.#detachDispatcher();
         if (!this.#stopping) {
           // Never leave faults unread: start a new dispatcher.
           this.#incident(-1, 'dispatcher thread exited; restarting it');
           this.#startDispatcher();
         }
         resolve();
-      });
+      };
+      w.on('message', onMessage);
+      w.on('error', onError);
+      w.on('exit', onExit);
+      this.#detachDispatcher = () => {
+        w.off('message', onMessage);
+        w.off('error', onError);
+        w.off('exit', onExit);
+      };
     });
   }
 
@@ -436,6 +455,8 @@ export class Engine extends EventEmitter {
         this.#failures[shard] = failures;
         this.#incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (failures > 3) await sleep(Math.min(1000, 10 * failures));
+      } finally {
+        ch.port1.close(); // both ends: the thread may live on to serve another engine
       }
     }
   }
@@ -499,6 +520,7 @@ export class Engine extends EventEmitter {
   }
 
   stats(): EngineStats {
+    if (this.#final) return this.#final;
     const c = this.#counters;
     const at = (t: number, f: number): number => c.all[t * COUNTER_WORDS + f] ?? 0;
     const sum = (f: number) => c.sum(f);
@@ -731,9 +753,15 @@ export class Engine extends EventEmitter {
     eventfdSignal(this.#setup.eventFd);
     await Promise.all(this.#tasks);
     await this.#dispatcherExit;
-    await this.#pool?.destroy();
-    if (!this.#pool) await this.#threads?.destroy(); // never launched: the threads it was given
+    this.#detachDispatcher();
+    if (!this.#threads) await this.#pool?.destroy();
+    else if (this.#pool) await this.#threads.release(); // idle again (reusable), or ended
+    else if (!this.#threads.reusable) await this.#threads.destroy(); // never launched: the threads it was given (a reusable set stays its owner's)
     const stats = this.stats();
+    this.#final = stats;
+    // No thread uses this engine's per-thread tables any more: on to the next engine.
+    const setup = this.#setup;
+    this.#threads?.buffers?.giveBack([setup.counters, setup.claims, setup.gateCursors, ...setup.rings.flatMap((r) => [r.control, r.entries])]);
     closeFd(this.#setup.eventFd);
     for (const r of this.#rings) if (r.eventFd >= 0) closeFd(r.eventFd);
     if (this.#ownsUffd) this.uffd.close();
@@ -854,11 +882,14 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     const o = new Float64Array(order);
     for (let i = 0; i < pf.order.length; i++) o[i] = Number(pf.order[i]);
   }
+  // On a reusable set of threads, per-thread tables the threads have seen before (buffer-recycler.ts).
+  const keep = (b: SharedArrayBuffer): SharedArrayBuffer => opts.threads?.buffers?.swap(b) ?? b;
   const rings = Array.from({ length: workers }, () => {
     // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
     const fd = readers === 'all' ? eventfd() : -1;
     if (fd >= 0) cleanup.add(() => closeFd(fd));
-    return Ring.allocate(plan.ringCapacity, fd);
+    const r = Ring.allocate(plan.ringCapacity, fd);
+    return { ...r, control: keep(r.control), entries: keep(r.entries) };
   });
   const setup: EngineSetup = {
     uffdFd: uffd.fd,
@@ -868,9 +899,9 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     regionTable: RegionTable.allocate(),
     states: PageStates.allocate(plan.totalPages),
     totalPages: plan.totalPages,
-    counters: Counters.allocate(workers + 1),
+    counters: keep(Counters.allocate(workers + 1)),
     control: ControlBlock.allocate(),
-    claims: Claims.allocate(workers + 1),
+    claims: keep(Claims.allocate(workers + 1)),
     rings,
     order,
     prefetch: {
@@ -894,7 +925,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     callbackTimeoutMs: opts.callbackTimeoutMs ?? 10_000,
     eventFd,
     gates,
-    gateCursors: new SharedArrayBuffer(Math.max(1, gates.length) * 4),
+    gateCursors: keep(new SharedArrayBuffer(Math.max(1, gates.length) * 4)),
     removeJournalFd: opts.removeJournalFd ?? -1,
   };
   if (opts.initially === 'resident') new Int32Array(setup.states).fill(-1); // every 2-bit field DROPPED

@@ -7,7 +7,7 @@ import {
 } from '../kernel/constants.js';
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
-import { bytesAt, eventfdSignal, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
+import { bytesAt, close as closeFd, eventfdSignal, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
 import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { RangeResult, Userfaultfd } from '../kernel/userfaultfd.js';
 import { Gate } from '../remote/gate.js';
@@ -605,6 +605,12 @@ export class Resolver {
       try { this.peerMemFd = openFile(`/proc/${pid}/mem`, O_RDWR); } catch { return; }
     }
     try { pwriteFrom(this.peerMemFd, this.zeroAddr, ps, addr); } catch { /* the peer exited */ }
+  }
+
+  /** Gives back what this resolver opened (a thread that lives on serves the next engine). */
+  close(): void {
+    if (this.peerMemFd >= 0) closeFd(this.peerMemFd);
+    this.peerMemFd = -1;
   }
 
   safeWake(addr: number, len: number): void {

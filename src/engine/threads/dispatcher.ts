@@ -9,155 +9,170 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { UFFD_PAGEFAULT_FLAG_WP } from '../../kernel/constants.js';
 import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
+import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
 import { DEFERRED, Fault, nowMs, Resolver } from '../resolver.js';
 import { C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
 import { MissOp } from '../tables.js';
-import { waitForSetup, warmUpOnce } from '../warm-up.js';
+import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
 
-const setup = waitForSetup(workerData);
-if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
-const r = new Resolver(setup, setup.workers, false);
-const ctl = r.ctl;
-const table = r.table;
-const c = r.counters;
-const rings = setup.rings.map((b) => new Ring(b));
-const staged = new Int32Array(rings.length);
-const fault = new Fault(); // the fault being routed (reused)
-const reader = new UffdReader(r, 256, post);
-const inlineAuto = setup.inline === 'auto';
-const inlineAll = setup.inline === 'always';
-const canInlineWp = setup.wpHook === null;
-
-/** Stages a fault for a worker's ring, publishing (and waiting) while the ring is full. */
-function stage(shard: number, f: Fault): void {
-  const ring = rings[shard] as Ring;
-  while (!ring.stage(staged[shard] as number, f.addr, f.flags, f.readAt)) full(shard, ring);
-  staged[shard] = (staged[shard] as number) + 1;
-}
-
-/** Stages a request to re-zero the page at addr, as stage() does a fault. */
-function stageRezero(shard: number, addr: number): void {
-  const ring = rings[shard] as Ring;
-  const t = nowMs();
-  while (!ring.stageRezero(staged[shard] as number, addr, t)) full(shard, ring);
-  staged[shard] = (staged[shard] as number) + 1;
-}
-
-/** A ring is full: publish what is staged for it and let its worker drain it. */
-function full(shard: number, ring: Ring): void {
-  ring.publish(staged[shard] as number);
-  staged[shard] = 0;
-  ring.kick();
-  ctl.pause(0.05);
-}
-
-function shardOf(row: number, addr: number): number {
-  return Math.floor(table.globalPage(row, addr) / setup.stripePages) % rings.length;
-}
-
-// Re-zeroing a page blocks on work only a reader can do: a worker does it.
-r.deferRezero = (addr: number) => {
-  const row = table.findRow(addr);
-  if (row < 0) return;
-  ctl.rezeroQueued(); // Engine.stop waits for these before unregistering
-  stageRezero(shardOf(row, addr), addr);
-};
-
-function post(msg: DispatcherMessage): void {
-  parentPort?.postMessage(msg);
-}
-
-/** Resolves the fault here or hands it to its shard's worker; `batch`: messages in the read. */
-function route(f: Fault, batch: number): void {
-  const { addr, flags, row } = f;
-  if (row < 0) {
-    r.handleFault(f); // not ours any more: wake so the kernel decides
-    return;
+// A warm dispatcher (threads.ts) serves one engine after another until it is told to quit;
+// a cold one (workerData is the setup) serves its engine and ends.
+if (isWarm(workerData)) {
+  for (;;) {
+    serve(waitForSetup(workerData));
+    collectGarbage(); // idle from here on: let go of the last engine's tables
   }
-  const shard = shardOf(row, addr);
-  const ring = rings[shard] as Ring;
-  const inlineOk = ((flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true) && table.missingOp(row) !== MissOp.callback;
-  // 'auto': the worker sleeps and the batch is small: resolving here is cheaper than waking
-  // it. A worker that is awake (or has work queued) gets the fault, keeping its order; a
-  // large batch wakes the workers so they share it.
-  if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && ring.size() === 0
-    && ring.consumerSleeping()))) {
-    if (r.handleFault(f) !== DEFERRED) {
-      c.add(C_INLINE);
+} else {
+  serve(workerData as EngineSetup);
+}
+
+/** Reads and routes the faults of one engine until it stops. */
+function serve(setup: EngineSetup): void {
+  if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
+  const r = new Resolver(setup, setup.workers, false);
+  const ctl = r.ctl;
+  const table = r.table;
+  const c = r.counters;
+  const rings = setup.rings.map((b) => new Ring(b));
+  const staged = new Int32Array(rings.length);
+  const fault = new Fault(); // the fault being routed (reused)
+  const reader = new UffdReader(r, 256, post);
+  const inlineAuto = setup.inline === 'auto';
+  const inlineAll = setup.inline === 'always';
+  const canInlineWp = setup.wpHook === null;
+
+  /** Stages a fault for a worker's ring, publishing (and waiting) while the ring is full. */
+  function stage(shard: number, f: Fault): void {
+    const ring = rings[shard] as Ring;
+    while (!ring.stage(staged[shard] as number, f.addr, f.flags, f.readAt)) full(shard, ring);
+    staged[shard] = (staged[shard] as number) + 1;
+  }
+
+  /** Stages a request to re-zero the page at addr, as stage() does a fault. */
+  function stageRezero(shard: number, addr: number): void {
+    const ring = rings[shard] as Ring;
+    const t = nowMs();
+    while (!ring.stageRezero(staged[shard] as number, addr, t)) full(shard, ring);
+    staged[shard] = (staged[shard] as number) + 1;
+  }
+
+  /** A ring is full: publish what is staged for it and let its worker drain it. */
+  function full(shard: number, ring: Ring): void {
+    ring.publish(staged[shard] as number);
+    staged[shard] = 0;
+    ring.kick();
+    ctl.pause(0.05);
+  }
+
+  function shardOf(row: number, addr: number): number {
+    return Math.floor(table.globalPage(row, addr) / setup.stripePages) % rings.length;
+  }
+
+  // Re-zeroing a page blocks on work only a reader can do: a worker does it.
+  r.deferRezero = (addr: number) => {
+    const row = table.findRow(addr);
+    if (row < 0) return;
+    ctl.rezeroQueued(); // Engine.stop waits for these before unregistering
+    stageRezero(shardOf(row, addr), addr);
+  };
+
+  function post(msg: DispatcherMessage): void {
+    parentPort?.postMessage(msg);
+  }
+
+  /** Resolves the fault here or hands it to its shard's worker; `batch`: messages in the read. */
+  function route(f: Fault, batch: number): void {
+    const { addr, flags, row } = f;
+    if (row < 0) {
+      r.handleFault(f); // not ours any more: wake so the kernel decides
       return;
     }
-  }
-  stage(shard, f);
-  c.add(C_HANDOFFS);
-}
-
-// ---- main loop -----------------------------------------------------------------------
-
-/** readers 'all': a worker is busy away from the uffd (or not started): read in its place. */
-function helpWanted(): boolean {
-  for (let w = 0; w < setup.workers; w++) if (ctl.helpWanted(w)) return true;
-  return false;
-}
-
-const alwaysReads = setup.readers !== 'all';
-// Exclusive on the uffd when the workers wait on it too: a fault wakes one reader, not all.
-const both = new EpollWaiter([setup.uffdFd, setup.eventFd], [!alwaysReads, false]);
-const wakeOnly = new EpollWaiter([setup.eventFd], [false]);
-ctl.markReady();
-let idleReads = 0;
-let idleSince = 0;
-let lastBusy = false; // faults arrived since the last sleep
-const spinMs = setup.dispatcherSpinMicros / 1000;
-for (;;) {
-  if (ctl.stopping()) break;
-  if (alwaysReads || helpWanted()) {
-    const n = reader.read();
-    if (n > 0) {
-      idleReads = 0;
-      lastBusy = true;
-      const t = nowMs();
-      for (let i = 0; i < n; i++) {
-        if (!reader.isFault(i)) continue;
-        fault.addr = reader.address(i);
-        fault.flags = reader.flags(i);
-        fault.row = table.findRow(fault.addr);
-        fault.readAt = t;
-        fault.more = 0;
-        route(fault, n);
+    const shard = shardOf(row, addr);
+    const ring = rings[shard] as Ring;
+    const inlineOk = ((flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true) && table.missingOp(row) !== MissOp.callback;
+    // 'auto': the worker sleeps and the batch is small: resolving here is cheaper than waking
+    // it. A worker that is awake (or has work queued) gets the fault, keeping its order; a
+    // large batch wakes the workers so they share it.
+    if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && ring.size() === 0
+      && ring.consumerSleeping()))) {
+      if (r.handleFault(f) !== DEFERRED) {
+        c.add(C_INLINE);
+        return;
       }
-      for (let s = 0; s < rings.length; s++) {
-        const k = staged[s] as number;
-        if (k !== 0) {
-          (rings[s] as Ring).publish(k);
-          staged[s] = 0;
-        }
-      }
-      continue;
     }
-    // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
-    // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
-    if (idleReads === 0) idleSince = performance.now();
-    if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
+    stage(shard, f);
+    c.add(C_HANDOFFS);
   }
-  idleReads = 0;
-  lastBusy = false;
-  r.updateCpu();
-  if (alwaysReads) {
-    both.wait(-1);
-  } else {
-    // The flag is raised before the help words are read; a worker raises its word before it
-    // reads the flag: one of the two sees the other.
-    ctl.setDispatcherIdle(true);
-    if (helpWanted()) both.wait(5); // reading in a worker's place: look again soon, it may be back
-    else wakeOnly.wait(-1);
-    ctl.setDispatcherIdle(false);
+
+  // ---- main loop -----------------------------------------------------------------------
+
+  /** readers 'all': a worker is busy away from the uffd (or not started): read in its place. */
+  function helpWanted(): boolean {
+    for (let w = 0; w < setup.workers; w++) if (ctl.helpWanted(w)) return true;
+    return false;
   }
-  eventfdDrain(setup.eventFd);
+
+  const alwaysReads = setup.readers !== 'all';
+  // Exclusive on the uffd when the workers wait on it too: a fault wakes one reader, not all.
+  const both = new EpollWaiter([setup.uffdFd, setup.eventFd], [!alwaysReads, false]);
+  const wakeOnly = new EpollWaiter([setup.eventFd], [false]);
+  ctl.markReady();
+  let idleReads = 0;
+  let idleSince = 0;
+  let lastBusy = false; // faults arrived since the last sleep
+  const spinMs = setup.dispatcherSpinMicros / 1000;
+  for (;;) {
+    if (ctl.stopping()) break;
+    if (alwaysReads || helpWanted()) {
+      const n = reader.read();
+      if (n > 0) {
+        idleReads = 0;
+        lastBusy = true;
+        const t = nowMs();
+        for (let i = 0; i < n; i++) {
+          if (!reader.isFault(i)) continue;
+          fault.addr = reader.address(i);
+          fault.flags = reader.flags(i);
+          fault.row = table.findRow(fault.addr);
+          fault.readAt = t;
+          fault.more = 0;
+          route(fault, n);
+        }
+        for (let s = 0; s < rings.length; s++) {
+          const k = staged[s] as number;
+          if (k !== 0) {
+            (rings[s] as Ring).publish(k);
+            staged[s] = 0;
+          }
+        }
+        continue;
+      }
+      // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
+      // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
+      if (idleReads === 0) idleSince = performance.now();
+      if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
+    }
+    idleReads = 0;
+    lastBusy = false;
+    r.updateCpu();
+    if (alwaysReads) {
+      both.wait(-1);
+    } else {
+      // The flag is raised before the help words are read; a worker raises its word before it
+      // reads the flag: one of the two sees the other.
+      ctl.setDispatcherIdle(true);
+      if (helpWanted()) both.wait(5); // reading in a worker's place: look again soon, it may be back
+      else wakeOnly.wait(-1);
+      ctl.setDispatcherIdle(false);
+    }
+    eventfdDrain(setup.eventFd);
+  }
+  r.updateCpu(true);
+  r.close();
+  both.close();
+  wakeOnly.close();
+  ctl.markDispatcherDone();
+  post({ type: 'exit' });
 }
-r.updateCpu(true);
-both.close();
-wakeOnly.close();
-ctl.markDispatcherDone();
-post({ type: 'exit' });

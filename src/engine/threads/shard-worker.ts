@@ -15,7 +15,7 @@ import { UffdReader } from '../reader.js';
 import { Fault, type FillHow, nowMs, Resolver } from '../resolver.js';
 import { C_DIRECT, EntryKind, Ring } from '../shared.js';
 import { CallbackSlot, CallbackState } from '../tables.js';
-import { warmUpIfAsked, warmUpOnce } from '../warm-up.js';
+import { collectGarbage, isWarm, warmUpIfAsked, warmUpOnce } from '../warm-up.js';
 
 export interface ShardTask {
   setup: EngineSetup;
@@ -27,9 +27,22 @@ export interface ShardTask {
 warmUpIfAsked(workerData);
 
 export default function runShard(task: ShardTask): { shard: number } {
+  const held: { close(): void }[] = [];
+  try {
+    return serveShard(task, held);
+  } finally {
+    // The thread lives on in the pool (after a throw too): give back what this task opened,
+    // and once the task is gone (a warm thread idles until its next engine) its tables.
+    for (const h of held) h.close();
+    if (isWarm(workerData)) setImmediate(collectGarbage);
+  }
+}
+
+function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number } {
   const { setup, shard, port } = task;
   if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, shard, true);
+  held.push(r);
   const ring = new Ring(setup.rings[shard] as EngineSetup['rings'][number]);
   const ctl = r.ctl;
   ctl.setThreadId(shard, threadId);
@@ -38,6 +51,7 @@ export default function runShard(task: ShardTask): { shard: number } {
   const reads = setup.readers === 'all';
   const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
   const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
+  if (poller) held.push(poller);
   // A predecessor may have died holding claims: finish them first.
   r.recoverClaims(shard);
   ctl.markReady();
@@ -87,7 +101,6 @@ export default function runShard(task: ShardTask): { shard: number } {
   for (let i = ring.head; i !== ring.tail; i = (i + 1) | 0) if (ring.kindAt(i) === EntryKind.rezero) r.rezeroAt(ring.addrAt(i));
   r.needReader(); // gone: the dispatcher reads
   r.updateCpu(true);
-  poller?.close();
   return { shard };
 }
 
