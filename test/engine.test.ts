@@ -32,7 +32,7 @@ function noMismatch(results: TouchResult[]): void {
 async function touchAll(region: Region, expectAddr: number, threads: number, pattern: 'random' | 'sequential' | 'interleaved' = 'random', write = false) {
   const pages = region.size / region.pageSize;
   const jobs = assignPages(pages, threads, pattern).map((p) => ({ addr: region.addr, pageSize: region.pageSize, pages: p, expectAddr, write }));
-  const results = await runTouchers(jobs);
+  const results = await runTouchers(jobs, limit(120_000));
   noMismatch(results);
   assert.equal(results.reduce((n, r) => n + r.touched, 0), pages);
   return results;
@@ -201,7 +201,7 @@ describe('engine: concurrency and failures', function () {
       const same = Float64Array.from([0, 1, 2, 3, 100, 101, 1000, 4095]);
       const results = await runTouchers(Array.from({ length: 16 }, () => ({
         addr: region.addr, pageSize: PAGE, pages: same, expectAddr: addressOf(snap), write: false,
-      })));
+      })), limit(120_000));
       noMismatch(results);
       const st = engine.stats();
       assert.equal(st.pages.total, same.length, 'each page filled exactly once');
@@ -283,7 +283,7 @@ describe('engine: concurrency and failures', function () {
       // The dispatcher posts the event after applying it to the table.
       for (let i = 0; i < 500 && removes.length === 0; i++) await new Promise((r) => setTimeout(r, 2));
       for (let p = 64; p < 96; p++) assert.equal(engine.pageState(p), PAGE_DROPPED);
-      const results = await runTouchers([{ addr: region.addr + 64 * PAGE, pageSize: PAGE, pages: Float64Array.from({ length: 32 }, (_, i) => i), expectAddr: 0, write: false }]);
+      const results = await runTouchers([{ addr: region.addr + 64 * PAGE, pageSize: PAGE, pages: Float64Array.from({ length: 32 }, (_, i) => i), expectAddr: 0, write: false }], limit(120_000));
       noMismatch(results);
       // Pages outside the removed range still hold the snapshot.
       assert.equal(memcmp(region.addr, addressOf(snap), 64 * PAGE), 0);
@@ -345,7 +345,7 @@ describe('engine: concurrency and failures', function () {
         for (let k = 0; k < rounds; k++) pages.set(p, k * p.length);
         return { addr: region.addr, pageSize: PAGE, pages, expectAddr: 0, write: false, verify: false };
       });
-      const touching = runTouchers(jobs);
+      const touching = runTouchers(jobs, limit(120_000));
       let done = false;
       void touching.finally(() => { done = true; });
       const removed = new Uint8Array(hot);
@@ -401,7 +401,7 @@ describe('engine: concurrency and failures', function () {
     try {
       engine.uffd.register(addr, len, ['missing']);
       // Touch the first MiB, then move the second half elsewhere and unmap the last MiB of the first half.
-      await runTouchers([{ addr, pageSize: PAGE, pages: Float64Array.from({ length: 256 }, (_, i) => i), expectAddr: addressOf(snap), write: false }]);
+      await runTouchers([{ addr, pageSize: PAGE, pages: Float64Array.from({ length: 256 }, (_, i) => i), expectAddr: addressOf(snap), write: false }], limit(120_000));
       const target = mapAnonymous(len / 2);
       const moved = mremap(addr + len / 2, len / 2, len / 2, MREMAP_MAYMOVE | MREMAP_FIXED, target);
       munmap(addr + len / 2 - MiB, MiB);
@@ -410,7 +410,7 @@ describe('engine: concurrency and failures', function () {
         addr: moved, pageSize: PAGE, pages: Float64Array.from({ length: half }, (_, i) => i), expectAddr: addressOf(snap) + len / 2, write: false,
       }, {
         addr, pageSize: PAGE, pages: Float64Array.from({ length: half - 256 }, (_, i) => i), expectAddr: addressOf(snap), write: false,
-      }]);
+      }], limit(120_000));
       noMismatch(res);
       assert.ok(events.includes('remap') && events.includes('unmap'), `events seen: ${events.join(', ')}`);
       await engine.stop({ mode: 'abandon' });

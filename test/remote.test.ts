@@ -21,6 +21,7 @@ import { assignPages, runTouchers } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
 import { Faults, nginxMissing, startNginx, startRangeServer, startS3 } from '../bench/remote-servers.js';
 import { at } from './helpers/at.js';
+import { limit } from './helpers/limits.js';
 
 const MiB = 1024 * 1024;
 const PAGE = 4096;
@@ -41,7 +42,7 @@ async function touchAndVerify(region: Region, snap: Uint8Array, threads = 4, pag
   const jobs = assignPages(all.length, threads, 'random').map((idx) => ({
     addr: region.addr, pageSize: PAGE, pages: Float64Array.from(idx, (i) => at(all, i)), expectAddr: addressOf(snap), write: false,
   }));
-  const res = await runTouchers(jobs, 120_000);
+  const res = await runTouchers(jobs, limit(120_000));
   const bad = res.filter((r) => r.mismatches > 0);
   assert.equal(bad.length, 0, `pages with wrong bytes: first at page ${bad[0]?.firstMismatch}`);
   assert.equal(res.reduce((n, r) => n + r.touched, 0), all.length);
@@ -239,7 +240,7 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
         const engine = await Engine.start({ regions: [{ region, source: sources.http(srv.url, { prefetch: { background: false } }) }], workers: 2 });
         try {
           const jobs = assignPages(size / (2 * MiB), 4, 'random').map((p) => ({ addr: region.addr, pageSize: 2 * MiB, pages: p, expectAddr: addressOf(snap), write: false }));
-          const res = await runTouchers(jobs, 120_000);
+          const res = await runTouchers(jobs, limit(120_000));
           assert.equal(res.reduce((n, r) => n + r.mismatches, 0), 0, 'pages with wrong bytes');
         } finally {
           const st = await engine.stop();

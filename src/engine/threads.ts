@@ -49,6 +49,7 @@ export class EngineThreads {
   /** Taken by an engine (a set that is not reusable cannot be taken again), or destroyed. */
   private taken = false;
   #destroyed = false;
+  #startFailed = false;
 
   private constructor(workers: number, opts: EngineThreadsOptions) {
     if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new ConfigError(`workers must be an integer from 1 to 64 (got ${workers})`);
@@ -69,7 +70,7 @@ export class EngineThreads {
       first.once('error', reject);
       first.once('exit', (code) => { if (!this.taken) reject(new Error(`warm dispatcher exited (${code})`)); });
     });
-    failed.catch(() => undefined);
+    failed.catch(() => { this.#startFailed = true; });
     this.ready = (async () => {
       const deadline = Date.now() + 20_000;
       while (Atomics.load(signal, 1) < workers + 1) {
@@ -141,6 +142,10 @@ export class EngineThreads {
 
   async #end(): Promise<void> {
     this.#destroyed = true;
+    // A thread terminated while koffi's native module initialises aborts the whole process
+    // (seen under QEMU TCG, where loading takes seconds): let the threads finish loading.
+    const deadline = Date.now() + 60_000;
+    while (!this.isReady && !this.#startFailed && Date.now() < deadline) await sleep(5);
     Atomics.store(this.signal, 0, 2);
     Atomics.notify(this.signal, 0);
     const d = this.#dispatcher;

@@ -6,22 +6,31 @@ import type { TouchJob, TouchResult } from './threads/toucher.js';
 export type { TouchJob, TouchResult };
 const TOUCHER = path.resolve(__dirname, 'threads/toucher.js');
 
-/** Starts one thread per job, all released at once; resolves with their results. */
+/**
+ * Starts one thread per job and releases them together once every one has loaded; resolves
+ * with their results. timeoutMs counts from the release (loading under a slow emulator may
+ * take seconds per thread); a thread is terminated only after it has loaded.
+ */
 export async function runTouchers(jobs: TouchJob[], timeoutMs = 120_000): Promise<TouchResult[]> {
   const go = new SharedArrayBuffer(4);
-  const ready: Promise<TouchResult>[] = [];
+  const results: Promise<TouchResult>[] = [];
+  const loaded: Promise<void>[] = [];
   const workers: Worker[] = [];
   for (const job of jobs) {
     const w = new Worker(TOUCHER, { workerData: { toucher: true, job: { ...job, go } } });
     workers.push(w);
-    ready.push(new Promise((resolve, reject) => {
-      w.once('message', resolve);
-      w.once('error', reject);
-      w.once('exit', (code) => reject(new Error(`faulting thread exited with code ${code} before reporting`)));
+    let onLoaded = (): void => undefined;
+    loaded.push(new Promise<void>((resolve) => { onLoaded = resolve; }));
+    results.push(new Promise((resolve, reject) => {
+      w.on('message', (m: TouchResult | { loaded: true }) => {
+        if ('loaded' in m) onLoaded();
+        else resolve(m);
+      });
+      w.once('error', (e) => { onLoaded(); reject(e); });
+      w.once('exit', (code) => { onLoaded(); reject(new Error(`faulting thread exited with code ${code} before reporting`)); });
     }));
   }
-  // Give the threads a moment to load, then release them together.
-  await new Promise((r) => setTimeout(r, 20));
+  await Promise.all(loaded); // a thread that fails to load counts as loaded (its result rejects)
   Atomics.store(new Int32Array(go), 0, 1);
   Atomics.notify(new Int32Array(go), 0);
   let timer: NodeJS.Timeout | undefined;
@@ -29,10 +38,10 @@ export async function runTouchers(jobs: TouchJob[], timeoutMs = 120_000): Promis
     timer = setTimeout(() => reject(new Error(`faulting threads did not finish within ${timeoutMs} ms`)), timeoutMs);
   });
   try {
-    return await Promise.race([Promise.all(ready), timeout]);
+    return await Promise.race([Promise.all(results), timeout]);
   } finally {
     clearTimeout(timer);
-    for (const w of workers) void w.terminate();
+    workers.forEach((w, i) => { void loaded[i]?.then(() => w.terminate()); });
   }
 }
 

@@ -79,5 +79,8 @@ export function touch(job: TouchJob): TouchResult {
 }
 
 if (parentPort && workerData && (workerData as { toucher?: boolean }).toucher) {
+  // Loaded (koffi with it): from here on the thread may be terminated safely. A thread
+  // terminated while koffi's native module initialises aborts the whole process.
+  parentPort.postMessage({ loaded: true });
   parentPort.postMessage(touch((workerData as { job: TouchJob }).job));
 }
