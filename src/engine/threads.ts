@@ -142,7 +142,7 @@ export class EngineThreads {
 
   async #end(): Promise<void> {
     this.#destroyed = true;
-    // A thread terminated while koffi's native module initialises aborts the whole process
+    // A thread terminated while the FFI library (src/kernel) initialises its native module aborts the whole process
     // (seen under QEMU TCG, where loading takes seconds): let the threads finish loading.
     const deadline = Date.now() + 60_000;
     while (!this.isReady && !this.#startFailed && Date.now() < deadline) await sleep(5);

@@ -79,8 +79,8 @@ export function touch(job: TouchJob): TouchResult {
 }
 
 if (parentPort && workerData && (workerData as { toucher?: boolean }).toucher) {
-  // Loaded (koffi with it): from here on the thread may be terminated safely. A thread
-  // terminated while koffi's native module initialises aborts the whole process.
+  // Loaded (the FFI library with it): from here on the thread may be terminated safely. A thread
+  // terminated while the FFI library (src/kernel) initialises its native module aborts the whole process.
   parentPort.postMessage({ loaded: true });
   parentPort.postMessage(touch((workerData as { job: TouchJob }).job));
 }
