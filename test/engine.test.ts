@@ -212,10 +212,10 @@ describe('engine: concurrency and failures', function () {
     }
   });
 
-  for (const how of ['throw', 'terminate'] as const) {
-    it(`a worker killed mid-run (${how}): no fault lost, run completes verified`, async () => {
+  for (const [how, readers] of [['throw', 'dispatcher'], ['terminate', 'dispatcher'], ['terminate', 'all']] as const) {
+    it(`a worker killed mid-run (${how}, readers ${readers}): no fault lost, run completes verified`, async () => {
       const region = memoryType('anon').create({ size });
-      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, inline: 'never', faultInjection: true });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers, inline: readers === 'all' ? 'always' : 'never', faultInjection: true });
       const incidents: string[] = [];
       engine.on('incident', (i: { message: string }) => incidents.push(i.message));
       try {
@@ -226,6 +226,25 @@ describe('engine: concurrency and failures', function () {
         const st = await engine.stop();
         assertFilledOnce(st, size / PAGE);
         if (how === 'throw') assert.ok(incidents.some((m) => /worker 0 died/.test(m)), `incident reported: ${incidents.join('; ')}`);
+      } finally {
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    });
+  }
+
+  for (const readers of ['dispatcher', 'all'] as const) {
+    it(`the dispatcher terminated mid-run (readers ${readers}): a new one takes over, no fault lost, run completes verified`, async () => {
+      const region = memoryType('anon').create({ size });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers });
+      try {
+        const run = touchAll(region, addressOf(snap), 4);
+        await new Promise((r) => setTimeout(r, 30));
+        await engine.killWorker('dispatcher', 'terminate');
+        await run;
+        const st = await engine.stop();
+        assertFilledOnce(st, size / PAGE);
+        assert.ok(engine.incidents.some((i) => /dispatcher thread exited/.test(i.message)), `incident reported: ${engine.incidents.map((i) => i.message).join('; ')}`);
       } finally {
         await engine.stop({ mode: 'abandon' });
         region.close();
@@ -510,7 +529,7 @@ describe('engine: warm threads (EngineThreads)', function () {
     }
   });
 
-  it('a reusable set survives its workers being killed (throw, terminate): the next engine on it serves byte-exact', async () => {
+  it('a reusable set survives its workers and its dispatcher being killed (throw, terminate): the next engine on it serves byte-exact', async () => {
     const size = 8 * MiB;
     const threads = EngineThreads.start(2, { reusable: true });
     try {
@@ -523,6 +542,8 @@ describe('engine: warm threads (EngineThreads)', function () {
           if (i < 2) {
             // A worker killed mid-run: thrown (its thread lives on) or terminated (piscina starts another).
             await engine.killWorker(i, i === 0 ? 'throw' : 'terminate');
+            // The set's warm dispatcher dies too: the engine runs a cold one, the set a new warm one at release.
+            if (i === 1) await engine.killWorker('dispatcher', 'terminate');
           }
           await touchAll(region, addressOf(snap), 4);
           const st = await engine.stop();

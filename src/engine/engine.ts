@@ -277,6 +277,7 @@ export class Engine extends EventEmitter {
   /** The statistics at stop: the counters may serve the next engine on the same threads by then. */
   #final: EngineStats | null = null;
   #dispatcherExit: Promise<void> = Promise.resolve();
+  #dispatcher: Worker | undefined;
   /** Takes this engine's listeners off the dispatcher (a warm one outlives the engine). */
   #detachDispatcher: () => void = () => undefined;
   #unwatchGates: (() => void) | null = null;
@@ -403,6 +404,7 @@ export class Engine extends EventEmitter {
 
   #startDispatcher(warm?: Worker): void {
     const w = warm ?? new Worker(DISPATCHER, { workerData: this.#setup });
+    this.#dispatcher = w;
     this.#dispatcherExit = new Promise((resolve) => {
       // A warm dispatcher says it is done with this engine ('exit' message) and lives on; a
       // cold one ends its thread.
@@ -414,9 +416,12 @@ export class Engine extends EventEmitter {
       const onExit = (): void => {
         this.#detachDispatcher();
         if (!this.#stopping) {
-          // Never leave faults unread: start a new dispatcher.
+          // Never leave faults unread: start a new dispatcher. Faults it had read and not
+          // yet handed on died with it (the kernel does not send them again): wake every
+          // region so their threads fault again and are read anew.
           this.#incident(-1, 'dispatcher thread exited; restarting it');
           this.#startDispatcher();
+          this.#wakeAll();
         }
         resolve();
       };
@@ -696,9 +701,21 @@ export class Engine extends EventEmitter {
   /**
    * Diagnostics for tests and soak runs: make worker `shard` die. 'terminate' ends its
    * thread; 'throw' makes it throw at its next fill, holding a claim as a crashed worker
-   * would (needs the engine started with faultInjection: true).
+   * would (needs the engine started with faultInjection: true). `'dispatcher'` terminates
+   * the dispatcher thread (the engine starts another, which frees what it held).
    */
-  async killWorker(shard: number, how: 'throw' | 'terminate'): Promise<void> {
+  async killWorker(shard: number | 'dispatcher', how: 'throw' | 'terminate'): Promise<void> {
+    if (shard === 'dispatcher') {
+      if (how !== 'terminate') throw new ConfigError("the dispatcher can only be killed with 'terminate'");
+      const w = this.#dispatcher;
+      if (!w) return;
+      // Termination takes effect when the thread runs JavaScript again: wake it out of
+      // epoll_wait (a native call) first.
+      const ended = w.terminate();
+      eventfdSignal(this.#setup.eventFd);
+      await ended;
+      return;
+    }
     if (!Number.isInteger(shard) || shard < 0 || shard >= this.workers) throw new ConfigError(`no worker ${shard}: this engine has workers 0 to ${this.workers - 1}`);
     if (how === 'throw') {
       if (!this.#setup.faultInjection) throw new ConfigError("killWorker(shard, 'throw') needs an engine started with faultInjection: true");
@@ -708,7 +725,9 @@ export class Engine extends EventEmitter {
     const tid = this.#ctl.threadId(shard);
     const w = (this.#pool as Piscina).threads.find((t) => t.threadId === tid);
     if (!w) throw new Error(`no thread found for worker ${shard}`);
-    await w.terminate();
+    const ended = w.terminate();
+    this.#rings[shard]?.kick(); // out of a native wait (readers 'all': epoll_wait), so the termination takes effect
+    await ended;
   }
 
   /**

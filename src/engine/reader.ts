@@ -50,7 +50,7 @@ export class UffdReader {
    * among them are for the caller (isFault, address, flags).
    */
   read(): number {
-    this.ctl.lockRead(yieldCpu); // held for one read(2) and its events
+    this.ctl.lockRead(yieldCpu, this.r.thread); // held for one read(2) and its events
     let n = 0;
     try {
       n = this.r.uffd.read(this.buf);

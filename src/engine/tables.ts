@@ -195,7 +195,7 @@ const CT_BG_DONE = 6; // background population passed the end
 const CT_DISPATCHER_DONE = 7;
 const CT_PEER_GONE = 8; // the process owning the memory exited (ESRCH)
 const CT_EPOCH = 9; // bumped after each non-fault event applied
-const CT_READ_LOCK = 10; // 1 while a thread reads the uffd and applies the batch's events (reader.ts)
+const CT_READ_LOCK = 10; // holder's thread index + 1 while it reads the uffd and applies the batch's events (reader.ts)
 const CT_DISPATCHER_IDLE = 11; // 1 while the dispatcher sleeps without watching the uffd (readers 'all')
 const CT_RWP_HOLD = 12; // 1: an RWP window is open: RWP faults wait (Engine.holdRwp)
 const CT_READ_SEQ = 13; // odd while a thread holds the read lock (a batch read, its events not all applied yet)
@@ -251,10 +251,22 @@ export class ControlBlock {
   setRegionRows(n: number): void { Atomics.store(this.words, CT_REGION_ROWS, n); }
 
   // ---- reading the uffd (reader.ts) ----
-  /** Takes the read lock (spinning with `yieldCpu`); the sequence turns odd. */
-  lockRead(yieldCpu: () => void): void {
-    while (Atomics.compareExchange(this.words, CT_READ_LOCK, 0, 1) !== 0) yieldCpu();
+  /** Thread `thread` takes the read lock (spinning with `yieldCpu`); the sequence turns odd. */
+  lockRead(yieldCpu: () => void, thread: number): void {
+    while (Atomics.compareExchange(this.words, CT_READ_LOCK, 0, thread + 1) !== 0) yieldCpu();
     Atomics.add(this.words, CT_READ_SEQ, 1);
+  }
+  /**
+   * The successor of a thread that died (terminated) holding the read lock frees it, so the
+   * other readers do not spin forever. Only the dead holder could change the words while
+   * the lock names it: the sequence is made even first, then the lock released.
+   * Returns whether the lock was held.
+   */
+  breakReadLock(thread: number): boolean {
+    if (Atomics.load(this.words, CT_READ_LOCK) !== thread + 1) return false;
+    if (Atomics.load(this.words, CT_READ_SEQ) & 1) Atomics.add(this.words, CT_READ_SEQ, 1);
+    Atomics.store(this.words, CT_READ_LOCK, 0);
+    return true;
   }
   unlockRead(): void {
     Atomics.add(this.words, CT_READ_SEQ, 1);

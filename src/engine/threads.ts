@@ -72,10 +72,12 @@ export class EngineThreads {
     });
     failed.catch(() => { this.#startFailed = true; });
     this.ready = (async () => {
-      const deadline = Date.now() + 20_000;
+      // The engine's own start limit: far slower under emulation (QEMU TCG raises it).
+      const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+      const deadline = Date.now() + limitMs;
       while (Atomics.load(signal, 1) < workers + 1) {
         if (this.taken) return; // taken by an engine (it waits for its threads itself), or destroyed
-        if (Date.now() > deadline) throw new Error('warm engine threads did not start within 20 s');
+        if (Date.now() > deadline) throw new Error(`warm engine threads did not start within ${limitMs / 1000} s (set UFFD_ENGINE_START_TIMEOUT_MS on a slow machine)`);
         await Promise.race([sleep(1), failed]);
       }
     })();

@@ -118,6 +118,9 @@ function serve(setup: EngineSetup): void {
   // Exclusive on the uffd when the workers wait on it too: a fault wakes one reader, not all.
   const both = new EpollWaiter([setup.uffdFd, setup.eventFd], [!alwaysReads, false]);
   const wakeOnly = new EpollWaiter([setup.eventFd], [false]);
+  // A predecessor (a dispatcher that died) may have held the read lock or claims.
+  ctl.breakReadLock(setup.workers);
+  r.recoverClaims(setup.workers);
   ctl.markReady();
   let idleReads = 0;
   let idleSince = 0;

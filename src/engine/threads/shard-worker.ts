@@ -52,7 +52,8 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
   const reader = reads ? new UffdReader(r, 64, (m: ThreadMessage) => port?.postMessage(m)) : null;
   const poller = reads ? new EpollWaiter([setup.uffdFd, ring.eventFd], [true, false]) : null;
   if (poller) held.push(poller);
-  // A predecessor may have died holding claims: finish them first.
+  // A predecessor may have died holding the read lock or claims: free the one, finish the others.
+  ctl.breakReadLock(shard);
   r.recoverClaims(shard);
   ctl.markReady();
   const spinMs = setup.spinMicros / 1000;
