@@ -736,9 +736,17 @@ export class Engine extends EventEmitter {
    * then zeroed while its REMOVE is still delivered, and no fill lands after the stop.
    */
   async #settleFills(): Promise<void> {
-    const busy = () => this.#ctl.rezerosPending() > 0 || Claims.anyHeld(this.#setup.claims, this.workers + 1);
-    const deadline = Date.now() + SETTLE_LIMIT_MS;
-    while (busy() && Date.now() < deadline) await sleep(1);
+    // Fills may wait on a slow source: a short bound. A queued re-zeroing is local work
+    // (one madvise by a live worker) whose skipping would leave source bytes in a removed
+    // page: a long bound (a slow machine, an emulator, may take seconds to wake a worker).
+    const fills = Date.now() + SETTLE_LIMIT_MS;
+    const rezeros = Date.now() + REZERO_LIMIT_MS;
+    for (;;) {
+      const now = Date.now();
+      const pending = (this.#ctl.rezerosPending() > 0 && now < rezeros) || (Claims.anyHeld(this.#setup.claims, this.workers + 1) && now < fills);
+      if (!pending) return;
+      await sleep(1);
+    }
   }
 
   /**
@@ -793,6 +801,7 @@ export class Engine extends EventEmitter {
 }
 
 const SETTLE_LIMIT_MS = 1000;
+const REZERO_LIMIT_MS = 30_000;
 
 /** Checks every option (nothing is opened or registered yet); throws ConfigError naming what is wrong. */
 function validate(opts: EngineOptions): StartPlan {
