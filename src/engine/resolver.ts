@@ -507,13 +507,10 @@ export class Resolver {
     const bytes = kind === K_POISON ? 0 : run.filled; // poisoned pages hold no bytes
     const copied = bytes > 0 && (kind === K_COPY || kind === K_CONTINUE);
     if (copied) this.settle(run.seq);
-    for (let i = 0; i < ok; i++) {
-      if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
-      if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
-    }
-    this.claim.count = 0;
+    // Count what this thread filled before publishing it: whoever sees the pages PRESENT
+    // (populate(), stop) then sees them in the statistics too. Pages skipped on EEXIST were
+    // filled by someone else.
     c.add(C_BYTES, bytes);
-    // Count what this thread filled; pages skipped on EEXIST were filled by someone else.
     const filled = Math.round(bytes / tb.pageSize(row));
     if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c.add(C_ZERO_FILLS, filled);
     if (how.cause === Cause.background) c.add(C_PAGES_BACKGROUND, filled);
@@ -522,6 +519,11 @@ export class Resolver {
       c.add(C_PAGES_DEMAND, d);
       c.add(C_PAGES_READAHEAD, filled - d);
     }
+    for (let i = 0; i < ok; i++) {
+      if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
+      if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
+    }
+    this.claim.count = 0;
   }
 
   /**
@@ -574,9 +576,9 @@ export class Resolver {
     const dst = this.table.start(row) + local * ps;
     const run = this.runRange(K_CONTINUE, row, local, n);
     if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
-    for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT);
     this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, n);
     this.counters.add(C_BYTES, run.done);
+    for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT); // counted first, as in finish()
   }
 
   /**
