@@ -12,8 +12,7 @@
 //
 //   node dist/bench/micro.js [--time MS] [--json]       or   uffd-engine bench --micro
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, SIZEOF_UFFD_MSG, UFFD_EVENT_PAGEFAULT } from '../kernel/constants.js';
-import { libc } from '../kernel/libc.js';
-import { mmap, munmap } from '../kernel/memory.js';
+import { getpid, mmap, munmap } from '../kernel/memory.js';
 import { msgEvent, msgFaultAddress, msgFaultFlags, writeU64 } from '../kernel/messages.js';
 import { threadCpuSeconds } from '../kernel/time.js';
 import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
@@ -43,7 +42,7 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
   const cleanup: (() => void)[] = [];
   try {
     // ---- kernel calls ----
-    tasks.push({ name: 'FFI call: getpid()', ops: 100, fn: () => { for (let i = 0; i < 100; i++) libc.getpid(); } });
+    tasks.push({ name: 'FFI call: getpid()', ops: 100, fn: () => { for (let i = 0; i < 100; i++) getpid(); } });
     const uffd = Userfaultfd.create();
     cleanup.push(() => uffd.close());
     const len = 1024 * 1024;

@@ -211,6 +211,14 @@ export function gettid(): number {
 export function getuid(): number {
   return libc.getuid();
 }
+/**
+ * Ends the process now with `code` (_exit(2)): no exit handlers, no waiting for other
+ * threads — for a process whose threads may be blocked in the kernel on faults no one serves.
+ */
+export function exitImmediately(code: number): never {
+  libc._exit(code);
+  throw new Error('_exit returned'); // unreachable
+}
 
 /** Hugetlb pages of the given size reserved and free right now. */
 export function hugetlbPages(sizeKiB = 2048): { total: number; free: number } {

@@ -23,9 +23,8 @@ import * as path from 'node:path';
 import { spawn, ChildProcess } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import * as C from '../kernel/constants.js';
-import { madvise, mapAnonymous, mmap, openFile } from '../kernel/memory.js';
+import { exitImmediately, madvise, mapAnonymous, mmap, openFile } from '../kernel/memory.js';
 import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
-import { libc } from '../kernel/libc.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { connectUnix, recvWithFds, sendWithFds, watchFd } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
@@ -133,7 +132,7 @@ function watchHandler(sock: number, regions: { base: number; size: number }[], r
     if (missing > 0) {
       fs.writeSync(2, `fc-client: the page-fault handler hung up with ${missing} page(s) never served; failing now instead of waiting forever\n`);
       // Not process.exit(): it would wait for reader threads that wait for the pages.
-      libc._exit(3);
+      exitImmediately(3);
     }
   });
 }

@@ -35,8 +35,8 @@ function watch(d: WatchdogData): void {
   // The kernel layer (its FFI library) is loaded only now: a thread torn down by the process's
   // exit while it loads the FFI aborts the process (napi_throw), and a restore that ends early must not.
   try {
-    const { libc } = require('../kernel/libc.js') as typeof import('../kernel/libc.js');
-    libc._exit(2);
+    const { exitImmediately } = require('../kernel/memory.js') as typeof import('../kernel/memory.js');
+    exitImmediately(2);
   } catch (e) {
     fs.writeSync(2, `${d.name} watchdog: ${String(e)}\n`);
   }
