@@ -15,6 +15,7 @@
 // engine (1 MiB anonymous region, 2 workers) on threads of its own each time, as the soak
 // did before; 'engine-reused' does the same on one reusable set of engine threads.
 import { fork } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
@@ -38,7 +39,18 @@ if (workerData.what === 'libc' || workerData.what === 'libc-call') {
 parentPort.postMessage('loaded');
 `;
 
-export interface ChurnResult { what: Case; threads: number; rssMiB: number[]; kibPerThread: number }
+export interface ChurnResult {
+  what: Case; threads: number; rssMiB: number[]; kibPerThread: number;
+  /** Memory mappings (VMAs, /proc/self/maps) and virtual size (VmSize, KiB) left per thread, first sample to last. */
+  mapsPerThread: number; vmKibPerThread: number;
+}
+
+/** [mappings, VmSize KiB] of this process now. */
+function vmNow(): [number, number] {
+  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1;
+  const vm = Number(/^VmSize:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0);
+  return [maps, vm];
+}
 
 function rssMiB(): number {
   (globalThis as { gc?: () => void }).gc?.();
@@ -76,7 +88,9 @@ export async function churn(what: Case, threads: number): Promise<ChurnResult> {
   await shared?.ready;
   const xs: number[] = [];
   const rss: number[] = [];
+  let vm0: [number, number] = [0, 0];
   for (let i = 0; i <= threads; i++) {
+    if (i === step) vm0 = vmNow(); // after the first threads, as the slope
     if (i % step === 0) {
       await new Promise((r) => setTimeout(r, 20));
       xs.push(i);
@@ -108,7 +122,12 @@ export async function churn(what: Case, threads: number): Promise<ChurnResult> {
   }
   await shared?.destroy();
   // The first sample is before any thread: the first threads also warm up shared state.
-  return { what, threads, rssMiB: rss, kibPerThread: Math.round(slope(xs.slice(1), rss.slice(1)) * 1024 * 10) / 10 };
+  const vm1 = vmNow();
+  const n = Math.max(1, threads - step);
+  return {
+    what, threads, rssMiB: rss, kibPerThread: Math.round(slope(xs.slice(1), rss.slice(1)) * 1024 * 10) / 10,
+    mapsPerThread: Math.round(((vm1[0] - vm0[0]) / n) * 100) / 100, vmKibPerThread: Math.round((vm1[1] - vm0[1]) / n),
+  };
 }
 
 async function main(): Promise<void> {
@@ -143,7 +162,7 @@ async function main(): Promise<void> {
   else {
     for (const r of results) {
       const unit = r.what.startsWith('engine') ? 'engine' : 'thread';
-      console.log(`${r.what.padEnd(13)} ${r.threads} ${unit}s: RSS ${r.rssMiB[0]} -> ${r.rssMiB[r.rssMiB.length - 1]} MiB, ${r.kibPerThread} KiB per ${unit}`);
+      console.log(`${r.what.padEnd(13)} ${r.threads} ${unit}s: RSS ${r.rssMiB[0]} -> ${r.rssMiB[r.rssMiB.length - 1]} MiB, ${r.kibPerThread} KiB per ${unit}; ${r.mapsPerThread} mappings and ${r.vmKibPerThread} KiB virtual per ${unit}`);
     }
   }
 }
