@@ -47,6 +47,8 @@ export interface SoakSample {
   threads: number;
   /** Open fds now (/proc/self/fd). */
   fds: number;
+  /** Memory mappings now (/proc/self/maps): an ended thread that used koffi leaves ~3 (docs/performance.md). */
+  maps: number;
   /** Engine threads started so far (sets started, and replacements of terminated workers). */
   threadsStarted: number;
 }
@@ -60,6 +62,8 @@ export interface SoakVerdict {
   kiBPerMFaults: number;
   /** Threads started in the second half. */
   threadsStarted: number;
+  /** Memory mappings gained in the second half per thread started there (koffi leaves ~3 per ended thread); null without samples of them. */
+  mapsPerThread: number | null;
   limitKiBPerMFaults: number;
   flat: boolean;
   rule: string;
@@ -93,7 +97,8 @@ function sample(faults: number, sec: number, threadsStarted: number): SoakSample
   const m = process.memoryUsage();
   return {
     faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
-    threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length, threadsStarted,
+    threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length,
+    maps: fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1, threadsStarted,
   };
 }
 
@@ -112,9 +117,13 @@ export function judge(samples: SoakSample[], threadKiB: number, limit: number): 
   const xs = half.map((s) => s.faults / 1e6);
   const raw = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024)) : NaN;
   const net = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024 - s.threadsStarted * threadKiB)) : NaN;
-  const started = half.length ? (half[half.length - 1]?.threadsStarted ?? 0) - (half[0]?.threadsStarted ?? 0) : 0;
+  const first = half[0];
+  const last = half[half.length - 1];
+  const started = first && last ? last.threadsStarted - first.threadsStarted : 0;
+  const mapsPerThread = first?.maps !== undefined && last?.maps !== undefined && started > 0
+    ? Math.round(((last.maps - first.maps) / started) * 100) / 100 : null;
   return {
-    threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), threadsStarted: started,
+    threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), threadsStarted: started, mapsPerThread,
     limitKiBPerMFaults: limit, flat: net < limit,
     rule: half.length < 3 ? 'too few runs to judge (at least 6)' : `flat when the least-squares slope of RSS over faults in the second half of the runs (${half.length} samples), ` +
       `less ${round1(threadKiB)} KiB per thread started there (${started}), is below ${limit} KiB per million faults`,
@@ -186,7 +195,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.samples.push(s);
       log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
         `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
-        `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
+        `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
     await shared?.destroy();
@@ -202,7 +211,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
 
 function verdictLine(v: SoakVerdict): string {
   return `memory ${v.flat ? 'flat' : 'NOT flat'}: ${v.kiBPerMFaults} KiB per million faults (${v.rawKiBPerMFaults} before taking out ` +
-    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each); ${v.rule}`;
+    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each${v.mapsPerThread === null ? '' : `, which left ${v.mapsPerThread} mappings each`}); ${v.rule}`;
 }
 
 async function main(): Promise<void> {
