@@ -16,7 +16,7 @@
 //     threads through the engine (every first touch a fault), evicted again and restored
 //     with restoreAll(), for each memory type.
 import * as fs from 'node:fs';
-import { parseArgs, OptionSpec } from '../src/cli/args.js';
+import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import * as C from '../src/kernel/constants.js';
 import { bytesAt, close, kernelRelease, madvise, memset, munmap, openFile, preadTo, mapAnonymous } from '../src/kernel/memory.js';
 import { Scanner } from '../src/kernel/pagemap.js';
@@ -41,11 +41,12 @@ const SPEC: OptionSpec = {
   readers: { type: 'number', default: 2, help: 'guest threads reading evicted pages back in the eviction test' },
   workers: { type: 'number', default: 2, help: 'engine worker threads in the eviction test' },
   json: { type: 'boolean', default: false, help: 'print JSON' },
+  help: { type: 'boolean', default: false, help: 'show this help' },
 };
 
 type Opts = {
   region: number; ws: number; dense: number; workload: number; threads: number; interval: number; phase: number;
-  rounds: number; methods: string; skip: string; json: boolean; evictSize: number; readers: number; workers: number; _: string[];
+  rounds: number; methods: string; skip: string; json: boolean; evictSize: number; readers: number; workers: number; help: boolean; _: string[];
 };
 
 const GiB = 1024 ** 3;
@@ -87,6 +88,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
     t.arm();
     const armMs = performance.now() - a0;
     const s3 = status();
+    const hugeAfterArm = t.hugeMappedBytes(); // accesses to a page still huge-mapped count 512 pages
     // rewrite (or read) one page in ten of the working set, then one interval
     const samples: { ms: number; written: number; rearm: number; wall: number }[] = [];
     let sink = 0;
@@ -109,7 +111,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
       regionBytes: o.region, workingSetBytes: clusters * 2 * MiB, clusters,
       presentScan: { ms: presentMs, bytesFound: bytes, regionPagesPerSec: (o.region / P) / (presentMs / 1000),
         msPerGiBRegion: presentMs / (o.region / GiB), msPerGiBResident: presentMs / (clusters * 2 * MiB / GiB) },
-      tracking, armMs,
+      tracking, armMs, hugeMappedAfterArm: hugeAfterArm, perInterval: samples.map((x) => x.written),
       writeInterval: { scanMs: median(samples.map((s) => s.ms)), rearmMs: median(samples.map((s) => s.rearm)),
         sampleMs: median(samples.map((s) => s.wall)), written: samples[samples.length - 1]?.written ?? 0,
         expectedWritten: clusters * Math.ceil(512 / 10),
@@ -126,7 +128,7 @@ async function scale(o: Opts, log: (s: string) => void, tracking: 'write' | 'rwp
     const what = tracking === 'write' ? 'write-tracking interval (scan + atomic re-arm)' : 'RWP access-tracking interval (sync, scan, RWPROTECT re-arm, async)';
     log(`  ${what}: first arm ${armMs.toFixed(2)} ms; ${res.writeInterval.scanMs.toFixed(2)} ms scanning, ${res.writeInterval.rearmMs.toFixed(2)} ms re-arming, ` +
       `${res.writeInterval.sampleMs.toFixed(2)} ms for the whole sample(), ${tracking === 'write' ? 'written' : 'accessed'} ${res.writeInterval.written} ` +
-      `(expected ${res.writeInterval.expectedWritten}), ${(res.writeInterval.residentPagesPerSec / 1e6).toFixed(1)} M resident pages/s, ` +
+      `(expected ${res.writeInterval.expectedWritten}; per interval ${res.perInterval.join(', ')}; still huge-mapped after arm: ${hugeAfterArm / 1024} KiB), ${(res.writeInterval.residentPagesPerSec / 1e6).toFixed(1)} M resident pages/s, ` +
       `${res.writeInterval.msPerGiBResident.toFixed(2)} ms per resident GiB`);
     log(`  tracker state ${(footprint / MiB).toFixed(2)} MiB; create() +${(res.rss.createOnly / MiB).toFixed(1)} MiB RSS, arm() +${((res.rss.trackerCreateAndArm - res.rss.createOnly) / MiB).toFixed(1)} MiB; process RSS +${(res.rss.afterIntervals / MiB).toFixed(1)} MiB over the working set ` +
       `(${(res.rss.workingSet / MiB).toFixed(0)} MiB); page tables ${(res.rss.pageTablesWs / MiB).toFixed(2)} MiB for the working set, ` +
@@ -324,6 +326,10 @@ async function evict(o: Opts, log: (s: string) => void) {
 
 async function main(): Promise<void> {
   const o = parseArgs<Opts>(process.argv.slice(2), SPEC);
+  if (o.help) {
+    console.log(helpText('wss-bench (node dist/bench/wss-bench.js)', 'Working-set tracking at scale, scan paths, overhead on a running workload, eviction served back.', SPEC));
+    return;
+  }
   const log = o.json ? () => {} : (s: string) => console.log(s);
   const skip = new Set(o.skip.split(',').filter(Boolean));
   log(`uffd-engine wss-bench on Linux ${kernelRelease()}, ${require('node:os').cpus().length} CPUs, node ${process.version}`);
