@@ -4,16 +4,6 @@
 // and numbers, unlike BigInts, cost no allocation on the hot path.
 import koffi from 'koffi';
 
-// koffi gives each thread a call stack and heap (2 MiB + 1 MiB by default, three mappings)
-// and, in koffi 3.3.4, never frees them or the rest of its per-thread state when the thread
-// ends (its InstanceData is allocated at module init and never deleted). Our calls pass
-// scalars and short paths, so the smallest sizes koffi accepts bound what an ended thread
-// leaves (docs/performance.md, "Soak"). Configurable only before the first load in a thread.
-try {
-  koffi.config({ sync_stack_size: 64 * 1024, sync_heap_size: 64 * 1024 });
-} catch {
-  // Something in this thread loaded a library through koffi first: keep its sizes.
-}
 const lib = koffi.load('libc.so.6');
 
 export const libc = {
