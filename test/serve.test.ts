@@ -166,7 +166,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     await withServer({ prefetch: 'off', warm: true }, async ({ sessions }) => {
       for (let vm = 1; vm <= 2; vm++) {
         await sessions.ready(); // a fresh spare for each VM (the first at start, the next once the previous session ended)
-        const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: 20000, regions: 1, regionSize: 2 * MiB, threads: 2 }).done;
+        const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: limit(20000), regions: 1, regionSize: 2 * MiB, threads: 2 }).done;
         assert.equal(run.code, 0, run.stderr + run.stdout);
         assert.equal(run.result!.pagesChecked, 512);
         await waitFor(() => sessions.summaries.length === vm, `session ${vm}'s summary`);
@@ -356,7 +356,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
       // can still keep the sampler thread off a CPU longer than a gap, so the order is checked
       // at the resolution the sampler had (recordedInTouchOrder), not as a strict sequence.
       const steps = [...group1.map((p) => [p]), group2];
-      const t = await runNode(TOUCH_CLIENT, ['--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M',
+      const t = await runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M',
         '--touch', JSON.stringify(steps), '--gap-ms', '50']).done;
       assert.equal(t.code, 0, t.stderr + t.stdout);
       assert.equal(lastJson<{ touched: number }>(t.stdout).touched, 20);
@@ -376,7 +376,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
       // The client watches until every page is present, then waits until the session has
       // reported 'populated' before it verifies and hangs up: otherwise its hang-up races
       // with the session's own check (every 10 ms) and either may come first.
-      const watcher = runNode(TOUCH_CLIENT, ['--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M', '--watch', '--wait-stdin', '--verify-all']);
+      const watcher = runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M', '--watch', '--wait-stdin', '--verify-all']);
       await waitFor(() => /"ready"/.test(watcher.out()), 'the client to see every page present');
       await waitFor(() => /fully populated/.test(cli.err()), 'the session to report populated');
       watcher.child.stdin!.end('go\n');
@@ -405,7 +405,7 @@ describe('serve: the restore server backed by the parallel engine', function () 
     it('SIGTERM shuts down cleanly: a running VM is filled completely, then detached', async () => {
       const cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', memPath, '--prefetch', 'off', '--json']);
       await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
-      const client = runNode(TOUCH_CLIENT, ['--socket', sockPath, '--mem-file', memPath, '--region-size', '8M', '--file-offset', '8M',
+      const client = runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', memPath, '--region-size', '8M', '--file-offset', '8M',
         '--wait-stdin', '--touch', '[[5,6,7]]', '--verify-all']);
       await waitFor(() => /"ready"/.test(client.out()) && /engine serving/.test(cli.err()), 'the session');
       cli.child.kill('SIGTERM');

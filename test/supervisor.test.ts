@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { spawnFcClient, FcClientOptions } from '../src/restore/fc-client.js';
 import { RestoreServer } from '../src/restore/server.js';
 import { Supervisor, SupervisorEvent } from '../src/restore/supervisor.js';
+import { limit } from './helpers/limits.js';
 import { writeSnapshot } from './helpers/restore-fixtures.js';
 
 const MiB = 1 << 20;
@@ -21,7 +22,7 @@ const CLI = path.resolve(__dirname, '../src/cli/main.js');
 const TOUCH_CLIENT = path.resolve(__dirname, '../src/cli/touch-client.js');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 30000): Promise<void> {
+async function waitFor(cond: () => boolean, what: string, timeoutMs = limit(30_000)): Promise<void> {
   const t0 = Date.now();
   while (!cond()) {
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
@@ -57,7 +58,7 @@ const kill = (pid: number | undefined, sig: NodeJS.Signals = 'SIGKILL'): boolean
 type KillPoint = 'handshake' | 'demand' | 'remove-applied' | 'remove-unread' | 'remove-read' | 'background';
 
 describe('supervised serve: engine processes die, the VM goes on', function () {
-  this.timeout(600_000);
+  this.timeout(limit(600_000));
   let dir: string;
   let memPath: string;
   before(() => {
@@ -98,7 +99,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       let id: number | undefined;
       // 'remove-read': the engine process kills itself (a failpoint) right after it journaled
       // the REMOVE it read, before applying it.
-      const c = spawnFcClient({ socket: sock, memFile: memPath, timeoutMs: 60_000, removeGate: gate, ...client,
+      const c = spawnFcClient({ socket: sock, memFile: memPath, timeoutMs: limit(60_000), removeGate: gate, ...client,
         remove: point.startsWith('remove') ? remove : undefined });
       const peer = c.child.pid;
       const assigned = next((e) => e.type === 'engine-assigned' && e.generation === 1 && sup.snapshot().live.some((l) => l.id === e.id && l.peerPid === peer));
@@ -118,7 +119,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
         } else if (point === 'remove-read') {
           // Nothing to do here: the failpoint kills the engine once it reads the REMOVE.
         } else if (gate) {
-          await Promise.race([waitFor(() => fs.existsSync(`${gate}.ready`), 'the client to reach its REMOVE', 60_000), c.done]);
+          await Promise.race([waitFor(() => fs.existsSync(`${gate}.ready`), 'the client to reach its REMOVE', limit(60_000)), c.done]);
           const p = pid();
           kill(p, 'SIGSTOP'); // the REMOVE the client sends now stays unread
           if (p) await waitFor(() => stopped(p), 'the engine process to stop');
@@ -191,7 +192,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     const server = RestoreServer.listen({ socketPath: sock, memFilePath: memPath, serveConnection: sup.serve });
     const running = server.run();
     try {
-      const c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 1, timeoutMs: 60_000, onHandlerHangup: 'fail' });
+      const c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 1, timeoutMs: limit(60_000), onHandlerHangup: 'fail' });
       await waitFor(() => events.some((e) => e.type === 'engine-started'), 'the engine to serve');
       kill(sup.enginePid(1));
       const r = await c.done;
@@ -232,7 +233,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     // 1. Only the supervisor dies: its engine process fills what is left, then exits.
     let cli = runServe(['--socket', sock, '--mem-file', memPath, '--prefetch', 'off']);
     await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
-    let c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: 60_000, onHandlerHangup: 'fail' });
+    let c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000), onHandlerHangup: 'fail' });
     await waitFor(() => !!eventOf(cli.lines(), 'engine-started'), 'the engine to serve');
     const engine = eventOf(cli.lines(), 'engine-assigned')!.pid as number;
     cli.child.kill('SIGKILL');
@@ -248,7 +249,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     fs.rmSync(sock, { force: true });
     cli = runServe(['--socket', sock, '--mem-file', memPath, '--prefetch', 'off']);
     await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
-    c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: 60_000, onHandlerHangup: 'fail' });
+    c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000), onHandlerHangup: 'fail' });
     await waitFor(() => !!eventOf(cli.lines(), 'engine-started'), 'the engine to serve');
     const pid = eventOf(cli.lines(), 'engine-assigned')!.pid as number;
     const spares = cli.lines().filter((l) => l.event === 'engine-spawned').map((l) => l.pid as number);
@@ -258,7 +259,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     r = await c.done;
     assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
     assert.match(r.stderr, /hung up with \d+ page\(s\) never served/);
-    assert.ok(Date.now() - t0 < 30_000, 'failed at the hang-up, not at the watchdog');
+    assert.ok(Date.now() - t0 < limit(30_000), 'failed at the hang-up, not at the watchdog');
     await cli.done;
     await waitFor(() => spares.every((p) => !alive(p)), 'the spare engine processes to exit with their supervisor');
   });
@@ -270,7 +271,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     // The client registers 8 MiB, sends the handshake, then waits for a line on stdin
     // before it touches anything: every page is still missing when the supervisor dies.
     const client = spawn(process.execPath, [TOUCH_CLIENT, '--socket', sock, '--mem-file', memPath, '--region-size', '8M',
-      '--wait-stdin', '--touch', '[[5]]', '--timeout-ms', '60000'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      '--wait-stdin', '--touch', '[[5]]', '--timeout-ms', String(limit(60_000))], { stdio: ['pipe', 'pipe', 'pipe'] });
     clis.push(client);
     let out = '';
     let err = '';
@@ -286,7 +287,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     client.stdin!.end('go\n');
     const r = await exited;
     assert.equal(r.signal, 'SIGBUS', `the touch of a page never served: exit ${r.code} ${r.signal} ${err}${out}`);
-    assert.ok(Date.now() - t0 < 30_000, 'failed at the touch, not at a watchdog');
+    assert.ok(Date.now() - t0 < limit(30_000), 'failed at the touch, not at a watchdog');
   });
 
   it('--metrics serves Prometheus text (sessions, faults, pages by cause, latency histogram, restarts); --log-format json; SIGTERM drains', async () => {
@@ -305,7 +306,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
         res.on('end', () => resolve(body));
       }).on('error', reject);
     });
-    const c = spawnFcClient({ socket: sock, memFile: bigMem, regionSize: 128 * MiB, threads: 1, timeoutMs: 60_000 });
+    const c = spawnFcClient({ socket: sock, memFile: bigMem, regionSize: 128 * MiB, threads: 1, timeoutMs: limit(60_000) });
     // Kill the engine once it has reported faults (every 250 ms), so its counts survive it.
     let text = await get();
     while (!/^uffd_serve_faults_total\{kind="missing"\} [1-9]/m.test(text)) {

@@ -260,14 +260,18 @@ export function fcClientArgs(o: FcClientOptions): string[] {
 
 export interface FcClientRun { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; result?: FcClientResult }
 
-/** Starts the client as a child process; resolves when it exits (killed after timeoutMs + 5 s). */
+/**
+ * Starts the client as a child process; resolves when it exits. Its own watchdog ends it
+ * timeoutMs after it has started; a backstop kills it at twice that plus 5 s (starting Node
+ * takes seconds on a slow or emulated machine).
+ */
 export function spawnFcClient(o: FcClientOptions): { child: ChildProcess; done: Promise<FcClientRun> } {
   const child = spawn(process.execPath, fcClientArgs(o), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (b: Buffer) => { stdout += b.toString(); });
   child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
-  const killer = setTimeout(() => child.kill('SIGKILL'), (o.timeoutMs ?? 30000) + 5000);
+  const killer = setTimeout(() => child.kill('SIGKILL'), (o.timeoutMs ?? 30000) * 2 + 5000);
   const done = new Promise<FcClientRun>((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(killer);
