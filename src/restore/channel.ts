@@ -51,6 +51,14 @@ export class Channel {
     }
   }
 
+  /**
+   * Reads and delivers every message already received, now (not at the next poll): for a
+   * peer known to be gone, whose last messages may still sit in the socket.
+   */
+  drain(): void {
+    if (!this.closed) this.readable();
+  }
+
   private readable(): void {
     let gone = false;
     for (;;) {

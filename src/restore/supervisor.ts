@@ -230,6 +230,10 @@ export class Supervisor {
   private onExit(p: EngineProc, code: number | null, signal: string | null): void {
     p.exited = true;
     this.procs.delete(p);
+    // The exit can be seen before the process's last messages are read (they sit in the
+    // socket): take them first, or an engine that ended its session and exited would count
+    // as a death and the session would be handed over for nothing.
+    p.ch.drain();
     p.ch.close();
     const spare = this.spares.indexOf(p);
     if (spare >= 0) this.spares.splice(spare, 1);
