@@ -26,7 +26,7 @@ import type { Engine } from '../src/engine/engine.js';
 import { EngineThreads } from '../src/engine/threads.js';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from '../src/bench/engine-bench.js';
-import { churn, ChurnResult, slope } from './thread-churn.js';
+import { churn, ChurnResult, mappingCount, slope } from './thread-churn.js';
 
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;
@@ -98,7 +98,7 @@ function sample(faults: number, sec: number, threadsStarted: number): SoakSample
   return {
     faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
     threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length,
-    maps: fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1, threadsStarted,
+    maps: mappingCount(), threadsStarted,
   };
 }
 

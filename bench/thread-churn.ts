@@ -45,9 +45,14 @@ export interface ChurnResult {
   mapsPerThread: number; vmKibPerThread: number;
 }
 
+/** Memory mappings (VMAs) of this process now. */
+export function mappingCount(): number {
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1;
+}
+
 /** [mappings, VmSize KiB] of this process now. */
 function vmNow(): [number, number] {
-  const maps = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1;
+  const maps = mappingCount();
   const vm = Number(/^VmSize:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0);
   return [maps, vm];
 }
