@@ -16,9 +16,9 @@ set -uo pipefail
 checkout=$(cd "$(dirname "$0")/.." && pwd)
 kernel=""
 accel=auto
-mem_mib=4096
+mem_mib=8192 # the wss scale tests and hugetlb reservations want more than 4 GiB
 smp=2
-timeout_s=3600
+timeout_s="" # default: 3 h for every suite (TCG), 1 h for a selection
 mocha_timeout=600000 # TCG runs node ~10x slower than the host: scale mocha's per-test limit
 grep_pattern=""
 run_cmd=""
@@ -46,6 +46,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$accel" in auto|kvm|tcg) ;; *) die "--accel must be auto, kvm or tcg, not '$accel'" ;; esac
+if [ -z "$timeout_s" ]; then
+  if [ ${#files[@]} -eq 0 ] && [ -z "$grep_pattern" ] && [ -z "$run_cmd" ]; then timeout_s=10800; else timeout_s=3600; fi
+fi
 [[ "$mem_mib" =~ ^[0-9]+$ ]] || die "--mem takes MiB as a number, not '$mem_mib'"
 [[ "$timeout_s" =~ ^[0-9]+$ ]] || die "--timeout takes seconds as a number, not '$timeout_s'"
 

@@ -151,6 +151,9 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       await running;
     }
     assert.deepEqual(failures, [], failures.join('\n'));
+    // Every death here is one of ours: an engine killed for silence would be counted too.
+    const silent = events.filter((e) => e.type === 'engine-unresponsive');
+    assert.equal(silent.length, 0, `engine processes killed as unresponsive: ${JSON.stringify(silent)}`);
     const s = sup.summaries;
     assert.equal(s.length, n, 'one summary per restore');
     for (const x of s) assert.equal(x.errors, 0, `session ${x.id}: ${x.errors} fill errors`);

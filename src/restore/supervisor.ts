@@ -66,6 +66,8 @@ interface EngineProc {
   lastHeard: number;
   /** It said 'ready' (its modules loaded). */
   ready: boolean;
+  /** Its engine serves the session it was given (it sent 'engine-started'). */
+  serving: boolean;
   exited: boolean;
 }
 
@@ -164,7 +166,7 @@ export class Supervisor {
     } finally {
       closeSocket(theirs);
     }
-    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, exited: false } as unknown as EngineProc;
+    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, serving: false, exited: false } as unknown as EngineProc;
     p.ch = new Channel(mine, (m, fds) => this.onMessage(p, m, fds), () => undefined);
     this.procs.add(p);
     let partial = '';
@@ -220,6 +222,7 @@ export class Supervisor {
         removed: m.removed as number, scan: m.scan as string, ms: m.ms as number });
     } else if (m.type === 'event') {
       const e = m.event as SessionEvent;
+      if (e.type === 'engine-started') p.serving = true;
       if (e.type === 'summary') s.summary = e.summary;
       else this.emit(e);
     } else if (m.type === 'ended') {
@@ -326,11 +329,15 @@ export class Supervisor {
 
   private checkHealth(): void {
     const limit = this.opts.engineTimeoutMs ?? 15_000;
+    // Starting an engine (its threads, a hand-over's scan) sends nothing and may take up to
+    // the engine's own start limit (UFFD_ENGINE_START_TIMEOUT_MS, raised on slow machines):
+    // an engine not serving yet gets that much more before it counts as hung.
+    const startLimit = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
     for (const s of this.sessions.values()) {
       const p = s.proc;
       if (!p || p.exited) continue;
       const silent = Date.now() - p.lastHeard;
-      if (silent > limit) {
+      if (silent > (p.serving ? limit : limit + startLimit)) {
         this.emit({ type: 'engine-unresponsive', id: s.id, pid: p.pid, silentMs: silent });
         try { process.kill(p.pid, 'SIGKILL'); } catch { /* already gone */ }
         p.lastHeard = Date.now();
