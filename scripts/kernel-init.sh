@@ -31,6 +31,9 @@ case "$checkout" in
   *) mount -t tmpfs tmp /tmp ;;
 esac
 
+# Loopback: the remote-source suites serve chunks over HTTP on 127.0.0.1 (a fresh kernel has lo down).
+ip link set lo up || echo "kernel-init: cannot bring up lo; tests that listen on 127.0.0.1 will fail"
+
 echo "kernel-init: $(uname -r), $(nproc) CPUs, THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 cd "$checkout" || { echo "$marker=1"; poweroff -f; }
 if [ -n "$run_cmd" ]; then
