@@ -442,7 +442,7 @@ describe('engine: concurrency and failures', function () {
 });
 
 describe('engine: warm threads (EngineThreads)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   it('an engine takes a warm set and serves byte-exact; a set for another worker count is refused; unused sets end', async () => {
     const size = 8 * MiB;
     const snap = makeSnapshot(size, 5);

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { useCleanups } from './helpers/cleanups.js';
+import { limit } from './helpers/limits.js';
 
 const ROOT = path.resolve(__dirname, '../..');
 const cleanups = useCleanups();
@@ -30,7 +31,7 @@ function consumerDir(): string {
 }
 
 describe('package exports', function () {
-  this.timeout(60_000);
+  this.timeout(limit(60_000));
 
   it('the root resolves by name to the curated API and nothing of the raw kernel layer', () => {
     assert.equal(require.resolve('uffd-engine'), path.join(ROOT, 'dist/src/index.js'));

@@ -81,13 +81,13 @@ function childTouch(url: string, page: number, remote: object): Promise<{ signal
     let out = '';
     child.stdout.on('data', (b) => { out += String(b); });
     child.stderr.on('data', (b) => { out += String(b); });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), limit(60_000));
     child.on('exit', (code, signal) => { clearTimeout(timer); resolve({ signal, code, out, ms: Date.now() - t0 }); });
   });
 }
 
 describe('remote sources: chunked cache over HTTP Range (Node test server)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   const size = 16 * MiB;
   const chunkSize = 1 * MiB;
   let snap: Uint8Array;
@@ -149,7 +149,7 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
     try {
       const engine = await Engine.start({ regions: [{ region, source: sources.http(srv.url) }], workers: 2, prefetch: { background: true } });
       try {
-        const deadline = Date.now() + 60_000;
+        const deadline = Date.now() + limit(60_000);
         while (!engine.populated && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
         assert.equal(engine.populated, true, `not populated: ${engine.pagesMissing()} pages missing`);
         assert.equal(engine.stats().faults.total, 0);
@@ -287,7 +287,7 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
 });
 
 describe('remote sources: failures are explicit (child processes)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   const size = 4 * MiB;
   const chunkSize = 1 * MiB;
   let snap: Uint8Array;
@@ -376,7 +376,7 @@ describe('remote sources: failures are explicit (child processes)', function () 
 });
 
 describe('remote sources: S3-compatible store (s3rver on 127.0.0.1)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   it('snapshot upload (multipart + manifest), then every page served byte-exact through sources.s3', async () => {
     const store = await startS3();
     const size = 24 * MiB;
@@ -408,7 +408,7 @@ describe('remote sources: S3-compatible store (s3rver on 127.0.0.1)', function (
 });
 
 describe('remote sources: nginx (plain HTTP Range)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   it('a memory file and its manifest served by nginx: every page byte-exact, verified', async function () {
     const missing = nginxMissing();
     if (missing) {
@@ -447,7 +447,7 @@ describe('remote sources: nginx (plain HTTP Range)', function () {
 });
 
 describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built CLI, Firecracker-style client)', function () {
-  this.timeout(120_000);
+  this.timeout(limit(120_000));
   const CLI = path.resolve(__dirname, '../src/cli/main.js');
   function runCli(args: string[], env: NodeJS.ProcessEnv = {}): { done: Promise<{ code: number | null; stdout: string; stderr: string }>; err: () => string } {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
@@ -462,7 +462,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
   async function waitFor(cond: () => boolean, what: string): Promise<void> {
     const t0 = Date.now();
     while (!cond()) {
-      if (Date.now() - t0 > 60_000) throw new Error(`timed out waiting for ${what}`);
+      if (Date.now() - t0 > limit(60_000)) throw new Error(`timed out waiting for ${what}`);
       await new Promise((r) => setTimeout(r, 10));
     }
   }
@@ -482,7 +482,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       const cli = runCli(['serve', '--socket', sock, '--mem-url', `s3://${store.bucket}/vms/a.mem`, '--s3-endpoint', store.endpoint, '--once', '--json'], env);
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
       assert.match(cli.err(), /chunks of 1\.0 MiB, verified against its manifest/);
-      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: 60_000 }).done;
+      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
       assert.equal(run.code, 0, run.stderr + run.stdout);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
@@ -511,7 +511,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       const sock = path.join(dir, 'h.sock');
       const cli = runCli(['serve', '--socket', sock, '--mem-url', srv.url, '--preload-ws', wsFile, '--remote-in-flight', '2', '--once', '--json']);
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
-      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 8 * MiB, threads: 2, timeoutMs: 60_000 }).done;
+      const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
       assert.equal(run.code, 0, run.stderr + run.stdout);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
