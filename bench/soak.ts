@@ -16,9 +16,16 @@
 // give back: the soak measures that price here first (--churn threads loading the kernel
 // layer, one after the other) and judges memory after taking it out.
 //
-// The verdict (printed): memory is flat when the least-squares slope of RSS over the
-// cumulative faults, over the second half of the runs, after subtracting the price of the
-// threads started meanwhile, is below --flat-kib KiB per million faults.
+// The verdicts (printed). With --kill split (the default) the soak runs in two phases and
+// judges each on its own: (1) --faults faults with throw kills only (no thread ends): memory
+// is flat when the least-squares slope of RSS over the cumulative faults, over the second
+// half of the runs, is below --flat-kib KiB per million faults — nothing to take out; (2)
+// terminate kills until --deaths worker threads have ended: the RSS and mappings each death
+// leaves behind (slope over the deaths) must not exceed what a bare engine worker thread
+// leaves when it ends (--churn, measured in this process first) by more than --death-slack
+// KiB: a death costs no more than the thread itself. With --kill both|throw|terminate one
+// phase runs and the rule is (1), after subtracting the measured price of every thread
+// started meanwhile.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,6 +38,7 @@ import { churn, ChurnResult, mappingCount, slope } from './thread-churn.js';
 interface SoakOptions {
   faults: number; size: number; rounds: number; threads: number; workers: number; killMs: number;
   maxMinutes: number; json: boolean; help: boolean; kill: string; freshThreads: boolean; churn: number; flatKib: number;
+  deaths: number; deathKillMs: number; deathSlack: number;
   rejudge?: string; threadKib?: number;
 }
 
@@ -51,6 +59,23 @@ export interface SoakSample {
   maps: number;
   /** Engine threads started so far (sets started, and replacements of terminated workers). */
   threadsStarted: number;
+  /** Which phase of a split soak the run belonged to ('faults': throw kills; 'deaths': terminate kills). */
+  phase?: 'faults' | 'deaths';
+}
+
+/** Phase 2 of a split soak: what each ended worker thread left behind, against a bare thread's price. */
+export interface DeathVerdict {
+  deaths: number;
+  /** RSS slope over the deaths (KiB per ended thread), over every run of the phase. */
+  kiBPerDeath: number;
+  /** Mappings gained per ended thread, first run of the phase to last. */
+  mapsPerDeath: number;
+  /** What a bare engine worker thread leaves when it ends, measured in this process (--churn). */
+  threadKiB: number;
+  threadMaps: number;
+  slackKiB: number;
+  withinPrice: boolean;
+  rule: string;
 }
 
 export interface SoakVerdict {
@@ -81,6 +106,8 @@ export interface SoakResult {
   rssMiB: { first: number; last: number; max: number };
   samples: SoakSample[];
   verdict: SoakVerdict;
+  /** Split soaks: the death phase's verdict. */
+  deathVerdict: DeathVerdict | null;
   loadavg: number[];
 }
 
@@ -111,6 +138,23 @@ function threadPrice(c: ChurnResult): number {
   return slope(xs, c.rssMiB.slice(from).map((v) => v * 1024));
 }
 
+/** Phase 2's rule: RSS and mappings per ended thread within a bare thread's price (+ slack). */
+export function judgeDeaths(samples: SoakSample[], threadKiB: number, threadMaps: number, slackKiB: number): DeathVerdict {
+  const first = samples[0];
+  const last = samples[samples.length - 1];
+  const deaths = first && last ? last.threadsStarted - first.threadsStarted : 0;
+  const kib = samples.length >= 3 && deaths > 0 ? slope(samples.map((x) => x.threadsStarted), samples.map((x) => x.rssMiB * 1024)) : NaN;
+  const maps = first && last && deaths > 0 ? (last.maps - first.maps) / deaths : NaN;
+  const within = kib <= threadKiB + slackKiB && maps <= threadMaps + 0.5;
+  return {
+    deaths, kiBPerDeath: round1(kib), mapsPerDeath: Math.round(maps * 100) / 100, threadKiB: round1(threadKiB),
+    threadMaps: Math.round(threadMaps * 100) / 100, slackKiB, withinPrice: within,
+    rule: samples.length < 3 || deaths === 0 ? 'too few runs or deaths to judge' : `within the price when the least-squares slope of RSS over ended worker threads ` +
+      `(${samples.length} runs, ${deaths} deaths) is at most ${round1(threadKiB)} + ${slackKiB} KiB and each death leaves at most ` +
+      `${Math.round(threadMaps * 100) / 100} + 0.5 mappings (a bare engine worker thread's, measured in this process)`,
+  };
+}
+
 /** The rule: RSS slope over the second half of the samples, net of the threads started there. */
 export function judge(samples: SoakSample[], threadKiB: number, limit: number): SoakVerdict {
   const half = samples.slice(Math.floor(samples.length / 2));
@@ -138,14 +182,17 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
     prefetch: false, bounce: o.rounds, repeat: 1, reference: null,
   };
   // The price of a new thread in this process (also warms up what the first threads allocate once).
-  const threadKiB = o.churn > 0 ? threadPrice(await churn('shard-worker', o.churn)) : 0;
-  log(`a new engine worker thread leaves ${round1(threadKiB)} KiB behind (${o.churn} threads started and ended)`);
+  const priced = o.churn > 0 ? await churn('shard-worker', o.churn) : null;
+  const threadKiB = priced ? threadPrice(priced) : 0;
+  const threadMaps = priced?.mapsPerThread ?? 0;
+  log(`a new engine worker thread leaves ${round1(threadKiB)} KiB and ${threadMaps} mappings behind (${o.churn} threads started and ended)`);
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'uffd-engine-soak-'));
   const res: SoakResult = {
     faults: 0, runs: 0, seconds: 0, faultsPerSec: 0, threadsPerRun: o.freshThreads ? 'fresh' : 'reuse',
     kills: { throw: 0, terminate: 0 }, incidents: 0, mismatches: 0,
-    rssMiB: { first: 0, last: 0, max: 0 }, samples: [], verdict: judge([], 0, o.flatKib), loadavg: [],
+    rssMiB: { first: 0, last: 0, max: 0 }, samples: [], verdict: judge([], 0, o.flatKib), deathVerdict: null, loadavg: [],
   };
+  const split = o.kill === 'split';
   const t0 = Date.now();
   const deadline = t0 + o.maxMinutes * 60_000;
   let shared: EngineThreads | null = null;
@@ -158,20 +205,33 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
     }
     const sourceFile = await sourceFileFor(cfg, tmpDir, binary);
     const env = { binary, tmpDir, sourceFile };
-    while (res.faults < o.faults && Date.now() < deadline) {
+    // Phase 1 ('faults'): until --faults faults; phase 2 of a split soak ('deaths'): until --deaths worker threads ended.
+    let phase: 'faults' | 'deaths' = 'faults';
+    let deathsFrom = 0;
+    for (;;) {
+      if (phase === 'faults' && res.faults >= o.faults) {
+        if (!split || o.deaths <= 0) break;
+        phase = 'deaths';
+        deathsFrom = res.kills.terminate;
+        log(`phase 2: terminate kills until ${o.deaths} worker threads have ended`);
+      }
+      if (phase === 'deaths' && res.kills.terminate - deathsFrom >= o.deaths) break;
+      if (Date.now() >= deadline) break;
+      const kill = split ? (phase === 'faults' ? 'throw' : 'terminate') : o.kill;
+      const killMs = phase === 'deaths' ? o.deathKillMs : o.killMs;
       let engine: Engine | null = null;
       let timer: NodeJS.Timeout | null = null;
       const arm = (): void => {
         timer = setTimeout(() => {
           const e = engine;
           if (!e) return;
-          const how = o.kill === 'throw' || o.kill === 'terminate' ? o.kill : Math.random() < 0.5 ? 'throw' as const : 'terminate' as const;
+          const how = kill === 'throw' || kill === 'terminate' ? kill : Math.random() < 0.5 ? 'throw' as const : 'terminate' as const;
           e.killWorker(Math.floor(Math.random() * e.workers), how).then(() => {
             res.kills[how]++;
             if (how === 'terminate') threadsStarted++; // piscina starts a thread in its place
           }, () => undefined);
           arm();
-        }, o.killMs * (0.5 + Math.random()));
+        }, killMs * (0.5 + Math.random()));
       };
       if (o.freshThreads) threadsStarted += o.workers + 1;
       let run;
@@ -181,7 +241,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
           onEngine: (e) => {
             engine = e;
             e.on('incident', () => { res.incidents++; });
-            if (o.kill !== 'none') arm();
+            if (kill !== 'none') arm();
           },
         });
       } finally {
@@ -192,8 +252,9 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.mismatches += run.mismatches;
       res.seconds = (Date.now() - t0) / 1000;
       const s = sample(res.faults, res.seconds, threadsStarted);
+      if (split) s.phase = phase;
       res.samples.push(s);
-      log(`run ${res.runs}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
+      log(`run ${res.runs}${split ? ` (${phase})` : ''}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
         `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
         `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
@@ -204,9 +265,22 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
   const rss = res.samples.map((s) => s.rssMiB);
   res.rssMiB = { first: rss[0] ?? 0, last: rss[rss.length - 1] ?? 0, max: Math.max(0, ...rss) };
   res.faultsPerSec = res.seconds > 0 ? res.faults / res.seconds : 0;
-  res.verdict = judge(res.samples, threadKiB, o.flatKib);
+  if (split) {
+    // Phase 1 started no threads: nothing to take out. Phase 2 is judged per death.
+    res.verdict = judge(res.samples.filter((x) => x.phase === 'faults'), 0, o.flatKib);
+    // Phase 2 counts from the last run of phase 1 (no thread had ended yet).
+    const from = res.samples.findIndex((x) => x.phase === 'deaths');
+    if (o.deaths > 0 && from >= 0) res.deathVerdict = judgeDeaths(res.samples.slice(Math.max(0, from - 1)), threadKiB, threadMaps, o.deathSlack);
+  } else {
+    res.verdict = judge(res.samples, threadKiB, o.flatKib);
+  }
   res.loadavg = os.loadavg().map((v) => Math.round(v * 100) / 100);
   return res;
+}
+
+function deathLine(d: DeathVerdict): string {
+  return `worker deaths ${d.withinPrice ? 'within' : 'BEYOND'} a bare thread's price: ${d.kiBPerDeath} KiB and ${d.mapsPerDeath} mappings ` +
+    `per ended thread (a bare engine worker thread: ${d.threadKiB} KiB, ${d.threadMaps} mappings); ${d.rule}`;
 }
 
 function verdictLine(v: SoakVerdict): string {
@@ -222,7 +296,10 @@ async function main(): Promise<void> {
     threads: { type: 'number', default: 8, help: 'faulting threads' },
     workers: { type: 'number', default: 2, help: 'engine workers' },
     killMs: { type: 'number', default: 1000, help: 'mean time between worker kills (uniform 0.5x-1.5x)' },
-    kill: { type: 'string', default: 'both', help: "how workers are killed: 'throw' (mid-fill; the thread lives on), 'terminate' (the thread ends), 'both' (half each), 'none'" },
+    kill: { type: 'string', default: 'split', help: "how workers are killed: 'split' (throw kills for --faults faults, then terminate kills for --deaths deaths, each phase judged on its own), 'throw' (mid-fill; the thread lives on), 'terminate' (the thread ends), 'both' (half each), 'none'" },
+    deaths: { type: 'number', default: 300, help: "--kill split: worker threads to end (terminate kills) in phase 2" },
+    deathKillMs: { type: 'number', default: 250, help: '--kill split: mean time between terminate kills in phase 2' },
+    deathSlack: { type: 'number', default: 16, help: "--kill split: KiB per death allowed above a bare thread's price (the noise of RSS sampling)" },
     freshThreads: { type: 'boolean', default: false, help: 'give each run fresh engine threads instead of one reusable set' },
     churn: { type: 'number', default: 200, help: 'engine worker threads started and ended before the soak to measure what a new thread costs (0: count nothing)' },
     rejudge: { type: 'string', help: 'print the verdict of a soak saved with --json (FILE) again, with --thread-kib, and exit' },
@@ -233,8 +310,8 @@ async function main(): Promise<void> {
     help: { type: 'boolean', default: false, help: 'show this help' },
   };
   const o = parseArgs<SoakOptions & Record<string, unknown>>(process.argv.slice(2), spec);
-  if (!['both', 'throw', 'terminate', 'none'].includes(o.kill)) {
-    console.error(`soak: --kill must be both, throw, terminate or none (got ${o.kill})`);
+  if (!['split', 'both', 'throw', 'terminate', 'none'].includes(o.kill)) {
+    console.error(`soak: --kill must be split, both, throw, terminate or none (got ${o.kill})`);
     process.exit(2);
   }
   if (o.help) {
@@ -257,8 +334,9 @@ async function main(): Promise<void> {
       `worker kills ${r.kills.throw} throw + ${r.kills.terminate} terminate (${r.incidents} incidents); mismatching pages ${r.mismatches}; ` +
       `RSS first ${r.rssMiB.first} MiB, last ${r.rssMiB.last} MiB, max ${r.rssMiB.max} MiB over ${r.samples.length} runs; load ${r.loadavg.join(' ')}`);
     console.log(verdictLine(v));
+    if (r.deathVerdict) console.log(deathLine(r.deathVerdict));
   }
-  process.exitCode = r.mismatches || !v.flat ? 1 : 0;
+  process.exitCode = r.mismatches || !v.flat || (r.deathVerdict && !r.deathVerdict.withinPrice) ? 1 : 0;
 }
 
 if (require.main === module) {
