@@ -156,7 +156,7 @@ fi
 
 # Under TCG everything runs ~10x slower: scale the tests' hang guards and the engine's start limit.
 if [ "$accel" = tcg ]; then
-  echo 'export UFFD_TEST_TIME_SCALE=10 UFFD_ENGINE_START_TIMEOUT_MS=300000' >> "$state/conf"
+  echo 'export UFFD_TEST_TIME_SCALE=10 UFFD_ENGINE_START_TIMEOUT_MS=300000 UFFD_ENGINE_SILENCE_MS=150000' >> "$state/conf"
 fi
 echo "test-kernel: booting $kernel under QEMU ($accel, ${mem_mib} MiB, $smp CPUs, timeout ${timeout_s}s)"
 start_virtiofsd

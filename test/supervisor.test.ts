@@ -316,13 +316,25 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     writeSnapshot(bigMem, 128 * MiB);
     const cli = runServe(['--socket', sock, '--mem-file', bigMem, '--prefetch', 'off', '--metrics', msock]);
     await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
-    const get = (): Promise<string> => new Promise((resolve, reject) => {
+    const once = (): Promise<string> => new Promise((resolve, reject) => {
       http.get({ socketPath: msock, path: '/metrics' }, (res) => {
         let body = '';
         res.on('data', (d: Buffer) => { body += d.toString(); });
         res.on('end', () => resolve(body));
       }).on('error', reject);
     });
+    // A scrape can meet a connection the server is closing (EPIPE/ECONNRESET once seen inside
+    // 7.3 under TCG): scrape again; a server that is gone fails with its log.
+    const get = async (): Promise<string> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await once();
+        } catch (e) {
+          if (attempt >= 5) throw new Error(`metrics scrape failed ${attempt} times (${(e as Error).message}); serve's log:\n${cli.err()}`);
+          await sleep(100);
+        }
+      }
+    };
     const c = spawnFcClient({ socket: sock, memFile: bigMem, regionSize: 128 * MiB, threads: 1, timeoutMs: limit(60_000) });
     // Kill the engine once it has reported faults (every 250 ms), so its counts survive it.
     let text = await get();

@@ -40,7 +40,7 @@ export interface SupervisorOptions {
   spares?: number;
   /** Engine deaths a session survives; one more ends it (default 10). */
   maxRestarts?: number;
-  /** An engine process silent this long is killed and replaced (default 15000 ms). */
+  /** An engine process silent this long is killed and replaced (default 15000 ms, or UFFD_ENGINE_SILENCE_MS). */
   engineTimeoutMs?: number;
   /** Extra environment for the engine processes (tests set a failpoint with it). */
   engineEnv?: Record<string, string>;
@@ -328,7 +328,8 @@ export class Supervisor {
   }
 
   private checkHealth(): void {
-    const limit = this.opts.engineTimeoutMs ?? 15_000;
+    // UFFD_ENGINE_SILENCE_MS raises the default on slow machines (scripts/test-kernel.sh sets it under TCG).
+    const limit = this.opts.engineTimeoutMs ?? (Number(process.env.UFFD_ENGINE_SILENCE_MS) || 15_000);
     // Starting an engine (its threads, a hand-over's scan) sends nothing and may take up to
     // the engine's own start limit (UFFD_ENGINE_START_TIMEOUT_MS, raised on slow machines):
     // an engine not serving yet gets that much more before it counts as hung.
