@@ -24,8 +24,7 @@ const TOUCH_CLIENT = path.resolve(__dirname, '../src/cli/touch-client.js');
 // The kill loops' restore counts. Under emulation (TCG, ~10x slower) a 60-restore loop takes
 // half an hour; there each loop runs a fifth of its restores (every kill point still comes
 // round at least twice) and its thresholds scale with it. The host runs them all.
-const EMULATED = TIME_SCALE > 1;
-const restores = (n: number, cycle: number): number => (EMULATED ? Math.max(2 * cycle, Math.round(n / 5 / cycle) * cycle) : n);
+const restores = (n: number, cycle: number): number => (TIME_SCALE > 1 ? Math.max(2 * cycle, Math.round(n / 5 / cycle) * cycle) : n);
 const RESTORES_OFF = restores(60, 5);
 const RESTORES_JOURNAL = restores(12, 2);
 const RESTORES_ON = restores(40, 4);

@@ -18,7 +18,7 @@ import { GateSetup, watchArrivals } from '../remote/gate.js';
 import { OpenedSource, openSource, PageSource } from '../sources/index.js';
 import type { EngineSetup } from './layout.js';
 import type { CallbackRequest, DispatcherMessage, WorkerMessage } from './messages.js';
-import { DISPATCHER, EngineThreads, SHARD_WORKER } from './threads.js';
+import { DISPATCHER, EngineThreads, SHARD_WORKER, startLimitMs } from './threads.js';
 import {
   C_BYTES, C_CPU_SEC, C_EEXIST, C_ERRORS, C_EVENTS, C_FAULTS_MINOR, C_FAULTS_MISSING, C_FAULTS_RWP, C_FAULTS_WP,
   C_HANDOFFS, C_HIST, C_INLINE, C_IOCTLS, C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_READS, C_RETRIES,
@@ -372,9 +372,7 @@ export class Engine extends EventEmitter {
     this.#startDispatcher(dispatcher);
     // Chunks of remote sources arriving in the background: wake idle workers to install them.
     if (this.#setup.gates.length) this.#unwatchGates = watchArrivals(this.#setup.gates, () => this.#kickAll());
-    // Threads start in about a second; far slower under emulation (QEMU TCG), where
-    // UFFD_ENGINE_START_TIMEOUT_MS raises the limit (scripts/kernel-init.sh sets it).
-    const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+    const limitMs = startLimitMs();
     const deadline = Date.now() + limitMs;
     while (this.#ctl.readyThreads() < this.workers + 1) {
       if (Date.now() > deadline) {

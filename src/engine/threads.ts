@@ -31,6 +31,14 @@ export interface EngineThreadsOptions {
   reusable?: boolean;
 }
 
+/**
+ * How long engine threads may take to start: about a second normally, far longer under
+ * emulation (QEMU TCG), where UFFD_ENGINE_START_TIMEOUT_MS raises it (scripts/test-kernel.sh).
+ */
+export function startLimitMs(): number {
+  return Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+}
+
 /** Engine threads (a piscina pool and a dispatcher) started ahead of the engine(s) that will use them. */
 export class EngineThreads {
   readonly workers: number;
@@ -72,8 +80,7 @@ export class EngineThreads {
     });
     failed.catch(() => { this.#startFailed = true; });
     this.ready = (async () => {
-      // The engine's own start limit: far slower under emulation (QEMU TCG raises it).
-      const limitMs = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+      const limitMs = startLimitMs();
       const deadline = Date.now() + limitMs;
       while (Atomics.load(signal, 1) < workers + 1) {
         if (this.taken) return; // taken by an engine (it waits for its threads itself), or destroyed

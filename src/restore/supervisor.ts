@@ -23,6 +23,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { readRemoveJournal } from '../engine/remove-journal.js';
+import { startLimitMs } from '../engine/threads.js';
 import { close, memfdCreate } from '../kernel/memory.js';
 import { closeFds, closeSocket, socketPair } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
@@ -134,9 +135,18 @@ export class Supervisor {
   private readonly health: NodeJS.Timeout;
   private quickDeaths = 0;
   private counts = { started: 0, ended: {} as Record<string, number>, restarts: 0, handovers: 0, gaveUp: 0 };
+  /** Silence after which a serving engine process is killed (UFFD_ENGINE_SILENCE_MS raises the default on slow machines). */
+  private readonly silenceMs: number;
+  /**
+   * The same before it serves: starting an engine (its threads, a hand-over's scan) sends
+   * nothing and may take up to the engine's own start limit, so that much more.
+   */
+  private readonly startingSilenceMs: number;
 
   constructor(private readonly opts: SupervisorOptions) {
     this.config = { statsIntervalMs: 250, ...opts.engine };
+    this.silenceMs = opts.engineTimeoutMs ?? (Number(process.env.UFFD_ENGINE_SILENCE_MS) || 15_000);
+    this.startingSilenceMs = this.silenceMs + startLimitMs();
     this.health = setInterval(() => this.checkHealth(), 1000);
     this.health.unref();
     this.ensureSpares();
@@ -328,17 +338,12 @@ export class Supervisor {
   }
 
   private checkHealth(): void {
-    // UFFD_ENGINE_SILENCE_MS raises the default on slow machines (scripts/test-kernel.sh sets it under TCG).
-    const limit = this.opts.engineTimeoutMs ?? (Number(process.env.UFFD_ENGINE_SILENCE_MS) || 15_000);
-    // Starting an engine (its threads, a hand-over's scan) sends nothing and may take up to
-    // the engine's own start limit (UFFD_ENGINE_START_TIMEOUT_MS, raised on slow machines):
-    // an engine not serving yet gets that much more before it counts as hung.
-    const startLimit = Number(process.env.UFFD_ENGINE_START_TIMEOUT_MS) || 20_000;
+    const { silenceMs, startingSilenceMs } = this;
     for (const s of this.sessions.values()) {
       const p = s.proc;
       if (!p || p.exited) continue;
       const silent = Date.now() - p.lastHeard;
-      if (silent > (p.serving ? limit : limit + startLimit)) {
+      if (silent > (p.serving ? silenceMs : startingSilenceMs)) {
         this.emit({ type: 'engine-unresponsive', id: s.id, pid: p.pid, silentMs: silent });
         try { process.kill(p.pid, 'SIGKILL'); } catch { /* already gone */ }
         p.lastHeard = Date.now();
