@@ -226,9 +226,20 @@ export class Resolver {
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
       c.add(C_FAULTS_MINOR);
       // The page is in the page cache: map it. Racing faults on the same page get EEXIST.
-      const n = Math.min(1 + more, tb.pages(row) - local);
+      // A page someone holds (FILLING: a fill, or an owner's hold() while it evicts) is
+      // left alone: the holder wakes the thread when it is done, as for a missing fault.
+      const from = this.states.get(g);
+      if (from === PAGE_FILLING) {
+        this.latency(tRead);
+        return 0;
+      }
+      // The run takes the following pages in the same state, so that one compare-and-set
+      // per page can tell whether a hold came between the CONTINUE and its record.
+      const limit = Math.min(1 + more, tb.pages(row) - local);
+      let n = 1;
+      while (n < limit && this.states.get(g + n) === from) n++;
       try {
-        this.continueRun(row, local, n, Cause.demand);
+        this.continueRun(row, local, n, Cause.demand, from);
       } catch {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
@@ -569,16 +580,26 @@ export class Resolver {
     }
   }
 
-  /** Maps n pages the page cache holds (minor faults, page-cache sources). */
-  private continueRun(row: number, local: number, n: number, cause: Cause): void {
+  /**
+   * Maps n pages the page cache holds (minor faults, page-cache sources), all in state
+   * `from` before (FILLING: claimed by this thread). Each page mapped becomes PRESENT only
+   * if its state is still `from`: a page an owner took meanwhile (hold(), then forget() or
+   * markResident()) keeps what the owner recorded, and the owner's punch unmaps what this
+   * CONTINUE mapped. Pages not mapped (gave up on EAGAIN) go back to `from`'s owner.
+   */
+  private continueRun(row: number, local: number, n: number, cause: Cause, from: number): void {
     const ps = this.table.pageSize(row);
     const g = this.table.stateBase(row) + local;
     const dst = this.table.start(row) + local * ps;
     const run = this.runRange(K_CONTINUE, row, local, n);
-    if (run.gaveUp) this.safeWake(dst + run.done, n * ps - run.done);
-    this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, n);
-    this.counters.add(C_BYTES, run.done);
-    for (let i = 0; i < n; i++) this.states.set(g + i, PAGE_PRESENT); // counted first, as in finish()
+    const ok = Math.floor(run.done / ps);
+    if (run.gaveUp) {
+      if (from === PAGE_FILLING) this.release(row, local + ok, local + n, PAGE_MISSING);
+      this.safeWake(dst + run.done, n * ps - run.done);
+    }
+    this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, ok);
+    this.counters.add(C_BYTES, run.filled);
+    for (let i = 0; i < ok; i++) this.states.transition(g + i, from, PAGE_PRESENT); // counted first, as in finish()
   }
 
   /**
@@ -678,7 +699,7 @@ export class Resolver {
       // A page-cache source: map what the cache holds (CONTINUE); what it lacks is filled
       // from the missing-fault source below.
       try {
-        this.continueRun(row, local, n, Cause.background);
+        this.continueRun(row, local, n, Cause.background, PAGE_FILLING);
         return n;
       } catch {
         // Not in the page cache (or gone): fill it as a missing page.

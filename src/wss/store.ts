@@ -246,24 +246,13 @@ export class PageStore {
    * region (DROPPED; their copy stays for the next sample's comparison, unless `dropReturned`:
    * under RWP their writes were told in this sample's window), and copies of pages that came
    * back earlier but are gone from the region now are freed.
-   *
-   * With `verify` (the minor method) a page recorded PRESENT is first checked to be mapped:
-   * the engine resolves a minor fault with UFFDIO_CONTINUE without looking at its page states,
-   * so a CONTINUE that mapped a page just before it was punched can record the page PRESENT
-   * after forget() made it MISSING. Such a page (not mapped, its bytes in the store) is handed
-   * to the engine again (MISSING), never marked resident (that would serve zeros).
    */
-  reconcile(dropReturned: boolean, verify?: Scanner): void {
+  reconcile(dropReturned: boolean): void {
     const eng = this.engine;
     const { P } = this;
     const base = this.p.regionAddr;
     let bs = -1, be = -1, gs = -1, ge = -1;
-    const flushBack = () => {
-      if (bs < 0) return;
-      if (verify) this.backOrLost(bs, be, verify);
-      else eng.markResident(base + bs * P, (be - bs) * P);
-      bs = -1;
-    };
+    const flushBack = () => { if (bs >= 0) eng.markResident(base + bs * P, (be - bs) * P); bs = -1; };
     const flushGone = () => { if (gs >= 0) this.dropCopies(gs, ge); gs = -1; };
     this.copies.forEachSet((p) => {
       const es = eng.pageState(p);
@@ -278,25 +267,6 @@ export class PageStore {
     });
     flushBack();
     flushGone();
-  }
-
-  // Pages [first, last) recorded PRESENT: mapped ones are the region's again; the others lost
-  // their page to a punch after a racing CONTINUE and are served from the store again.
-  private backOrLost(first: number, last: number, scanner: Scanner): void {
-    const eng = this.engine;
-    const { P } = this;
-    const base = this.p.regionAddr;
-    let at = base + first * P;
-    const end = base + last * P;
-    const lost = (s: number, e: number) => {
-      for (let a = s; a < e; a += P) if (eng.hold(a, P) > 0) eng.forget(a, P); // FILLING: being served right now
-    };
-    scanner.scan(at, end, { categoryMask: C.PAGE_IS_PRESENT }, (s, e) => {
-      if (s > at) lost(at, s);
-      eng.markResident(s, e - s);
-      at = e;
-    });
-    if (at < end) lost(at, end);
   }
 
   /**

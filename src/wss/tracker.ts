@@ -264,8 +264,6 @@ export class WssTracker implements SoftDirtyUser {
   get seesReads(): boolean { return this.methods.access !== 'none'; }
   /** The engine serving the region's faults (server 'engine'). */
   get engine(): Engine | undefined { return this.store?.engine; }
-  /** minor: pages the engine records PRESENT are checked to be mapped (store.reconcile). */
-  private get verifyReturns(): Scanner | undefined { return this.access === 'minor' ? this.scanner : undefined; }
   /** Address of the store (the engine's source, same offsets as the region), or 0. */
   get storeAddr(): number { return this.store?.addr ?? 0; }
 
@@ -426,7 +424,7 @@ export class WssTracker implements SoftDirtyUser {
     this.intervals++;
     const scanMs = Number(this.scanner.nanos - scanNanos0) / 1e6;
     const cls = this.history.classify();
-    this.store?.reconcile(this.access === 'rwp', this.verifyReturns);
+    this.store?.reconcile(this.access === 'rwp');
     const counts = this.engineCounts();
     const faults = counts.faults - this.lastCounts.faults;
     const servedBack = counts.served - this.lastCounts.served;
@@ -704,7 +702,7 @@ export class WssTracker implements SoftDirtyUser {
     if (!engine || !this.store) return { copied: 0 };
     const before = engine.stats().pages.total;
     await engine.populate();
-    this.store.reconcile(this.access === 'rwp', this.verifyReturns);
+    this.store.reconcile(this.access === 'rwp');
     return { copied: engine.stats().pages.total - before };
   }
 
@@ -715,8 +713,6 @@ export class WssTracker implements SoftDirtyUser {
     removeSoftDirtyUser(this);
     try {
       if (this.store) {
-        // minor: hand pages a racing CONTINUE recorded PRESENT back to the engine first (reconcile()).
-        if (this.verifyReturns) this.store.reconcile(false, this.verifyReturns);
         // 'complete': the workers fill every page still in the store, then unregister.
         this.finalEngineStats = await this.store.engine.stop({ mode: 'complete' });
         this.store.rescueAfterStop(this.scanner);
