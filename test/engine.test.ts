@@ -4,6 +4,7 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { Engine, EngineStats, EngineThreads, PAGE_DROPPED, StartStep } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
 import { Userfaultfd } from '../src/kernel/userfaultfd.js';
@@ -718,4 +719,54 @@ describe('engine: write-protect faults and the live-snapshot hook', function () 
       fs.rmSync(log, { force: true });
     }
   });
+
+  for (const inline of ['always', 'never'] as const) {
+    it(`WP faults while REMOVE events keep arriving (inline ${inline}): an un-protect refused with EAGAIN is retried, no thread dies`, async () => {
+      // A madvise(DONTNEED) in a served range sets the kernel's "mappings changing" flag
+      // until its REMOVE is read; UFFDIO_WRITEPROTECT answers EAGAIN meanwhile. The
+      // dispatcher (inline 'always') must hand such a fault to a worker rather than throw:
+      // it is the thread that reads the REMOVE, and dead it leaves the madvise (and on
+      // Linux 7.3 the tracker's main thread, blocked in one) waiting forever.
+      const pages = 256;
+      const hotFirst = 64; // pages [0, 64) are removed over and over; [64, 256) take WP faults
+      const snap = makeSnapshot(pages * PAGE, 21);
+      const region = memoryType('anon').create({ size: pages * PAGE });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap), modes: ['missing', 'wp'] }], workers: 2, inline });
+      const stop = new SharedArrayBuffer(4);
+      const memory = path.resolve(__dirname, '../src/kernel/memory.js');
+      const remover = new Worker(`
+        const { workerData: w, parentPort } = require('node:worker_threads');
+        const { madvise } = require(w.memory);
+        const stop = new Int32Array(w.stop);
+        let n = 0;
+        while (Atomics.load(stop, 0) === 0) { madvise(w.addr + (n % ${hotFirst / 4}) * 4 * ${PAGE}, 4 * ${PAGE}, ${MADV_DONTNEED}); n++; Atomics.wait(stop, 0, 0, 0.05); }
+        parentPort.postMessage(n);`, { eval: true, workerData: { memory, stop, addr: region.addr } });
+      const removes = new Promise<number>((resolve, reject) => { remover.once('message', resolve); remover.once('error', reject); });
+      try {
+        const rounds = 20;
+        const wpPages = Array.from({ length: pages - hotFirst }, (_, i) => hotFirst + i);
+        await runTouchers([{ addr: region.addr, pageSize: PAGE, pages: wpPages, expectAddr: addressOf(snap), write: false }], limit(60_000));
+        for (let r = 0; r < rounds; r++) {
+          engine.writeProtect(region.addr + hotFirst * PAGE, (pages - hotFirst) * PAGE);
+          const jobs = assignPages(pages - hotFirst, 2, 'random', r + 1).map((p) => ({
+            addr: region.addr, pageSize: PAGE, pages: p.map((i) => i + hotFirst), expectAddr: addressOf(snap), write: true,
+          }));
+          noMismatch(await runTouchers(jobs, limit(60_000)));
+        }
+        Atomics.store(new Int32Array(stop), 0, 1);
+        const n = await removes;
+        const st = engine.stats();
+        console.log(`      (${n} removes during ${st.faults.wp} WP faults; ${st.retries} EAGAIN retries)`);
+        assert.equal(st.incidents, 0, `incidents: ${engine.incidents.map((i) => i.message).join('; ')}`);
+        assert.equal(st.errors, 0);
+        assert.equal(st.faults.wp, rounds * (pages - hotFirst), 'one WP fault per page and round');
+        assert.ok(n > 0 && st.removes > 0, 'REMOVE events arrived meanwhile');
+      } finally {
+        Atomics.store(new Int32Array(stop), 0, 1);
+        await removes.catch(() => 0);
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    });
+  }
 });

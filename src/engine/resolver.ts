@@ -206,20 +206,21 @@ export class Resolver {
     const g = tb.stateBase(row) + local;
     const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-      c.add(C_FAULTS_WP);
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
-      this.uffd.writeprotect(pageAddr, ps, false);
-      c.add(C_IOCTLS);
+      if (!this.unprotect(pageAddr, ps, false)) return DEFERRED;
+      c.add(C_FAULTS_WP);
       this.latency(tRead);
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
-      c.add(C_FAULTS_RWP);
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
       // thread waits; closing the window wakes it and it retries (async by then).
-      if (this.ctl.rwpHold()) return 0;
-      this.uffd.rwprotect(pageAddr, ps, false);
-      c.add(C_IOCTLS);
+      if (this.ctl.rwpHold()) {
+        c.add(C_FAULTS_RWP);
+        return 0;
+      }
+      if (!this.unprotect(pageAddr, ps, true)) return DEFERRED;
+      c.add(C_FAULTS_RWP);
       this.latency(tRead);
       return 0;
     }
@@ -287,6 +288,29 @@ export class Resolver {
     // Otherwise another thread is filling it: its ioctl wakes this one.
     this.latency(tRead);
     return 0;
+  }
+
+  /**
+   * Un-protects a faulting page (WP, or RWP). EAGAIN (an event such as a REMOVE not read
+   * yet) is retried while this thread may wait for a reader; the dispatcher, which is the
+   * reader, answers false (DEFERRED: a worker retries while it reads). After EAGAIN_LIMIT
+   * tries the thread is woken and faults again.
+   */
+  private unprotect(addr: number, ps: number, rwp: boolean): boolean {
+    const c = this.counters;
+    for (let tries = 0; ; tries++) {
+      const ok = rwp ? this.uffd.tryRwprotect(addr, ps, false) : this.uffd.tryWriteprotect(addr, ps, false);
+      c.add(C_IOCTLS);
+      if (ok) return true;
+      c.add(C_RETRIES);
+      if (!this.mayRetry) return false;
+      if (tries >= EAGAIN_LIMIT) {
+        this.safeWake(addr, ps);
+        return true;
+      }
+      this.needReader();
+      yieldCpu();
+    }
   }
 
   /** A ring entry asking to re-zero the page at addr (queued by the dispatcher). */

@@ -7,6 +7,7 @@ import { FeatureName, FEATURE_BITS, FEATURE_NAMES } from './constants.js';
 import { ConfigError, UffdError, UnsupportedError, hintFor } from './errors.js';
 import { addressOf, errno, errnoName, libc, ERRNO } from './libc.js';
 import { s64, u64, writeU64 } from './messages.js';
+import { yieldCpu } from './time.js';
 
 export interface UserfaultfdOptions {
   closeOnExec?: boolean; // default true
@@ -55,6 +56,23 @@ export function ioctlNames(mask: bigint): IoctlName[] {
 function fail(op: string, start?: number, len?: number, done?: number): never {
   const e = errno();
   throw new UffdError({ op, errno: e, start, len, done, hint: hintFor(op, errnoName(e)) });
+}
+
+// How long a (un)protect retries EAGAIN: the event in the way is read by another thread
+// (an engine's dispatcher) within microseconds; seconds mean nobody reads this uffd.
+const AGAIN_RETRY_MS = 5000;
+
+function retryAgain(op: string, start: number, len: number, attempt: () => boolean): void {
+  let deadline = 0;
+  while (!attempt()) {
+    const now = performance.now();
+    if (!deadline) deadline = now + AGAIN_RETRY_MS;
+    else if (now > deadline) {
+      throw new UffdError({ op, errno: ERRNO.EAGAIN, start, len, hint: `still EAGAIN after ${AGAIN_RETRY_MS / 1000} s: ` +
+        'an event (REMOVE, UNMAP, REMAP, FORK) on this userfaultfd is waiting to be read; the thread that reads the uffd must read it' });
+    }
+    yieldCpu();
+  }
 }
 
 let offeredCache: { features: bigint; ioctls: bigint } | undefined;
@@ -310,22 +328,40 @@ export class Userfaultfd {
     return this.rangeOp(IO_MOVE, dst, len, out);
   }
 
-  /** Write-protects (protect = true) or un-protects the range (un-protect wakes unless DONTWAKE). */
+  /**
+   * Write-protects (protect = true) or un-protects the range (un-protect wakes unless
+   * DONTWAKE). EAGAIN (the mappings are changing under an event, e.g. a REMOVE, that no one
+   * has read yet) is retried while another thread reads it; see tryWriteprotect().
+   */
   writeprotect(start: number, len: number, protect: boolean, dontWake = false): void {
-    this.range(start, len);
-    writeU64(this.dv, 16, (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
-    if (libc.ioctl(this.fd, C.UFFDIO_WRITEPROTECT, this.argAddr) < 0) fail('writeprotect', start, len);
+    retryAgain('writeprotect', start, len, () => this.tryWriteprotect(start, len, protect, dontWake));
   }
 
-  /** Read-write-protects (Linux 7.3 RWP) or restores access to the range. */
+  /** One UFFDIO_WRITEPROTECT: false on EAGAIN (an event not read yet: retry once it is), throws on any other error. */
+  tryWriteprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
+    this.range(start, len);
+    writeU64(this.dv, 16, (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
+    if (libc.ioctl(this.fd, C.UFFDIO_WRITEPROTECT, this.argAddr) === 0) return true;
+    if (errno() === ERRNO.EAGAIN) return false;
+    fail('writeprotect', start, len);
+  }
+
+  /** Read-write-protects (Linux 7.3 RWP) or restores access to the range; EAGAIN is retried as in writeprotect(). */
   rwprotect(start: number, len: number, protect: boolean, dontWake = false): void {
+    retryAgain('rwprotect', start, len, () => this.tryRwprotect(start, len, protect, dontWake));
+  }
+
+  /** One UFFDIO_RWPROTECT: false on EAGAIN, throws on any other error. */
+  tryRwprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
     if (!this.has('RWP')) {
       throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.3 read-write-protect), which this userfaultfd was not granted; ' +
         'use WP_ASYNC write tracking or the access-tracking fallbacks instead');
     }
     this.range(start, len);
     writeU64(this.dv, 16, (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
-    if (libc.ioctl(this.fd, C.UFFDIO_RWPROTECT, this.argAddr) < 0) fail('rwprotect', start, len);
+    if (libc.ioctl(this.fd, C.UFFDIO_RWPROTECT, this.argAddr) === 0) return true;
+    if (errno() === ERRNO.EAGAIN) return false;
+    fail('rwprotect', start, len);
   }
 
   /** UFFDIO_SET_MODE (Linux 7.3): toggles features such as RWP_ASYNC at run time. */

@@ -7,13 +7,13 @@
 // fault itself when the target worker sleeps and the batch is small (a hand-off costs a
 // cross-CPU wake-up, which is slower than the ioctl).
 import { parentPort, workerData } from 'node:worker_threads';
-import { UFFD_PAGEFAULT_FLAG_WP } from '../../kernel/constants.js';
+import { PAGE_SIZE, UFFD_PAGEFAULT_FLAG_WP } from '../../kernel/constants.js';
 import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
 import { DEFERRED, Fault, nowMs, Resolver } from '../resolver.js';
-import { C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
+import { C_ERRORS, C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
 import { MissOp } from '../tables.js';
 import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
 
@@ -141,7 +141,16 @@ function serve(setup: EngineSetup): void {
           fault.row = table.findRow(fault.addr);
           fault.readAt = t;
           fault.more = 0;
-          route(fault, n);
+          try {
+            route(fault, n);
+          } catch (err) {
+            // The dispatcher must not die with messages unread: a thread blocked in madvise
+            // waits for this reader to read its REMOVE, and a restart needs the main thread.
+            // Report, wake the thread (it faults again), go on.
+            c.add(C_ERRORS);
+            post({ type: 'incident', message: `dispatcher: resolving the fault at 0x${fault.addr.toString(16)} failed: ${(err as Error).message}` });
+            r.safeWake(fault.addr - (fault.addr % PAGE_SIZE), PAGE_SIZE);
+          }
         }
         for (let s = 0; s < rings.length; s++) {
           const k = staged[s] as number;
