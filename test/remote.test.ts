@@ -483,7 +483,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
       assert.match(cli.err(), /chunks of 1\.0 MiB, verified against its manifest/);
       const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
-      assert.equal(run.code, 0, run.stderr + run.stdout);
+      assert.equal(run.code, 0, `client exit ${run.code} (signal ${run.signal}): ${run.stderr}${run.stdout}\n--- serve's stderr:\n${cli.err()}`);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
       const s = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop() as string);
@@ -512,7 +512,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       const cli = runCli(['serve', '--socket', sock, '--mem-url', srv.url, '--preload-ws', wsFile, '--remote-in-flight', '2', '--once', '--json']);
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
       const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
-      assert.equal(run.code, 0, run.stderr + run.stdout);
+      assert.equal(run.code, 0, `client exit ${run.code} (signal ${run.signal}): ${run.stderr}${run.stdout}\n--- serve's stderr:\n${cli.err()}`);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
       // The working set's chunks in recorded order; a demand fault of the VM (say on chunk 0)

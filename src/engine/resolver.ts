@@ -37,6 +37,9 @@ export interface FillHow {
 /** handleFault / fill result of the dispatcher when it cannot finish without waiting: hand the fault to a worker. */
 export const DEFERRED = -1;
 
+/** What unprotect() did: un-protected, left to a worker (dispatcher), or gave up and woke the thread. */
+const Unprotect = { done: 0, defer: 1, wokeUp: 2 } as const;
+type Unprotect = typeof Unprotect[keyof typeof Unprotect];
 const EAGAIN_LIMIT = 2000; // then give the fault back to the kernel (wake: it re-faults)
 
 // The ioctl a run of pages is filled with.
@@ -207,9 +210,12 @@ export class Resolver {
     const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
-      if (!this.unprotect(pageAddr, ps, false)) return DEFERRED;
-      c.add(C_FAULTS_WP);
-      this.latency(tRead);
+      const u = this.unprotect(pageAddr, ps, false);
+      if (u === Unprotect.defer) return DEFERRED;
+      if (u === Unprotect.done) {
+        c.add(C_FAULTS_WP);
+        this.latency(tRead);
+      }
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
@@ -219,9 +225,12 @@ export class Resolver {
         c.add(C_FAULTS_RWP);
         return 0;
       }
-      if (!this.unprotect(pageAddr, ps, true)) return DEFERRED;
-      c.add(C_FAULTS_RWP);
-      this.latency(tRead);
+      const u = this.unprotect(pageAddr, ps, true);
+      if (u === Unprotect.defer) return DEFERRED;
+      if (u === Unprotect.done) {
+        c.add(C_FAULTS_RWP);
+        this.latency(tRead);
+      }
       return 0;
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
@@ -293,20 +302,20 @@ export class Resolver {
   /**
    * Un-protects a faulting page (WP, or RWP). EAGAIN (an event such as a REMOVE not read
    * yet) is retried while this thread may wait for a reader; the dispatcher, which is the
-   * reader, answers false (DEFERRED: a worker retries while it reads). After EAGAIN_LIMIT
-   * tries the thread is woken and faults again.
+   * reader, answers defer (a worker retries while it reads). After EAGAIN_LIMIT tries the
+   * thread is woken (wokeUp): it faults again, and that fault is counted.
    */
-  private unprotect(addr: number, ps: number, rwp: boolean): boolean {
+  private unprotect(addr: number, ps: number, rwp: boolean): Unprotect {
     const c = this.counters;
     for (let tries = 0; ; tries++) {
       const ok = rwp ? this.uffd.tryRwprotect(addr, ps, false) : this.uffd.tryWriteprotect(addr, ps, false);
       c.add(C_IOCTLS);
-      if (ok) return true;
+      if (ok) return Unprotect.done;
       c.add(C_RETRIES);
-      if (!this.mayRetry) return false;
+      if (!this.mayRetry) return Unprotect.defer;
       if (tries >= EAGAIN_LIMIT) {
         this.safeWake(addr, ps);
-        return true;
+        return Unprotect.wokeUp;
       }
       this.needReader();
       yieldCpu();
