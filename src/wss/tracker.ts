@@ -497,15 +497,16 @@ export class WssTracker implements SoftDirtyUser {
     }
   }
 
-  // Marks what the hot scan (PAGE_IS_ACCESSED) reports; returns the pages marked.
+  // Marks what the hot scan (PAGE_IS_ACCESSED) reports; returns the pages newly marked this
+  // interval, each once (inside 7.3 the scan reported 512 of 106496 pages twice at 4 GiB: a
+  // sum of run lengths counted them twice, the marks did not).
   private scanAccessed(): { pages: number; regions: number; calls: number } {
     const { region, history: h } = this;
     let pages = 0;
     const r = this.scanner.scan(region.addr, region.addr + region.size, { categoryMask: C.PAGE_IS_ACCESSED, returnMask: C.PAGE_IS_ACCESSED },
       (s, e) => {
         const [f, l] = this.pageRange(s, e);
-        h.mark(h.access, f, l, true);
-        pages += l - f;
+        pages += h.mark(h.access, f, l, true);
       });
     return { pages, regions: r.regions, calls: r.calls };
   }
