@@ -37,9 +37,6 @@ export interface FillHow {
 /** handleFault / fill result of the dispatcher when it cannot finish without waiting: hand the fault to a worker. */
 export const DEFERRED = -1;
 
-/** What unprotect() did: un-protected, left to a worker (dispatcher), or gave up and woke the thread. */
-const Unprotect = { done: 0, defer: 1, wokeUp: 2 } as const;
-type Unprotect = typeof Unprotect[keyof typeof Unprotect];
 const EAGAIN_LIMIT = 2000; // then give the fault back to the kernel (wake: it re-faults)
 
 // The ioctl a run of pages is filled with.
@@ -210,13 +207,7 @@ export class Resolver {
     const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
       if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
-      const u = this.unprotect(pageAddr, ps, false);
-      if (u === Unprotect.defer) return DEFERRED;
-      if (u === Unprotect.done) {
-        c.add(C_FAULTS_WP);
-        this.latency(tRead);
-      }
-      return 0;
+      return this.unprotect(pageAddr, ps, false, tRead);
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
@@ -225,13 +216,7 @@ export class Resolver {
         c.add(C_FAULTS_RWP);
         return 0;
       }
-      const u = this.unprotect(pageAddr, ps, true);
-      if (u === Unprotect.defer) return DEFERRED;
-      if (u === Unprotect.done) {
-        c.add(C_FAULTS_RWP);
-        this.latency(tRead);
-      }
-      return 0;
+      return this.unprotect(pageAddr, ps, true, tRead);
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
       c.add(C_FAULTS_MINOR);
@@ -300,26 +285,40 @@ export class Resolver {
   }
 
   /**
-   * Un-protects a faulting page (WP, or RWP). EAGAIN (an event such as a REMOVE not read
-   * yet) is retried while this thread may wait for a reader; the dispatcher, which is the
-   * reader, answers defer (a worker retries while it reads). After EAGAIN_LIMIT tries the
-   * thread is woken (wokeUp): it faults again, and that fault is counted.
+   * Resolves a WP or RWP fault by un-protecting its page; returns 0, or DEFERRED. EAGAIN
+   * (an event such as a REMOVE not read yet) is retried while this thread may wait for a
+   * reader; the dispatcher, which is the reader, defers (a worker retries while it reads).
+   * A thread still refused after EAGAIN_LIMIT tries is woken: it faults again, and only
+   * that fault is counted.
    */
-  private unprotect(addr: number, ps: number, rwp: boolean): Unprotect {
+  private unprotect(addr: number, ps: number, rwp: boolean, tRead: number): number {
     const c = this.counters;
-    for (let tries = 0; ; tries++) {
+    for (let retries = 0; ;) {
       const ok = rwp ? this.uffd.tryRwprotect(addr, ps, false) : this.uffd.tryWriteprotect(addr, ps, false);
       c.add(C_IOCTLS);
-      if (ok) return Unprotect.done;
-      c.add(C_RETRIES);
-      if (!this.mayRetry) return Unprotect.defer;
-      if (tries >= EAGAIN_LIMIT) {
+      if (ok) break;
+      if (!this.awaitReader(++retries)) {
+        if (!this.mayRetry) return DEFERRED;
         this.safeWake(addr, ps);
-        return Unprotect.wokeUp;
+        return 0;
       }
-      this.needReader();
-      yieldCpu();
     }
+    c.add(rwp ? C_FAULTS_RWP : C_FAULTS_WP);
+    this.latency(tRead);
+    return 0;
+  }
+
+  /**
+   * After an EAGAIN (the mappings change under an event not read yet): whether to try again.
+   * Not in the dispatcher (it reads the events, it must not wait for them) nor past
+   * EAGAIN_LIMIT; otherwise asks for a reader and yields the CPU first.
+   */
+  private awaitReader(retries: number): boolean {
+    this.counters.add(C_RETRIES);
+    if (!this.mayRetry || retries > EAGAIN_LIMIT) return false;
+    this.needReader();
+    yieldCpu();
+    return true;
   }
 
   /** A ring entry asking to re-zero the page at addr (queued by the dispatcher). */
@@ -444,13 +443,10 @@ export class Resolver {
         continue;
       }
       if (res.bytes > 0) continue; // partial progress: go on from there
-      c.add(C_RETRIES);
-      if (!this.mayRetry || ++retries > EAGAIN_LIMIT) {
+      if (!this.awaitReader(++retries)) {
         run.gaveUp = true;
         break;
       }
-      this.needReader(); // the event in the way must be read
-      yieldCpu();
     }
     return run;
   }

@@ -125,6 +125,8 @@ export class Userfaultfd {
   private readonly dv = new DataView(this.arg);
   private readonly argAddr: number;
   private closed = false;
+  /** Whether RWP was granted (asked once: RWP faults un-protect through it). */
+  private readonly rwp: boolean;
 
   private constructor(fd: number, features: bigint, ioctls: bigint, nonBlocking: boolean) {
     this.fd = fd;
@@ -132,6 +134,7 @@ export class Userfaultfd {
     this.ioctls = ioctls;
     this.nonBlocking = nonBlocking;
     this.argAddr = addressOf(new Uint8Array(this.arg));
+    this.rwp = this.has('RWP');
   }
 
   /** What this kernel offers (asked once on a throw-away userfaultfd, then cached). */
@@ -339,11 +342,8 @@ export class Userfaultfd {
 
   /** One UFFDIO_WRITEPROTECT: false on EAGAIN (an event not read yet: retry once it is), throws on any other error. */
   tryWriteprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
-    this.range(start, len);
-    writeU64(this.dv, 16, (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
-    if (libc.ioctl(this.fd, C.UFFDIO_WRITEPROTECT, this.argAddr) === 0) return true;
-    if (errno() === ERRNO.EAGAIN) return false;
-    fail('writeprotect', start, len);
+    return this.protectOnce('writeprotect', C.UFFDIO_WRITEPROTECT, start, len,
+      (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
   }
 
   /** Read-write-protects (Linux 7.3 RWP) or restores access to the range; EAGAIN is retried as in writeprotect(). */
@@ -353,15 +353,21 @@ export class Userfaultfd {
 
   /** One UFFDIO_RWPROTECT: false on EAGAIN, throws on any other error. */
   tryRwprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
-    if (!this.has('RWP')) {
+    if (!this.rwp) {
       throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.3 read-write-protect), which this userfaultfd was not granted; ' +
         'use WP_ASYNC write tracking or the access-tracking fallbacks instead');
     }
+    return this.protectOnce('rwprotect', C.UFFDIO_RWPROTECT, start, len,
+      (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
+  }
+
+  // WRITEPROTECT and RWPROTECT share one struct: { range, mode }.
+  private protectOnce(op: string, req: number, start: number, len: number, mode: number): boolean {
     this.range(start, len);
-    writeU64(this.dv, 16, (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
-    if (libc.ioctl(this.fd, C.UFFDIO_RWPROTECT, this.argAddr) === 0) return true;
+    writeU64(this.dv, 16, mode);
+    if (libc.ioctl(this.fd, req, this.argAddr) === 0) return true;
     if (errno() === ERRNO.EAGAIN) return false;
-    fail('rwprotect', start, len);
+    fail(op, start, len);
   }
 
   /** UFFDIO_SET_MODE (Linux 7.3): toggles features such as RWP_ASYNC at run time. */
