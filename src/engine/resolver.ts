@@ -293,17 +293,20 @@ export class Resolver {
    */
   private unprotect(addr: number, ps: number, rwp: boolean, tRead: number): number {
     const c = this.counters;
+    const counter = rwp ? C_FAULTS_RWP : C_FAULTS_WP;
+    // Counted before the ioctl that wakes the thread: whoever it tells it is done sees it counted.
+    c.add(counter);
     for (let retries = 0; ;) {
       const ok = rwp ? this.uffd.tryRwprotect(addr, ps, false) : this.uffd.tryWriteprotect(addr, ps, false);
       c.add(C_IOCTLS);
       if (ok) break;
       if (!this.awaitReader(++retries)) {
+        c.add(counter, -1); // not resolved here: a worker, or the thread's next fault, counts it
         if (!this.mayRetry) return DEFERRED;
         this.safeWake(addr, ps);
         return 0;
       }
     }
-    c.add(rwp ? C_FAULTS_RWP : C_FAULTS_WP);
     this.latency(tRead);
     return 0;
   }
