@@ -128,6 +128,8 @@ export class Resolver {
   private readonly droppedHow: FillHow;
   private readonly refillHow: FillHow = { demand: 1, zero: false, cause: Cause.demand, from: PAGE_PRESENT };
   private readonly backgroundHow: FillHow = { demand: 0, zero: false, cause: Cause.background, from: PAGE_MISSING };
+  private readonly continueDemand: FillHow = { demand: 1 << 30, zero: false, cause: Cause.demand, from: PAGE_MISSING };
+  private readonly continueBackground: FillHow = { demand: 0, zero: false, cause: Cause.background, from: PAGE_FILLING };
   private readonly failHow: FillHow = { demand: 0, zero: true, cause: Cause.demand, from: PAGE_MISSING };
   private readonly recoverHow: FillHow = { demand: 0, zero: false, cause: Cause.demand, from: PAGE_MISSING };
 
@@ -368,6 +370,9 @@ export class Resolver {
       if (n <= 0) return n;
     }
     const len = n * ps;
+    // Counted before the ioctl that wakes the faulting threads: whoever it tells the page is
+    // there sees it in the statistics too. finish() corrects it if fewer pages were filled.
+    this.countFill(kind, how, n, ps);
     let run: RangeRun;
     try {
       run = this.runRange(kind, row, local, n);
@@ -382,7 +387,7 @@ export class Resolver {
       const ok = Math.ceil(r.done / ps);
       this.release(row, local + ok, local + n, gone ? PAGE_DROPPED : how.from);
       this.safeWake(dst + r.done, len - r.done);
-      this.finish(row, local, ok, how);
+      this.finish(row, local, ok, how, n);
       if (!gone && e !== ERRNO.EFAULT) throw err;
       return ok;
     }
@@ -393,7 +398,7 @@ export class Resolver {
       if (this.mayRetry) this.safeWake(dst + run.done, len - run.done);
     }
     const stale = how.zero && how.from === PAGE_DROPPED && run.firstExist >= 0 ? local + Math.floor(run.firstExist / ps) : -1;
-    this.finish(row, local, ok, how);
+    this.finish(row, local, ok, how, n);
     // A removed page we zero-filled was already mapped: a source fill that raced with the
     // REMOVE landed after the zap. Its bytes must go.
     if (stale >= 0) this.rezero(row, stale);
@@ -537,36 +542,47 @@ export class Resolver {
   }
 
   /**
-   * Publishes a fill: pages [local, local+ok) become PRESENT. A page whose transition fails
-   * was dropped by a REMOVE while we filled it: if our copy may have landed after the
-   * kernel zapped it, it holds source bytes where zeros belong, so it is zeroed again.
+   * Publishes a fill: pages [local, local+ok) become PRESENT. `counted` pages were counted
+   * before the ioctl (countFill): if the run filled another number (EEXIST skips, a failure,
+   * a poison), the statistics are corrected first, so whoever sees the pages PRESENT
+   * (populate(), stop) sees them counted. A page whose transition fails was dropped by a
+   * REMOVE while we filled it: if our copy may have landed after the kernel zapped it, it
+   * holds source bytes where zeros belong, so it is zeroed again.
    */
-  private finish(row: number, local: number, ok: number, how: FillHow): void {
-    const c = this.counters;
-    const tb = this.table;
-    const g = tb.stateBase(row) + local;
+  private finish(row: number, local: number, ok: number, how: FillHow, counted: number): void {
+    const g = this.table.stateBase(row) + local;
     const run = this.run; // the run that filled them
     const kind = run.kind;
     const bytes = kind === K_POISON ? 0 : run.filled; // poisoned pages hold no bytes
     const copied = bytes > 0 && (kind === K_COPY || kind === K_CONTINUE);
     if (copied) this.settle(run.seq);
-    // Count what this thread filled before publishing it: whoever sees the pages PRESENT
-    // (populate(), stop) then sees them in the statistics too. Pages skipped on EEXIST were
-    // filled by someone else.
-    c.add(C_BYTES, bytes);
-    const filled = Math.round(bytes / tb.pageSize(row));
-    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c.add(C_ZERO_FILLS, filled);
-    if (how.cause === Cause.background) c.add(C_PAGES_BACKGROUND, filled);
-    else {
-      const d = Math.min(how.demand, filled);
-      c.add(C_PAGES_DEMAND, d);
-      c.add(C_PAGES_READAHEAD, filled - d);
+    const ps = this.table.pageSize(row);
+    const filled = Math.round(bytes / ps);
+    if (filled !== counted) {
+      this.countFill(kind, how, -counted, ps);
+      this.countFill(kind, how, filled, ps);
     }
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
       if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
     }
     this.claim.count = 0;
+  }
+
+  /** Counts `pages` pages of `ps` bytes filled with `kind` for `how` (negative: takes them back). */
+  private countFill(kind: number, how: FillHow, pages: number, ps: number): void {
+    if (pages === 0) return;
+    const c = this.counters;
+    const sign = Math.sign(pages);
+    const abs = pages * sign;
+    c.add(C_BYTES, pages * ps);
+    if (kind === K_ZEROPAGE || kind === K_COPY_ZERO) c.add(C_ZERO_FILLS, pages);
+    if (how.cause === Cause.background) c.add(C_PAGES_BACKGROUND, pages);
+    else {
+      const d = Math.min(how.demand, abs);
+      c.add(C_PAGES_DEMAND, sign * d);
+      c.add(C_PAGES_READAHEAD, sign * (abs - d));
+    }
   }
 
   /**
@@ -600,7 +616,7 @@ export class Resolver {
     try {
       if (this.setup.onSourceError === 'poison') {
         this.runRange(K_POISON, row, local, n);
-        this.finish(row, local, n, this.failHow);
+        this.finish(row, local, n, this.failHow, 0);
       } else {
         this.failHow.demand = n;
         this.failHow.from = this.claim.from;
@@ -623,15 +639,22 @@ export class Resolver {
     const ps = this.table.pageSize(row);
     const g = this.table.stateBase(row) + local;
     const dst = this.table.start(row) + local * ps;
-    const run = this.runRange(K_CONTINUE, row, local, n);
+    const how = cause === Cause.background ? this.continueBackground : this.continueDemand;
+    this.countFill(K_CONTINUE, how, n, ps); // counted before the ioctl that wakes the threads, as in fill()
+    let run: RangeRun;
+    try {
+      run = this.runRange(K_CONTINUE, row, local, n);
+    } catch (err) {
+      this.countFill(K_CONTINUE, how, Math.round(this.run.filled / ps) - n, ps);
+      throw err;
+    }
     const ok = Math.floor(run.done / ps);
     if (run.gaveUp) {
       if (from === PAGE_FILLING) this.release(row, local + ok, local + n, PAGE_MISSING);
       this.safeWake(dst + run.done, n * ps - run.done);
     }
-    this.counters.add(cause === Cause.background ? C_PAGES_BACKGROUND : C_PAGES_DEMAND, ok);
-    this.counters.add(C_BYTES, run.filled);
-    for (let i = 0; i < ok; i++) this.states.transition(g + i, from, PAGE_PRESENT); // counted first, as in finish()
+    this.countFill(K_CONTINUE, how, Math.round(run.filled / ps) - n, ps);
+    for (let i = 0; i < ok; i++) this.states.transition(g + i, from, PAGE_PRESENT);
   }
 
   /**
