@@ -62,9 +62,19 @@ class RangeRun {
   gaveUp = false;
 }
 
+// Node's global `performance` is a lazy getter (a call on every access), and its timeOrigin
+// another: both are read once per thread, not once per fault.
+const perf = performance;
+const timeOrigin = perf.timeOrigin;
+
 /** Wall-clock ms, comparable across threads (each thread has its own performance.timeOrigin). */
 export function nowMs(): number {
-  return performance.timeOrigin + performance.now();
+  return timeOrigin + perf.now();
+}
+
+/** This thread's monotonic clock, ms (performance.now() without the global's getter). */
+export function monoMs(): number {
+  return perf.now();
 }
 
 /**
@@ -790,7 +800,7 @@ export class Resolver {
   }
 
   updateCpu(force = false): void {
-    const now = performance.now();
+    const now = monoMs();
     if (!force && now - this.lastCpuUpdate < 50) return;
     this.lastCpuUpdate = now;
     this.counters.set(C_CPU_SEC, threadCpuSeconds());

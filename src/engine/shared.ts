@@ -303,9 +303,8 @@ export class CounterBlock {
   add(field: number, n = 1): void { this.words[field] = (this.words[field] as number) + n; }
   /** Adds one latency sample (µs) to the histogram. */
   recordLatency(micros: number): void {
-    let b = 0;
-    let v = micros;
-    while (v >= 2 && b < HIST_BUCKETS - 1) { v /= 2; b++; }
+    // Bucket b holds [2^b, 2^(b+1)) µs (bucket 0 also below 1 µs): floor(log2) by counting bits.
+    const b = micros < 2 ? 0 : micros >= 2 ** (HIST_BUCKETS - 1) ? HIST_BUCKETS - 1 : 31 - Math.clz32(micros);
     this.add(C_HIST + b);
   }
 }

@@ -12,7 +12,7 @@ import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { DEFERRED, Fault, nowMs, Resolver } from '../resolver.js';
+import { DEFERRED, Fault, monoMs, nowMs, Resolver } from '../resolver.js';
 import { C_ERRORS, C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
 import { MissOp } from '../tables.js';
 import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
@@ -163,8 +163,8 @@ function serve(setup: EngineSetup): void {
       }
       // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
       // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
-      if (idleReads === 0) idleSince = performance.now();
-      if (++idleReads < 2 || (spinMs > 0 && lastBusy && performance.now() - idleSince < spinMs)) continue;
+      if (idleReads === 0) idleSince = monoMs();
+      if (++idleReads < 2 || (spinMs > 0 && lastBusy && monoMs() - idleSince < spinMs)) continue;
     }
     idleReads = 0;
     lastBusy = false;

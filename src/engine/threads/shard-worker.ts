@@ -12,7 +12,7 @@ import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { EngineSetup } from '../layout.js';
 import type { CallbackRequest, ThreadMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { Fault, type FillHow, nowMs, Resolver } from '../resolver.js';
+import { Fault, type FillHow, monoMs, nowMs, Resolver } from '../resolver.js';
 import { C_DIRECT, EntryKind, Ring } from '../shared.js';
 import { CallbackSlot, CallbackState } from '../tables.js';
 import { collectGarbage, isWarm, warmUpIfAsked, warmUpOnce } from '../warm-up.js';
@@ -79,12 +79,12 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     // only while work keeps arriving soon after the last sleep began (adaptive): spinning
     // through idle gaps steals the CPU the faulting threads need on a small machine.
     if (spinMs > 0 && lastGapMs < 4 * spinMs && !reader) {
-      const until = performance.now() + spinMs;
-      while (ring.tail === tail && performance.now() < until) { /* spin */ }
+      const until = monoMs() + spinMs;
+      while (ring.tail === tail && monoMs() < until) { /* spin */ }
       if (ring.tail !== tail) { lastGapMs = 0; continue; }
     }
     r.updateCpu(); // at most every 50 ms: the clock read is a syscall
-    const slept = performance.now();
+    const slept = monoMs();
     if (poller) {
       // The flag makes a producer signal the eventfd; the tail is checked after raising it.
       if (ring.mayPoll(tail)) {
@@ -95,7 +95,7 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     } else {
       ring.sleep(tail, 200);
     }
-    lastGapMs = performance.now() - slept;
+    lastGapMs = monoMs() - slept;
   }
   // Re-zeroings handed here and not done yet (a stop that did not wait for them): the
   // ranges are unregistered by now, so MADV_DONTNEED no longer waits for a reader.
@@ -193,10 +193,10 @@ function installCallbackFetch(r: Resolver, setup: EngineSetup, shard: number, po
     r.needReader();
     const req: CallbackRequest = { type: 'callback', shard, id, source, offset, len };
     port.postMessage(req);
-    const deadline = performance.now() + setup.callbackTimeoutMs;
+    const deadline = monoMs() + setup.callbackTimeoutMs;
     let state = slot.state();
     while (state === CallbackState.requested) {
-      const left = deadline - performance.now();
+      const left = deadline - monoMs();
       if (left <= 0 || r.ctl.stopping()) break;
       state = slot.wait(Math.min(left, 100));
     }
