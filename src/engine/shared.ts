@@ -168,11 +168,19 @@ export class PageStates {
     const w = page >>> 4;
     const shift = (page & 15) << 1;
     const mask = 3 << shift;
+    // The first guess is a plain read (Atomics.load is a builtin call, not inlined): the
+    // compare-and-swap checks it, and a guess that says "not in `from`" is confirmed
+    // atomically before the answer is no.
+    let old = this.words[w] as number;
     for (;;) {
-      const old = Atomics.load(this.words, w);
-      if (((old >>> shift) & 3) !== from) return false;
-      const next = (old & ~mask) | (to << shift);
-      if (Atomics.compareExchange(this.words, w, old, next) === old) return true;
+      if (((old >>> shift) & 3) !== from) {
+        const now = Atomics.load(this.words, w);
+        if (now === old || ((now >>> shift) & 3) !== from) return false;
+        old = now;
+      }
+      const seen = Atomics.compareExchange(this.words, w, old, (old & ~mask) | (to << shift));
+      if (seen === old) return true;
+      old = seen;
     }
   }
   /** Sets a page's state whatever it was; returns the previous state. */
@@ -258,6 +266,8 @@ export const C_DIRECT = 22; // faults a worker read from the uffd and resolved i
 export const C_FIRST_MS = 23; // wall-clock ms when this thread resolved its first fault (0: none yet)
 export const C_HIST = 24; // latency histogram: bucket b counts [2^b, 2^(b+1)) µs, bucket 0 also < 1 µs
 export const HIST_BUCKETS = 32;
+/** The lower edge of the last bucket, µs (a constant: V8 calls pow() for `2 ** x` at run time). */
+const HIST_TOP_US = 2 ** (HIST_BUCKETS - 1);
 export const COUNTER_WORDS = C_HIST + HIST_BUCKETS;
 
 export const COUNTER_NAMES = [
@@ -304,7 +314,7 @@ export class CounterBlock {
   /** Adds one latency sample (µs) to the histogram. */
   recordLatency(micros: number): void {
     // Bucket b holds [2^b, 2^(b+1)) µs (bucket 0 also below 1 µs): floor(log2) by counting bits.
-    const b = micros < 2 ? 0 : micros >= 2 ** (HIST_BUCKETS - 1) ? HIST_BUCKETS - 1 : 31 - Math.clz32(micros);
+    const b = micros < 2 ? 0 : micros >= HIST_TOP_US ? HIST_BUCKETS - 1 : 31 - Math.clz32(micros);
     this.add(C_HIST + b);
   }
 }

@@ -37,6 +37,10 @@ function serve(setup: EngineSetup): void {
   const c = r.counters;
   const rings = setup.rings.map((b) => new Ring(b));
   const staged = new Int32Array(rings.length);
+  // Per batch (inline 'auto'): 1 if the shard's worker slept with an empty ring when the batch
+  // was read. Only this thread adds to a ring, so that holds for the batch; read once per
+  // batch, not per fault (three atomic loads).
+  const quiet = new Uint8Array(rings.length);
   const fault = new Fault(); // the fault being routed (reused)
   const reader = new UffdReader(r, 256, post);
   const inlineAuto = setup.inline === 'auto';
@@ -90,13 +94,11 @@ function serve(setup: EngineSetup): void {
       return;
     }
     const shard = shardOf(row, addr);
-    const ring = rings[shard] as Ring;
     const inlineOk = ((flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true) && table.missingOp(row) !== MissOp.callback;
     // 'auto': the worker sleeps and the batch is small: resolving here is cheaper than waking
     // it. A worker that is awake (or has work queued) gets the fault, keeping its order; a
     // large batch wakes the workers so they share it.
-    if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && ring.size() === 0
-      && ring.consumerSleeping()))) {
+    if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && quiet[shard] === 1))) {
       if (r.handleFault(f) !== DEFERRED) {
         c.add(C_INLINE);
         return;
@@ -134,6 +136,10 @@ function serve(setup: EngineSetup): void {
         idleReads = 0;
         lastBusy = true;
         const t = nowMs();
+        if (inlineAuto) for (let s = 0; s < rings.length; s++) {
+          const ring = rings[s] as Ring;
+          quiet[s] = ring.size() === 0 && ring.consumerSleeping() ? 1 : 0;
+        }
         for (let i = 0; i < n; i++) {
           if (!reader.isFault(i)) continue;
           fault.addr = reader.address(i);
