@@ -49,6 +49,10 @@ export interface SoakSample {
   /** Seconds since the soak began. */
   sec: number;
   rssMiB: number;
+  /** RssAnon (/proc/self/status): private memory, where anything the process keeps lives. */
+  anonMiB?: number;
+  /** RssFile: pages of mapped files (Node's binary and libraries) paged in; the kernel may drop them. */
+  fileMiB?: number;
   heapMiB: number;
   externalMiB: number;
   /** Threads of the process now (/proc/self/status). */
@@ -85,6 +89,8 @@ export interface SoakVerdict {
   rawKiBPerMFaults: number;
   /** The same after subtracting threadKiB for each thread started in that half. */
   kiBPerMFaults: number;
+  /** The slope of the whole RSS (private + file pages), for comparison (KiB per million faults). */
+  rssKiBPerMFaults?: number;
   /** Threads started in the second half. */
   threadsStarted: number;
   /** Memory mappings gained in the second half per thread started there (koffi leaves ~3 per ended thread); null without samples of them. */
@@ -118,12 +124,27 @@ function procThreads(): number {
 
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 
+/** RssAnon and RssFile of this process, KiB. */
+function procStatusKiB(): { anon: number; file: number } {
+  const text = fs.readFileSync('/proc/self/status', 'utf8');
+  const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+  return { anon: kib('RssAnon'), file: kib('RssFile') };
+}
+
+/**
+ * The memory phase 1 is judged on: private memory (RssAnon) when sampled. RSS also counts
+ * file pages (Node's own code paged in as new paths run, dropped again under pressure): they
+ * move RSS by megabytes over a soak but are nothing the process keeps. Older JSON: RSS.
+ */
+const keptKiB = (s: SoakSample): number => (s.anonMiB ?? s.rssMiB) * 1024;
+
 function sample(faults: number, sec: number, threadsStarted: number): SoakSample {
   // With --expose-gc, collect first: the figures are then what is really kept.
   (globalThis as { gc?: () => void }).gc?.();
   const m = process.memoryUsage();
+  const st = procStatusKiB();
   return {
-    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
+    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), anonMiB: round1(st.anon / 1024), fileMiB: round1(st.file / 1024), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
     threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length,
     maps: mappingCount(), threadsStarted,
   };
@@ -159,17 +180,19 @@ export function judgeDeaths(samples: SoakSample[], threadKiB: number, threadMaps
 export function judge(samples: SoakSample[], threadKiB: number, limit: number): SoakVerdict {
   const half = samples.slice(Math.floor(samples.length / 2));
   const xs = half.map((s) => s.faults / 1e6);
-  const raw = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024)) : NaN;
-  const net = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024 - s.threadsStarted * threadKiB)) : NaN;
+  const raw = half.length >= 3 ? slope(xs, half.map(keptKiB)) : NaN;
+  const net = half.length >= 3 ? slope(xs, half.map((s) => keptKiB(s) - s.threadsStarted * threadKiB)) : NaN;
+  const rss = half.length >= 3 ? slope(xs, half.map((s) => s.rssMiB * 1024)) : NaN;
+  const onAnon = half.length > 0 && half.every((s) => s.anonMiB !== undefined);
   const first = half[0];
   const last = half[half.length - 1];
   const started = first && last ? last.threadsStarted - first.threadsStarted : 0;
   const mapsPerThread = first?.maps !== undefined && last?.maps !== undefined && started > 0
     ? Math.round(((last.maps - first.maps) / started) * 100) / 100 : null;
   return {
-    threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), threadsStarted: started, mapsPerThread,
+    threadKiB: round1(threadKiB), rawKiBPerMFaults: round1(raw), kiBPerMFaults: round1(net), rssKiBPerMFaults: round1(rss), threadsStarted: started, mapsPerThread,
     limitKiBPerMFaults: limit, flat: net < limit,
-    rule: half.length < 3 ? 'too few runs to judge (at least 6)' : `flat when the least-squares slope of RSS over faults in the second half of the runs (${half.length} samples), ` +
+    rule: half.length < 3 ? 'too few runs to judge (at least 6)' : `flat when the least-squares slope of ${onAnon ? 'private memory (RssAnon)' : 'RSS'} over faults in the second half of the runs (${half.length} samples), ` +
       `less ${round1(threadKiB)} KiB per thread started there (${started}), is below ${limit} KiB per million faults`,
   };
 }
@@ -256,7 +279,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.samples.push(s);
       log(`run ${res.runs}${split ? ` (${phase})` : ''}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
         `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
-        `rss ${s.rssMiB} MiB (heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
+        `rss ${s.rssMiB} MiB (private ${s.anonMiB}, file ${s.fileMiB}; heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
     await shared?.destroy();
@@ -285,7 +308,8 @@ function deathLine(d: DeathVerdict): string {
 
 function verdictLine(v: SoakVerdict): string {
   return `memory ${v.flat ? 'flat' : 'NOT flat'}: ${v.kiBPerMFaults} KiB per million faults (${v.rawKiBPerMFaults} before taking out ` +
-    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each${v.mapsPerThread === null ? '' : `, which left ${v.mapsPerThread} mappings each`}); ${v.rule}`;
+    `${v.threadsStarted} new threads at ${v.threadKiB} KiB each${v.mapsPerThread === null ? '' : `, which left ${v.mapsPerThread} mappings each`}` +
+    `${v.rssKiBPerMFaults === undefined || Number.isNaN(v.rssKiBPerMFaults) ? '' : `; whole RSS ${v.rssKiBPerMFaults}`}); ${v.rule}`;
 }
 
 async function main(): Promise<void> {
