@@ -31,6 +31,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Engine } from '../src/engine/engine.js';
 import { EngineThreads } from '../src/engine/threads.js';
+import { mallocTrim } from '../src/kernel/memory.js';
 import { helpText, OptionSpec, parseArgs } from '../src/cli/args.js';
 import { DEFAULT_CONFIG, MiB, resolveBinary, runEngineSide, sourceFileFor, BenchConfig } from '../src/bench/engine-bench.js';
 import { churn, ChurnResult, mappingCount, slope } from './thread-churn.js';
@@ -49,8 +50,10 @@ export interface SoakSample {
   /** Seconds since the soak began. */
   sec: number;
   rssMiB: number;
-  /** RssAnon (/proc/self/status): private memory, where anything the process keeps lives. */
+  /** RssAnon (/proc/self/status) after malloc_trim(0): private memory, where anything the process keeps lives. */
   anonMiB?: number;
+  /** RssAnon before malloc_trim(0): with the free memory the C allocator held on to. */
+  untrimmedAnonMiB?: number;
   /** RssFile: pages of mapped files (Node's binary and libraries) paged in; the kernel may drop them. */
   fileMiB?: number;
   heapMiB: number;
@@ -141,10 +144,12 @@ const keptKiB = (s: SoakSample): number => (s.anonMiB ?? s.rssMiB) * 1024;
 function sample(faults: number, sec: number, threadsStarted: number): SoakSample {
   // With --expose-gc, collect first: the figures are then what is really kept.
   (globalThis as { gc?: () => void }).gc?.();
+  const held = procStatusKiB().anon;
+  mallocTrim(); // free memory the C allocator holds is not kept: judge what is live
   const m = process.memoryUsage();
   const st = procStatusKiB();
   return {
-    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), anonMiB: round1(st.anon / 1024), fileMiB: round1(st.file / 1024), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
+    faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), anonMiB: round1(st.anon / 1024), untrimmedAnonMiB: round1(held / 1024), fileMiB: round1(st.file / 1024), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
     threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length,
     maps: mappingCount(), threadsStarted,
   };
@@ -279,7 +284,7 @@ export async function soak(o: SoakOptions, log: (s: string) => void = () => unde
       res.samples.push(s);
       log(`run ${res.runs}${split ? ` (${phase})` : ''}: ${(res.faults / 1e6).toFixed(1)} M faults, ${Math.round(res.faults / res.seconds)} faults/s, ` +
         `kills ${res.kills.throw} throw + ${res.kills.terminate} terminate, mismatching pages ${res.mismatches}, ` +
-        `rss ${s.rssMiB} MiB (private ${s.anonMiB}, file ${s.fileMiB}; heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
+        `rss ${s.rssMiB} MiB (private ${s.anonMiB} trimmed from ${s.untrimmedAnonMiB}, file ${s.fileMiB}; heap ${s.heapMiB}, external ${s.externalMiB}), threads ${s.threads}, fds ${s.fds}, mappings ${s.maps}, load ${(os.loadavg()[0] ?? 0).toFixed(1)}`);
     }
   } finally {
     await shared?.destroy();

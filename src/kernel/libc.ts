@@ -37,6 +37,7 @@ export const libc = {
   memset: lib.func('uint64_t memset(uint64_t dst, int c, size_t n)') as (d: number, c: number, n: number) => number,
   memcmp: lib.func('int memcmp(uint64_t a, uint64_t b, size_t n)') as (a: number, b: number, n: number) => number,
   getpid: lib.func('int getpid()') as () => number,
+  malloc_trim: lib.func('int malloc_trim(size_t pad)') as (pad: number) => number,
   gettid: lib.func('int gettid()') as () => number,
   getuid: lib.func('unsigned int getuid()') as () => number,
   fork: lib.func('int fork()') as () => number,
