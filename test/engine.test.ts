@@ -235,6 +235,36 @@ describe('engine: concurrency and failures', function () {
   }
 
   for (const readers of ['dispatcher', 'all'] as const) {
+    it(`a worker in a crash loop (dies at every fill, readers ${readers}): the dispatcher serves its shard, no fault waits for its restarts`, async () => {
+      const region = memoryType('anon').create({ size });
+      // inline 'never' (readers dispatcher): worker 0 is handed its shard's faults, so it fills and dies.
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers, inline: readers === 'all' ? 'always' : 'never', faultInjection: true });
+      const deaths: string[] = [];
+      engine.on('incident', (i: { message: string }) => { if (/worker 0 died/.test(i.message)) deaths.push(i.message); });
+      // Re-armed every 2 ms: each incarnation of worker 0 dies at its first fill (restarts back
+      // off up to 1 s in a loop like this). Before the dispatcher took a dead worker's shard
+      // over, its pages waited for a restart that served one claim at best: the run stalled.
+      const arm = setInterval(() => { void engine.killWorker(0, 'throw'); }, 2);
+      try {
+        const pages = size / PAGE;
+        const jobs = assignPages(pages, 4, 'random').map((p) => ({ addr: region.addr, pageSize: PAGE, pages: p, expectAddr: addressOf(snap), write: false }));
+        const results = await runTouchers(jobs, limit(60_000));
+        noMismatch(results);
+        assert.equal(results.reduce((n, r) => n + r.touched, 0), pages);
+        clearInterval(arm);
+        const st = await engine.stop();
+        assertFilledOnce(st, pages);
+        assert.ok(deaths.length >= 2, `worker 0 died ${deaths.length} times`);
+        console.log(`      (worker 0 died ${deaths.length} times during the run)`);
+      } finally {
+        clearInterval(arm);
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    });
+  }
+
+  for (const readers of ['dispatcher', 'all'] as const) {
     it(`the dispatcher terminated mid-run (readers ${readers}): a new one takes over, no fault lost, run completes verified`, async () => {
       const region = memoryType('anon').create({ size });
       const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, readers });

@@ -266,6 +266,7 @@ export class Engine extends EventEmitter {
   readonly #states: PageStates;
   readonly #rings: Ring[];
   readonly #failures: number[];
+  readonly #lastFailure: number[];
   readonly #startTime = Date.now();
   readonly #zeroLen: number;
   readonly #remotes: OpenedRemotes;
@@ -293,6 +294,7 @@ export class Engine extends EventEmitter {
     this.#threads = threads;
     this.workers = a.setup.workers;
     this.#failures = new Array<number>(this.workers).fill(0);
+    this.#lastFailure = new Array<number>(this.workers).fill(0);
     this.#ctl = new ControlBlock(a.setup.control);
     this.#table = new RegionTable(a.setup.regionTable, this.#ctl);
     this.#counters = new Counters(a.setup.counters);
@@ -449,13 +451,18 @@ export class Engine extends EventEmitter {
         return;
       } catch (err) {
         if (this.#stopping) return;
-        this.#ctl.setHelpWanted(shard, true); // the dispatcher reads until the replacement does
+        this.#ctl.markWorkerDown(shard); // the dispatcher serves this shard until the replacement does
+        this.#ctl.setHelpWanted(shard, true); // readers 'all': the dispatcher reads until the replacement does
         eventfdSignal(this.#setup.eventFd);
         // Faults the dead worker had read (readers 'all') are gone with it and the kernel does
         // not send them again: wake every region, so their threads fault again and are read anew.
         if (this.#setup.readers === 'all') this.#wakeAll();
-        const failures = (this.#failures[shard] ?? 0) + 1;
+        // Back off only in a crash loop (deaths less than a second apart); a death after a
+        // while of serving restarts at once.
+        const now = Date.now();
+        const failures = now - (this.#lastFailure[shard] ?? 0) < 1000 ? (this.#failures[shard] ?? 0) + 1 : 1;
         this.#failures[shard] = failures;
+        this.#lastFailure[shard] = now;
         this.#incident(shard, `worker ${shard} died: ${(err as Error).message}; restarting it, its ring resumes where it stopped`);
         if (failures > 3) await sleep(Math.min(1000, 10 * failures));
       } finally {

@@ -775,6 +775,24 @@ export class Resolver {
   }
 
   /** Finishes the claims a dead thread left: fill what it held (EEXIST is fine), then wake. */
+  /**
+   * The dispatcher, for a worker that died: finishes its claim as recoverClaims does, then
+   * wakes the claimed range, since a fill here may give up (EAGAIN, a remote chunk) and
+   * release pages whose threads no one else would wake: they fault again. A callback
+   * source's claim is left to the replacement (callbacks are answered to workers only).
+   */
+  takeOverClaim(deadThread: number): void {
+    const cl = new Claims(this.setup.claims, deadThread);
+    const n = cl.count;
+    if (n <= 0) return;
+    const row = cl.row;
+    if (this.table.missingOp(row) === MissOp.callback) return;
+    const ps = this.table.pageSize(row);
+    const start = this.table.start(row) + cl.first * ps;
+    this.recoverClaims(deadThread);
+    this.safeWake(start, n * ps);
+  }
+
   recoverClaims(deadThread: number): void {
     const cl = new Claims(this.setup.claims, deadThread);
     const n = cl.count;

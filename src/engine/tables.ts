@@ -203,7 +203,25 @@ const CT_REZERO_PENDING = 14; // re-zeroings the dispatcher queued that no worke
 const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 const CT_KILL = 80; // fault injection (tests): worker i throws at its next fill when CT_KILL + i is 1
 const CT_HELP = 144; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd
-const CT_WORDS = 208;
+const CT_DOWN = 208; // WorkerState of worker i at CT_DOWN + i (a dead worker's shard is taken over by the dispatcher)
+const CT_DEATHS = 272; // deaths of worker i so far at CT_DEATHS + i
+const CT_WORDS = 336;
+
+/**
+ * Whether a worker serves its shard. When one dies the dispatcher takes its shard over until
+ * the replacement serves: it finishes the dead worker's claim, wakes the threads of faults
+ * left in its ring, and resolves the shard's new faults itself. The dead worker's claim is
+ * recovered by one thread at a time: the dispatcher or the replacement, never both.
+ */
+export const enum WorkerState {
+  serving = 0,
+  /** Dead, or started and not serving yet. */
+  down = 1,
+  /** Down, and the dispatcher is finishing its claim. */
+  dispatcherRecovering = 2,
+  /** Down, and the replacement is finishing its predecessor's claim. */
+  workerRecovering = 3,
+}
 /** Worker threads a control block has words for. */
 export const MAX_WORKERS = 64;
 
@@ -295,6 +313,33 @@ export class ControlBlock {
   armKill(w: number): void { Atomics.store(this.words, CT_KILL + w, 1); }
   /** True once for an armed worker (it disarms it). */
   takeKill(w: number): boolean { return Atomics.compareExchange(this.words, CT_KILL + w, 1, 2) === 1; }
+
+  // ---- worker deaths ----
+  workerState(w: number): WorkerState { return Atomics.load(this.words, CT_DOWN + w); }
+  deaths(w: number): number { return Atomics.load(this.words, CT_DEATHS + w); }
+  /** Worker w died (the main thread, before it starts the replacement). */
+  markWorkerDown(w: number): void {
+    Atomics.store(this.words, CT_DOWN + w, WorkerState.down);
+    Atomics.add(this.words, CT_DEATHS + w, 1);
+  }
+  /** The dispatcher: takes the right to finish a dead worker's claim; false if its replacement has it (or serves). */
+  beginDispatcherRecovery(w: number): boolean {
+    return Atomics.compareExchange(this.words, CT_DOWN + w, WorkerState.down, WorkerState.dispatcherRecovering) === WorkerState.down;
+  }
+  endDispatcherRecovery(w: number): void {
+    Atomics.compareExchange(this.words, CT_DOWN + w, WorkerState.dispatcherRecovering, WorkerState.down);
+  }
+  /** A (re)started worker: waits out the dispatcher's recovery of its predecessor's claim, then takes the right itself. */
+  beginWorkerRecovery(w: number, yieldCpu: () => void): void {
+    for (;;) {
+      const s = Atomics.load(this.words, CT_DOWN + w);
+      if (s === WorkerState.serving || s === WorkerState.workerRecovering) return; // first start, or a predecessor died recovering
+      if (s === WorkerState.down && Atomics.compareExchange(this.words, CT_DOWN + w, s, WorkerState.workerRecovering) === s) return;
+      yieldCpu(); // the dispatcher is recovering: a fill or two
+    }
+  }
+  /** The worker serves its shard again (after its recovery). */
+  markWorkerServing(w: number): void { Atomics.store(this.words, CT_DOWN + w, WorkerState.serving); }
 }
 
 // ---------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
 import { DEFERRED, Fault, monoMs, nowMs, Resolver } from '../resolver.js';
-import { C_ERRORS, C_HANDOFFS, C_INLINE, Ring } from '../shared.js';
-import { MissOp } from '../tables.js';
+import { C_ERRORS, C_HANDOFFS, C_INLINE, EntryKind, Ring } from '../shared.js';
+import { MissOp, WorkerState } from '../tables.js';
 import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
 
 // A warm dispatcher (threads.ts) serves one engine after another until it is told to quit;
@@ -37,10 +37,12 @@ function serve(setup: EngineSetup): void {
   const c = r.counters;
   const rings = setup.rings.map((b) => new Ring(b));
   const staged = new Int32Array(rings.length);
-  // Per batch (inline 'auto'): 1 if the shard's worker slept with an empty ring when the batch
-  // was read. Only this thread adds to a ring, so that holds for the batch; read once per
-  // batch, not per fault (three atomic loads).
+  // Per batch: 2 if the shard's worker is down (dead, its replacement not serving yet: the
+  // dispatcher resolves its faults), 1 if it slept with an empty ring when the batch was read
+  // (inline 'auto'). Only this thread adds to a ring, so that holds for the batch; read once
+  // per batch, not per fault (three atomic loads).
   const quiet = new Uint8Array(rings.length);
+  const deathsSeen = new Int32Array(rings.length);
   const fault = new Fault(); // the fault being routed (reused)
   const reader = new UffdReader(r, 256, post);
   const inlineAuto = setup.inline === 'auto';
@@ -98,7 +100,8 @@ function serve(setup: EngineSetup): void {
     // 'auto': the worker sleeps and the batch is small: resolving here is cheaper than waking
     // it. A worker that is awake (or has work queued) gets the fault, keeping its order; a
     // large batch wakes the workers so they share it.
-    if (inlineOk && (inlineAll || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && quiet[shard] === 1))) {
+    const q = quiet[shard];
+    if (inlineOk && (inlineAll || q === 2 || (inlineAuto && batch <= setup.inlineBatch && staged[shard] === 0 && q === 1))) {
       if (r.handleFault(f) !== DEFERRED) {
         c.add(C_INLINE);
         return;
@@ -106,6 +109,36 @@ function serve(setup: EngineSetup): void {
     }
     stage(shard, f);
     c.add(C_HANDOFFS);
+  }
+
+  /**
+   * Worker s died (the main thread counted it and signalled the eventfd): finish its claim,
+   * unless its replacement is doing that, and wake the threads of the faults left in its
+   * ring: they fault again and are resolved here until the replacement serves. So a worker
+   * that dies again and again (a crash loop, restarted with a back-off) stalls no fault.
+   */
+  function takeOver(s: number): void {
+    if (ctl.workerState(s) === WorkerState.serving) {
+      deathsSeen[s] = ctl.deaths(s); // replaced already: the replacement finished the claim
+      return;
+    }
+    if (!ctl.beginDispatcherRecovery(s)) return; // the replacement is recovering: look again next time round
+    deathsSeen[s] = ctl.deaths(s);
+    try {
+      r.takeOverClaim(s);
+    } catch (err) {
+      post({ type: 'incident', message: `dispatcher: finishing dead worker ${s}'s fill failed: ${(err as Error).message}` });
+    } finally {
+      ctl.endDispatcherRecovery(s);
+    }
+    const ring = rings[s] as Ring;
+    for (let i = ring.head; i !== ring.tail; i = (i + 1) | 0) {
+      if (ring.kindAt(i) !== EntryKind.fault) continue;
+      const addr = ring.addrAt(i);
+      const row = table.findRow(addr);
+      const ps = row < 0 ? PAGE_SIZE : table.pageSize(row);
+      r.safeWake(addr - (addr % ps), ps);
+    }
   }
 
   // ---- main loop -----------------------------------------------------------------------
@@ -130,15 +163,16 @@ function serve(setup: EngineSetup): void {
   const spinMs = setup.dispatcherSpinMicros / 1000;
   for (;;) {
     if (ctl.stopping()) break;
+    for (let s = 0; s < rings.length; s++) if (ctl.deaths(s) !== deathsSeen[s]) takeOver(s);
     if (alwaysReads || helpWanted()) {
       const n = reader.read();
       if (n > 0) {
         idleReads = 0;
         lastBusy = true;
         const t = nowMs();
-        if (inlineAuto) for (let s = 0; s < rings.length; s++) {
+        for (let s = 0; s < rings.length; s++) {
           const ring = rings[s] as Ring;
-          quiet[s] = ring.size() === 0 && ring.consumerSleeping() ? 1 : 0;
+          quiet[s] = ctl.workerState(s) !== WorkerState.serving ? 2 : inlineAuto && ring.size() === 0 && ring.consumerSleeping() ? 1 : 0;
         }
         for (let i = 0; i < n; i++) {
           if (!reader.isFault(i)) continue;

@@ -9,6 +9,7 @@
 import { threadId, workerData, type MessagePort } from 'node:worker_threads';
 import { addressOf } from '../../kernel/libc.js';
 import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
+import { yieldCpu } from '../../kernel/time.js';
 import type { EngineSetup } from '../layout.js';
 import type { CallbackRequest, ThreadMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
@@ -54,7 +55,9 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
   if (poller) held.push(poller);
   // A predecessor may have died holding the read lock or claims: free the one, finish the others.
   ctl.breakReadLock(shard);
+  ctl.beginWorkerRecovery(shard, yieldCpu);
   r.recoverClaims(shard);
+  ctl.markWorkerServing(shard); // the dispatcher stops resolving this shard's faults
   ctl.markReady();
   const spinMs = setup.spinMicros / 1000;
   const background = setup.prefetch.background;
