@@ -654,16 +654,14 @@ export class Resolver {
     let run: RangeRun;
     try {
       run = this.runRange(K_CONTINUE, row, local, n);
-    } catch (err) {
-      this.countFill(K_CONTINUE, how, Math.round(this.run.filled / ps) - n, ps);
-      throw err;
+    } finally {
+      this.countFill(K_CONTINUE, how, Math.round(this.run.filled / ps) - n, ps); // what it did not map is taken back
     }
     const ok = Math.floor(run.done / ps);
     if (run.gaveUp) {
       if (from === PAGE_FILLING) this.release(row, local + ok, local + n, PAGE_MISSING);
       this.safeWake(dst + run.done, n * ps - run.done);
     }
-    this.countFill(K_CONTINUE, how, Math.round(run.filled / ps) - n, ps);
     for (let i = 0; i < ok; i++) this.states.transition(g + i, from, PAGE_PRESENT);
   }
 
@@ -774,7 +772,6 @@ export class Resolver {
     return n;
   }
 
-  /** Finishes the claims a dead thread left: fill what it held (EEXIST is fine), then wake. */
   /**
    * The dispatcher, for a worker that died: finishes its claim as recoverClaims does, then
    * wakes the claimed range, since a fill here may give up (EAGAIN, a remote chunk) and
@@ -793,6 +790,7 @@ export class Resolver {
     this.safeWake(start, n * ps);
   }
 
+  /** Finishes the claims a dead thread left: fill what it held (EEXIST is fine), then wake. */
   recoverClaims(deadThread: number): void {
     const cl = new Claims(this.setup.claims, deadThread);
     const n = cl.count;
