@@ -120,18 +120,13 @@ export interface SoakResult {
   loadavg: number[];
 }
 
-function procThreads(): number {
-  const m = /^Threads:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
-  return m ? Number(m[1]) : -1;
-}
-
 const round1 = (v: number): number => Math.round(v * 10) / 10;
 
-/** RssAnon and RssFile of this process, KiB. */
-function procStatusKiB(): { anon: number; file: number } {
+/** RssAnon and RssFile (KiB) and the thread count of this process (/proc/self/status). */
+function procStatus(): { anon: number; file: number; threads: number } {
   const text = fs.readFileSync('/proc/self/status', 'utf8');
-  const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
-  return { anon: kib('RssAnon'), file: kib('RssFile') };
+  const field = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+  return { anon: field('RssAnon'), file: field('RssFile'), threads: field('Threads') };
 }
 
 /**
@@ -144,13 +139,13 @@ const keptKiB = (s: SoakSample): number => (s.anonMiB ?? s.rssMiB) * 1024;
 function sample(faults: number, sec: number, threadsStarted: number): SoakSample {
   // With --expose-gc, collect first: the figures are then what is really kept.
   (globalThis as { gc?: () => void }).gc?.();
-  const held = procStatusKiB().anon;
+  const held = procStatus().anon;
   mallocTrim(); // free memory the C allocator holds is not kept: judge what is live
   const m = process.memoryUsage();
-  const st = procStatusKiB();
+  const st = procStatus();
   return {
     faults, sec: Math.round(sec), rssMiB: round1(m.rss / MiB), anonMiB: round1(st.anon / 1024), untrimmedAnonMiB: round1(held / 1024), fileMiB: round1(st.file / 1024), heapMiB: round1(m.heapUsed / MiB), externalMiB: round1(m.external / MiB),
-    threads: procThreads(), fds: fs.readdirSync('/proc/self/fd').length,
+    threads: st.threads, fds: fs.readdirSync('/proc/self/fd').length,
     maps: mappingCount(), threadsStarted,
   };
 }
