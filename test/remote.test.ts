@@ -459,6 +459,13 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
     const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); }));
     return { done, err: () => stderr };
   }
+  /** Fails if the client did not exit 0, with serve's whole output: serve (--once) exits once the session ends, and its summary says what it poisoned. */
+  async function assertClientOk(run: { code: number | null; signal: string | null; stdout: string; stderr: string }, cli: ReturnType<typeof runCli>): Promise<void> {
+    if (run.code === 0) return;
+    const served = await Promise.race([cli.done, new Promise<null>((r) => setTimeout(() => r(null), 10_000))]);
+    assert.fail(`client exit ${run.code} (signal ${run.signal}): ${run.stderr}${run.stdout}\n--- serve's stderr:\n${cli.err()}` +
+      (served ? `\n--- serve's stdout (exit ${served.code}):\n${served.stdout}` : ''));
+  }
   async function waitFor(cond: () => boolean, what: string): Promise<void> {
     const t0 = Date.now();
     while (!cond()) {
@@ -483,7 +490,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
       assert.match(cli.err(), /chunks of 1\.0 MiB, verified against its manifest/);
       const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 4 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
-      assert.equal(run.code, 0, `client exit ${run.code} (signal ${run.signal}): ${run.stderr}${run.stdout}\n--- serve's stderr:\n${cli.err()}`);
+      await assertClientOk(run, cli);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
       const s = JSON.parse(r.stdout.trim().split('\n').filter((l) => l.startsWith('{')).pop() as string);
@@ -512,7 +519,7 @@ describe('remote sources: uffd-engine snapshot upload + serve --mem-url (built C
       const cli = runCli(['serve', '--socket', sock, '--mem-url', srv.url, '--preload-ws', wsFile, '--remote-in-flight', '2', '--once', '--json']);
       await waitFor(() => /listening on/.test(cli.err()), 'serve to listen');
       const run = await spawnFcClient({ socket: sock, memFile: memPath, regions: 2, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000) }).done;
-      assert.equal(run.code, 0, `client exit ${run.code} (signal ${run.signal}): ${run.stderr}${run.stdout}\n--- serve's stderr:\n${cli.err()}`);
+      await assertClientOk(run, cli);
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);
       // The working set's chunks in recorded order; a demand fault of the VM (say on chunk 0)
