@@ -4,12 +4,12 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE } from '../kernel/constants.js';
-import { madvise, mapAnonymous, munmap } from '../kernel/memory.js';
+import { close, eventfd, madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
 import { UffdReader } from './reader.js';
 import { Fault, nowMs, Resolver } from './resolver.js';
-import { Counters, PageStates } from './shared.js';
+import { Counters, PageStates, Ring } from './shared.js';
 import { Claims, ControlBlock, RegionTable, scratchRow } from './tables.js';
 
 /** What a warm thread gets as workerData. */
@@ -93,10 +93,42 @@ export function warmUp(rounds = 40): void {
   }
 }
 
-/** In a pool thread: warm up at load when the pool was started warm. */
-export function warmUpIfAsked(data: unknown): void {
+/**
+ * Runs a thread's serve function once on a scratch engine that is stopped from the start:
+ * it sets up (resolver, rings, epoll) and leaves at its loop's first stop check. V8
+ * compiles a function at its first call, and a thread's serve function is large: without
+ * this the first real engine pays that (about a millisecond on this machine) between the
+ * handshake and its first fault.
+ */
+export function rehearseServe(workers: number, serve: (setup: EngineSetup) => void): void {
+  const len = 16 * PAGE_SIZE;
+  const uffd = Userfaultfd.create();
+  const region = mapAnonymous(len);
+  const efd = eventfd();
+  try {
+    uffd.register(region, len, ['missing']);
+    const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: 0 }], workers);
+    setup.eventFd = efd;
+    setup.rings = Array.from({ length: workers }, () => Ring.allocate(16, efd));
+    setup.readers = 'dispatcher';
+    new ControlBlock(setup.control).requestStop();
+    serve(setup);
+  } finally {
+    uffd.close();
+    munmap(region, len);
+    close(efd);
+  }
+}
+
+/** In a pool thread: warm up at load when the pool was started warm (rehearse: rehearseServe's serve). */
+export function warmUpIfAsked(data: unknown, rehearse?: (setup: EngineSetup) => void): void {
   if (!isWarm(data)) return;
-  try { warmUp(); } finally { Atomics.add(new Int32Array(data.signal), 1, 1); }
+  try {
+    warmUp();
+    if (rehearse) rehearseServe(1, rehearse);
+  } finally {
+    Atomics.add(new Int32Array(data.signal), 1, 1);
+  }
 }
 
 /**
@@ -104,11 +136,16 @@ export function warmUpIfAsked(data: unknown): void {
  * thread, warm up (once), then wait for an Engine to post the setup. A warm dispatcher
  * comes back here after each engine it served (threads.ts: reusable sets).
  */
-export function waitForSetup(data: unknown): EngineSetup {
+export function waitForSetup(data: unknown, rehearse?: (setup: EngineSetup) => void): EngineSetup {
   if (!isWarm(data)) return data as EngineSetup;
   const signal = new Int32Array(data.signal);
   if (!warmed) {
-    try { warmUp(); } finally { Atomics.add(signal, 1, 1); }
+    try {
+      warmUp();
+      if (rehearse) rehearseServe(1, rehearse);
+    } finally {
+      Atomics.add(signal, 1, 1);
+    }
   }
   for (;;) {
     Atomics.wait(signal, 0, 0);

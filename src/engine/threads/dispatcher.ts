@@ -20,16 +20,17 @@ import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js'
 // A warm dispatcher (threads.ts) serves one engine after another until it is told to quit;
 // a cold one (workerData is the setup) serves its engine and ends.
 if (isWarm(workerData)) {
+  const rehearse = (scratch: EngineSetup): void => serve(scratch, () => undefined);
   for (;;) {
-    serve(waitForSetup(workerData));
+    serve(waitForSetup(workerData, rehearse));
     collectGarbage(); // idle from here on: let go of the last engine's tables
   }
 } else {
   serve(workerData as EngineSetup);
 }
 
-/** Reads and routes the faults of one engine until it stops. */
-function serve(setup: EngineSetup): void {
+/** Reads and routes the faults of one engine until it stops; `toMain` carries its events and its exit. */
+function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => parentPort?.postMessage(msg)): void {
   if (setup.warmUp) warmUpOnce(); // a cold start: compile the fault path before the first real fault
   const r = new Resolver(setup, setup.workers, false);
   const ctl = r.ctl;
@@ -85,7 +86,7 @@ function serve(setup: EngineSetup): void {
   };
 
   function post(msg: DispatcherMessage): void {
-    parentPort?.postMessage(msg);
+    toMain(msg);
   }
 
   /** Resolves the fault here or hands it to its shard's worker; `batch`: messages in the read. */

@@ -25,7 +25,10 @@ export interface ShardTask {
   port: MessagePort | null;
 }
 
-warmUpIfAsked(workerData);
+warmUpIfAsked(workerData, (scratch) => {
+  const held: { close(): void }[] = [];
+  try { serveShard({ setup: scratch, shard: 0, port: null }, held); } finally { for (const h of held) h.close(); }
+});
 
 export default function runShard(task: ShardTask): { shard: number } {
   const held: { close(): void }[] = [];
