@@ -201,6 +201,10 @@ export class RemoteMemory extends EventEmitter {
       }
     });
     void exited.then(() => mem.fetcherGone());
+    // Alive from now on (it answered 'opened'; fetcherGone says otherwise if it exits): a
+    // fault that comes before the thread has taken its start message waits for its chunk.
+    // Set by the thread itself, that moment used to fail the chunk (a SIGBUS under load).
+    Atomics.store(new Int32Array(gate.control), G_FETCHER_ALIVE, 1);
     worker.postMessage({ type: 'start', gate, fd, etag: opened.etag, sha256: manifest?.sha256, plan } satisfies ToFetcher);
     return mem;
   }
