@@ -13,6 +13,7 @@ import { memcmp } from '../src/kernel/memory.js';
 import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
 import { computeManifest } from '../src/remote/manifest.js';
+import { G_FETCHER_ALIVE } from '../src/remote/gate.js';
 import { planChunks, RemoteMemory } from '../src/remote/remote-memory.js';
 import { uploadSnapshot, writeManifest } from '../src/remote/upload.js';
 import { sources } from '../src/sources/index.js';
@@ -114,6 +115,25 @@ describe('remote sources: chunked cache over HTTP Range (Node test server)', fun
       assert.ok(srv.gets.every((g) => g.len === chunkSize), 'whole chunks');
     } finally {
       region.close();
+      await srv.close();
+    }
+  });
+
+  it('open() resolves with the fetch thread counted alive: a fault that comes at once waits for its chunk, it is not failed', async () => {
+    // A demand fault fails its chunk (SIGBUS) when the gate says no fetch thread runs. The
+    // fetch thread used to say so itself when it took its start message, a moment after
+    // open() resolved: a VM faulting in that moment (a loaded machine) got SIGBUS.
+    const srv = await startRangeServer(snap, { manifest, faults: { delayMs: () => 50 } });
+    try {
+      for (let k = 0; k < 5; k++) {
+        const mem = await RemoteMemory.open({ kind: 'http', url: srv.url }, { prefetch: { background: false } });
+        try {
+          assert.equal(Atomics.load(new Int32Array(mem.gate.control), G_FETCHER_ALIVE), 1, `open ${k}: the gate does not count the fetch thread alive yet`);
+        } finally {
+          await mem.close();
+        }
+      }
+    } finally {
       await srv.close();
     }
   });

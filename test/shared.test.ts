@@ -14,7 +14,7 @@ describe('shared: ring', () => {
     let consumed = 0;
     for (let round = 0; round < 100; round++) {
       let staged = 0;
-      while (ring.stage(staged, produced + staged, (produced + staged) * 2, 0.5)) staged++;
+      while (ring.stage(staged, { addr: produced + staged, flags: (produced + staged) * 2, readUs: 5 })) staged++;
       assert.equal(staged, ring.capacity - ring.size(), 'stages exactly the free slots');
       ring.publish(staged);
       produced += staged;
@@ -48,7 +48,7 @@ describe('shared: ring', () => {
     const w = new Worker(code, { eval: true, workerData: buffers });
     const done = new Promise<number>((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
     for (let n = 0; n < 1000;) {
-      if (ring.stage(0, n, 0, 0)) { ring.publish(1); n++; } else await new Promise((r) => setImmediate(r));
+      if (ring.stage(0, { addr: n, flags: 0, readUs: 0 })) { ring.publish(1); n++; } else await new Promise((r) => setImmediate(r));
     }
     assert.equal(await done, 1000);
     await w.terminate();

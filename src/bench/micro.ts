@@ -17,7 +17,7 @@ import { msgEvent, msgFaultAddress, msgFaultFlags, writeU64 } from '../kernel/me
 import { threadCpuSeconds } from '../kernel/time.js';
 import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
 import * as L from '../engine/layout.js';
-import { nowMs, Resolver } from '../engine/resolver.js';
+import { Fault, nowUs, Resolver } from '../engine/resolver.js';
 import { scratchSetup } from '../engine/warm-up.js';
 import { PAGE_FILLING, PAGE_MISSING, PageStates, Ring } from '../engine/shared.js';
 
@@ -80,11 +80,13 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
 
     // ---- ring ----
     const ring = new Ring(Ring.allocate(4096));
+    const staged = { addr: 0, flags: 0, readUs: 1 };
     tasks.push({
       name: 'ring: stage + publish + pop (1 entry)', ops: 100,
       fn: () => {
         for (let k = 0; k < 100; k++) {
-          ring.stage(0, 0x7f0000000000 + k * 4096, 0, 1);
+          staged.addr = 0x7f0000000000 + k * 4096;
+          ring.stage(0, staged);
           ring.publish(1);
           const h = ring.head;
           sink += ring.addrAt(h) + ring.flagsAt(h) + ring.timeAt(h);
@@ -96,7 +98,10 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
       name: 'ring: stage 64 + publish + pop 64 (per entry)', ops: 64 * 4,
       fn: () => {
         for (let k = 0; k < 4; k++) {
-          for (let j = 0; j < 64; j++) ring.stage(j, 0x7f0000000000 + j * 4096, 0, 1);
+          for (let j = 0; j < 64; j++) {
+            staged.addr = 0x7f0000000000 + j * 4096;
+            ring.stage(j, staged);
+          }
           ring.publish(64);
           const h = ring.head;
           const t = ring.tail;
@@ -129,20 +134,21 @@ export async function runMicro(opts: { timeMs?: number; filter?: RegExp } = {}):
     const starts = [0x7f0000000000, 0x7f1000000000, 0x7f2000000000, 0x7f3000000000];
     const rings = setup.workers;
     let shardSink = 0;
+    const f = new Fault();
     tasks.push({
       name: 'shard routing: region row + page + stripe + shard', ops: 256,
       fn: () => {
         for (let i = 0; i < 256; i++) {
-          const addr = (starts[i & 3] ?? 0) + ((i * 7919) & 0xffff) * 4096;
-          const row = resolver.findRow(addr);
-          const gp = resolver.globalPage(row, addr);
-          shardSink += Math.floor(gp / setup.stripePages) % rings;
+          f.addr = (starts[i & 3] ?? 0) + ((i * 7919) & 0xffff) * 4096;
+          resolver.table.locate(f);
+          shardSink += Math.floor((resolver.table.stateBase(f.row) + f.local) / setup.stripePages) % rings;
         }
       },
     });
 
     // ---- clocks ----
-    tasks.push({ name: 'nowMs() (timeOrigin + performance.now())', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += nowMs(); } });
+    tasks.push({ name: 'nowUs() (the per-fault clock: CLOCK_MONOTONIC via FFI, int32 µs)', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += nowUs(); } });
+    tasks.push({ name: 'performance.now() (for comparison: boxes its result)', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += performance.now(); } });
     tasks.push({ name: 'threadCpuSeconds() (clock_gettime via FFI)', ops: 100, fn: () => { for (let i = 0; i < 100; i++) sink += threadCpuSeconds(); } });
 
     const selected = opts.filter ? tasks.filter((t) => opts.filter?.test(t.name)) : tasks;

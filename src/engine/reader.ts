@@ -13,7 +13,7 @@
 // read sequence is odd meanwhile, and a fill that may have copied in that gap waits for it
 // to turn even before it publishes its pages (Resolver.settle).
 import { UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_MINOR, UFFD_PAGEFAULT_FLAG_RWP, UFFD_PAGEFAULT_FLAG_WP } from '../kernel/constants.js';
-import { decodeMessage, msgEvent, msgFaultAddress, msgFaultFlags } from '../kernel/messages.js';
+import { decodeMessage, loadFaultAddress, msgEvent, msgFaultAddressIs, msgFaultFlags } from '../kernel/messages.js';
 import { yieldCpu } from '../kernel/time.js';
 import { MessageBuffer } from '../kernel/userfaultfd.js';
 import type { ThreadMessage } from './messages.js';
@@ -65,8 +65,18 @@ export class UffdReader {
   }
 
   isFault(i: number): boolean { return msgEvent(this.dv, i) === UFFD_EVENT_PAGEFAULT; }
-  address(i: number): number { return msgFaultAddress(this.dv, i); }
   flags(i: number): number { return msgFaultFlags(this.dv, i) & KIND_BITS; }
+
+  /** Copies fault message i's address and kind bits into f (the address is not returned: see Fault). */
+  load(i: number, f: { addr: number; flags: number }): void {
+    loadFaultAddress(this.dv, i, f);
+    f.flags = msgFaultFlags(this.dv, i) & KIND_BITS;
+  }
+
+  /** Whether message i is a fault of f's kind at f.addr + delta (a run one ioctl can serve). */
+  follows(i: number, f: { addr: number; flags: number }, delta: number): boolean {
+    return this.isFault(i) && this.flags(i) === f.flags && msgFaultAddressIs(this.dv, i, f, delta);
+  }
 
   // ---- non-fault events ------------------------------------------------------------
 

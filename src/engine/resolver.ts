@@ -8,7 +8,7 @@ import {
 import { UffdError } from '../kernel/errors.js';
 import { ERRNO } from '../kernel/libc.js';
 import { bytesAt, close as closeFd, eventfdSignal, openFile, pwriteFrom, tryMadvise } from '../kernel/memory.js';
-import { threadCpuSeconds, yieldCpu } from '../kernel/time.js';
+import { monoMicros32, monotonicMs, threadCpuSeconds, yieldCpu } from '../kernel/time.js';
 import { RangeResult, Userfaultfd } from '../kernel/userfaultfd.js';
 import { Gate } from '../remote/gate.js';
 import type { EngineSetup } from './layout.js';
@@ -17,7 +17,7 @@ import {
   C_PAGES_BACKGROUND, C_PAGES_DEMAND, C_PAGES_READAHEAD, C_REZEROED, C_RETRIES, C_SPURIOUS, C_WAKES, C_ZERO_FILLS,
   COUNTER_WORDS, CounterBlock, Counters, PAGE_DROPPED, PAGE_FILLING, PAGE_MISSING, PAGE_PRESENT, PageStates,
 } from './shared.js';
-import { Claims, ControlBlock, MissOp, RegionTable } from './tables.js';
+import { Claims, ControlBlock, type Located, MissOp, RegionTable } from './tables.js';
 
 /** Why pages are filled (which counter they go to). */
 export const Cause = { demand: 0, readahead: 1, background: 2 } as const;
@@ -62,33 +62,28 @@ class RangeRun {
   gaveUp = false;
 }
 
-// Node's global `performance` is a lazy getter (a call on every access), and its timeOrigin
-// another: both are read once per thread, not once per fault.
-const perf = performance;
-const timeOrigin = perf.timeOrigin;
+/** The per-fault clock: µs, int32, comparable across threads (kernel/time.ts). */
+export const nowUs = monoMicros32;
 
-/** Wall-clock ms, comparable across threads (each thread has its own performance.timeOrigin). */
-export function nowMs(): number {
-  return timeOrigin + perf.now();
-}
-
-/** This thread's monotonic clock, ms (performance.now() without the global's getter). */
-export function monoMs(): number {
-  return perf.now();
-}
+/** This thread's monotonic clock, ms (deadlines). */
+export const monoMs = monotonicMs;
 
 /**
  * One fault for handleFault. Each caller keeps one and refills it per fault: nothing
- * allocates on the per-fault path.
+ * allocates on the per-fault path. Only small integers cross calls on that path (V8 boxes
+ * any other number that crosses a call it did not inline): the address is read from here,
+ * and the page is found by row and local index.
  */
-export class Fault {
+export class Fault implements Located {
   /** The faulting address and the kernel's fault flags (kind bits). */
   addr = 0;
   flags = 0;
-  /** Its region-table row (RegionTable.findRow; negative: none of ours). */
+  /** Its region-table row (RegionTable.locate; negative: none of ours). */
   row = -1;
-  /** Wall-clock ms (nowMs) when it was read: the latency counts from there. */
-  readAt = 0;
+  /** Its page's index within the row (RegionTable.locate). */
+  local = 0;
+  /** When it was read (monoMicros32, µs): the latency counts from there. */
+  readUs = 0;
   /** How many directly following pages are also faulting (served by the same ioctl). */
   more = 0;
 }
@@ -127,6 +122,8 @@ export class Resolver {
   private window: number;
   private lastEnd = -1;
   private lastCpuUpdate = 0;
+  /** This thread has stamped its first fault served (C_FIRST_MS). */
+  private firstServed = false;
   /** This worker's index for help words (readers 'all'), or -1 (the dispatcher; readers 'dispatcher'). */
   private readonly helpIndex: number;
   private helping = false;
@@ -205,21 +202,19 @@ export class Resolver {
   handleFault(f: Fault): number {
     const c = this.counters;
     const tb = this.table;
-    const { addr, flags, row, more } = f;
-    const tRead = f.readAt;
+    const { flags, row, local, more } = f;
+    const tRead = f.readUs;
     if (row < 0) {
       // Not one of ours (a region unmapped meanwhile): let the thread retry; the kernel decides.
       c.add(C_SPURIOUS);
-      this.safeWake(addr - (addr % PAGE_SIZE), PAGE_SIZE);
+      this.safeWake(f.addr - (f.addr % PAGE_SIZE), PAGE_SIZE);
       return 0;
     }
     const ps = tb.pageSize(row);
-    const local = tb.localPage(row, addr);
     const g = tb.stateBase(row) + local;
-    const pageAddr = tb.start(row) + local * ps;
     if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-      if (this.wpHook) this.wpHook(pageAddr, ps, bytesAt(pageAddr, ps));
-      return this.unprotect(pageAddr, ps, false, tRead);
+      if (this.wpHook) this.callWpHook(row, local);
+      return this.unprotect(row, local, false, tRead);
     }
     if (flags & UFFD_PAGEFAULT_FLAG_RWP) {
       // The owner has an RWP window open (it scans, re-protects or evicts in sync mode): the
@@ -228,7 +223,7 @@ export class Resolver {
         c.add(C_FAULTS_RWP);
         return 0;
       }
-      return this.unprotect(pageAddr, ps, true, tRead);
+      return this.unprotect(row, local, true, tRead);
     }
     if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
       c.add(C_FAULTS_MINOR);
@@ -251,7 +246,7 @@ export class Resolver {
         // The page left the page cache between the fault and CONTINUE (a hole punched):
         // wake the thread; it faults again, now as a missing fault.
         c.add(C_ERRORS);
-        this.safeWake(pageAddr, n * ps);
+        this.safeWake(tb.start(row) + local * ps, n * ps);
         return 0;
       }
       this.latency(tRead);
@@ -288,12 +283,19 @@ export class Resolver {
       // fill that mapped it, or a hole punched without an event. Fill it again: EEXIST means
       // it was a race. Wake either way so no thread is left.
       const filled = this.fill(row, local, 1, this.refillHow);
-      this.safeWake(pageAddr, ps);
+      this.safeWake(tb.start(row) + local * ps, ps);
       if (filled === DEFERRED) return DEFERRED;
     }
     // Otherwise another thread is filling it: its ioctl wakes this one.
     this.latency(tRead);
     return 0;
+  }
+
+  /** Shows the write-protected page to the hook (tests, dirty tracking) before it is un-protected. */
+  private callWpHook(row: number, local: number): void {
+    const ps = this.table.pageSize(row);
+    const addr = this.table.start(row) + local * ps;
+    this.wpHook?.(addr, ps, bytesAt(addr, ps));
   }
 
   /**
@@ -303,19 +305,24 @@ export class Resolver {
    * A thread still refused after EAGAIN_LIMIT tries is woken: it faults again, and only
    * that fault is counted.
    */
-  private unprotect(addr: number, ps: number, rwp: boolean, tRead: number): number {
+  private unprotect(row: number, local: number, rwp: boolean, tRead: number): number {
     const c = this.counters;
+    const tb = this.table;
+    const ps = tb.pageSize(row);
     const counter = rwp ? C_FAULTS_RWP : C_FAULTS_WP;
     // Counted before the ioctl that wakes the thread: whoever it tells it is done sees it counted.
     c.add(counter);
     for (let retries = 0; ;) {
-      const ok = rwp ? this.uffd.tryRwprotect(addr, ps, false) : this.uffd.tryWriteprotect(addr, ps, false);
+      const ops = this.uffd.operands;
+      ops[0] = tb.start(row) + local * ps;
+      ops[2] = ps;
+      const ok = this.uffd.tryProtectOperands(rwp, false);
       c.add(C_IOCTLS);
       if (ok) break;
       if (!this.awaitReader(++retries)) {
         c.add(counter, -1); // not resolved here: a worker, or the thread's next fault, counts it
         if (!this.mayRetry) return DEFERRED;
-        this.safeWake(addr, ps);
+        this.safeWake(tb.start(row) + local * ps, ps);
         return 0;
       }
     }
@@ -440,14 +447,20 @@ export class Resolver {
     run.firstExist = -1;
     run.gaveUp = false;
     let retries = 0;
+    const ops = uffd.operands; // the ioctl's operands: written, not passed (see Fault)
     while (run.done < len) {
-      const at = dst + run.done;
-      const left = len - run.done;
-      if (kind === K_COPY) uffd.copy(at, src + run.done, left, 0, res);
-      else if (kind === K_ZEROPAGE) uffd.zeropage(at, left, 0, res);
-      else if (kind === K_COPY_ZERO) uffd.copy(at, this.zeroAddr, ps, 0, res); // one zero page at a time
-      else if (kind === K_CONTINUE) uffd.continue(at, left, 0, res);
-      else uffd.poison(at, left, 0, res);
+      ops[0] = dst + run.done;
+      ops[2] = len - run.done;
+      if (kind === K_COPY) {
+        ops[1] = src + run.done;
+        uffd.copyOperands(0, res);
+      } else if (kind === K_ZEROPAGE) uffd.zeropageOperands(0, res);
+      else if (kind === K_COPY_ZERO) {
+        ops[1] = this.zeroAddr;
+        ops[2] = ps; // one zero page at a time
+        uffd.copyOperands(0, res);
+      } else if (kind === K_CONTINUE) uffd.continueOperands(0, res);
+      else uffd.poisonOperands(0, res);
       c.add(C_IOCTLS);
       run.done += res.bytes;
       run.filled += res.bytes;
@@ -709,10 +722,13 @@ export class Resolver {
     }
   }
 
+  /** Records the latency of a fault read at tRead (µs, nowUs); the first one served also stamps the wall clock. */
   private latency(tRead: number): void {
-    const now = nowMs();
-    this.counters.recordLatency((now - tRead) * 1000);
-    if (this.counters.get(C_FIRST_MS) === 0) this.counters.set(C_FIRST_MS, now);
+    const us = (nowUs() - tRead) | 0;
+    this.counters.recordLatency(us);
+    if (this.firstServed) return;
+    this.firstServed = true;
+    if (this.counters.get(C_FIRST_MS) === 0) this.counters.set(C_FIRST_MS, Date.now());
   }
 
   /**
@@ -816,8 +832,9 @@ export class Resolver {
   }
 
   updateCpu(force = false): void {
-    const now = monoMs();
-    if (!force && now - this.lastCpuUpdate < 50) return;
+    const now = nowUs();
+    const since = (now - this.lastCpuUpdate) | 0;
+    if (!force && since >= 0 && since < 50_000) return;
     this.lastCpuUpdate = now;
     this.counters.set(C_CPU_SEC, threadCpuSeconds());
   }

@@ -33,6 +33,9 @@ export interface RingBuffers {
   eventFd: number;
 }
 
+/** What a fault entry holds (the resolver's Fault). */
+export interface StagedFault { addr: number; flags: number; readUs: number }
+
 export class Ring {
   readonly control: Int32Array;
   readonly entries: Float64Array;
@@ -67,12 +70,12 @@ export class Ring {
    * Writes a fault entry (address, the kernel's fault flags, time read) after `pending`
    * staged ones, without publishing it; returns false when the ring is full.
    */
-  stage(pending: number, addr: number, flags: number, t: number): boolean {
+  stage(pending: number, f: StagedFault): boolean {
     const i = this.slot(pending);
     if (i < 0) return false;
-    this.entries[i] = addr;
-    this.entries[i + 1] = flags;
-    this.entries[i + 2] = t;
+    this.entries[i] = f.addr; // read here, not passed: an address would be boxed crossing the call
+    this.entries[i + 1] = f.flags;
+    this.entries[i + 2] = f.readUs;
     this.entries[i + 3] = EntryKind.fault;
     return true;
   }
@@ -109,6 +112,20 @@ export class Ring {
   }
 
   // Consumer side -----------------------------------------------------------
+  /** Copies fault entry `index` into f (address, flags, time read): the address is not returned (see resolver.ts, Fault). */
+  loadFault(index: number, f: StagedFault): void {
+    const e = (index & this.mask) * ENTRY_WORDS;
+    const entries = this.entries;
+    f.addr = entries[e] as number;
+    f.flags = entries[e + 1] as number;
+    f.readUs = entries[e + 2] as number;
+  }
+  /** Whether entry `index` is a fault of f's flags at f.addr + delta (a run one ioctl can serve). */
+  follows(index: number, f: StagedFault, delta: number): boolean {
+    const e = (index & this.mask) * ENTRY_WORDS;
+    const entries = this.entries;
+    return entries[e + 3] === EntryKind.fault && entries[e + 1] === f.flags && entries[e] === f.addr + delta;
+  }
   addrAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS] as number; }
   flagsAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 1] as number; }
   timeAt(index: number): number { return this.entries[(index & this.mask) * ENTRY_WORDS + 2] as number; }
@@ -314,7 +331,8 @@ export class CounterBlock {
   /** Adds one latency sample (µs) to the histogram. */
   recordLatency(micros: number): void {
     // Bucket b holds [2^b, 2^(b+1)) µs (bucket 0 also below 1 µs): floor(log2) by counting bits.
-    const b = micros < 2 ? 0 : micros >= HIST_TOP_US ? HIST_BUCKETS - 1 : 31 - Math.clz32(micros);
+    // Negative: an interval of the wrapping int32 µs clock (nowUs) over 35 minutes.
+    const b = micros < 0 || micros >= HIST_TOP_US ? HIST_BUCKETS - 1 : micros < 2 ? 0 : 31 - Math.clz32(micros);
     this.add(C_HIST + b);
   }
 }

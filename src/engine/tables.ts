@@ -55,6 +55,13 @@ export interface RegionRowInit {
   gate: number;
 }
 
+/** A fault's address, and where RegionTable.locate found it: row (-1: none) and page index in the row. */
+export interface Located {
+  addr: number;
+  row: number;
+  local: number;
+}
+
 export class RegionTable {
   private readonly t: Float64Array;
   private readonly ctl: ControlBlock;
@@ -107,6 +114,28 @@ export class RegionTable {
       if (addr >= start && addr < start + (t[b + RT_SIZE] as number) && t[b + RT_ALIVE] !== 0) return r;
     }
     return -1;
+  }
+
+  /**
+   * Sets f.row (the live row holding f.addr, or -1) and f.local (its page index in the
+   * row). Takes the fault rather than the address: on the per-fault path an address
+   * crosses no call (see resolver.ts, Fault).
+   */
+  locate(f: Located): void {
+    const t = this.t;
+    const addr = f.addr;
+    const n = this.rows();
+    for (let r = 0; r < n; r++) {
+      const b = r * RT_WORDS;
+      const start = t[b + RT_START] as number;
+      if (addr >= start && addr < start + (t[b + RT_SIZE] as number) && t[b + RT_ALIVE] !== 0) {
+        f.row = r;
+        f.local = Math.floor((addr - start) / (t[b + RT_PAGE_SIZE] as number));
+        return;
+      }
+    }
+    f.row = -1;
+    f.local = 0;
   }
 
   /** The live row whose page-state range holds global page g, or -1. */

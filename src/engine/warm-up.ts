@@ -8,7 +8,7 @@ import { close, eventfd, madvise, mapAnonymous, munmap } from '../kernel/memory.
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
 import { UffdReader } from './reader.js';
-import { Fault, nowMs, Resolver } from './resolver.js';
+import { Fault, nowUs, Resolver } from './resolver.js';
 import { Counters, PageStates, Ring } from './shared.js';
 import { Claims, ControlBlock, RegionTable, scratchRow } from './tables.js';
 
@@ -79,8 +79,8 @@ export function warmUp(rounds = 40): void {
       reader.read(); // nothing pending: EAGAIN
       for (let p = 0; p < pages; p++) {
         fault.addr = region + p * PAGE_SIZE;
-        fault.row = r.findRow(fault.addr);
-        fault.readAt = nowMs();
+        r.table.locate(fault);
+        fault.readUs = nowUs();
         r.handleFault(fault);
       }
       madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event

@@ -48,6 +48,20 @@ export function msgFaultFlags(dv: DataView, i: number): number {
 export function msgFaultAddress(dv: DataView, i: number): number {
   return u64(dv, i * SIZEOF_UFFD_MSG + 16);
 }
+/**
+ * Whether fault message i's address is target.addr + delta. The per-fault path compares
+ * here rather than taking the address back: a number that large would be boxed in a fresh
+ * heap object if it crossed a call V8 did not inline.
+ */
+export function msgFaultAddressIs(dv: DataView, i: number, target: { addr: number }, delta: number): boolean {
+  const off = i * SIZEOF_UFFD_MSG + 16;
+  return dv.getUint32(off + 4, true) * 0x100000000 + dv.getUint32(off, true) === target.addr + delta;
+}
+/** Writes fault message i's address into target.addr (see msgFaultAddressIs). */
+export function loadFaultAddress(dv: DataView, i: number, target: { addr: number }): void {
+  const off = i * SIZEOF_UFFD_MSG + 16;
+  target.addr = dv.getUint32(off + 4, true) * 0x100000000 + dv.getUint32(off, true);
+}
 export function msgFaultTid(dv: DataView, i: number): number {
   return dv.getUint32(i * SIZEOF_UFFD_MSG + 24, true);
 }

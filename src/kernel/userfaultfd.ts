@@ -123,7 +123,17 @@ export class Userfaultfd {
 
   private readonly arg = new ArrayBuffer(128);
   private readonly dv = new DataView(this.arg);
+  /** The argument struct as u32 words (little-endian): the *Operands ioctls write it without DataView calls. */
+  private readonly a32 = new Uint32Array(this.arg);
   private readonly argAddr: number;
+  /**
+   * Operands of the next copyOperands / zeropageOperands / continueOperands /
+   * poisonOperands / tryProtectOperands: [0] start (the destination), [1] source, [2]
+   * length, in bytes. The per-fault path writes them here instead of passing them: an
+   * address is not a small integer, and V8 boxes such a number in a fresh heap object
+   * each time it crosses a call it did not inline.
+   */
+  readonly operands = new Float64Array(3);
   private closed = false;
   /** Whether RWP was granted (asked once: RWP faults un-protect through it). */
   private readonly rwp: boolean;
@@ -263,18 +273,35 @@ export class Userfaultfd {
     if (libc.ioctl(this.fd, C.UFFDIO_WAKE, this.argAddr) < 0) fail('wake', start, len);
   }
 
-  // A range operation with an s64 out field: returns the bytes done; on partial or no
-  // progress the errno is EEXIST or EAGAIN (in `out`: pass one to tell them apart); any
-  // other errno throws.
-  private rangeOp(io: RangeIoctl, start: number, len: number, out?: RangeResult): number {
-    const { op, outOff } = io;
-    this.dv.setUint32(outOff, 0, true);
-    this.dv.setUint32(outOff + 4, 0, true);
-    let bytes = len;
+  /** Writes a u64 (< 2^53) at u32 word w of the argument struct. */
+  private put(w: number, v: number): void {
+    const a = this.a32;
+    a[w] = v >>> 0;
+    a[w + 1] = (v / 4294967296) >>> 0;
+  }
+
+  // A range operation with an s64 out field, on the operands' start and length (their
+  // source too when the struct has one): returns the bytes done; on partial or no progress
+  // the errno is EEXIST or EAGAIN (in `out`: pass one to tell them apart); any other errno
+  // throws.
+  private rangeOp(io: RangeIoctl, mode: number, out?: RangeResult): number {
+    const a = this.a32;
+    const ops = this.operands;
+    const hasSrc = io.outOff === 32; // copy and move: { dst, src, len, mode, out }
+    this.put(0, ops[0] as number);
+    if (hasSrc) this.put(2, ops[1] as number);
+    const lenWord = hasSrc ? 4 : 2;
+    this.put(lenWord, ops[2] as number);
+    a[lenWord + 2] = mode;
+    a[lenWord + 3] = 0;
+    const outWord = io.outOff >> 2;
+    a[outWord] = 0;
+    a[outWord + 1] = 0;
+    let bytes = ops[2] as number;
     let e = 0;
     if (libc.ioctl(this.fd, io.req, this.argAddr) !== 0) {
       e = errno();
-      const done = s64(this.dv, outOff);
+      const done = s64(this.dv, io.outOff);
       if (done > 0) {
         // Partial progress: the kernel reports bytes done and answers EAGAIN.
         bytes = done;
@@ -282,7 +309,7 @@ export class Userfaultfd {
       } else if (e === ERRNO.EEXIST || e === ERRNO.EAGAIN) {
         bytes = 0;
       } else {
-        throw new UffdError({ op, errno: e, start, len, done: 0, hint: hintFor(op, errnoName(e)) });
+        throw new UffdError({ op: io.op, errno: e, start: ops[0] as number, len: ops[2] as number, done: 0, hint: hintFor(io.op, errnoName(e)) });
       }
     }
     if (out) {
@@ -292,43 +319,48 @@ export class Userfaultfd {
     return bytes;
   }
 
+  /** UFFDIO_COPY of the operands' length from their source to their start (mode: COPY_MODE_DONTWAKE | COPY_MODE_WP). */
+  copyOperands(mode: number, out?: RangeResult): number { return this.rangeOp(IO_COPY, mode, out); }
+  /** UFFDIO_ZEROPAGE over the operands' range. */
+  zeropageOperands(mode: number, out?: RangeResult): number { return this.rangeOp(IO_ZEROPAGE, mode, out); }
+  /** UFFDIO_CONTINUE over the operands' range. */
+  continueOperands(mode: number, out?: RangeResult): number { return this.rangeOp(IO_CONTINUE, mode, out); }
+  /** UFFDIO_POISON over the operands' range. */
+  poisonOperands(mode: number, out?: RangeResult): number { return this.rangeOp(IO_POISON, mode, out); }
+
+  private setOperands(start: number, src: number, len: number): void {
+    const ops = this.operands;
+    ops[0] = start;
+    ops[1] = src;
+    ops[2] = len;
+  }
+
   /** UFFDIO_COPY len bytes from src to dst (mode: COPY_MODE_DONTWAKE | COPY_MODE_WP). */
   copy(dst: number, src: number, len: number, mode = 0, out?: RangeResult): number {
-    const dv = this.dv;
-    writeU64(dv, 0, dst);
-    writeU64(dv, 8, src);
-    writeU64(dv, 16, len);
-    writeU64(dv, 24, mode);
-    return this.rangeOp(IO_COPY, dst, len, out);
+    this.setOperands(dst, src, len);
+    return this.rangeOp(IO_COPY, mode, out);
   }
 
   zeropage(start: number, len: number, mode = 0, out?: RangeResult): number {
-    this.range(start, len);
-    writeU64(this.dv, 16, mode);
-    return this.rangeOp(IO_ZEROPAGE, start, len, out);
+    this.setOperands(start, 0, len);
+    return this.rangeOp(IO_ZEROPAGE, mode, out);
   }
 
   /** UFFDIO_CONTINUE: maps pages already in the page cache (minor faults). */
   continue(start: number, len: number, mode = 0, out?: RangeResult): number {
-    this.range(start, len);
-    writeU64(this.dv, 16, mode);
-    return this.rangeOp(IO_CONTINUE, start, len, out);
+    this.setOperands(start, 0, len);
+    return this.rangeOp(IO_CONTINUE, mode, out);
   }
 
   poison(start: number, len: number, mode = 0, out?: RangeResult): number {
-    this.range(start, len);
-    writeU64(this.dv, 16, mode);
-    return this.rangeOp(IO_POISON, start, len, out);
+    this.setOperands(start, 0, len);
+    return this.rangeOp(IO_POISON, mode, out);
   }
 
   /** UFFDIO_MOVE: moves pages from src to dst (anon), leaving src empty. */
   move(dst: number, src: number, len: number, mode = 0, out?: RangeResult): number {
-    const dv = this.dv;
-    writeU64(dv, 0, dst);
-    writeU64(dv, 8, src);
-    writeU64(dv, 16, len);
-    writeU64(dv, 24, mode);
-    return this.rangeOp(IO_MOVE, dst, len, out);
+    this.setOperands(dst, src, len);
+    return this.rangeOp(IO_MOVE, mode, out);
   }
 
   /**
@@ -342,7 +374,8 @@ export class Userfaultfd {
 
   /** One UFFDIO_WRITEPROTECT: false on EAGAIN (an event not read yet: retry once it is), throws on any other error. */
   tryWriteprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
-    return this.protectOnce('writeprotect', C.UFFDIO_WRITEPROTECT, start, len,
+    this.setOperands(start, 0, len);
+    return this.protectOnce('writeprotect', C.UFFDIO_WRITEPROTECT,
       (protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontWake ? C.UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0));
   }
 
@@ -353,21 +386,42 @@ export class Userfaultfd {
 
   /** One UFFDIO_RWPROTECT: false on EAGAIN, throws on any other error. */
   tryRwprotect(start: number, len: number, protect: boolean, dontWake = false): boolean {
+    this.needRwp();
+    this.setOperands(start, 0, len);
+    return this.protectOnce('rwprotect', C.UFFDIO_RWPROTECT,
+      (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
+  }
+
+  /**
+   * One un-protect (or protect) of the operands' range: UFFDIO_RWPROTECT when `rwp`, else
+   * UFFDIO_WRITEPROTECT (un-protecting wakes the range). False on EAGAIN, as tryWriteprotect.
+   */
+  tryProtectOperands(rwp: boolean, protect: boolean): boolean {
+    if (rwp) {
+      this.needRwp();
+      return this.protectOnce('rwprotect', C.UFFDIO_RWPROTECT, protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0);
+    }
+    return this.protectOnce('writeprotect', C.UFFDIO_WRITEPROTECT, protect ? C.UFFDIO_WRITEPROTECT_MODE_WP : 0);
+  }
+
+  private needRwp(): void {
     if (!this.rwp) {
       throw new UnsupportedError('rwprotect needs UFFD_FEATURE_RWP (Linux 7.3 read-write-protect), which this userfaultfd was not granted; ' +
         'use WP_ASYNC write tracking or the access-tracking fallbacks instead');
     }
-    return this.protectOnce('rwprotect', C.UFFDIO_RWPROTECT, start, len,
-      (protect ? C.UFFDIO_RWPROTECT_MODE_RWP : 0) | (dontWake ? C.UFFDIO_RWPROTECT_MODE_DONTWAKE : 0));
   }
 
-  // WRITEPROTECT and RWPROTECT share one struct: { range, mode }.
-  private protectOnce(op: string, req: number, start: number, len: number, mode: number): boolean {
-    this.range(start, len);
-    writeU64(this.dv, 16, mode);
+  // WRITEPROTECT and RWPROTECT share one struct: { range, mode }, over the operands' range.
+  private protectOnce(op: string, req: number, mode: number): boolean {
+    const a = this.a32;
+    const ops = this.operands;
+    this.put(0, ops[0] as number);
+    this.put(2, ops[2] as number);
+    a[4] = mode;
+    a[5] = 0;
     if (libc.ioctl(this.fd, req, this.argAddr) === 0) return true;
     if (errno() === ERRNO.EAGAIN) return false;
-    fail(op, start, len);
+    fail(op, ops[0] as number, ops[2] as number);
   }
 
   /** UFFDIO_SET_MODE (Linux 7.3): toggles features such as RWP_ASYNC at run time. */

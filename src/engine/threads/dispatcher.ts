@@ -12,7 +12,7 @@ import { EpollWaiter, eventfdDrain } from '../../kernel/memory.js';
 import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { DEFERRED, Fault, monoMs, nowMs, Resolver } from '../resolver.js';
+import { DEFERRED, Fault, nowUs, Resolver } from '../resolver.js';
 import { C_ERRORS, C_HANDOFFS, C_INLINE, EntryKind, Ring } from '../shared.js';
 import { MissOp, WorkerState } from '../tables.js';
 import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js';
@@ -53,14 +53,14 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
   /** Stages a fault for a worker's ring, publishing (and waiting) while the ring is full. */
   function stage(shard: number, f: Fault): void {
     const ring = rings[shard] as Ring;
-    while (!ring.stage(staged[shard] as number, f.addr, f.flags, f.readAt)) full(shard, ring);
+    while (!ring.stage(staged[shard] as number, f)) full(shard, ring);
     staged[shard] = (staged[shard] as number) + 1;
   }
 
   /** Stages a request to re-zero the page at addr, as stage() does a fault. */
   function stageRezero(shard: number, addr: number): void {
     const ring = rings[shard] as Ring;
-    const t = nowMs();
+    const t = nowUs();
     while (!ring.stageRezero(staged[shard] as number, addr, t)) full(shard, ring);
     staged[shard] = (staged[shard] as number) + 1;
   }
@@ -73,8 +73,9 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
     ctl.pause(0.05);
   }
 
-  function shardOf(row: number, addr: number): number {
-    return Math.floor(table.globalPage(row, addr) / setup.stripePages) % rings.length;
+  /** The shard of global page g: stripes of stripePages pages, dealt round the rings. */
+  function shardOf(g: number): number {
+    return Math.floor(g / setup.stripePages) % rings.length;
   }
 
   // Re-zeroing a page blocks on work only a reader can do: a worker does it.
@@ -82,7 +83,7 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
     const row = table.findRow(addr);
     if (row < 0) return;
     ctl.rezeroQueued(); // Engine.stop waits for these before unregistering
-    stageRezero(shardOf(row, addr), addr);
+    stageRezero(shardOf(table.globalPage(row, addr)), addr);
   };
 
   function post(msg: DispatcherMessage): void {
@@ -91,12 +92,12 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
 
   /** Resolves the fault here or hands it to its shard's worker; `batch`: messages in the read. */
   function route(f: Fault, batch: number): void {
-    const { addr, flags, row } = f;
+    const { flags, row } = f;
     if (row < 0) {
       r.handleFault(f); // not ours any more: wake so the kernel decides
       return;
     }
-    const shard = shardOf(row, addr);
+    const shard = shardOf(table.stateBase(row) + f.local);
     const inlineOk = ((flags & UFFD_PAGEFAULT_FLAG_WP) ? canInlineWp : true) && table.missingOp(row) !== MissOp.callback;
     // 'auto': the worker sleeps and the batch is small: resolving here is cheaper than waking
     // it. A worker that is awake (or has work queued) gets the fault, keeping its order; a
@@ -161,7 +162,7 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
   let idleReads = 0;
   let idleSince = 0;
   let lastBusy = false; // faults arrived since the last sleep
-  const spinMs = setup.dispatcherSpinMicros / 1000;
+  const spinUs = setup.dispatcherSpinMicros;
   for (;;) {
     if (ctl.stopping()) break;
     for (let s = 0; s < rings.length; s++) if (ctl.deaths(s) !== deathsSeen[s]) takeOver(s);
@@ -170,17 +171,16 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
       if (n > 0) {
         idleReads = 0;
         lastBusy = true;
-        const t = nowMs();
+        const t = nowUs();
         for (let s = 0; s < rings.length; s++) {
           const ring = rings[s] as Ring;
           quiet[s] = ctl.workerState(s) !== WorkerState.serving ? 2 : inlineAuto && ring.size() === 0 && ring.consumerSleeping() ? 1 : 0;
         }
         for (let i = 0; i < n; i++) {
           if (!reader.isFault(i)) continue;
-          fault.addr = reader.address(i);
-          fault.flags = reader.flags(i);
-          fault.row = table.findRow(fault.addr);
-          fault.readAt = t;
+          reader.load(i, fault);
+          table.locate(fault);
+          fault.readUs = t;
           fault.more = 0;
           try {
             route(fault, n);
@@ -204,8 +204,8 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
       }
       // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
       // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
-      if (idleReads === 0) idleSince = monoMs();
-      if (++idleReads < 2 || (spinMs > 0 && lastBusy && monoMs() - idleSince < spinMs)) continue;
+      if (idleReads === 0) idleSince = nowUs();
+      if (++idleReads < 2 || (spinUs > 0 && lastBusy && ((nowUs() - idleSince) | 0) < spinUs)) continue;
     }
     idleReads = 0;
     lastBusy = false;

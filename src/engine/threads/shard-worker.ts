@@ -13,7 +13,7 @@ import { yieldCpu } from '../../kernel/time.js';
 import type { EngineSetup } from '../layout.js';
 import type { CallbackRequest, ThreadMessage } from '../messages.js';
 import { UffdReader } from '../reader.js';
-import { Fault, type FillHow, monoMs, nowMs, Resolver } from '../resolver.js';
+import { Fault, type FillHow, monoMs, nowUs, Resolver } from '../resolver.js';
 import { C_DIRECT, EntryKind, Ring } from '../shared.js';
 import { CallbackSlot, CallbackState } from '../tables.js';
 import { collectGarbage, isWarm, warmUpIfAsked, warmUpOnce } from '../warm-up.js';
@@ -62,9 +62,9 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
   r.recoverClaims(shard);
   ctl.markWorkerServing(shard); // the dispatcher stops resolving this shard's faults
   ctl.markReady();
-  const spinMs = setup.spinMicros / 1000;
+  const spinUs = setup.spinMicros;
   const background = setup.prefetch.background;
-  let lastGapMs = 0; // how long the last sleep lasted
+  let lastGapUs = 0; // how long the last sleep lasted
   for (;;) {
     if (ctl.stopping()) break;
     const head = ring.head;
@@ -75,7 +75,7 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
       continue;
     }
     r.readerAgain();
-    if (reader && readAndResolve(r, reader) > 0) { lastGapMs = 0; continue; }
+    if (reader && readAndResolve(r, reader) > 0) { lastGapUs = 0; continue; }
     if ((background || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
       r.needReader();
       r.backgroundStep();
@@ -84,13 +84,13 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine. But
     // only while work keeps arriving soon after the last sleep began (adaptive): spinning
     // through idle gaps steals the CPU the faulting threads need on a small machine.
-    if (spinMs > 0 && lastGapMs < 4 * spinMs && !reader) {
-      const until = monoMs() + spinMs;
-      while (ring.tail === tail && monoMs() < until) { /* spin */ }
-      if (ring.tail !== tail) { lastGapMs = 0; continue; }
+    if (spinUs > 0 && lastGapUs < 4 * spinUs && !reader) {
+      const from = nowUs();
+      while (ring.tail === tail && ((nowUs() - from) | 0) < spinUs) { /* spin */ }
+      if (ring.tail !== tail) { lastGapUs = 0; continue; }
     }
     r.updateCpu(); // at most every 50 ms: the clock read is a syscall
-    const slept = monoMs();
+    const slept = nowUs();
     if (poller) {
       // The flag makes a producer signal the eventfd; the tail is checked after raising it.
       if (ring.mayPoll(tail)) {
@@ -101,7 +101,7 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     } else {
       ring.sleep(tail, 200);
     }
-    lastGapMs = monoMs() - slept;
+    lastGapUs = (nowUs() - slept) | 0;
   }
   // Re-zeroings handed here and not done yet (a stop that did not wait for them): the
   // ranges are unregistered by now, so MADV_DONTNEED no longer waits for a reader.
@@ -119,23 +119,17 @@ function drainRing(r: Resolver, ring: Ring, head: number, tail: number): void {
   const tb = r.table;
   let i = head;
   while (i !== tail) {
-    const addr = ring.addrAt(i);
     if (ring.kindAt(i) === EntryKind.rezero) {
-      r.rezeroAt(addr);
+      r.rezeroAt(ring.addrAt(i));
       i = (i + 1) | 0;
       ring.commit(i);
       continue;
     }
-    const flags = ring.flagsAt(i);
+    ring.loadFault(i, fault);
+    tb.locate(fault);
     let more = 0;
-    const row = tb.findRow(addr);
-    const ps = row < 0 ? 4096 : tb.pageSize(row);
-    while (((i + more + 1) | 0) !== tail && ring.kindAt(i + more + 1) === EntryKind.fault && ring.flagsAt(i + more + 1) === flags
-      && ring.addrAt(i + more + 1) === addr + (more + 1) * ps) more++;
-    fault.addr = addr;
-    fault.flags = flags;
-    fault.row = row;
-    fault.readAt = ring.timeAt(i);
+    const ps = fault.row < 0 ? 4096 : tb.pageSize(fault.row);
+    while (((i + more + 1) | 0) !== tail && ring.follows(i + more + 1, fault, (more + 1) * ps)) more++;
     fault.more = more;
     const absorbed = r.handleFault(fault); // never DEFERRED in a worker
     i = (i + 1 + absorbed) | 0;
@@ -148,21 +142,16 @@ function readAndResolve(r: Resolver, reader: UffdReader): number {
   const n = reader.read();
   if (n === 0) return 0;
   const tb = r.table;
-  const t = nowMs();
+  const t = nowUs();
   let i = 0;
   while (i < n) {
     if (!reader.isFault(i)) { i++; continue; }
-    const addr = reader.address(i);
-    const flags = reader.flags(i);
-    const row = tb.findRow(addr);
-    const ps = row < 0 ? 4096 : tb.pageSize(row);
+    reader.load(i, fault);
+    tb.locate(fault);
+    const ps = fault.row < 0 ? 4096 : tb.pageSize(fault.row);
     let more = 0;
-    while (i + more + 1 < n && reader.isFault(i + more + 1) && reader.flags(i + more + 1) === flags
-      && reader.address(i + more + 1) === addr + (more + 1) * ps) more++;
-    fault.addr = addr;
-    fault.flags = flags;
-    fault.row = row;
-    fault.readAt = t;
+    while (i + more + 1 < n && reader.follows(i + more + 1, fault, (more + 1) * ps)) more++;
+    fault.readUs = t;
     fault.more = more;
     const absorbed = r.handleFault(fault);
     r.counters.add(C_DIRECT, 1 + absorbed);
