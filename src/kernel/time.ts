@@ -1,23 +1,12 @@
-// Clocks: wall-clock and monotonic ms for the per-fault path, and thread CPU time for the
-// per-fault CPU figures of the engine and the benchmark.
+// Clocks: the per-fault path's µs clock, monotonic ms, and thread CPU time for the per-fault
+// CPU figures of the engine and the benchmark. One preallocated timespec, no BigInt.
 import { addressOf, libc } from './libc.js';
 
-const CLOCK_REALTIME = 0;
 const CLOCK_MONOTONIC = 1;
 const CLOCK_THREAD_CPUTIME_ID = 3;
 // struct timespec as four u32 (tv_sec low, high; tv_nsec; padding), read without BigInt.
 const clock = new Uint32Array(4);
 const clockAddr = addressOf(clock);
-
-/**
- * Wall-clock ms (CLOCK_REALTIME, through the vDSO), comparable across threads and with
- * Date.now(). Unlike performance.now(), whose result is boxed in a fresh heap number on
- * every call, this allocates nothing: the per-fault latency reads it.
- */
-export function wallMs(): number {
-  libc.clock_gettime(CLOCK_REALTIME, clockAddr);
-  return (clock[1] as number * 4294967296 + (clock[0] as number)) * 1000 + (clock[2] as number) / 1e6;
-}
 
 /**
  * CLOCK_MONOTONIC in µs, modulo 2^32, as an int32: a small integer, which V8 never boxes
@@ -30,18 +19,16 @@ export function monoMicros32(): number {
   return (Math.imul(clock[0] as number, 1000000) + (((clock[2] as number) / 1000) | 0)) | 0;
 }
 
-/** Monotonic ms (CLOCK_MONOTONIC), for intervals within a thread; allocates nothing. */
+/** Monotonic ms (CLOCK_MONOTONIC), for deadlines; a double, so not for the per-fault path (see monoMicros32). */
 export function monotonicMs(): number {
   libc.clock_gettime(CLOCK_MONOTONIC, clockAddr);
   return (clock[1] as number * 4294967296 + (clock[0] as number)) * 1000 + (clock[2] as number) / 1e6;
 }
-const ts = new BigInt64Array(2);
-const tsAddr = addressOf(ts);
 
 /** CPU time consumed by the calling thread, in seconds. */
 export function threadCpuSeconds(): number {
-  libc.clock_gettime(CLOCK_THREAD_CPUTIME_ID, tsAddr);
-  return Number(ts[0]) + Number(ts[1]) / 1e9;
+  libc.clock_gettime(CLOCK_THREAD_CPUTIME_ID, clockAddr);
+  return (clock[1] as number) * 4294967296 + (clock[0] as number) + (clock[2] as number) / 1e9;
 }
 
 /** Yields the CPU (used between EAGAIN retries). */
