@@ -136,7 +136,7 @@ async function runFill(o: Opts, file: string, sock: string): Promise<FillRun> {
   try {
     await sessions.ready();
     const accepted = server.acceptOne(30_000);
-    const child = spawn(process.execPath, [client, '--socket', sock, '--mem-file', file, '--region-size', String(o.size), '--wait-stdin', '--verify-all',
+    const child = spawn(process.execPath, [client, '--socket', sock, '--mem-file', file, '--region-size', String(o.size), '--wait-stdin', '--verify-all', '--prewarm',
       '--timeout-ms', '120000'], { stdio: ['pipe', 'pipe', 'inherit'] });
     let out = '';
     child.stdout!.on('data', (b: Buffer) => { out += b.toString(); });

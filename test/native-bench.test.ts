@@ -88,6 +88,10 @@ describe('native reference benchmark (src/bench/native)', function () {
     assertHandled(r.handled, 4096, 'anon missing');
     assert.ok(r.handlerCpuSec !== null && r.handlerCpuSec >= 0);
     assert.equal(r.steady, null);
+    assert.ok(r.prewarmSec > 0, `the region's memory was touched and freed first (prewarmSec ${r.prewarmSec})`);
+    const cold = await runNative({ size: 4 * MiB, threads: 1, prewarm: false }, RUN);
+    assertRun(cold, 'anon missing, no pre-warm');
+    assert.equal(cold.prewarmSec, 0, '--no-prewarm skips it');
   });
 
   it('memfd, minor faults resolved with UFFDIO_CONTINUE', async () => {

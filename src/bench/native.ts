@@ -51,6 +51,12 @@ export interface NativeWorkload {
   eventRemove?: boolean;
   /** CPU pinning: same (all on CPU 0), split (faulting on 0..n-2, handlers on n-1). */
   pin?: 'none' | 'same' | 'split';
+  /**
+   * Touch and free the region's size of memory before mapping it (default true): on a VM
+   * with free page reporting, memory idle for a couple of seconds is back with the host and
+   * each first touch of it costs ~5 µs more, which would fall on whichever side ran first.
+   */
+  prewarm?: boolean;
 }
 
 export interface NativeOptions extends NativeWorkload {
@@ -137,6 +143,8 @@ export interface NativeResult extends PhaseResult {
   handshakeToFirstTouchNs?: number;
   phaseEndNs: number;
   setupSec: number;
+  /** Seconds spent touching and freeing the region's size of memory before mapping it (0: --no-prewarm, or hugetlb). */
+  prewarmSec: number;
   verifySec: number;
   peerPid: number | null;
   cpus: number;
@@ -319,6 +327,7 @@ export function nativeArgs(o: NativeOptions): string[] {
   if (o.sendMemfd) a.push('--send-memfd');
   if (o.eventRemove) a.push('--event-remove');
   if (o.waitAck) a.push('--wait-ack');
+  if (o.prewarm === false) a.push('--no-prewarm');
   return a;
 }
 

@@ -15,6 +15,7 @@ const SPEC: OptionSpec = {
   watch: { type: 'boolean', default: false, help: 'watch population through pagemap until every page is present' },
   verifyAll: { type: 'boolean', default: false, help: 'compare every page with the file at the end' },
   waitStdin: { type: 'boolean', default: false, help: 'print {"ready":true} and wait for a line on stdin first' },
+  prewarm: { type: 'boolean', default: false, help: "touch and free the regions' size of memory before mapping them (benchmarks: see uffd-bench --no-prewarm)" },
   timeoutMs: { type: 'number', default: 20000, help: 'exit 2 after this long' },
 };
 

@@ -23,7 +23,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import * as C from '../kernel/constants.js';
-import { bytesAt, madvise, mapAnonymous, memcmp, mmap, openFile } from '../kernel/memory.js';
+import { bytesAt, madvise, mapAnonymous, memcmp, mmap, munmap, openFile } from '../kernel/memory.js';
 import { connectUnix, sendWithFds } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { encodeHandshake } from './handshake.js';
@@ -45,6 +45,13 @@ export interface TouchClientOptions {
   verifyAll: boolean;
   waitStdin: boolean;
   timeoutMs: number;
+  /**
+   * Touch and free as much memory as the regions take right before mapping them, so that
+   * their pages come from memory the kernel has just freed (benchmarks: on a VM with free
+   * page reporting, memory idle for seconds is back with the host and slow to touch again;
+   * uffd-bench.c does the same unless --no-prewarm).
+   */
+  prewarm?: boolean;
 }
 
 export interface TouchClientResult {
@@ -57,6 +64,18 @@ export interface TouchClientResult {
   polls?: number;
   mismatch?: { page: number; offset: number };
   ms: number;
+}
+
+/** Touches len bytes of fresh anonymous memory (one write per page) and frees them. */
+function prewarm(len: number): void {
+  const at = mapAnonymous(len);
+  try {
+    madvise(at, len, C.MADV_NOHUGEPAGE);
+    const view = bytesAt(at, len);
+    for (let off = 0; off < len; off += C.PAGE_SIZE) view[off] = 1;
+  } finally {
+    munmap(at, len);
+  }
 }
 
 function sleep(ms: number): Promise<void> {
@@ -72,6 +91,7 @@ export async function runTouchClient(o: TouchClientOptions): Promise<TouchClient
   const fileFd = openFile(o.memFile, C.O_RDONLY);
   const fileMap = mmap(fileSize, C.PROT_READ, C.MAP_PRIVATE, fileFd, 0);
   const uffd = Userfaultfd.create({ nonBlocking: true, closeOnExec: true, userModeOnly: false, features: ['EVENT_REMOVE'] });
+  if (o.prewarm) prewarm(regionSize * o.regions);
   const regions: { base: number; offset: number }[] = [];
   for (let i = 0; i < o.regions; i++) {
     const base = mapAnonymous(regionSize);
