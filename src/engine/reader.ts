@@ -47,7 +47,7 @@ export class UffdReader {
   /**
    * One non-blocking read(2) under the read lock, the batch's events applied before the
    * lock is released. Returns the number of messages (0: nothing pending); the faults
-   * among them are for the caller (isFault, address, flags).
+   * among them are for the caller (isFault, load, follows).
    */
   read(): number {
     this.ctl.lockRead(yieldCpu, this.r.thread); // held for one read(2) and its events
