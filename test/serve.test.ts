@@ -190,7 +190,12 @@ describe('serve: the restore server backed by the parallel engine', function () 
       assert.equal(run.result!.pagesChecked, 3072 + 128, 'all pages, plus the removed range read twice');
       assert.ok(summary.removes >= 1, 'the engine saw UFFD_EVENT_REMOVE');
       assert.equal(summary.errors, 0);
-      assert.equal(summary.pages.zeroFilled, 128, 'the engine answered the faults after REMOVE with zeros');
+      // Each removed page reads zeros (the client checked the bytes): zero-filled when it
+      // faulted again, or re-zeroed when a fill (background, prefetch on) raced with the
+      // REMOVE — such a page reads zeros without faulting again.
+      assert.ok(summary.pages.zeroFilled <= 128 && summary.pages.zeroFilled + summary.pages.rezeroed >= 128,
+        `the engine answered the removed range with zeros (zero-filled ${summary.pages.zeroFilled}, re-zeroed ${summary.pages.rezeroed})`);
+      if (prefetch === 'off') assert.equal(summary.pages.zeroFilled, 128, 'pure demand: every removed page zero-filled on its fault');
       if (prefetch === 'off') assert.equal(summary.pages.demand, 3072 + 128);
       else assert.equal(summary.endReason, 'hangup');
     });

@@ -138,7 +138,12 @@ export interface SessionSummary {
   /** From session start to the end (engine stopped). */
   durationMs: number;
   faults: number;
-  pages: { demand: number; readahead: number; background: number; prefetch: number; total: number; zeroFilled: number };
+  /**
+   * zeroFilled: pages answered with zeros (a REMOVE's range faulting again, a zero source);
+   * rezeroed: pages made zero again because a fill raced with a REMOVE (they read zeros
+   * without faulting again).
+   */
+  pages: { demand: number; readahead: number; background: number; prefetch: number; total: number; zeroFilled: number; rezeroed: number };
   bytes: number;
   /** Bytes filled / time to fully populated (else to the last demand fault, else the duration). */
   gibPerSec: number;
@@ -466,7 +471,7 @@ export function newSummary(handshake: Handshake, ctx: Pick<SessionContext, 'id' 
     regions: handshake.regions.map((r) => ({ offset: r.offset, size: r.size, pageSize: r.pageSize })),
     totalBytes: handshake.totalSize, totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0),
     prefetch, workers, endReason: 'error', firstFaultMs: null, warm: false, lastDemandFaultMs: null, populatedMs: null, durationMs: 0, faults: 0,
-    pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0 }, bytes: 0, gibPerSec: 0,
+    pages: { demand: 0, readahead: 0, background: 0, prefetch: 0, total: 0, zeroFilled: 0, rezeroed: 0 }, bytes: 0, gibPerSec: 0,
     latencyUs: { p50: 0, p90: 0, p99: 0, max: 0 }, retries: 0, eexist: 0, errors: 0, removes: 0, ioctls: 0, incidents: [],
     warnings: [...handshake.warnings],
   };
@@ -474,11 +479,12 @@ export function newSummary(handshake: Handshake, ctx: Pick<SessionContext, 'id' 
 
 function fillFromStats(s: SessionSummary, st: EngineStats, t0: number): void {
   s.faults = st.faults.total;
-  // Both clocks are wall-clock ms: the engine threads' performance.timeOrigin + now().
+  // Both clocks are wall-clock ms: the engine thread's Date.now() at its first fault served.
   if (st.firstFaultAt > 0) s.firstFaultMs = Math.round((st.firstFaultAt - (performance.timeOrigin + t0)) * 100) / 100;
   s.pages = {
     demand: st.pages.demand, readahead: st.pages.readahead, background: st.pages.background,
     prefetch: st.pages.readahead + st.pages.background, total: st.pages.total, zeroFilled: st.pages.zeroFilled,
+    rezeroed: st.rezeroed,
   };
   s.bytes = st.bytes;
   s.latencyUs = { p50: st.latencyUs.p50, p90: st.latencyUs.p90, p99: st.latencyUs.p99, max: st.latencyUs.max };
