@@ -185,16 +185,6 @@ export class Resolver {
     this.ctl.setHelpWanted(this.helpIndex, false);
   }
 
-  /** The region-table row holding addr, or -1. */
-  findRow(addr: number): number {
-    return this.table.findRow(addr);
-  }
-
-  /** Global page index of the page holding addr (for sharding). */
-  globalPage(row: number, addr: number): number {
-    return this.table.globalPage(row, addr);
-  }
-
   /**
    * Resolves one fault. Returns how many of its `more` following pages (from the ring or
    * the batch read) it served too, or DEFERRED (dispatcher only: a worker must finish it).
@@ -307,14 +297,14 @@ export class Resolver {
    */
   private unprotect(row: number, local: number, rwp: boolean, tRead: number): number {
     const c = this.counters;
-    const tb = this.table;
-    const ps = tb.pageSize(row);
+    const ps = this.table.pageSize(row);
+    const addr = this.table.start(row) + local * ps; // a local: it crosses no call on the way to the ioctl
+    const ops = this.uffd.operands;
     const counter = rwp ? C_FAULTS_RWP : C_FAULTS_WP;
     // Counted before the ioctl that wakes the thread: whoever it tells it is done sees it counted.
     c.add(counter);
     for (let retries = 0; ;) {
-      const ops = this.uffd.operands;
-      ops[0] = tb.start(row) + local * ps;
+      ops[0] = addr;
       ops[2] = ps;
       const ok = this.uffd.tryProtectOperands(rwp, false);
       c.add(C_IOCTLS);
@@ -322,7 +312,7 @@ export class Resolver {
       if (!this.awaitReader(++retries)) {
         c.add(counter, -1); // not resolved here: a worker, or the thread's next fault, counts it
         if (!this.mayRetry) return DEFERRED;
-        this.safeWake(tb.start(row) + local * ps, ps);
+        this.safeWake(addr, ps);
         return 0;
       }
     }

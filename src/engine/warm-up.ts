@@ -120,15 +120,19 @@ export function rehearseServe(workers: number, serve: (setup: EngineSetup) => vo
   }
 }
 
-/** In a pool thread: warm up at load when the pool was started warm (rehearse: rehearseServe's serve). */
-export function warmUpIfAsked(data: unknown, rehearse?: (setup: EngineSetup) => void): void {
-  if (!isWarm(data)) return;
+/** A warm thread's preparation: the fault path's warm-up, then a rehearsal of its serve loop; counted ready either way. */
+function prepareWarmThread(signal: Int32Array, rehearse: (setup: EngineSetup) => void): void {
   try {
     warmUp();
-    if (rehearse) rehearseServe(1, rehearse);
+    rehearseServe(1, rehearse);
   } finally {
-    Atomics.add(new Int32Array(data.signal), 1, 1);
+    Atomics.add(signal, 1, 1);
   }
+}
+
+/** In a pool thread: prepare at load when the pool was started warm (rehearse: the thread's serve, see rehearseServe). */
+export function warmUpIfAsked(data: unknown, rehearse: (setup: EngineSetup) => void): void {
+  if (isWarm(data)) prepareWarmThread(new Int32Array(data.signal), rehearse);
 }
 
 /**
@@ -136,17 +140,10 @@ export function warmUpIfAsked(data: unknown, rehearse?: (setup: EngineSetup) => 
  * thread, warm up (once), then wait for an Engine to post the setup. A warm dispatcher
  * comes back here after each engine it served (threads.ts: reusable sets).
  */
-export function waitForSetup(data: unknown, rehearse?: (setup: EngineSetup) => void): EngineSetup {
+export function waitForSetup(data: unknown, rehearse: (setup: EngineSetup) => void): EngineSetup {
   if (!isWarm(data)) return data as EngineSetup;
   const signal = new Int32Array(data.signal);
-  if (!warmed) {
-    try {
-      warmUp();
-      if (rehearse) rehearseServe(1, rehearse);
-    } finally {
-      Atomics.add(signal, 1, 1);
-    }
-  }
+  if (!warmed) prepareWarmThread(signal, rehearse);
   for (;;) {
     Atomics.wait(signal, 0, 0);
     if (Atomics.load(signal, 0) === 2) process.exit(0);

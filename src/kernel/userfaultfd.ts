@@ -105,13 +105,17 @@ export class RangeResult {
   errno = 0;
 }
 
-/** A range ioctl: its name in errors, request number, and the offset of its s64 out field (bytes done). */
-interface RangeIoctl { op: string; req: number; outOff: number }
-const IO_COPY: RangeIoctl = { op: 'copy', req: C.UFFDIO_COPY, outOff: 32 };
-const IO_ZEROPAGE: RangeIoctl = { op: 'zeropage', req: C.UFFDIO_ZEROPAGE, outOff: 24 };
-const IO_CONTINUE: RangeIoctl = { op: 'continue', req: C.UFFDIO_CONTINUE, outOff: 24 };
-const IO_POISON: RangeIoctl = { op: 'poison', req: C.UFFDIO_POISON, outOff: 24 };
-const IO_MOVE: RangeIoctl = { op: 'move', req: C.UFFDIO_MOVE, outOff: 32 };
+/**
+ * A range ioctl: its name in errors, request number, whether its struct has a source
+ * ({ dst, src, len, mode, out }; else { range, mode, out }), and the offset of its s64 out
+ * field (bytes done).
+ */
+interface RangeIoctl { op: string; req: number; src: boolean; outOff: number }
+const IO_COPY: RangeIoctl = { op: 'copy', req: C.UFFDIO_COPY, src: true, outOff: 32 };
+const IO_ZEROPAGE: RangeIoctl = { op: 'zeropage', req: C.UFFDIO_ZEROPAGE, src: false, outOff: 24 };
+const IO_CONTINUE: RangeIoctl = { op: 'continue', req: C.UFFDIO_CONTINUE, src: false, outOff: 24 };
+const IO_POISON: RangeIoctl = { op: 'poison', req: C.UFFDIO_POISON, src: false, outOff: 24 };
+const IO_MOVE: RangeIoctl = { op: 'move', req: C.UFFDIO_MOVE, src: true, outOff: 32 };
 
 export class Userfaultfd {
   readonly fd: number;
@@ -273,7 +277,11 @@ export class Userfaultfd {
     if (libc.ioctl(this.fd, C.UFFDIO_WAKE, this.argAddr) < 0) fail('wake', start, len);
   }
 
-  /** Writes a u64 (< 2^53) at u32 word w of the argument struct. */
+  /**
+   * Writes a u64 (< 2^53) at u32 word w of the argument struct: writeU64 (messages.ts) for
+   * the per-fault path, small enough that V8 inlines it (test/hot-path.test.ts: with
+   * writeU64 there, the address arguments were boxed, ~33 bytes per fault).
+   */
   private put(w: number, v: number): void {
     const a = this.a32;
     a[w] = v >>> 0;
@@ -287,10 +295,9 @@ export class Userfaultfd {
   private rangeOp(io: RangeIoctl, mode: number, out?: RangeResult): number {
     const a = this.a32;
     const ops = this.operands;
-    const hasSrc = io.outOff === 32; // copy and move: { dst, src, len, mode, out }
     this.put(0, ops[0] as number);
-    if (hasSrc) this.put(2, ops[1] as number);
-    const lenWord = hasSrc ? 4 : 2;
+    if (io.src) this.put(2, ops[1] as number);
+    const lenWord = io.src ? 4 : 2;
     this.put(lenWord, ops[2] as number);
     a[lenWord + 2] = mode;
     a[lenWord + 3] = 0;

@@ -25,10 +25,7 @@ export interface ShardTask {
   port: MessagePort | null;
 }
 
-warmUpIfAsked(workerData, (scratch) => {
-  const held: { close(): void }[] = [];
-  try { serveShard({ setup: scratch, shard: 0, port: null }, held); } finally { for (const h of held) h.close(); }
-});
+warmUpIfAsked(workerData, (scratch) => { runShard({ setup: scratch, shard: 0, port: null }); });
 
 export default function runShard(task: ShardTask): { shard: number } {
   const held: { close(): void }[] = [];
