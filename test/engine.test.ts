@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Engine, EngineStats, EngineThreads, PAGE_DROPPED, StartStep } from '../src/engine/index.js';
+import { Engine, EngineStats, EngineThreads, PAGE_DROPPED, PAGE_PRESENT, StartStep } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
 import { Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { addressOf } from '../src/kernel/libc.js';
@@ -541,8 +541,13 @@ describe('engine: warm threads (EngineThreads)', function () {
           const st = await engine.stop();
           assertFilledOnce(st, size / PAGE);
           assert.equal(threads.inUse, false, 'idle again after stop');
-          // Its counters went on to this engine (recycled, zeroed): the last one still reports its own.
-          if (previous) assert.deepEqual(previous.engine.stats(), previous.stats, 'a stopped engine keeps its final statistics');
+          // Its tables went on to this engine (recycled, zeroed): the last one still answers from its own copies.
+          if (previous) {
+            assert.deepEqual(previous.engine.stats(), previous.stats, 'a stopped engine keeps its final statistics');
+            assert.equal(previous.engine.pagesMissing(), 0, 'a stopped engine keeps its page states (every page was filled)');
+            assert.equal(previous.engine.pageState(size / PAGE - 1), PAGE_PRESENT);
+            assert.equal(previous.engine.peerGone, false);
+          }
           previous = { engine, stats: st };
         } finally {
           region.close();

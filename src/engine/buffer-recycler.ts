@@ -3,9 +3,10 @@
 // native memory that Node never gives back (~1.4 KiB per buffer here, whatever its size:
 // a worker that is sent 10 new buffers per message grows by ~14 KiB per message, one sent
 // the same buffers again does not grow; docs/performance.md, "Soak"). An engine on a
-// reusable set takes its per-thread tables (rings, claims, counters, gate cursors) from
-// here, zeroed, instead of new ones; what it keeps reading after its stop (the control
-// block, the page states, the region table, callback slots) stays its own.
+// reusable set takes all its tables (rings, claims, counters, gate cursors, control block,
+// region table, page states) from here, zeroed, instead of new ones; at its stop it copies
+// what it still answers from (control block, region table, page states) into buffers no
+// thread has seen, and page states handed out by pageStateBuffer are never recycled.
 export const RECYCLE_MAX_BYTES = 1 << 20; // larger ones: zeroing would cost more (and make them resident)
 const KEEP_PER_SIZE = 32;
 

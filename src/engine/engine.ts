@@ -16,6 +16,7 @@ import type { MemoryTypeName, Region } from '../memory-types/types.js';
 import { openRemoteRegions, OpenedRemotes } from '../remote/engine-sources.js';
 import { GateSetup, watchArrivals } from '../remote/gate.js';
 import { OpenedSource, openSource, PageSource } from '../sources/index.js';
+import type { BufferRecycler } from './buffer-recycler.js';
 import type { EngineSetup } from './layout.js';
 import type { CallbackRequest, DispatcherMessage, WorkerMessage } from './messages.js';
 import { DISPATCHER, EngineThreads, SHARD_WORKER, startLimitMs } from './threads.js';
@@ -257,13 +258,15 @@ export class Engine extends EventEmitter {
   readonly uffd: Userfaultfd;
   readonly workers: number;
   readonly incidents: Incident[] = [];
-  readonly #setup: EngineSetup;
+  #setup: EngineSetup;
   readonly #rows: RegionRow[];
   readonly #ownsUffd: boolean;
-  readonly #ctl: ControlBlock;
-  readonly #table: RegionTable;
+  #ctl: ControlBlock;
+  #table: RegionTable;
   readonly #counters: Counters;
-  readonly #states: PageStates;
+  #states: PageStates;
+  /** pageStateBuffer was handed out: its reader may outlive the engine, so the table is never recycled. */
+  #statesLent = false;
   readonly #rings: Ring[];
   readonly #failures: number[];
   readonly #lastFailure: number[];
@@ -515,6 +518,7 @@ export class Engine extends EventEmitter {
    * page map). Read it with `new PageStates(engine.pageStateBuffer, engine.totalPages)`.
    */
   get pageStateBuffer(): SharedArrayBuffer {
+    this.#statesLent = true;
     return this.#setup.states;
   }
 
@@ -759,6 +763,29 @@ export class Engine extends EventEmitter {
   }
 
   /**
+   * Gives this stopped engine's shared tables to the next engine on the same threads. What a
+   * stopped engine still answers from (control block, region table, page states) is copied
+   * into buffers no thread has seen first; page states handed out by pageStateBuffer stay.
+   */
+  #giveBackTables(recycler: BufferRecycler): void {
+    const setup = this.#setup;
+    const own = (b: SharedArrayBuffer): SharedArrayBuffer => {
+      const copy = new SharedArrayBuffer(b.byteLength);
+      new Uint8Array(copy).set(new Uint8Array(b));
+      return copy;
+    };
+    const kept = { control: own(setup.control), regionTable: own(setup.regionTable), states: this.#statesLent ? setup.states : own(setup.states) };
+    recycler.giveBack([
+      setup.counters, setup.claims, setup.gateCursors, ...setup.rings.flatMap((r) => [r.control, r.entries]),
+      setup.control, setup.regionTable, ...(this.#statesLent ? [] : [setup.states]),
+    ]);
+    this.#setup = { ...setup, ...kept };
+    this.#ctl = new ControlBlock(kept.control);
+    this.#table = new RegionTable(kept.regionTable, this.#ctl);
+    this.#states = new PageStates(kept.states, setup.totalPages);
+  }
+
+  /**
    * Stops serving. See StopOptions for what happens to pages not yet filled; either
    * way no faulting thread is left waiting.
    */
@@ -795,9 +822,9 @@ export class Engine extends EventEmitter {
     else if (!this.#threads.reusable) await this.#threads.destroy(); // never launched: the threads it was given (a reusable set stays its owner's)
     const stats = this.stats();
     this.#final = stats;
-    // No thread uses this engine's per-thread tables any more: on to the next engine.
-    const setup = this.#setup;
-    this.#threads?.buffers?.giveBack([setup.counters, setup.claims, setup.gateCursors, ...setup.rings.flatMap((r) => [r.control, r.entries])]);
+    // No thread uses this engine's tables any more: on to the next engine on these threads.
+    const recycler = this.#threads?.buffers;
+    if (recycler) this.#giveBackTables(recycler);
     closeFd(this.#setup.eventFd);
     for (const r of this.#rings) if (r.eventFd >= 0) closeFd(r.eventFd);
     if (this.#ownsUffd) this.uffd.close();
@@ -919,7 +946,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     const o = new Float64Array(order);
     for (let i = 0; i < pf.order.length; i++) o[i] = Number(pf.order[i]);
   }
-  // On a reusable set of threads, per-thread tables the threads have seen before (buffer-recycler.ts).
+  // On a reusable set of threads, tables the threads have seen before (buffer-recycler.ts).
   const keep = (b: SharedArrayBuffer): SharedArrayBuffer => opts.threads?.buffers?.swap(b) ?? b;
   const rings = Array.from({ length: workers }, () => {
     // Workers that read the uffd sleep in epoll_wait: a ring wakes them through an eventfd.
@@ -933,11 +960,11 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     features: uffd.features.toString(),
     workers,
     stripePages: plan.stripe / plan.minPage,
-    regionTable: RegionTable.allocate(),
-    states: PageStates.allocate(plan.totalPages),
+    regionTable: keep(RegionTable.allocate()),
+    states: keep(PageStates.allocate(plan.totalPages)),
     totalPages: plan.totalPages,
     counters: keep(Counters.allocate(workers + 1)),
-    control: ControlBlock.allocate(),
+    control: keep(ControlBlock.allocate()),
     claims: keep(Claims.allocate(workers + 1)),
     rings,
     order,
