@@ -4,7 +4,7 @@
 // thread terminated). Each run ends with the C program checking every byte of its region;
 // the process's resident memory is sampled between runs and must stay flat.
 //
-//   node --expose-gc dist/bench/soak.js [--faults 1e8] [--size 32M] [--rounds 120] [--kill-ms 1000]
+//   node --expose-gc --max-semi-space-size=1 dist/bench/soak.js [--faults 1e8] [--size 32M] [--rounds 120] [--kill-ms 1000]
 //        [--kill both|throw|terminate|none] [--fresh-threads] [--max-minutes 60] [--json]
 //
 // Threads: every run is a new engine, but all of them serve on one reusable set of engine
@@ -339,7 +339,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   if (o.help) {
-    console.log(helpText('soak (node --expose-gc dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked, memory judged.', spec));
+    console.log(helpText('soak (node --expose-gc --max-semi-space-size=1 dist/bench/soak.js)', 'The bounce workload served by the engine for --faults faults, with random worker kills; every byte checked, memory judged.', spec));
     return;
   }
   if (o.rejudge) {
@@ -350,6 +350,10 @@ async function main(): Promise<void> {
     return;
   }
   if (!(globalThis as { gc?: () => void }).gc) process.stderr.write('soak: run node with --expose-gc, or RSS samples include garbage not yet collected\n');
+  if (!process.execArgv.some((a) => a.startsWith('--max-semi-space-size'))) {
+    // V8 doubles an isolate's semi-spaces when many objects survive and keeps them (up to 16 MiB each, 4 isolates here).
+    process.stderr.write("soak: run node with --max-semi-space-size=1, or V8's young generations growing during the run read as a slope (docs/performance.md)\n");
+  }
   const r = await soak(o, (s) => process.stderr.write(`${s}\n`));
   const v = r.verdict;
   if (o.json) console.log(JSON.stringify(r));
