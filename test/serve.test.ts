@@ -376,35 +376,43 @@ describe('serve: the restore server backed by the parallel engine', function () 
 
       // Restore 2: preload. One worker, so the order is strict: no other page may be
       // populated before every working-set page is. The client only watches (pagemap).
-      cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', bigMem, '--once', '--json', '--preload-ws', wsFile, '--workers', '1']);
-      await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
-      // The client watches until every page is present, then waits until the session has
-      // reported 'populated' before it verifies and hangs up: otherwise its hang-up races
-      // with the session's own check (every 10 ms) and either may come first.
-      const watcher = runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M', '--watch', '--wait-stdin', '--verify-all']);
-      await waitFor(() => /"ready"/.test(watcher.out()), 'the client to see every page present');
-      await waitFor(() => /fully populated/.test(cli.err()), 'the session to report populated');
-      watcher.child.stdin!.end('go\n');
-      const w = await watcher.done;
-      const watch = lastJson<{ ok: boolean; verified: number; population: number[][] }>(w.stdout);
-      assert.equal(watch.verified, 16384, 'every page equals the memory file');
-      const wsSet = new Set(ws.pages);
-      const seen = new Set<number>();
-      for (const batch of watch.population) {
-        for (const p of batch) seen.add(p);
-        const others = [...seen].filter((p) => !wsSet.has(p)).length;
-        const wsPresent = ws.pages.filter((p) => seen.has(p)).length;
-        assert.ok(others === 0 || wsPresent === ws.pages.length,
-          `a page outside the working set was populated while ${ws.pages.length - wsPresent} working-set pages were still missing`);
+      // The order check means something only if the watcher saw population in steps: the
+      // whole 64 MiB fills in ~15 ms, and a watcher kept off the CPU that long (a loaded
+      // machine) sees it in one step. Such a restore is checked like any other and tried
+      // again, up to 3 times.
+      let steps2 = 0;
+      for (let attempt = 1; attempt <= 3 && steps2 < 2; attempt++) {
+        cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', bigMem, '--once', '--json', '--preload-ws', wsFile, '--workers', '1']);
+        await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
+        // The client watches until every page is present, then waits until the session has
+        // reported 'populated' before it verifies and hangs up: otherwise its hang-up races
+        // with the session's own check (every 10 ms) and either may come first.
+        const watcher = runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', bigMem, '--region-size', '64M', '--watch', '--wait-stdin', '--verify-all']);
+        await waitFor(() => /"ready"/.test(watcher.out()), 'the client to see every page present');
+        await waitFor(() => /fully populated/.test(cli.err()), 'the session to report populated');
+        watcher.child.stdin!.end('go\n');
+        const w = await watcher.done;
+        const watch = lastJson<{ ok: boolean; verified: number; population: number[][] }>(w.stdout);
+        assert.equal(watch.verified, 16384, 'every page equals the memory file');
+        const wsSet = new Set(ws.pages);
+        const seen = new Set<number>();
+        for (const batch of watch.population) {
+          for (const p of batch) seen.add(p);
+          const others = [...seen].filter((p) => !wsSet.has(p)).length;
+          const wsPresent = ws.pages.filter((p) => seen.has(p)).length;
+          assert.ok(others === 0 || wsPresent === ws.pages.length,
+            `a page outside the working set was populated while ${ws.pages.length - wsPresent} working-set pages were still missing`);
+        }
+        steps2 = watch.population.length;
+        r = await cli.done;
+        assert.equal(r.code, 0, r.stderr);
+        const s = lastJson<SessionSummary>(r.stdout);
+        assert.equal(s.prefetch, 'hot-first');
+        assert.deepEqual(s.preloaded, { pages: 20, outside: 0 });
+        assert.equal(s.endReason, 'populated');
+        if (steps2 < 2) console.log(`      restore ${attempt}: the watcher saw population in ${steps2} step(s); trying again`);
       }
-      // The check above means something only if the client saw population in steps.
-      assert.ok(watch.population.length >= 2, `population seen in ${watch.population.length} step(s) only`);
-      r = await cli.done;
-      assert.equal(r.code, 0, r.stderr);
-      const s = lastJson<SessionSummary>(r.stdout);
-      assert.equal(s.prefetch, 'hot-first');
-      assert.deepEqual(s.preloaded, { pages: 20, outside: 0 });
-      assert.equal(s.endReason, 'populated');
+      assert.ok(steps2 >= 2, `population seen in ${steps2} step(s) only, 3 restores in a row`);
     });
 
     it('SIGTERM shuts down cleanly: a running VM is filled completely, then detached', async () => {
