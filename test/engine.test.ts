@@ -541,6 +541,8 @@ describe('engine: warm threads (EngineThreads)', function () {
           const st = await engine.stop();
           assertFilledOnce(st, size / PAGE);
           assert.equal(threads.inUse, false, 'idle again after stop');
+          // Its threads may serve the next engine: a stopped engine does not touch them.
+          await assert.rejects(engine.killWorker(0, 'terminate'), /this engine has stopped/);
           // Its tables went on to this engine (recycled, zeroed): the last one still answers from its own copies.
           if (previous) {
             assert.deepEqual(previous.engine.stats(), previous.stats, 'a stopped engine keeps its final statistics');

@@ -718,6 +718,8 @@ export class Engine extends EventEmitter {
    * the dispatcher thread (the engine starts another, which frees what it held).
    */
   async killWorker(shard: number | 'dispatcher', how: 'throw' | 'terminate'): Promise<void> {
+    // Its threads may serve another engine by now (a reusable set): never touch them.
+    if (this.#stopped) throw new Error('killWorker: this engine has stopped');
     if (shard === 'dispatcher') {
       if (how !== 'terminate') throw new ConfigError("the dispatcher can only be killed with 'terminate'");
       const w = this.#dispatcher;
