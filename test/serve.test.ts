@@ -378,11 +378,12 @@ describe('serve: the restore server backed by the parallel engine', function () 
       // populated before every working-set page is. The client only watches (pagemap).
       // The order check means something only if the watcher saw population in steps: the
       // whole 64 MiB fills in ~15 ms, and a watcher kept off the CPU that long (a loaded
-      // machine) sees it in one step. Such a restore is checked like any other and tried
+      // machine) sees it in one step. --chunk 4K makes the fill take many small steps; a
+      // restore seen in one step anyway is checked like any other and tried
       // again, up to 3 times.
       let steps2 = 0;
       for (let attempt = 1; attempt <= 3 && steps2 < 2; attempt++) {
-        cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', bigMem, '--once', '--json', '--preload-ws', wsFile, '--workers', '1']);
+        cli = runNode(CLI, ['serve', '--socket', sockPath, '--mem-file', bigMem, '--once', '--json', '--preload-ws', wsFile, '--workers', '1', '--chunk', '4K']);
         await waitFor(() => /listening on/.test(cli.err()), 'the CLI to listen');
         // The client watches until every page is present, then waits until the session has
         // reported 'populated' before it verifies and hangs up: otherwise its hang-up races
