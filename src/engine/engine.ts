@@ -718,8 +718,8 @@ export class Engine extends EventEmitter {
    * the dispatcher thread (the engine starts another, which frees what it held).
    */
   async killWorker(shard: number | 'dispatcher', how: 'throw' | 'terminate'): Promise<void> {
-    // Its threads may serve another engine by now (a reusable set): never touch them.
-    if (this.#stopped) throw new Error('killWorker: this engine has stopped');
+    // Once its threads are released (#final is set then) they may serve another engine: never touch them.
+    if (this.#final) throw new Error('killWorker: this engine has stopped');
     if (shard === 'dispatcher') {
       if (how !== 'terminate') throw new ConfigError("the dispatcher can only be killed with 'terminate'");
       const w = this.#dispatcher;
@@ -776,11 +776,10 @@ export class Engine extends EventEmitter {
       new Uint8Array(copy).set(new Uint8Array(b));
       return copy;
     };
+    const used = [setup.counters, setup.claims, setup.gateCursors, setup.control, setup.regionTable, ...setup.rings.flatMap((r) => [r.control, r.entries])];
+    if (!this.#statesLent) used.push(setup.states);
     const kept = { control: own(setup.control), regionTable: own(setup.regionTable), states: this.#statesLent ? setup.states : own(setup.states) };
-    recycler.giveBack([
-      setup.counters, setup.claims, setup.gateCursors, ...setup.rings.flatMap((r) => [r.control, r.entries]),
-      setup.control, setup.regionTable, ...(this.#statesLent ? [] : [setup.states]),
-    ]);
+    recycler.giveBack(used);
     this.#setup = { ...setup, ...kept };
     this.#ctl = new ControlBlock(kept.control);
     this.#table = new RegionTable(kept.regionTable, this.#ctl);
