@@ -194,7 +194,7 @@ describe('uffd-engine bench', function () {
       assert.equal(m.touched, 1024);
     }
     assert.equal(out.rss.big.regionSize, 64 * 1024 * MiB);
-    assert.equal(out.rss.big.pageStateTableMiB, 4, '2 bits per 4 KiB page');
+    assert.equal(out.rss.big.pageStateTableMiB, 6, '2 bits and a drop mark per 4 KiB page');
   });
 
   it('refuses bad options with a reason', async () => {

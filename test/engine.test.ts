@@ -17,6 +17,8 @@ import { memoryType } from '../src/memory-types/index.js';
 import type { Region } from '../src/memory-types/types.js';
 import { sources } from '../src/sources/index.js';
 import { scratchSetup } from '../src/engine/warm-up.js';
+import { Fault, nowUs, Resolver } from '../src/engine/resolver.js';
+import { C_REZEROED, C_ZERO_FILLS, Counters, PAGE_FILLING, PAGE_MISSING } from '../src/engine/shared.js';
 import { makeSnapshot, writeSnapshotFile } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers, TouchResult } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
@@ -426,6 +428,78 @@ describe('engine: concurrency and failures', function () {
     } finally {
       await engine.stop({ mode: 'abandon' });
       region.close();
+    }
+  });
+
+  it('a page a REMOVE drops under a claim stays its filler\'s until the filler lets go: no second claim, bytes it copied after the zap are zeroed', () => {
+    // The reader, two threads' resolvers and the kernel's zap, in the order that lost a
+    // removed page's zeros (a full-suite run): filler F claims page 0; a REMOVE drops it;
+    // the kernel zaps it; a fault on it reaches H; F's copy lands after the zap. Before,
+    // H claimed the page (DROPPED -> FILLING) and F's publish then took H's claim as its
+    // own: when H's zero fill gave up (EAGAIN), nobody zeroed F's source bytes.
+    const pages = 4;
+    const len = pages * PAGE;
+    const uffd = Userfaultfd.create(); // no EVENT_REMOVE: the madvise calls below do not wait for a reader
+    const region = mapAnonymous(len);
+    const src = mapAnonymous(len);
+    try {
+      bytesAt(src, len).fill(0xa5);
+      uffd.register(region, len, ['missing']);
+      const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: src }], 1);
+      const f = new Resolver(setup, 0, true);
+      const h = new Resolver(setup, 1, true);
+      const states = f.states;
+      const faultAt = (page: number): Fault => {
+        const fault = new Fault();
+        fault.addr = region + page * PAGE;
+        fault.readUs = nowUs();
+        h.table.locate(fault);
+        return fault;
+      };
+      const counters = (r: Resolver) => new Counters(setup.counters).block(r.thread);
+
+      // F claims page 0, as handleFault does; the reader applies a REMOVE over it; the kernel zaps.
+      assert.ok(states.transition(0, PAGE_MISSING, PAGE_FILLING));
+      states.drop(0);
+      assert.equal(states.get(0), PAGE_DROPPED);
+      assert.ok(states.isDroppedUnderClaim(0), 'the drop is marked while F holds the page');
+      madvise(region, PAGE, MADV_DONTNEED);
+      // A fault on page 0 reaches H: it leaves the page to F (F wakes the thread when done).
+      h.handleFault(faultAt(0));
+      assert.equal(states.get(0), PAGE_DROPPED, 'H did not claim the page F still holds');
+      assert.equal(counters(h).get(C_ZERO_FILLS), 0);
+      // F's copy lands after the zap: its publish fails, it zeroes the page again and lets go.
+      f.fill(0, 0, 1, { demand: 1, zero: false, cause: 0, from: PAGE_MISSING });
+      assert.equal(counters(f).get(C_REZEROED), 1, 'F zeroed the page its copy landed in after the zap');
+      assert.ok(!states.isDroppedUnderClaim(0), 'F let go');
+      assert.equal(states.get(0), PAGE_DROPPED);
+      // Now H serves the fault: zeros.
+      h.handleFault(faultAt(0));
+      assert.equal(states.get(0), PAGE_PRESENT);
+      assert.equal(counters(h).get(C_ZERO_FILLS), 1);
+
+      // A thread that dies holding page 1 when it is dropped: whoever finishes its claim lets go.
+      assert.ok(states.transition(1, PAGE_MISSING, PAGE_FILLING));
+      f.claim.record(0, 1, 1, PAGE_MISSING);
+      states.drop(1);
+      h.handleFault(faultAt(1));
+      assert.equal(states.get(1), PAGE_DROPPED, 'H did not claim the page the dead thread held');
+      h.recoverClaims(0);
+      assert.ok(!states.isDroppedUnderClaim(1));
+      h.handleFault(faultAt(1));
+      assert.equal(states.get(1), PAGE_PRESENT);
+
+      // A page dropped when nobody held it is not marked.
+      states.drop(2);
+      assert.ok(!states.isDroppedUnderClaim(2));
+      const view = bytesAt(region, 2 * PAGE);
+      for (let p = 0; p < 2; p++) assert.ok(view.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0), `page ${p} reads zeros`);
+      f.close();
+      h.close();
+    } finally {
+      uffd.close();
+      munmap(region, len);
+      munmap(src, len);
     }
   });
 

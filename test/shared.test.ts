@@ -74,8 +74,25 @@ describe('shared: page-state table', () => {
     assert.equal(s.countBelow(PAGE_FILLING), 59);
   });
 
-  it('a 1 TiB region of 4 KiB pages needs 64 MiB of table', () => {
-    assert.equal(PageStates.allocate(2 ** 40 / 4096).byteLength, 64 * 1024 * 1024);
+  it('a 1 TiB region of 4 KiB pages needs 96 MiB of table (64 MiB of states, 32 MiB of drop marks)', () => {
+    assert.equal(PageStates.allocate(2 ** 40 / 4096).byteLength, 96 * 1024 * 1024);
+    assert.equal(PageStates.stateBytes(2 ** 40 / 4096), 64 * 1024 * 1024);
+  });
+
+  it('drop(): a page being filled is marked until its claimer lets go; any other page is just DROPPED', () => {
+    const s = new PageStates(PageStates.allocate(70), 70);
+    for (const p of [0, 31, 32, 69]) assert.ok(s.transition(p, PAGE_MISSING, PAGE_FILLING));
+    s.set(33, PAGE_PRESENT);
+    for (let p = 0; p < 70; p++) s.drop(p);
+    for (let p = 0; p < 70; p++) {
+      assert.equal(s.get(p), PAGE_DROPPED, `page ${p}`);
+      assert.equal(s.isDroppedUnderClaim(p), [0, 31, 32, 69].includes(p), `page ${p}'s mark`);
+    }
+    s.drop(31); // dropped again before its claimer let go: still marked
+    assert.ok(s.isDroppedUnderClaim(31));
+    s.clearDroppedUnderClaim(31);
+    assert.ok(!s.isDroppedUnderClaim(31) && s.isDroppedUnderClaim(0) && s.isDroppedUnderClaim(32));
+    assert.equal(s.countBelow(PAGE_PRESENT), 0, 'the marks are not states');
   });
 
   it('under contention from 4 threads each page is claimed exactly once', async () => {

@@ -4,14 +4,15 @@
 // sparse pages and stop. Runs in a fresh process (node dist/bench/rss.js --size 1T) so
 // nothing else the benchmark did is in the figure.
 //
-// What the figure contains: the page-state table (2 bits per page: 64 MiB of address
-// space for 1 TiB, resident only where touched), the counters and rings, and the engine's
+// What the figure contains: the page-state table (2 bits per page and a 1-bit drop mark:
+// 96 MiB of address space for 1 TiB, resident only where touched), the counters and rings, and the engine's
 // threads (a dispatcher and `workers` piscina workers, each a V8 isolate). The same
 // measurement on a small region (1 GiB) separates what grows with the region from what
 // every engine costs.
 import { fork } from 'node:child_process';
 import * as fs from 'node:fs';
 import { Engine } from '../engine/engine.js';
+import { PageStates } from '../engine/shared.js';
 import { bytesAt } from '../kernel/memory.js';
 import { memoryType } from '../memory-types/index.js';
 import { sources } from '../sources/index.js';
@@ -34,7 +35,7 @@ export interface RssMeasurement {
   overheadMiB: number;
   /** touchedMiB - mappedMiB, minus the touched pages themselves. */
   overheadTouchedMiB: number;
-  /** Bytes of address space of the page-state table (2 bits per page). */
+  /** Address space of the page-state table (2 bits per page and a 1-bit drop mark), MiB. */
   pageStateTableMiB: number;
   /** VmRSS split as the kernel reports it at the 'started' point, MiB. */
   startedSplit: { anon: number; file: number; shmem: number };
@@ -85,7 +86,7 @@ export async function measureRssHere(size: number, workers = 2, touch = 1024): P
       overheadMiB: started.rss - mapped.rss,
       // Zero-page faults map the shared zero page (read touches): no RSS of their own.
       overheadTouchedMiB: touched.rss - mapped.rss,
-      pageStateTableMiB: Math.ceil(size / 4096 / 16) * 4 / (1024 * 1024),
+      pageStateTableMiB: PageStates.allocate(size / 4096).byteLength / (1024 * 1024),
       startedSplit: { anon: started.anon, file: started.file, shmem: started.shmem },
     };
   } finally {

@@ -513,7 +513,7 @@ export class Engine extends EventEmitter {
   }
 
   /**
-   * The page-state table (2 bits per page, shared.ts PageStates; global page order of the
+   * The page-state table (2 bits per page, then the drop marks: shared.ts PageStates; global page order of the
    * regions as given), for observers that watch fills as they happen (e.g. a session's
    * page map). Read it with `new PageStates(engine.pageStateBuffer, engine.totalPages)`.
    */
@@ -619,7 +619,8 @@ export class Engine extends EventEmitter {
     this.#eachPage(start, len, (g, ps) => {
       for (;;) {
         const s = this.#states.get(g);
-        if (s === PAGE_FILLING) return false;
+        // Being filled, or dropped while being filled and its filler not done with it yet.
+        if (s === PAGE_FILLING || (s === PAGE_DROPPED && this.#states.isDroppedUnderClaim(g))) return false;
         if (this.#states.transition(g, s, PAGE_FILLING)) break;
       }
       held += ps;
@@ -993,7 +994,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     gateCursors: keep(new SharedArrayBuffer(Math.max(1, gates.length) * 4)),
     removeJournalFd: opts.removeJournalFd ?? -1,
   };
-  if (opts.initially === 'resident') new Int32Array(setup.states).fill(-1); // every 2-bit field DROPPED
+  if (opts.initially === 'resident') new PageStates(setup.states, plan.totalPages).words.fill(-1); // every 2-bit field DROPPED
   const ctl = new ControlBlock(setup.control);
   const table = new RegionTable(setup.regionTable, ctl);
   rows.forEach((r, i) => table.write(i, {

@@ -8,7 +8,8 @@
 // exactly as when one thread read everything. Faults are resolved after the lock is
 // released, concurrently, exactly once by the page-state claim. A fill that a REMOVE
 // overtakes (claimed before the event was read) finds its page DROPPED when it finishes
-// and makes it read zeros again (Resolver.finish/rezero). The kernel lets a madvise go on
+// and makes it read zeros again (Resolver.finish/rezero); until then the page is marked,
+// so that no other thread claims it (PageStates.drop). The kernel lets a madvise go on
 // (and zap) as soon as its REMOVE is read, before the batch's events are applied here: the
 // read sequence is odd meanwhile, and a fill that may have copied in that gap waits for it
 // to turn even before it publishes its pages (Resolver.settle).
@@ -19,7 +20,7 @@ import { MessageBuffer } from '../kernel/userfaultfd.js';
 import type { ThreadMessage } from './messages.js';
 import type { Resolver } from './resolver.js';
 import { appendRemove } from './remove-journal.js';
-import { C_EVENTS, C_READS, C_REMOVES, PAGE_DROPPED } from './shared.js';
+import { C_EVENTS, C_READS, C_REMOVES } from './shared.js';
 import { ControlBlock, MAX_REGION_ROWS, RegionTable } from './tables.js';
 
 /** The WRITE bit does not change how a fault is resolved: dropping it lets read and write faults share an ioctl. */
@@ -121,7 +122,7 @@ export class UffdReader {
       const first = Math.floor((s - rs) / ps);
       const last = Math.ceil((e - rs) / ps);
       const stateBase = tb.stateBase(row);
-      for (let p = first; p < last; p++) this.r.states.set(stateBase + p, PAGE_DROPPED);
+      for (let p = first; p < last; p++) this.r.states.drop(stateBase + p);
       if (unmap && s === rs && e === re) tb.retire(row);
     }
   }

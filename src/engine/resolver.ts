@@ -260,7 +260,9 @@ export class Resolver {
       c.add(C_FAULTS_MISSING, absorbed); // the faults this ioctl served for the caller's ring
       return absorbed;
     }
-    if (state === PAGE_DROPPED && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
+    // A page dropped while another thread was filling it stays that thread's until it lets
+    // go (PageStates.drop): it wakes this fault's thread then, which faults again.
+    if (state === PAGE_DROPPED && !this.states.isDroppedUnderClaim(g) && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
       // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
       // as the kernel would, unless configured to serve the source again.
       if (this.fill(row, local, 1, this.droppedHow) === DEFERRED) return DEFERRED;
@@ -276,7 +278,7 @@ export class Resolver {
       this.safeWake(tb.start(row) + local * ps, ps);
       if (filled === DEFERRED) return DEFERRED;
     }
-    // Otherwise another thread is filling it: its ioctl wakes this one.
+    // Otherwise another thread is filling it: its ioctl (or its letting go) wakes this one.
     this.latency(tRead);
     return 0;
   }
@@ -560,7 +562,7 @@ export class Resolver {
    * a poison), the statistics are corrected first, so whoever sees the pages PRESENT
    * (populate(), stop) sees them counted. A page whose transition fails was dropped by a
    * REMOVE while we filled it: if our copy may have landed after the kernel zapped it, it
-   * holds source bytes where zeros belong, so it is zeroed again.
+   * holds source bytes where zeros belong, so it is zeroed again; then we let go of it.
    */
   private finish(row: number, local: number, ok: number, how: FillHow, counted: number): void {
     const g = this.table.stateBase(row) + local;
@@ -578,8 +580,22 @@ export class Resolver {
     for (let i = 0; i < ok; i++) {
       if (this.states.transition(g + i, PAGE_FILLING, PAGE_PRESENT)) continue;
       if (copied && this.states.get(g + i) === PAGE_DROPPED) this.rezero(row, local + i);
+      this.letGo(row, local + i);
     }
     this.claim.count = 0;
+  }
+
+  /**
+   * A page this thread claimed is not FILLING any more: if a REMOVE dropped it meanwhile
+   * (PageStates.drop marked it), other threads may claim it now. A thread that faulted on it since was left waiting for us
+   * (handleFault): wake it, after the mark is gone, so that its next fault is served.
+   */
+  private letGo(row: number, local: number): void {
+    const g = this.table.stateBase(row) + local;
+    if (!this.states.isDroppedUnderClaim(g)) return;
+    this.states.clearDroppedUnderClaim(g);
+    const ps = this.table.pageSize(row);
+    this.safeWake(this.table.start(row) + local * ps, ps);
   }
 
   /** Counts `pages` pages of `ps` bytes filled with `kind` for `how` (negative: takes them back). */
@@ -616,7 +632,9 @@ export class Resolver {
   /** Claimed pages [first, end) of a row were not filled: give them back (to `to`, unless a REMOVE dropped them meanwhile). */
   private release(row: number, first: number, end: number, to: number): void {
     const base = this.table.stateBase(row);
-    for (let p = first; p < end; p++) this.states.transition(base + p, PAGE_FILLING, to);
+    for (let p = first; p < end; p++) {
+      if (!this.states.transition(base + p, PAGE_FILLING, to)) this.letGo(row, p);
+    }
     this.claim.count = 0;
   }
 
@@ -665,7 +683,9 @@ export class Resolver {
       if (from === PAGE_FILLING) this.release(row, local + ok, local + n, PAGE_MISSING);
       this.safeWake(dst + run.done, n * ps - run.done);
     }
-    for (let i = 0; i < ok; i++) this.states.transition(g + i, from, PAGE_PRESENT);
+    for (let i = 0; i < ok; i++) {
+      if (!this.states.transition(g + i, from, PAGE_PRESENT) && from === PAGE_FILLING) this.letGo(row, local + i);
+    }
   }
 
   /**
@@ -812,7 +832,12 @@ export class Resolver {
     // filled twice at most, and the kernel keeps the first (EEXIST for the second).
     let i = 0;
     while (i < n) {
-      if (this.states.get(g + i) !== PAGE_FILLING) { i++; continue; }
+      const s = this.states.get(g + i);
+      if (s !== PAGE_FILLING) {
+        this.letGo(row, local + i); // dropped under the dead thread's claim
+        i++;
+        continue;
+      }
       let k = 1;
       while (i + k < n && this.states.get(g + i + k) === PAGE_FILLING) k++;
       how.demand = k;

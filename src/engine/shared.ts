@@ -160,7 +160,8 @@ export class Ring {
 // Page-state table: 2 bits per page, 16 pages per Int32 word. A 1 TiB region of 4 KiB
 // pages needs 64 MiB of address space, and only the words of touched pages become
 // resident. Transitions are compare-and-swap on the word, so a page is claimed by
-// exactly one filler.
+// exactly one filler. After the states, 1 bit per page: "dropped under a claim" (drop()),
+// set while a page a REMOVE dropped is still held by the thread that was filling it.
 // ---------------------------------------------------------------------------
 export const PAGE_MISSING = 0; // never filled: a fault or prefetch may claim it
 export const PAGE_FILLING = 1; // claimed by one thread, being filled
@@ -168,14 +169,26 @@ export const PAGE_PRESENT = 2; // filled
 export const PAGE_DROPPED = 3; // removed or unmapped by the application: zero on fault, never prefetched
 
 export class PageStates {
+  /** The 2-bit states, 16 pages per word. */
   readonly words: Int32Array;
+  /** 1 bit per page, 32 pages per word: dropped while claimed, the claimer not done yet (drop()). */
+  private readonly droppedUnderClaim: Int32Array;
   readonly pages: number;
   constructor(buffer: SharedArrayBuffer, pages: number) {
-    this.words = new Int32Array(buffer);
+    const stateWords = PageStates.stateWords(pages);
+    this.words = new Int32Array(buffer, 0, stateWords);
+    this.droppedUnderClaim = new Int32Array(buffer, stateWords * 4, Math.max(1, Math.ceil(pages / 32)));
     this.pages = pages;
   }
+  private static stateWords(pages: number): number {
+    return Math.max(1, Math.ceil(pages / 16));
+  }
   static allocate(pages: number): SharedArrayBuffer {
-    return new SharedArrayBuffer(Math.max(4, Math.ceil(pages / 16) * 4));
+    return new SharedArrayBuffer(PageStates.stateWords(pages) * 4 + Math.max(1, Math.ceil(pages / 32)) * 4);
+  }
+  /** Bytes of the 2-bit states at the start of a table of `pages` pages (what observers read). */
+  static stateBytes(pages: number): number {
+    return PageStates.stateWords(pages) * 4;
   }
   get(page: number): number {
     return (Atomics.load(this.words, page >>> 4) >>> ((page & 15) << 1)) & 3;
@@ -210,6 +223,41 @@ export class PageStates {
       const next = (old & ~mask) | (to << shift);
       if (Atomics.compareExchange(this.words, w, old, next) === old) return (old >>> shift) & 3;
     }
+  }
+  /**
+   * A REMOVE or UNMAP (the reader, under the read lock): the page becomes DROPPED. A page
+   * being filled is first marked "dropped under a claim": until its claimer has seen the
+   * drop (its FILLING -> PRESENT fails) and let go (clearDroppedUnderClaim), no other thread
+   * claims it. Otherwise a second claimer's FILLING would let the first one's publish
+   * succeed on a page it no longer owns, and bytes it copied after the kernel zapped the
+   * page would stay where zeros belong.
+   */
+  drop(page: number): void {
+    const w = page >>> 5;
+    const bit = 1 << (page & 31);
+    let marked = false;
+    for (;;) {
+      const s = this.get(page);
+      if (s === PAGE_FILLING) {
+        if (!marked) Atomics.or(this.droppedUnderClaim, w, bit);
+        marked = true;
+        if (this.transition(page, PAGE_FILLING, PAGE_DROPPED)) return;
+      } else {
+        // The claimer published meanwhile: the mark is not for anyone (cleared before the
+        // page reads DROPPED, so no thread sees both).
+        if (marked) Atomics.and(this.droppedUnderClaim, w, ~bit);
+        marked = false;
+        if (this.transition(page, s, PAGE_DROPPED)) return;
+      }
+    }
+  }
+  /** Whether the page was dropped while claimed and its claimer has not let go yet (see drop()). */
+  isDroppedUnderClaim(page: number): boolean {
+    return (Atomics.load(this.droppedUnderClaim, page >>> 5) & (1 << (page & 31))) !== 0;
+  }
+  /** The claimer of a page drop() took from it lets go: other threads may claim it now. */
+  clearDroppedUnderClaim(page: number): void {
+    Atomics.and(this.droppedUnderClaim, page >>> 5, ~(1 << (page & 31)));
   }
   /** Counts pages in each state over [first, first+count). */
   count(first: number, count: number, out: Float64Array): void {
