@@ -71,6 +71,11 @@ export class EngineThreads {
     this.pool = new Piscina({
       filename: SHARD_WORKER, minThreads: workers, maxThreads: workers, concurrentTasksPerWorker: 1,
       idleTimeout: 2 ** 31 - 1, workerData: data,
+      // Tasks arrive as messages, so a thread's event loop turns between two shard tasks.
+      // With 'sync' a piscina thread waits for its next task in Atomics.wait inside the
+      // last task's promise job: its loop never turns again, and the immediates and the
+      // finalizers Node defers to the loop (one set per thrown task) pile up for good.
+      atomics: 'disabled',
     });
     this.#dispatcher = this.#startDispatcher();
     const first = this.#dispatcher;

@@ -21,10 +21,15 @@ import { collectGarbage, isWarm, waitForSetup, warmUpOnce } from '../warm-up.js'
 // a cold one (workerData is the setup) serves its engine and ends.
 if (isWarm(workerData)) {
   const rehearse = (scratch: EngineSetup): void => serve(scratch, () => undefined);
-  for (;;) {
-    serve(waitForSetup(workerData, rehearse));
-    collectGarbage(); // idle from here on: let go of the last engine's tables
-  }
+  void (async () => {
+    for (;;) {
+      serve(waitForSetup(workerData, rehearse));
+      collectGarbage(); // idle from here on: let go of the last engine's tables
+      // Let the event loop turn before waiting for the next engine: the immediates and
+      // finalizers Node defers to it run only then (waitForSetup blocks the thread).
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  })();
 } else {
   serve(workerData as EngineSetup);
 }
