@@ -588,6 +588,42 @@ describe('engine: warm threads (EngineThreads)', function () {
     return n;
   };
 
+  it('between engines, and after a thrown task, the pool threads wait in their event loops (so what Node defers to the loop runs)', async () => {
+    // A thread that waits for its next task in Atomics.wait (piscina's atomics 'sync') never
+    // turns its event loop again: each thrown task's immediates and deferred finalizers
+    // piled up for good (soak, docs/performance.md). Idle time in the loop says it turns.
+    const size = 4 * MiB;
+    const snap = makeSnapshot(size, 3);
+    const region = memoryType('anon').create({ size });
+    const threads = EngineThreads.start(2, { reusable: true });
+    let engine: Engine | null = null;
+    try {
+      await threads.ready;
+      // inline 'never': worker 0 is handed its shard's faults, so it fills (and dies).
+      engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads, readers: 'dispatcher', inline: 'never', faultInjection: true });
+      let thrown = 0;
+      engine.on('incident', (i: { message: string }) => { if (/worker 0 died/.test(i.message)) thrown++; });
+      const arm = setInterval(() => { void engine?.killWorker(0, 'throw'); }, 2); // worker 0 dies at its next fill
+      try {
+        await touchAll(region, addressOf(snap), 4);
+      } finally {
+        clearInterval(arm);
+      }
+      await engine.stop();
+      assert.ok(thrown > 0, 'worker 0 threw in a fill');
+      const before = threads.pool.threads.map((t) => t.performance.eventLoopUtilization());
+      await new Promise((r) => setTimeout(r, 400));
+      threads.pool.threads.forEach((t, i) => {
+        const idle = t.performance.eventLoopUtilization(before[i]).idle;
+        assert.ok(idle > 200, `pool thread ${i} spent ${idle.toFixed(0)} of 400 ms idle in its event loop`);
+      });
+    } finally {
+      await engine?.stop({ mode: 'abandon' });
+      await threads.destroy();
+      region.close();
+    }
+  });
+
   it('a reusable set serves engine after engine byte-exact on the same threads; a stopped engine leaves them idle, no fd or thread added', async () => {
     const size = 8 * MiB;
     const threads = EngineThreads.start(2, { reusable: true });
