@@ -39,6 +39,12 @@ export interface SupervisorOptions {
   engine: Omit<EngineProcessConfig, 'statsIntervalMs'> & { statsIntervalMs?: number };
   /** Idle engine processes kept started (default 1): a new VM or a hand-over does not wait for Node to start. */
   spares?: number;
+  /**
+   * After a VM takes a spare, start its replacement this much later (default 100 ms): a
+   * Node process starting up takes a CPU for ~15 ms, which on a small machine delayed the
+   * VM's first fault served by as much. A VM that finds no spare gets a new process at once.
+   */
+  spareDelayMs?: number;
   /** Engine deaths a session survives; one more ends it (default 10). */
   maxRestarts?: number;
   /** An engine process silent this long is killed and replaced (default 15000 ms, or UFFD_ENGINE_SILENCE_MS). */
@@ -127,6 +133,7 @@ export class Supervisor {
   readonly summaries: SessionSummary[] = [];
   private readonly sessions = new Map<number, Supervised>();
   private readonly spares: EngineProc[] = [];
+  private refillTimer: NodeJS.Timeout | null = null;
   private readonly procs = new Set<EngineProc>();
   private readonly config: EngineProcessConfig;
   private readonly finished = emptyReport();
@@ -199,12 +206,21 @@ export class Supervisor {
     while (this.spares.length < (this.opts.spares ?? 1)) this.spares.push(this.spawnEngine());
   }
 
+  /** ensureSpares() a moment from now (SupervisorOptions.spareDelayMs). */
+  private refillSoon(): void {
+    if (this.refillTimer) return;
+    this.refillTimer = setTimeout(() => {
+      this.refillTimer = null;
+      this.ensureSpares();
+    }, this.opts.spareDelayMs ?? 100);
+  }
+
   private takeEngine(): EngineProc {
     for (;;) {
       const p = this.spares.shift();
       if (!p) break;
       if (!p.exited && p.ch.isOpen) {
-        this.ensureSpares();
+        this.refillSoon();
         return p;
       }
     }
@@ -427,6 +443,8 @@ export class Supervisor {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.health);
+    if (this.refillTimer) clearTimeout(this.refillTimer);
+    this.refillTimer = null;
     for (const p of this.spares.splice(0)) this.kill(p);
     await Promise.all([...this.procs].map((p) => new Promise<void>((r) => {
       if (p.exited) r();

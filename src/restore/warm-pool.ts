@@ -34,6 +34,18 @@ export class WarmPool {
     await this.spare?.ready;
   }
 
+  /**
+   * Runs `fn` with the spare (warm) without handing it over: a rehearsal engine on it, so
+   * that the main thread's start path is compiled before the real VM arrives. Only for a
+   * once-pool, whose set is reusable for that reason (it serves the rehearsal, then the VM).
+   */
+  async rehearse(fn: (threads: EngineThreads) => Promise<void>): Promise<void> {
+    const t = this.spare;
+    if (!this.once || !t) return;
+    await t.ready;
+    await fn(t);
+  }
+
   /** The spare (warm, or still warming: either beats a cold start), or undefined once closed. */
   take(): EngineThreads | undefined {
     if (this.closed) return undefined;
@@ -52,7 +64,7 @@ export class WarmPool {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     if (this.closed || this.spare) return;
-    this.spare = EngineThreads.start(this.workers);
+    this.spare = EngineThreads.start(this.workers, { reusable: this.once });
   }
 
   async close(): Promise<void> {
