@@ -256,3 +256,21 @@ describe('uffd-engine bench', function () {
     assert.equal(t.find((x) => x.name.startsWith('serial'))?.met, false);
   });
 });
+
+describe('serve-first-touch (bench/serve-first-touch.ts)', function () {
+  this.timeout(limit(120_000));
+  it('connects VMs to a real serve one after the other: every byte checked, each handshake -> first touch served printed', async () => {
+    const script = path.resolve(__dirname, '../bench/serve-first-touch.js');
+    const r = await new Promise<CliRun>((resolve) => {
+      execFile(process.execPath, [script, '--vms', '2', '--size', '4M', '--gap-ms', '300', '--json'], { timeout: limit(100_000) }, (err, stdout, stderr) => {
+        resolve({ code: err ? 1 : 0, stdout, stderr });
+      });
+    });
+    const out = json(r);
+    assert.equal(out.vms, 2);
+    assert.equal(out.firstTouchMs.length, 2);
+    for (const ms of out.firstTouchMs) assert.ok(Number.isFinite(ms) && ms > 0, `first touch ${ms} ms`);
+    assert.ok(out.medianMs >= out.minMs && out.medianMs <= out.maxMs);
+    assert.equal(out.mismatches, 0, 'pages that did not verify');
+  });
+});
