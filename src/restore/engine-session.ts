@@ -42,6 +42,7 @@
 // (it holds its own copy of the uffd, so the kernel never releases it).
 import * as fs from 'node:fs';
 import { Engine, EngineOptions, EngineStats } from '../engine/engine.js';
+import { EngineThreads } from '../engine/threads.js';
 import { MAP_POPULATE, MAP_PRIVATE, O_NONBLOCK, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
 import { mmap, munmap } from '../kernel/memory.js';
@@ -211,6 +212,14 @@ export interface EngineSessions {
   rehearse(): Promise<void>;
 }
 
+/** How long a session waits for the rehearsal engine to give the warm threads back (rehearse()). */
+const REHEARSAL_WAIT_MS = 2000;
+
+/** Resolves to `value` after `ms` (a timer that does not keep the process alive). */
+function delay<T>(ms: number, value: T): Promise<T> {
+  return new Promise((resolve) => { setTimeout(() => resolve(value), ms).unref(); });
+}
+
 export class SessionError extends Error {
   readonly code: string;
   constructor(code: string, message: string) {
@@ -328,8 +337,10 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       // before any engine thread runs, so it sees the very first fault.
       sampler = record ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
       const smp = sampler;
-      if (rehearsal) await rehearsal;
-      const threads = pool?.take();
+      // The rehearsal holds the warm threads for a few ms; one that takes longer than
+      // REHEARSAL_WAIT_MS (a stuck machine) leaves them to it: the VM gets new threads.
+      const rehearsed = !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false)]);
+      const threads = rehearsed ? pool?.take() : EngineThreads.start(workers);
       summary.warm = threads?.isReady ?? false;
       const starting = Engine.start({
         threads,
