@@ -587,8 +587,9 @@ export class Resolver {
 
   /**
    * A page this thread claimed is not FILLING any more: if a REMOVE dropped it meanwhile
-   * (PageStates.drop marked it), other threads may claim it now. A thread that faulted on it since was left waiting for us
-   * (handleFault): wake it, after the mark is gone, so that its next fault is served.
+   * (PageStates.drop marked it), other threads may claim it now. A thread that faulted on
+   * it since was left waiting for us (handleFault): woken after the mark is gone, its next
+   * fault is served.
    */
   private letGo(row: number, local: number): void {
     const g = this.table.stateBase(row) + local;
@@ -832,9 +833,8 @@ export class Resolver {
     // filled twice at most, and the kernel keeps the first (EEXIST for the second).
     let i = 0;
     while (i < n) {
-      const s = this.states.get(g + i);
-      if (s !== PAGE_FILLING) {
-        this.letGo(row, local + i); // dropped under the dead thread's claim
+      if (this.states.get(g + i) !== PAGE_FILLING) {
+        this.letGo(row, local + i); // dropped under the dead thread's claim, maybe
         i++;
         continue;
       }
