@@ -400,7 +400,8 @@ function phaseWindow(r: NativeResult, t0Ns: number, exitT: number): { start: num
   return { start: Math.max(0, end - span), end };
 }
 
-function spread(xs: number[]): Spread {
+/** Median, min and max of a list of figures. */
+export function spread(xs: number[]): Spread {
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
   const at = (i: number): number => s[i] ?? NaN;

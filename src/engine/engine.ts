@@ -619,9 +619,10 @@ export class Engine extends EventEmitter {
     this.#eachPage(start, len, (g, ps) => {
       for (;;) {
         const s = this.#states.get(g);
-        // Being filled, or dropped while being filled and its filler not done with it yet.
-        if (s === PAGE_FILLING || (s === PAGE_DROPPED && this.#states.isDroppedUnderClaim(g))) return false;
-        if (this.#states.transition(g, s, PAGE_FILLING)) break;
+        if (s === PAGE_FILLING) return false;
+        if (this.#states.claim(g, s)) break;
+        // Refused, not raced: dropped while being filled, its filler not done with it yet.
+        if (this.#states.get(g) === s) return false;
       }
       held += ps;
       return true;

@@ -260,9 +260,9 @@ export class Resolver {
       c.add(C_FAULTS_MISSING, absorbed); // the faults this ioctl served for the caller's ring
       return absorbed;
     }
-    // A page dropped while another thread was filling it stays that thread's until it lets
-    // go (PageStates.drop): it wakes this fault's thread then, which faults again.
-    if (state === PAGE_DROPPED && !this.states.isDroppedUnderClaim(g) && this.states.transition(g, PAGE_DROPPED, PAGE_FILLING)) {
+    // (A page dropped while another thread was filling it stays that thread's until it lets
+    // go: PageStates.claim refuses it, and that thread wakes this fault's thread then.)
+    if (state === PAGE_DROPPED && this.states.claim(g, PAGE_DROPPED)) {
       // Removed by the application (madvise DONTNEED/REMOVE) or unmapped: serve zeros
       // as the kernel would, unless configured to serve the source again.
       if (this.fill(row, local, 1, this.droppedHow) === DEFERRED) return DEFERRED;

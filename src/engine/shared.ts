@@ -177,14 +177,17 @@ export class PageStates {
   constructor(buffer: SharedArrayBuffer, pages: number) {
     const stateWords = PageStates.stateWords(pages);
     this.words = new Int32Array(buffer, 0, stateWords);
-    this.droppedUnderClaim = new Int32Array(buffer, stateWords * 4, Math.max(1, Math.ceil(pages / 32)));
+    this.droppedUnderClaim = new Int32Array(buffer, stateWords * 4, PageStates.markWords(pages));
     this.pages = pages;
   }
   private static stateWords(pages: number): number {
     return Math.max(1, Math.ceil(pages / 16));
   }
+  private static markWords(pages: number): number {
+    return Math.max(1, Math.ceil(pages / 32));
+  }
   static allocate(pages: number): SharedArrayBuffer {
-    return new SharedArrayBuffer(PageStates.stateWords(pages) * 4 + Math.max(1, Math.ceil(pages / 32)) * 4);
+    return new SharedArrayBuffer((PageStates.stateWords(pages) + PageStates.markWords(pages)) * 4);
   }
   /** Bytes of the 2-bit states at the start of a table of `pages` pages (what observers read). */
   static stateBytes(pages: number): number {
@@ -250,6 +253,14 @@ export class PageStates {
         if (this.transition(page, s, PAGE_DROPPED)) return;
       }
     }
+  }
+  /**
+   * Claims a page (`from` -> FILLING) for a fill or an owner's hold. A DROPPED page whose
+   * former claimer has not let go yet (drop()) is refused: that claimer wakes its faults.
+   */
+  claim(page: number, from: number): boolean {
+    if (from === PAGE_DROPPED && this.isDroppedUnderClaim(page)) return false;
+    return this.transition(page, from, PAGE_FILLING);
   }
   /** Whether the page was dropped while claimed and its claimer has not let go yet (see drop()). */
   isDroppedUnderClaim(page: number): boolean {

@@ -41,6 +41,7 @@
 // the regions were unregistered would otherwise keep the VMM's madvise() waiting forever
 // (it holds its own copy of the uffd, so the kernel never releases it).
 import * as fs from 'node:fs';
+import { setTimeout as delay } from 'node:timers/promises';
 import { Engine, EngineOptions, EngineStats } from '../engine/engine.js';
 import { EngineThreads } from '../engine/threads.js';
 import { MAP_POPULATE, MAP_PRIVATE, O_NONBLOCK, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
@@ -215,11 +216,6 @@ export interface EngineSessions {
 /** How long a session waits for the rehearsal engine to give the warm threads back (rehearse()). */
 const REHEARSAL_WAIT_MS = 2000;
 
-/** Resolves to `value` after `ms` (a timer that does not keep the process alive). */
-function delay<T>(ms: number, value: T): Promise<T> {
-  return new Promise((resolve) => { setTimeout(() => resolve(value), ms).unref(); });
-}
-
 export class SessionError extends Error {
   readonly code: string;
   constructor(code: string, message: string) {
@@ -339,7 +335,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       const smp = sampler;
       // The rehearsal holds the warm threads for a few ms; one that takes longer than
       // REHEARSAL_WAIT_MS (a stuck machine) leaves them to it: the VM gets new threads.
-      const rehearsed = !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false)]);
+      const rehearsed = !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false, { ref: false })]);
       const threads = rehearsed ? pool?.take() : EngineThreads.start(workers);
       summary.warm = threads?.isReady ?? false;
       const starting = Engine.start({

@@ -1356,9 +1356,9 @@ static int run_workload(void) {
   uint64_t first_done = UINT64_MAX;
   for (int i = 0; i < cfg.threads; i++)
     if (fs[i].first_done && fs[i].first_done < first_done) first_done = fs[i].first_done;
-  if (t_handshake) printf(",\"handshakeAtNs\":%" PRIu64 ",\"firstTouchAtNs\":%" PRIu64, t_handshake, first_done);
   if (t_handshake && first_done != UINT64_MAX && first_done >= t_handshake)
-    printf(",\"handshakeToFirstTouchNs\":%" PRIu64, first_done - t_handshake);
+    printf(",\"handshakeAtNs\":%" PRIu64 ",\"firstTouchAtNs\":%" PRIu64 ",\"handshakeToFirstTouchNs\":%" PRIu64,
+           t_handshake, first_done, first_done - t_handshake);
   printf(",\"verifiedBytes\":%" PRIu64 ",\"setupSec\":", npages * ps);
   json_num(setup_sec);
   printf(",\"prewarmSec\":");
