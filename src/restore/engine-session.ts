@@ -292,6 +292,10 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
 
   const serveOne = async (handshake: Handshake, uffdFd: number, memFile: MemoryFile, ctx: SessionContext): Promise<SessionSummary> => {
     const t0 = performance.now();
+    // The engine threads stamp their first fault served with Date.now(): the session's start
+    // on the same clock, read now (timeOrigin + t0 is the wall clock of the process's start
+    // plus monotonic time, which drifts from Date.now() as the system clock is adjusted).
+    const wall0 = Date.now();
     const since = (): number => performance.now() - t0;
     const summary = newSummary(handshake, ctx, prefetch, workers);
     const { warnings, totalPages } = summary;
@@ -431,7 +435,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       engine = undefined;
       drainUffd(uffdFd);
       if (mode === 'complete' && summary.populatedMs === null && stats.incidents === 0) summary.populatedMs = Math.round(since() * 10) / 10;
-      fillFromStats(summary, stats, t0);
+      fillFromStats(summary, stats, wall0);
       // The counter is exact; an event message may still be on its way to this thread.
       summary.removes = Math.max(summary.removes, stats.removes);
       // Faults counted since the last tick happened before now, and before the moment
@@ -448,7 +452,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       if (engine) {
         const st = await engine.stop({ mode: 'abandon' }).catch(() => undefined);
         drainUffd(uffdFd);
-        if (st) fillFromStats(summary, st, t0);
+        if (st) fillFromStats(summary, st, wall0);
       }
       for (const m of maps) munmap(m.addr, m.len);
       live.delete(ctx.id);
@@ -512,10 +516,10 @@ export function newSummary(handshake: Handshake, ctx: Pick<SessionContext, 'id' 
   };
 }
 
-function fillFromStats(s: SessionSummary, st: EngineStats, t0: number): void {
+function fillFromStats(s: SessionSummary, st: EngineStats, startedAtMs: number): void {
   s.faults = st.faults.total;
-  // Both clocks are wall-clock ms: the engine thread's Date.now() at its first fault served.
-  if (st.firstFaultAt > 0) s.firstFaultMs = Math.round((st.firstFaultAt - (performance.timeOrigin + t0)) * 100) / 100;
+  // Both Date.now() ms: the session's start and an engine thread's first fault served.
+  if (st.firstFaultAt > 0) s.firstFaultMs = Math.max(0, st.firstFaultAt - startedAtMs);
   s.pages = {
     demand: st.pages.demand, readahead: st.pages.readahead, background: st.pages.background,
     prefetch: st.pages.readahead + st.pages.background, total: st.pages.total, zeroFilled: st.pages.zeroFilled,
