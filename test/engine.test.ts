@@ -18,7 +18,7 @@ import type { Region } from '../src/memory-types/types.js';
 import { sources } from '../src/sources/index.js';
 import { scratchSetup } from '../src/engine/warm-up.js';
 import { Fault, nowUs, Resolver } from '../src/engine/resolver.js';
-import { C_REZEROED, C_ZERO_FILLS, Counters, PAGE_FILLING, PAGE_MISSING } from '../src/engine/shared.js';
+import { C_REZEROED, C_ZERO_FILLS, Counters, PAGE_FILLING, PAGE_MISSING, PageStates } from '../src/engine/shared.js';
 import { makeSnapshot, writeSnapshotFile } from '../src/workload/snapshot.js';
 import { assignPages, runTouchers, TouchResult } from '../src/workload/threads.js';
 import { useHugePages } from './helpers/hugetlb.js';
@@ -412,7 +412,26 @@ describe('engine: concurrency and failures', function () {
         if (removes % 16 === 0) await new Promise((r) => setImmediate(r));
         if (removes > 20000) break;
       }
-      await touching;
+      // A toucher still waiting after 60 s is a lost wake-up (seen once in a fresh-clone CI run,
+      // not reproduced in 45 runs since): say where the hot pages stand before failing.
+      let stuck: NodeJS.Timeout | undefined;
+      const overdue = new Promise<never>((_, reject) => {
+        stuck = setTimeout(() => {
+          const states = new PageStates(engine.pageStateBuffer, engine.totalPages);
+          const notPresent: string[] = [];
+          for (let p = 0; p < hot; p++) {
+            const s = states.get(p);
+            if (s !== PAGE_PRESENT) notPresent.push(`${p}:${['MISSING', 'FILLING', 'PRESENT', 'DROPPED'][s]}${states.isDroppedUnderClaim(p) ? '+mark' : ''}`);
+          }
+          reject(new Error(`touchers still waiting after 60 s (${removes} removes); hot pages not PRESENT: ${notPresent.join(' ')}; ` +
+            `stats ${JSON.stringify(engine.stats())}`));
+        }, 60_000);
+      });
+      try {
+        await Promise.race([touching, overdue]);
+      } finally {
+        clearTimeout(stuck);
+      }
       const st = await engine.stop({ mode: 'abandon' });
       console.log(`      (${removes} removes during ${jobs.length * (jobs[0]?.pages.length ?? 0)} touches; ${st.rezeroed} pages zeroed again, ` +
         `${st.direct} faults read by workers, ${st.inline} by the dispatcher)`);
