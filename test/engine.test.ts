@@ -71,6 +71,24 @@ describe('engine: byte-exact serving', function () {
     });
   }
 
+  it('warmUp: a cold engine rehearses first (the dispatcher routes scripted faults on a scratch region), then serves byte-exact; its statistics count only real faults', async () => {
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, warmUp: true });
+    try {
+      const before = engine.stats();
+      assert.equal(before.faults.total, 0, 'the rehearsal\'s faults are not this engine\'s');
+      assert.equal(before.pages.total, 0);
+      await touchAll(region, addressOf(snap), 16, 'interleaved');
+      const st = await engine.stop();
+      assertFilledOnce(st, size / PAGE);
+      assert.equal(st.faults.missing + st.pages.readahead + st.pages.background, size / PAGE);
+      assert.equal(st.incidents, 0);
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
   it('memfd (shmem), missing, snapshot file source, 4 threads', async () => {
     const file = writeSnapshotFile(path.join(os.tmpdir(), `uffd-engine-snap-${process.pid}`), size, 3);
     const expect = makeSnapshot(size, 3);
@@ -723,6 +741,104 @@ describe('engine: warm threads (EngineThreads)', function () {
     } finally {
       await threads.destroy();
     }
+  });
+});
+
+/** A thread's nice value as the kernel has it (/proc/PID/task/TID/stat, field 19). */
+function kernelNice(tid: number, pid: number | 'self' = 'self'): number {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+}
+/** Nice values of this process's threads other than `except`. */
+function otherThreadsNice(except: number): number[] {
+  return fs.readdirSync('/proc/self/task').map(Number).filter((t) => t !== except).map((t) => { try { return kernelNice(t); } catch { return 0; } });
+}
+
+describe('engine: the dispatcher\'s priority (dispatcherNice)', function () {
+  this.timeout(limit(120_000));
+  const size = 4 * MiB;
+  const ownNice = os.getPriority(); // the process's (and so each new thread's) nice
+
+  it('the dispatcher serves at nice -10 by default, as the kernel reports it; every other thread keeps the process\'s; served bytes exact', async () => {
+    const snap = makeSnapshot(size, 31);
+    const region = memoryType('anon').create({ size });
+    const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2 });
+    try {
+      const d = engine.stats().dispatcher;
+      assert.ok(d.tid > 0, 'the dispatcher said which thread it is');
+      assert.equal(d.nice, Math.min(ownNice, -10));
+      assert.equal(d.niceRefused, undefined);
+      assert.equal(kernelNice(d.tid), Math.min(ownNice, -10), 'the kernel has the dispatcher at nice -10');
+      assert.deepEqual([...new Set(otherThreadsNice(d.tid))], [ownNice], 'the workers, the main thread and the rest keep the process\'s nice');
+      await touchAll(region, addressOf(snap), 4);
+      assertFilledOnce(await engine.stop(), size / PAGE);
+    } finally {
+      await engine.stop();
+      region.close();
+    }
+  });
+
+  it('a warm dispatcher takes each engine\'s nice (null: back to its own); out-of-range values are refused before anything starts', async () => {
+    const threads = EngineThreads.start(2, { reusable: true });
+    try {
+      await threads.ready;
+      for (const [i, nice, want] of [[0, -5, -5], [1, null, ownNice], [2, undefined, -10], [3, 3, ownNice]] as const) {
+        const snap = makeSnapshot(size, 40 + i);
+        const region = memoryType('anon').create({ size });
+        try {
+          const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, threads, dispatcherNice: nice });
+          const d = engine.stats().dispatcher;
+          assert.equal(d.nice, Math.min(ownNice, want), `engine ${i} (dispatcherNice ${String(nice)})`);
+          assert.equal(kernelNice(d.tid), Math.min(ownNice, want), `engine ${i}: the kernel agrees`);
+          await touchAll(region, addressOf(snap), 4);
+          assertFilledOnce(await engine.stop(), size / PAGE);
+        } finally {
+          region.close();
+        }
+      }
+    } finally {
+      await threads.destroy();
+    }
+    const region = memoryType('anon').create({ size: MiB });
+    try {
+      for (const bad of [-21, 20, 1.5, Number.NaN]) {
+        await assert.rejects(Engine.start({ regions: [{ region, source: sources.zero() }], dispatcherNice: bad }),
+          (e: Error) => e instanceof ConfigError && /dispatcherNice must be an integer from -20 to 19, or null/.test(e.message), `dispatcherNice ${bad}`);
+      }
+    } finally {
+      region.close();
+    }
+  });
+
+  it('without CAP_SYS_NICE the dispatcher serves at its own priority and stats say why (child process without the capability)', async function () {
+    const { spawnSync } = await import('node:child_process');
+    if (spawnSync('setpriv', ['--version']).error) this.skip(); // util-linux's setpriv drops the capability for the child
+    const script = `
+      const { Engine, sources, memoryType } = require(${JSON.stringify(path.resolve(__dirname, '../src/index.js'))});
+      const { runTouchers, assignPages } = require(${JSON.stringify(path.resolve(__dirname, '../src/workload/threads.js'))});
+      const { makeSnapshot } = require(${JSON.stringify(path.resolve(__dirname, '../src/workload/snapshot.js'))});
+      const { addressOf } = require(${JSON.stringify(path.resolve(__dirname, '../src/kernel/libc.js'))});
+      (async () => {
+        const size = 1 << 20, snap = makeSnapshot(size, 5);
+        const region = memoryType('anon').create({ size });
+        const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 1 });
+        const d = engine.stats().dispatcher;
+        const stat = require('node:fs').readFileSync('/proc/self/task/' + d.tid + '/stat', 'utf8');
+        const kernelNice = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+        const jobs = assignPages(size / 4096, 2, 'random').map((p) => ({ addr: region.addr, pageSize: 4096, pages: p, expectAddr: addressOf(snap), write: false }));
+        const results = await runTouchers(jobs, 60000);
+        const st = await engine.stop();
+        console.log(JSON.stringify({ d, kernelNice, mismatches: results.reduce((n, r) => n + r.mismatches, 0), pages: st.pages.total }));
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    const r = spawnSync('setpriv', ['--inh-caps=-sys_nice', '--bounding-set=-sys_nice', '--', process.execPath, '-e', script],
+      { encoding: 'utf8', timeout: limit(60_000) });
+    assert.equal(r.status, 0, `child: ${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() as string) as { d: EngineStats['dispatcher']; kernelNice: number; mismatches: number; pages: number };
+    assert.equal(out.d.nice, ownNice, 'serving at its own priority');
+    assert.equal(out.kernelNice, ownNice);
+    assert.match(out.d.niceRefused ?? '', /nice -10 refused \(EACCES\): it needs root, CAP_SYS_NICE or RLIMIT_NICE/);
+    assert.equal(out.mismatches, 0);
+    assert.equal(out.pages, 256);
   });
 });
 

@@ -59,8 +59,14 @@ export interface BenchConfig {
   prefetch: boolean;
   /** Engine: who reads the uffd (default: the engine's, 'all'). */
   readers?: 'all' | 'dispatcher';
-  /** Engine: compile the fault path on a scratch region before serving (outside the measured phase). */
+  /**
+   * Engine: compile the fault path on a scratch region before serving (outside the measured
+   * phase), as `serve`'s warm threads have; the bench's default is on (runCase), off measures
+   * a cold engine, whose JIT compiles in the phase.
+   */
   warmUp?: boolean;
+  /** Engine: the dispatcher's nice value (default: the engine's, -10; null: leave it). */
+  dispatcherNice?: number | null;
   inline?: 'auto' | 'never' | 'always';
   /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
@@ -148,6 +154,9 @@ export interface EngineInfo {
   /** Thread CPU from engine ready to stop (the engine's own clocks). */
   dispatcherCpuSec: number;
   workersCpuSec: number[];
+  /** The dispatcher's nice value while it served, and why the one asked for was refused (if it was). */
+  dispatcherNice: number;
+  dispatcherNiceRefused?: string;
   /** Faults per read(2) of the dispatcher. */
   faultsPerRead: number;
   /** Share of faults the dispatcher resolved itself. */
@@ -522,8 +531,8 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
         source: engineSource(cfg, env.sourceFile, r.offset),
       })),
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
-      readers: cfg.readers, warmUp: cfg.warmUp, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
-      dispatcherSpinMicros: cfg.dispatcherSpinMicros, afterRemove: 'source',
+      readers: cfg.readers, warmUp: cfg.warmUp ?? true, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
+      dispatcherSpinMicros: cfg.dispatcherSpinMicros, dispatcherNice: cfg.dispatcherNice, afterRemove: 'source',
       faultInjection: hooks.onEngine !== undefined, // the soak kills workers (killWorker 'throw')
       threads: hooks.threads,
     });
@@ -620,6 +629,8 @@ function engineInfo(a: EngineStats, b: EngineStats, startSec: number, ackDelayMs
     dispatcherCpuSec: b.dispatcher.cpuSec - a.dispatcher.cpuSec,
     workersCpuSec: b.workers.map((w, i) => w.cpuSec - (a.workers[i]?.cpuSec ?? 0)),
     headStartPages: 0, headStartSec: 0,
+    dispatcherNice: b.dispatcher.nice,
+    ...(b.dispatcher.niceRefused ? { dispatcherNiceRefused: b.dispatcher.niceRefused } : {}),
     faultsPerRead: reads > 0 ? faults.total / reads : 0,
     inlineShare: inline + handoffs > 0 ? inline / (inline + handoffs) : 0,
     latencyUs: { p50: b.latencyUs.p50, p90: b.latencyUs.p90, p99: b.latencyUs.p99, max: b.latencyUs.max },
@@ -845,7 +856,8 @@ export function formatCase(r: CaseResult): string {
   lines.push(`engine: ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''}, stripe ${cfg.stripe ? formatBytes(cfg.stripe) : 'default'}, ` +
     `inline ${cfg.inline ?? 'auto'}${cfg.inlineBatch !== undefined ? ` (batch <= ${cfg.inlineBatch})` : ''}` +
     `${cfg.spinMicros !== undefined ? `, worker spin ${cfg.spinMicros} µs` : ''}` +
-    `${cfg.dispatcherSpinMicros !== undefined ? `, dispatcher spin ${cfg.dispatcherSpinMicros} µs` : ''}; ` +
+    `${cfg.dispatcherSpinMicros !== undefined ? `, dispatcher spin ${cfg.dispatcherSpinMicros} µs` : ''}` +
+    `, JIT ${cfg.warmUp === false ? 'cold' : 'warmed up'}; ` +
     `reference: ${nat ? nat.handler : r.nativeSkipped ?? 'none'}`);
   lines.push(`${cfg.repeat} repetition${cfg.repeat > 1 ? 's' : ''} per side${r.native ? ', alternating order' : ''}; median [min–max]`);
   const phases: ('initial' | 'steady')[] = cfg.bounce > 0 ? ['initial', 'steady'] : ['initial'];
@@ -881,6 +893,7 @@ export function formatCase(r: CaseResult): string {
       `${formatRate(med((i) => i.ioctls))} ioctls, pages demand/readahead/background ` +
       `${formatRate(med((i) => i.pages.demand))}/${formatRate(med((i) => i.pages.readahead))}/${formatRate(med((i) => i.pages.background))}, ` +
       `thread CPU dispatcher ${med((i) => i.dispatcherCpuSec).toFixed(2)} s + workers ${med((i) => i.workersCpuSec.reduce((s, v) => s + v, 0)).toFixed(2)} s, ` +
+      `dispatcher nice ${med((i) => i.dispatcherNice)}${eng.engine?.dispatcherNiceRefused ? ` (${eng.engine.dispatcherNiceRefused})` : ''}, ` +
       `start ${(med((i) => i.startSec) * 1000).toFixed(0)} ms` +
       (cfg.prefetch ? `, head start ${(med((i) => i.headStartSec) * 1000).toFixed(1)} ms / ${formatRate(med((i) => i.headStartPages))} pages ` +
         'filled before the workload started (charged to the engine\'s elapsed time)' : ''));

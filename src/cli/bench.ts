@@ -40,7 +40,8 @@ const SPEC: OptionSpec = {
   memcpy: { type: 'boolean', help: 'also measure memcpy bandwidth over the region size (max 2G) and compare' },
   plainFaults: { type: 'boolean', help: 'also run the region with plain kernel write faults (no userfaultfd): the kernel\'s own fill rate' },
   readers: { type: 'string', help: 'engine: who reads the uffd: all (workers read it themselves, the dispatcher while they are busy) or dispatcher (it hands faults to the workers) (default dispatcher; all is experimental)' },
-  warmUp: { type: 'boolean', help: 'engine: compile the fault path on a scratch region before serving, as warm `serve` threads do (default off)' },
+  warmUp: { type: 'boolean', help: 'engine: compile the fault path on a scratch region before serving, as warm `serve` threads do (default on; --no-warm-up: a cold engine, its JIT compiling in the measured phase)' },
+  dispatcherNice: { type: 'number', help: 'engine: the dispatcher thread\'s nice value while it serves (default: the engine\'s, -10; 0: the process\'s priority)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
@@ -67,7 +68,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  readers?: string; warmUp?: boolean; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  readers?: string; warmUp?: boolean; dispatcherNice?: number; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -124,6 +125,7 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.plainFaults !== undefined) cfg.plainFaults = o.plainFaults;
   if (o.readers !== undefined) cfg.readers = oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers');
   if (o.warmUp !== undefined) cfg.warmUp = o.warmUp;
+  if (o.dispatcherNice !== undefined) cfg.dispatcherNice = o.dispatcherNice;
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never', 'always'] as const, '--inline');
   if (o.inlineBatch !== undefined) cfg.inlineBatch = o.inlineBatch;
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
@@ -211,7 +213,7 @@ export async function run(args: string[]): Promise<number> {
         sweep: { threads: counts(o.sweepThreads, '--sweep-threads'), workers: counts(o.sweepWorkers, '--sweep-workers') },
         engine: {
           readers: o.readers as BenchConfig['readers'], inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, spinMicros: o.spinUs,
-          dispatcherSpinMicros: o.dispatcherSpinUs, stripe: o.stripe,
+          dispatcherSpinMicros: o.dispatcherSpinUs, dispatcherNice: o.dispatcherNice, warmUp: o.warmUp, stripe: o.stripe,
         },
       });
     } finally {
@@ -230,7 +232,10 @@ export async function run(args: string[]): Promise<number> {
   }
 
   if (o.sweep) {
-    const engine = { readers: o.readers ? oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers') : undefined, warmUp: o.warmUp };
+    const engine = {
+      readers: o.readers ? oneOf(o.readers, ['all', 'dispatcher'] as const, '--readers') : undefined, warmUp: o.warmUp,
+      dispatcherNice: o.dispatcherNice,
+    };
     let rows: SweepRow[];
     try {
       rows = await runSweep({

@@ -8,6 +8,7 @@ import { MessageChannel, Worker } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { FeatureName, MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError, UnsupportedError } from '../kernel/errors.js';
+import { errnoName } from '../kernel/libc.js';
 import { close as closeFd, eventfd, eventfdSignal, mmap, munmap } from '../kernel/memory.js';
 import { RegisterMode, Userfaultfd } from '../kernel/userfaultfd.js';
 import { checkResolve, registerChecked } from '../memory-types/check.js';
@@ -84,6 +85,16 @@ export interface EngineOptions {
   spinMicros?: number;
   /** How long the dispatcher keeps reading an empty userfaultfd before sleeping in poll (while faults keep coming). */
   dispatcherSpinMicros?: number;
+  /**
+   * The dispatcher thread's nice value while it serves (default -10; null: leave it as the
+   * thread has it). Every fault waits for the dispatcher, and with more faulting threads than
+   * CPUs the scheduler otherwise shares its CPU with them evenly: they wait for it to run
+   * again while it waits for its turn. Only ever lowered (never above the thread's own);
+   * lowering needs root, CAP_SYS_NICE or RLIMIT_NICE — without, it serves at its own nice and
+   * `stats().dispatcher` says why. The workers keep the process's priority (their background
+   * population must not take CPU from the faulting threads).
+   */
+  dispatcherNice?: number | null;
   /** When a source fails for a page: poison it (the faulting thread gets SIGBUS) or serve zeros. */
   onSourceError?: 'poison' | 'zero';
   /** What a fault after madvise(DONTNEED/REMOVE) gets: zeros, as the kernel would, or the source again. */
@@ -184,13 +195,20 @@ export interface EngineStats {
   reads: number;
   incidents: number;
   workers: { faults: number; pages: number; cpuSec: number }[];
-  dispatcher: { faults: number; cpuSec: number };
+  /**
+   * The dispatcher's faults, CPU, kernel thread id (0 until it started), the nice value it
+   * serves at, and, when the one asked for (`dispatcherNice`) was refused, why.
+   */
+  dispatcher: { faults: number; cpuSec: number; tid: number; nice: number; niceRefused?: string };
   /** Engine-side latency: from the dispatcher's read to the resolving ioctl, µs (bucket upper edges). */
   latencyUs: LatencySummary;
 }
 
 export interface Incident { time: number; shard: number; message: string }
 
+
+/** EngineOptions.dispatcherNice: favoured enough that it is not queued behind the faulting threads it serves. */
+export const DEFAULT_DISPATCHER_NICE = -10;
 
 const DEFAULT_FEATURES: FeatureName[] = [
   'EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP', 'THREAD_ID', 'MISSING_SHMEM', 'MISSING_HUGETLBFS', 'MINOR_SHMEM',
@@ -574,12 +592,24 @@ export class Engine extends EventEmitter {
         pages: at(t, C_PAGES_DEMAND) + at(t, C_PAGES_READAHEAD) + at(t, C_PAGES_BACKGROUND),
         cpuSec: at(t, C_CPU_SEC),
       })),
-      dispatcher: { faults: faults(this.workers), cpuSec: at(this.workers, C_CPU_SEC) },
+      dispatcher: this.#dispatcherStats(faults(this.workers), at(this.workers, C_CPU_SEC)),
       latencyUs: {
         p50: histogramPercentile(hist, 0.5), p90: histogramPercentile(hist, 0.9), p99: histogramPercentile(hist, 0.99),
         max: hist.some((v) => v) ? 2 ** (maxBucket + 1) : 0, histogram: hist,
       },
     };
+  }
+
+  #dispatcherStats(faults: number, cpuSec: number): EngineStats['dispatcher'] {
+    const ctl = this.#ctl;
+    const tid = ctl.dispatcherTid();
+    const e = tid === 0 ? 0 : ctl.dispatcherNiceErrno();
+    const d: EngineStats['dispatcher'] = { faults, cpuSec, tid, nice: tid === 0 ? 0 : ctl.dispatcherNice() };
+    if (e !== 0) {
+      d.niceRefused = `nice ${String(this.#setup.dispatcherNice)} refused (${errnoName(e)}): it needs root, CAP_SYS_NICE ` +
+        'or RLIMIT_NICE; serving at the thread\'s own priority';
+    }
+    return d;
   }
 
   /** True once background population has passed over every page. */
@@ -855,6 +885,10 @@ function validate(opts: EngineOptions): StartPlan {
   if (opts.threads && opts.threads.workers !== workers) {
     throw new ConfigError(`the engine threads given were started for ${opts.threads.workers} workers, not ${workers}`);
   }
+  const nice = opts.dispatcherNice;
+  if (nice !== undefined && nice !== null && (!Number.isInteger(nice) || nice < -20 || nice > 19)) {
+    throw new ConfigError(`dispatcherNice must be an integer from -20 to 19, or null to leave the thread's priority alone (got ${String(nice)})`);
+  }
   if (opts.initially !== undefined && opts.initially !== 'missing' && opts.initially !== 'resident') {
     throw new ConfigError(`initially must be 'missing' or 'resident' (got ${String(opts.initially)})`);
   }
@@ -983,6 +1017,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
     spinMicros: opts.spinMicros ?? 30,
     dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
+    dispatcherNice: opts.dispatcherNice === undefined ? DEFAULT_DISPATCHER_NICE : opts.dispatcherNice,
     inlineBatch: opts.inlineBatch ?? 64,
     wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
     faultInjection: opts.faultInjection ?? false,

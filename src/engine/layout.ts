@@ -36,6 +36,8 @@ export interface EngineSetup {
   inline: 'auto' | 'never' | 'always';
   spinMicros: number;
   dispatcherSpinMicros: number;
+  /** The dispatcher's nice value while it serves (EngineOptions.dispatcherNice); null: the thread's own. */
+  dispatcherNice: number | null;
   inlineBatch: number;
   wpHook: { module: string; export: string } | null;
   /** Tests: workers honour ControlBlock.armKill (EngineOptions.faultInjection). */

@@ -26,6 +26,12 @@ import { ControlBlock, MAX_REGION_ROWS, RegionTable } from './tables.js';
 /** The WRITE bit does not change how a fault is resolved: dropping it lets read and write faults share an ioctl. */
 const KIND_BITS = UFFD_PAGEFAULT_FLAG_MINOR | UFFD_PAGEFAULT_FLAG_RWP | UFFD_PAGEFAULT_FLAG_WP;
 
+/**
+ * Stands in for read(2) of the userfaultfd in a rehearsal (warm-up.ts): writes messages into
+ * the reader's buffer (at most `capacity`) and returns how many.
+ */
+export type ScriptedRead = (dv: DataView, capacity: number) => number;
+
 export class UffdReader {
   readonly buf: MessageBuffer;
   private readonly dv: DataView;
@@ -34,8 +40,10 @@ export class UffdReader {
   private readonly table: RegionTable;
   private readonly post: (m: ThreadMessage) => void;
   private readonly journalFd: number;
+  private readonly script: ScriptedRead | null;
 
-  constructor(r: Resolver, capacity: number, post: (m: ThreadMessage) => void) {
+  constructor(r: Resolver, capacity: number, post: (m: ThreadMessage) => void, script: ScriptedRead | null = null) {
+    this.script = script;
     this.r = r;
     this.ctl = r.ctl;
     this.table = r.table;
@@ -54,7 +62,7 @@ export class UffdReader {
     this.ctl.lockRead(yieldCpu, this.r.thread); // held for one read(2) and its events
     let n = 0;
     try {
-      n = this.r.uffd.read(this.buf);
+      n = this.script === null ? this.r.uffd.read(this.buf) : this.script(this.dv, this.buf.capacity);
       if (n > 0) {
         this.r.counters.add(C_READS);
         for (let i = 0; i < n; i++) if (msgEvent(this.dv, i) !== UFFD_EVENT_PAGEFAULT) this.applyEvent(i);

@@ -234,7 +234,10 @@ const CT_KILL = 80; // fault injection (tests): worker i throws at its next fill
 const CT_HELP = 144; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd
 const CT_DOWN = 208; // WorkerState of worker i at CT_DOWN + i (a dead worker's shard is taken over by the dispatcher)
 const CT_DEATHS = 272; // deaths of worker i so far at CT_DEATHS + i
-const CT_WORDS = 336;
+const CT_DISPATCHER_TID = 336; // the dispatcher's kernel thread id (0: not started)
+const CT_DISPATCHER_NICE = 337; // its nice value while it serves
+const CT_DISPATCHER_NICE_ERRNO = 338; // why the nice value asked for was refused (0: it was not)
+const CT_WORDS = 339;
 
 /**
  * Whether a worker serves its shard. When one dies the dispatcher takes its shard over until
@@ -276,6 +279,15 @@ export class ControlBlock {
   markReady(): void { Atomics.add(this.words, CT_READY, 1); }
   readyThreads(): number { return Atomics.load(this.words, CT_READY); }
   markDispatcherDone(): void { Atomics.store(this.words, CT_DISPATCHER_DONE, 1); }
+  /** The dispatcher's thread and the priority it serves at (EngineOptions.dispatcherNice). */
+  setDispatcherPriority(tid: number, nice: number, refusedErrno: number): void {
+    Atomics.store(this.words, CT_DISPATCHER_NICE, nice);
+    Atomics.store(this.words, CT_DISPATCHER_NICE_ERRNO, refusedErrno);
+    Atomics.store(this.words, CT_DISPATCHER_TID, tid); // last: a tid says the others are set
+  }
+  dispatcherTid(): number { return Atomics.load(this.words, CT_DISPATCHER_TID); }
+  dispatcherNice(): number { return Atomics.load(this.words, CT_DISPATCHER_NICE); }
+  dispatcherNiceErrno(): number { return Atomics.load(this.words, CT_DISPATCHER_NICE_ERRNO); }
   peerGone(): boolean { return Atomics.load(this.words, CT_PEER_GONE) !== 0; }
   markPeerGone(): void { Atomics.store(this.words, CT_PEER_GONE, 1); }
 

@@ -7,7 +7,8 @@ import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE } from '../kernel/constants.js';
 import { close, eventfd, madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
-import { UffdReader } from './reader.js';
+import { writeFaultMessage } from '../kernel/messages.js';
+import { ScriptedRead, UffdReader } from './reader.js';
 import { Fault, nowUs, Resolver } from './resolver.js';
 import { Counters, PageStates, Ring } from './shared.js';
 import { Claims, ControlBlock, RegionTable, scratchRow } from './tables.js';
@@ -42,7 +43,7 @@ export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number
     counters: Counters.allocate(workers + 1), control, claims: Claims.allocate(workers + 1),
     rings: [], order: null,
     prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
-    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0,
+    zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0, dispatcherNice: null,
     inlineBatch: 16, wpHook: null, faultInjection: false, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
     gates: [], gateCursors: new SharedArrayBuffer(4),
   };
@@ -93,46 +94,106 @@ export function warmUp(rounds = 40): void {
   }
 }
 
+/** A thread's serve function, run on a scratch setup; `script` stands in for the uffd's read(2) (null: the real one). */
+export type Rehearse = (setup: EngineSetup, script: ScriptedRead | null) => void;
+
+/** Faults a dispatcher's rehearsal routes: enough for V8 to optimise its batch loop (warmUp() does the resolver's 2560). */
+export const DISPATCH_REHEARSAL_FAULTS = 2560;
+let rehearsed = false;
+
 /**
- * Runs a thread's serve function once on a scratch engine that is stopped from the start:
- * it sets up (resolver, rings, epoll) and leaves at its loop's first stop check. V8
- * compiles a function at its first call, and a thread's serve function is large: without
- * this the first real engine pays that (about a millisecond on this machine) between the
- * handshake and its first fault.
+ * Runs a thread's serve function on a scratch engine (readers 'dispatcher'). V8 compiles a
+ * function at its first call, and a thread's serve function is large: without this the
+ * first real engine pays that (about a millisecond on this machine) between the handshake
+ * and its first fault. With `faults` 0 the engine is stopped from the start: serve sets up
+ * (resolver, rings, epoll) and leaves at its loop's first stop check. Otherwise (the
+ * dispatcher) its reader is handed that many page faults on a private 64-page region,
+ * read in batches of 1 to 16 as 16 faulting threads would send them, which it routes and
+ * resolves as it would real ones (UFFDIO_COPY fills a registered range whether or not a
+ * thread waits there) — so the loop the real engine runs, not only the resolver warmUp()
+ * exercises, is optimised before the first real fault.
  */
-export function rehearseServe(workers: number, serve: (setup: EngineSetup) => void): void {
-  const len = 16 * PAGE_SIZE;
+export function rehearseServe(workers: number, serve: Rehearse, faults = 0): void {
+  rehearsed = true;
+  const pages = 64;
+  const len = pages * PAGE_SIZE;
   const uffd = Userfaultfd.create();
   const region = mapAnonymous(len);
+  const src = faults > 0 ? mapAnonymous(len, MAP_POPULATE) : 0;
   const efd = eventfd();
   try {
     uffd.register(region, len, ['missing']);
-    const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: 0 }], workers);
+    const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: src }], workers);
     setup.eventFd = efd;
-    setup.rings = Array.from({ length: workers }, () => Ring.allocate(16, efd));
+    // Big enough that a fault handed off instead of resolved (no worker takes it) never fills one.
+    setup.rings = Array.from({ length: workers }, () => Ring.allocate(faults > 0 ? 4096 : 16, efd));
     setup.readers = 'dispatcher';
-    new ControlBlock(setup.control).requestStop();
-    serve(setup);
+    const ctl = new ControlBlock(setup.control);
+    if (faults === 0) {
+      ctl.requestStop();
+      serve(setup, null);
+      return;
+    }
+    // The workers sleep with empty rings, as between a real engine's faults: the dispatcher resolves.
+    for (const b of setup.rings) new Ring(b).mayPoll(0);
+    const states = new Int32Array(setup.states);
+    const order = Array.from({ length: pages }, (_, p) => p);
+    let sent = 0;
+    let next = pages; // index into order: a new round starts once every page was sent
+    let batch = 0;
+    const script: ScriptedRead = (dv, capacity) => {
+      if (sent >= faults) {
+        ctl.requestStop();
+        return 0;
+      }
+      if (next >= pages) {
+        // The last round's pages were all resolved (inline, in the batches read before): unmap them, start again.
+        madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
+        states.fill(0);
+        for (let i = pages - 1; i > 0; i--) {
+          const j = (Math.imul(i, 2654435761) >>> 0) % (i + 1);
+          const t = order[i] as number;
+          order[i] = order[j] as number;
+          order[j] = t;
+        }
+        next = 0;
+      }
+      const n = Math.min(1 + (batch++ % 16), capacity, pages - next, faults - sent);
+      for (let i = 0; i < n; i++) writeFaultMessage(dv, i, region + (order[next + i] as number) * PAGE_SIZE, 0);
+      next += n;
+      sent += n;
+      return n;
+    };
+    serve(setup, script);
   } finally {
     uffd.close();
     munmap(region, len);
+    if (src) munmap(src, len);
     close(efd);
   }
 }
 
-/** A warm thread's preparation: the fault path's warm-up, then a rehearsal of its serve loop; counted ready either way. */
-function prepareWarmThread(signal: Int32Array, rehearse: (setup: EngineSetup) => void): void {
+/** rehearseServe() unless this thread has rehearsed already (a warm thread did before its first engine). */
+export function rehearseOnce(workers: number, serve: Rehearse, faults: number): void {
+  if (!rehearsed) rehearseServe(workers, serve, faults);
+}
+
+/**
+ * A warm thread's preparation: the fault path's warm-up, then a rehearsal of its serve loop
+ * (with `faults` routed: the dispatcher); counted ready either way.
+ */
+function prepareWarmThread(signal: Int32Array, rehearse: Rehearse, faults: number): void {
   try {
     warmUp();
-    rehearseServe(1, rehearse);
+    rehearseServe(1, rehearse, faults);
   } finally {
     Atomics.add(signal, 1, 1);
   }
 }
 
 /** In a pool thread: prepare at load when the pool was started warm (rehearse: the thread's serve, see rehearseServe). */
-export function warmUpIfAsked(data: unknown, rehearse: (setup: EngineSetup) => void): void {
-  if (isWarm(data)) prepareWarmThread(new Int32Array(data.signal), rehearse);
+export function warmUpIfAsked(data: unknown, rehearse: Rehearse): void {
+  if (isWarm(data)) prepareWarmThread(new Int32Array(data.signal), rehearse, 0);
 }
 
 /**
@@ -140,10 +201,10 @@ export function warmUpIfAsked(data: unknown, rehearse: (setup: EngineSetup) => v
  * thread, warm up (once), then wait for an Engine to post the setup. A warm dispatcher
  * comes back here after each engine it served (threads.ts: reusable sets).
  */
-export function waitForSetup(data: unknown, rehearse: (setup: EngineSetup) => void): EngineSetup {
+export function waitForSetup(data: unknown, rehearse: Rehearse): EngineSetup {
   if (!isWarm(data)) return data as EngineSetup;
   const signal = new Int32Array(data.signal);
-  if (!warmed) prepareWarmThread(signal, rehearse);
+  if (!warmed) prepareWarmThread(signal, rehearse, DISPATCH_REHEARSAL_FAULTS);
   for (;;) {
     Atomics.wait(signal, 0, 0);
     if (Atomics.load(signal, 0) === 2) process.exit(0);

@@ -6,6 +6,7 @@ export * from './userfaultfd.js';
 export * from './memory.js';
 export { addressOf, viewOf, errnoName, ERRNO } from './libc.js';
 export * from './time.js';
+export * from './sched.js';
 export * as kvm from './kvm.js';
 export * as kvmVcpu from './kvm-vcpu.js';
 export * as socket from './socket.js';

@@ -60,11 +60,18 @@ export const libc = {
   clock_gettime: lib.func('int clock_gettime(int clk, uint64_t ts)') as (clk: number, ts: number) => number,
   getrusage: lib.func('int getrusage(int who, uint64_t usage)') as (who: number, usage: number) => number,
   sched_yield: lib.func('int sched_yield()') as () => number,
+  getpriority: lib.func('int getpriority(int which, int who)') as (which: number, who: number) => number,
+  setpriority: lib.func('int setpriority(int which, int who, int prio)') as (which: number, who: number, prio: number) => number,
 };
 
 /** errno of the calling thread, as left by the last libc call. */
 export function errno(): number {
   return koffi.errno();
+}
+
+/** Sets errno of the calling thread (for calls whose return value cannot say they failed). */
+export function setErrno(value: number): void {
+  koffi.errno(value);
 }
 
 /** Address of the first byte of a typed array's memory (ArrayBuffer or SharedArrayBuffer). */

@@ -62,6 +62,15 @@ export function loadFaultAddress(dv: DataView, i: number, target: { addr: number
   const off = i * SIZEOF_UFFD_MSG + 16;
   target.addr = dv.getUint32(off + 4, true) * 0x100000000 + dv.getUint32(off, true);
 }
+/** Writes a page-fault message at slot i (what read(2) of a userfaultfd would put there): for rehearsals. */
+export function writeFaultMessage(dv: DataView, i: number, addr: number, flags: number): void {
+  const off = i * SIZEOF_UFFD_MSG;
+  for (let k = 0; k < SIZEOF_UFFD_MSG; k += 4) dv.setUint32(off + k, 0, true);
+  dv.setUint8(off, UFFD_EVENT_PAGEFAULT);
+  dv.setUint32(off + 8, flags, true);
+  dv.setUint32(off + 16, addr % 0x100000000, true);
+  dv.setUint32(off + 20, Math.floor(addr / 0x100000000), true);
+}
 export function msgFaultTid(dv: DataView, i: number): number {
   return dv.getUint32(i * SIZEOF_UFFD_MSG + 24, true);
 }
