@@ -105,6 +105,13 @@ export class Resolver {
    */
   readonly mayRetry: boolean;
   private readonly setup: EngineSetup;
+  // Numbers from the setup the per-fault path reads, copied: a setup built here (a warm-up,
+  // a rehearsal) and one posted from the main thread are objects of different shapes, and
+  // optimised code that loaded through this.setup was thrown away at the first real fault.
+  private readonly readAheadMin: number;
+  private readonly readAheadMax: number;
+  private readonly callbackRunBytes: number;
+  private readonly eventFd: number;
   /** Where REMOVE ranges are journaled before they are applied (remove-journal.ts); -1: nowhere. */
   readonly removeJournalFd: number;
   private readonly zeroAddr: number;
@@ -142,6 +149,10 @@ export class Resolver {
 
   constructor(setup: EngineSetup, thread: number, mayRetry: boolean) {
     this.setup = setup;
+    this.readAheadMin = setup.prefetch.readAheadMin;
+    this.readAheadMax = setup.prefetch.readAheadMax;
+    this.callbackRunBytes = setup.callbackRunBytes;
+    this.eventFd = setup.eventFd;
     this.removeJournalFd = setup.removeJournalFd ?? -1;
     this.thread = thread;
     this.mayRetry = mayRetry;
@@ -176,7 +187,7 @@ export class Resolver {
     if (this.helpIndex < 0 || this.helping) return;
     this.helping = true;
     this.ctl.setHelpWanted(this.helpIndex, true);
-    if (this.ctl.dispatcherIdle()) eventfdSignal(this.setup.eventFd);
+    if (this.ctl.dispatcherIdle()) eventfdSignal(this.eventFd);
   }
 
   readerAgain(): void {
@@ -247,8 +258,7 @@ export class Resolver {
     const state = this.states.get(g);
     if (state === PAGE_MISSING && this.states.transition(g, PAGE_MISSING, PAGE_FILLING)) {
       // Sequential access grows the read-ahead window; anything else resets it.
-      const pf = this.setup.prefetch;
-      if (pf.readAheadMax > 0) this.window = g === this.lastEnd ? Math.min(this.window * 2 || 1, pf.readAheadMax) : pf.readAheadMin;
+      if (this.readAheadMax > 0) this.window = g === this.lastEnd ? Math.min(this.window * 2 || 1, this.readAheadMax) : this.readAheadMin;
       const n = this.extendClaim(row, g, local, Math.max(1 + more, 1 + this.window));
       this.lastEnd = g + n;
       const how = this.demandHow;
@@ -346,7 +356,7 @@ export class Resolver {
   private extendClaim(row: number, g: number, local: number, maxPages: number): number {
     const tb = this.table;
     const limit = Math.min(maxPages, tb.pages(row) - local,
-      tb.missingOp(row) === MissOp.callback ? Math.max(1, this.setup.callbackRunBytes / tb.pageSize(row)) : Infinity);
+      tb.missingOp(row) === MissOp.callback ? Math.max(1, this.callbackRunBytes / tb.pageSize(row)) : Infinity);
     let n = 1;
     while (n < limit && this.states.transition(g + n, PAGE_MISSING, PAGE_FILLING)) n++;
     return n;

@@ -61,7 +61,7 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
  * thrown away at the first real fault, and the first ~100 ms of faults run unoptimised).
  */
 class Dispatch {
-  private readonly setup: EngineSetup;
+  private readonly eventFd: number;
   private readonly toMain: (msg: DispatcherMessage) => void;
   private readonly r: Resolver;
   private readonly ctl: Resolver['ctl'];
@@ -91,7 +91,7 @@ class Dispatch {
   private readonly wakeOnly: EpollWaiter;
 
   constructor(setup: EngineSetup, toMain: (msg: DispatcherMessage) => void, script: ScriptedRead | null) {
-    this.setup = setup;
+    this.eventFd = setup.eventFd; // copied, as every number the loop reads: see the class comment
     this.toMain = toMain;
     const r = new Resolver(setup, setup.workers, false);
     this.r = r;
@@ -300,7 +300,7 @@ class Dispatch {
         else this.wakeOnly.wait(-1);
         ctl.setDispatcherIdle(false);
       }
-      eventfdDrain(this.setup.eventFd);
+      eventfdDrain(this.eventFd);
     }
   }
 }
