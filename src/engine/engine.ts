@@ -83,7 +83,12 @@ export interface EngineOptions {
   inlineBatch?: number;
   /** How long an idle worker spins on its ring before sleeping. */
   spinMicros?: number;
-  /** How long the dispatcher keeps reading an empty userfaultfd before sleeping in poll (while faults keep coming). */
+  /**
+   * How long the dispatcher keeps reading an empty userfaultfd before sleeping in epoll, µs,
+   * after a read that returned faults (default 50). A sleeping vCPU takes tens of µs to wake
+   * on a VM: with few faulting threads each round trip paid that twice (measured: 1 faulting
+   * thread 23k faults/s at 0, 48k at 50; at 16 threads no difference).
+   */
   dispatcherSpinMicros?: number;
   /**
    * The dispatcher thread's nice value while it serves (default -10; null: leave it as the
@@ -209,6 +214,8 @@ export interface Incident { time: number; shard: number; message: string }
 
 /** EngineOptions.dispatcherNice: favoured enough that it is not queued behind the faulting threads it serves. */
 export const DEFAULT_DISPATCHER_NICE = -10;
+/** EngineOptions.dispatcherSpinMicros. */
+export const DEFAULT_DISPATCHER_SPIN_US = 50;
 
 const DEFAULT_FEATURES: FeatureName[] = [
   'EVENT_REMOVE', 'EVENT_UNMAP', 'EVENT_REMAP', 'THREAD_ID', 'MISSING_SHMEM', 'MISSING_HUGETLBFS', 'MINOR_SHMEM',
@@ -1016,7 +1023,7 @@ function allocate(opts: EngineOptions, plan: StartPlan, got: Registered, cleanup
     warmUp: opts.warmUp ?? false,
     inline: opts.inline ?? (readers === 'all' ? 'always' : 'auto'),
     spinMicros: opts.spinMicros ?? 30,
-    dispatcherSpinMicros: opts.dispatcherSpinMicros ?? 0,
+    dispatcherSpinMicros: opts.dispatcherSpinMicros ?? DEFAULT_DISPATCHER_SPIN_US,
     dispatcherNice: opts.dispatcherNice === undefined ? DEFAULT_DISPATCHER_NICE : opts.dispatcherNice,
     inlineBatch: opts.inlineBatch ?? 64,
     wpHook: opts.wpHook ? { module: path.resolve(opts.wpHook.module), export: opts.wpHook.export ?? 'default' } : null,
