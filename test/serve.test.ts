@@ -422,6 +422,8 @@ describe('serve: the restore server backed by the parallel engine', function () 
       const client = runNode(TOUCH_CLIENT, ['--timeout-ms', String(limit(20000)), '--socket', sockPath, '--mem-file', memPath, '--region-size', '8M', '--file-offset', '8M',
         '--wait-stdin', '--touch', '[[5,6,7]]', '--verify-all']);
       await waitFor(() => /"ready"/.test(client.out()) && /engine serving/.test(cli.err()), 'the session');
+      // The log says at which priority the session's dispatcher serves (root here: -10; otherwise why not).
+      assert.match(cli.err(), process.getuid?.() === 0 ? /engine serving .*; dispatcher at nice -10\)/ : /dispatcher at nice -?\d+: nice -10 refused/);
       cli.child.kill('SIGTERM');
       const r = await cli.done;
       assert.equal(r.code, 0, r.stderr);

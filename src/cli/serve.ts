@@ -174,7 +174,10 @@ export async function run(args: string[]): Promise<number> {
     spares: o.spares, maxRestarts: o.maxRestarts,
     onEvent: (e: SupervisorEvent) => {
       const f = { event: e.type, ...e };
-      if (e.type === 'engine-started') log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(1)} ms)`, f);
+      if (e.type === 'engine-started') {
+        log(`session ${e.id}: engine serving ${e.regions} region(s), ${formatBytes(e.totalBytes)} (up in ${e.ms.toFixed(1)} ms; ` +
+          `dispatcher at nice ${e.dispatcherNice}${e.niceRefused ? `: ${e.niceRefused}` : ''})`, f);
+      }
       else if (e.type === 'incident') log(`session ${e.id}: incident: ${e.message}`, f);
       else if (e.type === 'populated') log(`session ${e.id}: fully populated after ${e.ms.toFixed(0)} ms`, f);
       else if (e.type === 'recorded' && o.recordWs) {

@@ -109,7 +109,11 @@ export interface EngineSessionOptions {
 }
 
 export type SessionEvent =
-  | { type: 'engine-started'; id: number; ms: number; regions: number; totalBytes: number }
+  | {
+    type: 'engine-started'; id: number; ms: number; regions: number; totalBytes: number;
+    /** The nice value the engine's dispatcher serves at, and why a higher priority was refused (EngineStats.dispatcher). */
+    dispatcherNice: number; niceRefused?: string;
+  }
   | { type: 'incident'; id: number; message: string }
   | { type: 'populated'; id: number; ms: number }
   | { type: 'recorded'; id: number; workingSet: WorkingSet }
@@ -370,7 +374,11 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       }
       const eng = engine;
       summary.engineStartMs = Math.round(since() * 10) / 10;
-      emit({ type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: handshake.regions.length, totalBytes: handshake.totalSize });
+      const d = eng.stats().dispatcher;
+      emit({
+        type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: handshake.regions.length, totalBytes: handshake.totalSize,
+        dispatcherNice: d.nice, ...(d.niceRefused ? { niceRefused: d.niceRefused } : {}),
+      });
       eng.on('incident', (inc: { message: string }) => {
         if (summary.incidents.length < 20) summary.incidents.push(inc.message);
         emit({ type: 'incident', id: ctx.id, message: inc.message });

@@ -33,9 +33,9 @@ function servePriority(setup: EngineSetup, ctl: Resolver['ctl']): void {
 }
 
 /** A rehearsal (warm-up.ts): serve a scratch engine, nothing posted to the main thread. */
-function rehearse(...[scratch, script]: Parameters<Rehearse>): void {
+const rehearse: Rehearse = (scratch, script) => {
   serve(scratch, () => undefined, script);
-}
+};
 
 /**
  * Reads and routes the faults of one engine until it stops; `toMain` carries its events and
