@@ -97,7 +97,7 @@ export function warmUp(rounds = 40): void {
 /** A thread's serve function, run on a scratch setup; `script` stands in for the uffd's read(2) (null: the real one). */
 export type Rehearse = (setup: EngineSetup, script: ScriptedRead | null) => void;
 
-/** Faults a dispatcher's rehearsal routes: enough for V8 to optimise its batch loop (warmUp() does the resolver's 2560). */
+/** Faults a dispatcher's rehearsal routes (as many as warmUp() resolves). */
 export const DISPATCH_REHEARSAL_FAULTS = 2560;
 let rehearsed = false;
 
@@ -110,8 +110,9 @@ let rehearsed = false;
  * dispatcher) its reader is handed that many page faults on a private 64-page region,
  * read in batches of 1 to 16 as 16 faulting threads would send them, which it routes and
  * resolves as it would real ones (UFFDIO_COPY fills a registered range whether or not a
- * thread waits there) — so the loop the real engine runs, not only the resolver warmUp()
- * exercises, is optimised before the first real fault.
+ * thread waits there) — so the dispatcher's own fault path is compiled before the first
+ * real fault, not only the resolver warmUp() exercises (its batch-level functions are not
+ * hot after ~300 batches: they still compile at the first real faults).
  */
 export function rehearseServe(workers: number, serve: Rehearse, faults = 0): void {
   rehearsed = true;

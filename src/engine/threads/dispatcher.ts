@@ -56,9 +56,9 @@ function serve(setup: EngineSetup, toMain = (msg: DispatcherMessage): void => pa
 /**
  * One engine's dispatcher: its state, and the loop that reads and routes. A class, not
  * closures inside serve(): V8's optimised code for its methods holds for every instance,
- * so what a rehearsal compiled serves the real engine after it (closures made anew per
- * engine would not be the call targets the rehearsal's code was compiled for: it would be
- * thrown away at the first real fault, and the first ~100 ms of faults run unoptimised).
+ * so what a rehearsal compiled can serve the real engine after it (closures made anew per
+ * engine are not the call targets the rehearsal's code was compiled for: V8 threw that code
+ * away at the first real fault, "wrong call target").
  */
 class Dispatch {
   private readonly eventFd: number;
