@@ -24,7 +24,7 @@ export type { PageSource, PageCallback, S3SourceOptions } from './sources/index.
 // The engine.
 export { Engine } from './engine/index.js';
 export type {
-  EngineOptions, EngineRegion, EngineStats, Incident, LatencySummary, PrefetchOptions, StopOptions,
+  DispatcherPriority, EngineOptions, EngineRegion, EngineStats, Incident, LatencySummary, PrefetchOptions, StopOptions,
 } from './engine/index.js';
 
 // Snapshot restore: the Firecracker-compatible handshake server and the engine behind it.

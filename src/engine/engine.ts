@@ -200,16 +200,19 @@ export interface EngineStats {
   reads: number;
   incidents: number;
   workers: { faults: number; pages: number; cpuSec: number }[];
-  /**
-   * The dispatcher's faults, CPU, kernel thread id (0 until it started), the nice value it
-   * serves at, and, when the one asked for (`dispatcherNice`) was refused, why.
-   */
-  dispatcher: { faults: number; cpuSec: number; tid: number; nice: number; niceRefused?: string };
+  /** The dispatcher's faults, CPU and priority (Engine.dispatcherPriority). */
+  dispatcher: { faults: number; cpuSec: number } & DispatcherPriority;
   /** Engine-side latency: from the dispatcher's read to the resolving ioctl, µs (bucket upper edges). */
   latencyUs: LatencySummary;
 }
 
 export interface Incident { time: number; shard: number; message: string }
+
+/**
+ * The dispatcher's kernel thread id (0 until it started), the nice value it serves at and,
+ * when the one asked for (`dispatcherNice`) was refused, why.
+ */
+export interface DispatcherPriority { tid: number; nice: number; niceRefused?: string }
 
 
 /** EngineOptions.dispatcherNice: favoured enough that it is not queued behind the faulting threads it serves. */
@@ -599,7 +602,7 @@ export class Engine extends EventEmitter {
         pages: at(t, C_PAGES_DEMAND) + at(t, C_PAGES_READAHEAD) + at(t, C_PAGES_BACKGROUND),
         cpuSec: at(t, C_CPU_SEC),
       })),
-      dispatcher: this.#dispatcherStats(faults(this.workers), at(this.workers, C_CPU_SEC)),
+      dispatcher: { faults: faults(this.workers), cpuSec: at(this.workers, C_CPU_SEC), ...this.dispatcherPriority },
       latencyUs: {
         p50: histogramPercentile(hist, 0.5), p90: histogramPercentile(hist, 0.9), p99: histogramPercentile(hist, 0.99),
         max: hist.some((v) => v) ? 2 ** (maxBucket + 1) : 0, histogram: hist,
@@ -607,16 +610,18 @@ export class Engine extends EventEmitter {
     };
   }
 
-  #dispatcherStats(faults: number, cpuSec: number): EngineStats['dispatcher'] {
+  /** The dispatcher's priority (DispatcherPriority; also in stats(), which reads everything). */
+  get dispatcherPriority(): DispatcherPriority {
     const ctl = this.#ctl;
     const tid = ctl.dispatcherTid();
-    const e = tid === 0 ? 0 : ctl.dispatcherNiceErrno();
-    const d: EngineStats['dispatcher'] = { faults, cpuSec, tid, nice: tid === 0 ? 0 : ctl.dispatcherNice() };
+    if (tid === 0) return { tid, nice: 0 };
+    const e = ctl.dispatcherNiceErrno();
+    const p: DispatcherPriority = { tid, nice: ctl.dispatcherNice() };
     if (e !== 0) {
-      d.niceRefused = `nice ${String(this.#setup.dispatcherNice)} refused (${errnoName(e)}): it needs root, CAP_SYS_NICE ` +
+      p.niceRefused = `nice ${String(this.#setup.dispatcherNice)} refused (${errnoName(e)}): it needs root, CAP_SYS_NICE ` +
         'or RLIMIT_NICE; serving at the thread\'s own priority';
     }
-    return d;
+    return p;
   }
 
   /** True once background population has passed over every page. */

@@ -68,8 +68,7 @@ export function writeFaultMessage(dv: DataView, i: number, addr: number, flags: 
   for (let k = 0; k < SIZEOF_UFFD_MSG; k += 4) dv.setUint32(off + k, 0, true);
   dv.setUint8(off, UFFD_EVENT_PAGEFAULT);
   dv.setUint32(off + 8, flags, true);
-  dv.setUint32(off + 16, addr % 0x100000000, true);
-  dv.setUint32(off + 20, Math.floor(addr / 0x100000000), true);
+  writeU64(dv, off + 16, addr);
 }
 export function msgFaultTid(dv: DataView, i: number): number {
   return dv.getUint32(i * SIZEOF_UFFD_MSG + 24, true);

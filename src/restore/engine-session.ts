@@ -374,7 +374,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       }
       const eng = engine;
       summary.engineStartMs = Math.round(since() * 10) / 10;
-      const d = eng.stats().dispatcher;
+      const d = eng.dispatcherPriority;
       emit({
         type: 'engine-started', id: ctx.id, ms: summary.engineStartMs, regions: handshake.regions.length, totalBytes: handshake.totalSize,
         dispatcherNice: d.nice, ...(d.niceRefused ? { niceRefused: d.niceRefused } : {}),

@@ -14,8 +14,8 @@ import type { EngineSetup } from '../layout.js';
 import type { DispatcherMessage } from '../messages.js';
 import { ScriptedRead, UffdReader } from '../reader.js';
 import { DEFERRED, Fault, nowUs, Resolver } from '../resolver.js';
-import { C_ERRORS, C_HANDOFFS, C_INLINE, EntryKind, Ring } from '../shared.js';
-import { MissOp, WorkerState } from '../tables.js';
+import { C_ERRORS, C_HANDOFFS, C_INLINE, CounterBlock, EntryKind, Ring } from '../shared.js';
+import { ControlBlock, MissOp, RegionTable, WorkerState } from '../tables.js';
 import { collectGarbage, DISPATCH_REHEARSAL_FAULTS, isWarm, Rehearse, rehearseOnce, waitForSetup, warmUpOnce } from '../warm-up.js';
 
 // The thread's own priority, to return to when an engine leaves it alone (dispatcherNice null).
@@ -25,7 +25,7 @@ const ownNice = threadNice();
  * Runs at the engine's dispatcherNice, or the thread's own (null; never above its own),
  * and says in the control block which, and why not if the one asked for was refused.
  */
-function servePriority(setup: EngineSetup, ctl: Resolver['ctl']): void {
+function servePriority(setup: EngineSetup, ctl: ControlBlock): void {
   const want = setup.dispatcherNice === null ? ownNice : Math.min(ownNice, setup.dispatcherNice);
   const now = threadNice();
   const refused = want === now ? 0 : setThreadNice(want);
@@ -64,9 +64,9 @@ class Dispatch {
   private readonly eventFd: number;
   private readonly toMain: (msg: DispatcherMessage) => void;
   private readonly r: Resolver;
-  private readonly ctl: Resolver['ctl'];
-  private readonly table: Resolver['table'];
-  private readonly c: Resolver['counters'];
+  private readonly ctl: ControlBlock;
+  private readonly table: RegionTable;
+  private readonly c: CounterBlock;
   private readonly rings: Ring[];
   private readonly staged: Int32Array;
   /**
