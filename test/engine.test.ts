@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { Engine, EngineStats, EngineThreads, PAGE_DROPPED, PAGE_PRESENT, StartStep } from '../src/engine/index.js';
 import { ConfigError } from '../src/kernel/errors.js';
-import { Userfaultfd } from '../src/kernel/userfaultfd.js';
+import { MessageBuffer, Userfaultfd } from '../src/kernel/userfaultfd.js';
 import { addressOf } from '../src/kernel/libc.js';
 import {
   bytesAt, madvise, memcmp, mremap, MREMAP_FIXED, MREMAP_MAYMOVE, mapAnonymous, munmap, memcpy,
@@ -175,6 +175,56 @@ describe('engine: byte-exact serving', function () {
     } finally {
       await engine.stop();
       region.close();
+    }
+  });
+
+  it('a demand fault while both workers are stuck in background chunks is resolved by the dispatcher, not queued behind them', async () => {
+    const bsize = 64 * MiB;
+    const chunk = 16 * MiB;
+    const bsnap = makeSnapshot(bsize, 21);
+    // The source: the snapshot, except its first two chunks, missing under a userfaultfd of
+    // the test's that nobody serves yet: a worker whose background copy reads them waits in
+    // the kernel (as one copying a slow chunk would) until the test fills them.
+    const src = mapAnonymous(bsize);
+    memcpy(src + 2 * chunk, addressOf(bsnap) + 2 * chunk, bsize - 2 * chunk);
+    const held = Userfaultfd.create();
+    held.register(src, 2 * chunk, ['missing']);
+    const region = memoryType('anon').create({ size: bsize });
+    const engine = await Engine.start({ regions: [{ region, source: sources.address(src, bsize) }], workers: 2, prefetch: { background: true, chunk } });
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      held.copy(src, addressOf(bsnap), 2 * chunk); // wakes the workers
+    };
+    try {
+      // Each worker took one of the first two chunks and waits on its source.
+      const msgs = new MessageBuffer(16);
+      let stuck = 0;
+      for (const deadline = Date.now() + limit(20_000); stuck < 2 && Date.now() < deadline;) {
+        stuck += held.read(msgs);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      assert.equal(stuck, 2, 'both workers wait in their first background chunk');
+      // Pages of the last chunk, which no worker has claimed: the dispatcher serves them
+      // itself (handed to a worker, they would wait for the held chunks, here forever).
+      const pages = Array.from({ length: 32 }, (_, i) => bsize / PAGE - 1 - i * 64);
+      const results = await runTouchers([{ addr: region.addr, pageSize: PAGE, pages, expectAddr: addressOf(bsnap), write: false }], limit(20_000));
+      noMismatch(results);
+      const during = engine.stats();
+      assert.equal(during.handoffs, 0, 'no fault handed to a busy worker');
+      assert.ok(during.inline >= 1 && during.faults.missing >= 1, `faults resolved by the dispatcher: ${JSON.stringify(during.faults)}, inline ${during.inline}`);
+      release();
+      for (const deadline = Date.now() + limit(30_000); !engine.populated && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(engine.populated, 'background population finished once its source was there');
+      assertFilledOnce(await engine.stop(), bsize / PAGE);
+      assert.equal(memcmp(region.addr, addressOf(bsnap), bsize), 0, 'whole region equals the snapshot');
+    } finally {
+      release();
+      await engine.stop();
+      held.close();
+      region.close();
+      munmap(src, bsize);
     }
   });
 

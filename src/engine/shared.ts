@@ -24,6 +24,7 @@ export type EntryKind = typeof EntryKind[keyof typeof EntryKind];
 const R_HEAD = 0; // next entry to consume
 const R_TAIL = 16; // next entry to produce
 const R_SLEEPING = 32; // consumer is (about to be) in Atomics.wait
+const R_WATCHING = 36; // consumer spins on the ring: a fault handed over now is taken at once
 const R_WORDS = 48;
 
 export interface RingBuffers {
@@ -105,6 +106,11 @@ export class Ring {
     return false;
   }
   consumerSleeping(): boolean { return Atomics.load(this.control, R_SLEEPING) !== 0; }
+  /**
+   * The consumer spins on the ring. Otherwise it sleeps, or is busy elsewhere (a background
+   * chunk, starting up, or not even on a CPU): a fault handed over then waits for it.
+   */
+  consumerWatching(): boolean { return Atomics.load(this.control, R_WATCHING) !== 0; }
   /** Wakes the consumer regardless (shutdown, or work that is not in the ring). */
   kick(): void {
     Atomics.notify(this.control, R_TAIL, 1);
@@ -153,6 +159,10 @@ export class Ring {
   }
   awake(): void {
     Atomics.store(this.control, R_SLEEPING, 0);
+  }
+  /** Raised while the consumer spins on the ring (see consumerWatching). */
+  setWatching(watching: boolean): void {
+    Atomics.store(this.control, R_WATCHING, watching ? 1 : 0);
   }
 }
 

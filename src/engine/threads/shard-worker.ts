@@ -73,7 +73,7 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     }
     r.readerAgain();
     if (reader && readAndResolve(r, reader) > 0) { lastGapUs = 0; continue; }
-    if ((background || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
+    if (((background && ctl.dispatcherReading()) || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
       r.needReader();
       r.backgroundStep();
       continue;
@@ -83,7 +83,9 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     // through idle gaps steals the CPU the faulting threads need on a small machine.
     if (spinUs > 0 && lastGapUs < 4 * spinUs && !reader) {
       const from = nowUs();
+      ring.setWatching(true);
       while (ring.tail === tail && ((nowUs() - from) | 0) < spinUs) { /* spin */ }
+      ring.setWatching(false);
       if (ring.tail !== tail) { lastGapUs = 0; continue; }
     }
     r.updateCpu(); // at most every 50 ms: the clock read is a syscall
