@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { closeSocket, connectUnix, sendWithFds } from '../src/kernel/socket.js';
 import { close, memfdCreate } from '../src/kernel/memory.js';
 import { Userfaultfd } from '../src/kernel/userfaultfd.js';
-import { engineSessions, EngineSessionOptions, EngineSessions, SessionSummary } from '../src/restore/engine-session.js';
+import { engineSessions, EngineSessionOptions, EngineSessions, SessionEvent, SessionSummary } from '../src/restore/engine-session.js';
 import { spawnFcClient, FcClientOptions, FcClientRun } from '../src/restore/fc-client.js';
 import { kvmAvailable } from '../src/restore/kvm-guest.js';
 import { RestoreServer, ServerEvent, kernelPageSizes } from '../src/restore/server.js';
@@ -178,6 +178,25 @@ describe('serve: the restore server backed by the parallel engine', function () 
         assert.ok(s.firstFaultMs !== null && s.firstFaultMs >= 0 && s.firstFaultMs < s.durationMs, `first fault at ${s.firstFaultMs} ms`);
         console.log(`      (VM ${vm}: engine up ${s.engineStartMs} ms, first fault served ${s.firstFaultMs} ms after the handshake)`);
       }
+    });
+  });
+
+  it("warm 'once' (an engine process): rehearse() runs a whole session quietly on the warm threads, then the VM takes them", async () => {
+    const said: SessionEvent[] = [];
+    await withServer({ prefetch: 'on', warm: 'once', onEvent: (e) => said.push(e) }, async ({ sessions }) => {
+      await sessions.rehearse();
+      assert.equal(said.length, 0, `the rehearsal says nothing (said: ${JSON.stringify(said)})`);
+      assert.equal(sessions.summaries.length, 0, 'and leaves no summary');
+      assert.equal(sessions.live.size, 0);
+      const run = await spawnFcClient({ socket: sockPath, memFile: memPath, timeoutMs: limit(20000), regions: 1, regionSize: 2 * MiB, threads: 2 }).done;
+      assert.equal(run.code, 0, run.stderr + run.stdout);
+      assert.equal(run.result!.pagesChecked, 512);
+      await waitFor(() => sessions.summaries.length === 1, 'the session summary');
+      const s = only(sessions.summaries);
+      assert.equal(s.error, undefined);
+      assert.equal(s.warm, true, 'the VM got the threads the rehearsal ran on');
+      assert.equal(s.pages.total, 512);
+      assert.ok(said.some((e) => e.type === 'engine-started' && e.id === s.id), 'the VM\'s own events are said');
     });
   });
 

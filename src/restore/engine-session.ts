@@ -46,13 +46,13 @@ import { Engine, EngineOptions, EngineStats } from '../engine/engine.js';
 import { EngineThreads } from '../engine/threads.js';
 import { MAP_POPULATE, MAP_PRIVATE, O_NONBLOCK, PAGE_SIZE, PROT_READ } from '../kernel/constants.js';
 import { ConfigError } from '../kernel/errors.js';
-import { mmap, munmap } from '../kernel/memory.js';
+import { close, ftruncate, getpid, getuid, memfdCreate, mmap, munmap } from '../kernel/memory.js';
 import { setNonBlocking } from '../kernel/socket.js';
 import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
 import { PageSource, sources } from '../sources/index.js';
 import { memoryType } from '../memory-types/index.js';
 import { WarmPool } from './warm-pool.js';
-import type { Handshake } from './handshake.js';
+import { Handshake, validateHandshake } from './handshake.js';
 import type { MemoryFile, ServeConnection, SessionContext } from './server.js';
 import { PageSampler, startPageSampler, toEngineOrder, toFilePages, WorkingSet, WS_FORMAT, WS_PAGE_SIZE, WS_VERSION } from './working-set.js';
 
@@ -290,12 +290,18 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
   const pool = opts.warm ? new WarmPool({ workers, once: opts.warm === 'once' }) : undefined;
   /** The rehearsal engine on the warm threads (rehearse()): a session takes them once it is done. */
   let rehearsal: Promise<void> | null = null;
-  const emit = (e: SessionEvent): void => {
+  const emitEvent = (e: SessionEvent): void => {
     try { opts.onEvent?.(e); } catch { /* a logger must not break a session */ }
   };
 
-  const serveOne = async (handshake: Handshake, uffdFd: number, memFile: MemoryFile, ctx: SessionContext): Promise<SessionSummary> => {
+  /**
+   * One session. `rehearsing`: the rehearsal session of rehearse() on these warm threads:
+   * it says nothing (no events, no summary) and leaves the pool and the live sessions alone.
+   */
+  const serveOne = async (handshake: Handshake, uffdFd: number, memFile: MemoryFile, ctx: SessionContext,
+    rehearsing?: EngineThreads): Promise<SessionSummary> => {
     const t0 = performance.now();
+    const emit = rehearsing ? (): void => undefined : emitEvent;
     // The engine threads stamp their first fault served with Date.now(): the session's start
     // on the same clock, read now (timeOrigin + t0 is the wall clock of the process's start
     // plus monotonic time, which drifts from Date.now() as the system clock is adjusted).
@@ -316,7 +322,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       }
       if (!(uf.features & 0x8n)) warnings.push('the peer did not negotiate UFFD_FEATURE_EVENT_REMOVE: a balloon would drop pages without telling us');
       let order: number[] | undefined;
-      if (opts.workingSet) {
+      if (opts.workingSet && !rehearsing) {
         if (opts.workingSet.memFile.size !== memFile.size) {
           throw new SessionError('working-set', `the working set was recorded for a ${opts.workingSet.memFile.size}-byte memory file; this one has ${memFile.size} bytes`);
         }
@@ -325,7 +331,8 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         summary.preloaded = { pages: o.order.length, outside: o.outside };
         if (o.outside) warnings.push(`${o.outside} working-set pages lie outside this VM's regions and were skipped`);
       }
-      for (const r of opts.pageSource ? [] : handshake.regions) {
+      const pageSource = rehearsing ? undefined : opts.pageSource; // a remote memory file opens with its VM
+      for (const r of pageSource ? [] : handshake.regions) {
         const populate = opts.populateSource === 'always' || ((opts.populateSource ?? 'auto') === 'auto' && r.pageSize > PAGE_SIZE);
         const addr = mmap(r.size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), memFile.fd, r.offset);
         maps.push({ addr, len: r.size });
@@ -339,16 +346,16 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       }
       // Recording: the sampler thread starts first and attaches to the page-state table
       // before any engine thread runs, so it sees the very first fault.
-      sampler = record ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
+      sampler = record && !rehearsing ? await startPageSampler(record.intervalMs ?? 0.2) : undefined;
       const smp = sampler;
       // The rehearsal holds the warm threads for a few ms; one that takes longer than
       // REHEARSAL_WAIT_MS (a stuck machine) leaves them to it: the VM gets new threads.
-      const rehearsed = !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false, { ref: false })]);
-      const threads = rehearsed ? pool?.take() : EngineThreads.start(workers);
+      const rehearsed = !!rehearsing || !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false, { ref: false })]);
+      const threads = rehearsing ?? (rehearsed ? pool?.take() : EngineThreads.start(workers));
       summary.warm = threads?.isReady ?? false;
       const starting = Engine.start({
         threads,
-        beforeLaunch: async (e) => {
+        beforeLaunch: rehearsing ? undefined : async (e) => {
           await opts.beforeServe?.(e, handshake, ctx);
           if (smp) await smp.attach(e.pageStateBuffer, e.totalPages);
         },
@@ -357,7 +364,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         peerPid: ctx.peer.pid, // a page a balloon REMOVE raced with is zeroed again through /proc/PID/mem
         regions: handshake.regions.map((r, i) => ({
           start: r.baseHostVirtAddr, size: r.size, pageSize: r.pageSize, type: r.pageSize > PAGE_SIZE ? 'hugetlbfs' as const : 'anon' as const,
-          source: opts.pageSource ? opts.pageSource(r) : sources.address((maps[i] as { addr: number }).addr, r.size),
+          source: pageSource ? pageSource(r) : sources.address((maps[i] as { addr: number }).addr, r.size),
         })),
         workers,
         prefetch: {
@@ -394,7 +401,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
           gibPerSec: sec > 0 ? st.bytes / 2 ** 30 / sec : 0,
         };
       };
-      live.set(ctx.id, { id: ctx.id, handshake, peer: summary.peer, engine: eng, startedAt: Date.now() - since(), progress });
+      if (!rehearsing) live.set(ctx.id, { id: ctx.id, handshake, peer: summary.peer, engine: eng, startedAt: Date.now() - since(), progress });
 
       // Wait for the end of the session.
       const reason = await new Promise<EndReason>((resolve) => {
@@ -463,13 +470,42 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
         if (st) fillFromStats(summary, st, wall0);
       }
       for (const m of maps) munmap(m.addr, m.len);
-      live.delete(ctx.id);
-      pool?.refill();
+      if (!rehearsing) {
+        live.delete(ctx.id);
+        pool?.refill();
+      }
       summary.durationMs = Math.round(since() * 10) / 10;
       const basis = summary.populatedMs ?? summary.lastDemandFaultMs ?? summary.durationMs;
       summary.gibPerSec = basis > 0 ? summary.bytes / 2 ** 30 / (basis / 1000) : 0;
-      summaries.push(summary);
+      if (!rehearsing) summaries.push(summary);
       emit({ type: 'summary', summary });
+    }
+  };
+
+  /**
+   * A whole session, quietly, over a region of this process (its own userfaultfd, a memfd
+   * for memory file, a hang-up 20 ms later): the path a VM takes — fdinfo, mmap, engine
+   * start, population, stop — has run once before the first VM needs it.
+   */
+  const rehearseSession = async (threads: EngineThreads): Promise<void> => {
+    const size = 64 * PAGE_SIZE;
+    const region = memoryType('anon').create({ size });
+    const memFd = memfdCreate('uffd-engine-rehearsal');
+    let uffd: Userfaultfd | undefined;
+    try {
+      ftruncate(memFd, size);
+      uffd = Userfaultfd.create({ optionalFeatures: ['EVENT_REMOVE'] });
+      uffd.register(region.addr, size, ['missing']);
+      const handshake = validateHandshake(JSON.stringify([{ base_host_virt_addr: region.addr, size, offset: 0, page_size: PAGE_SIZE }]), 1,
+        { memFileSize: size });
+      const ac = new AbortController();
+      const hangup = delay(20, undefined, { ref: false }).then(() => ac.abort());
+      await serveOne(handshake, uffd.fd, { path: '(rehearsal)', fd: memFd, size },
+        { id: 0, conn: -1, peer: { pid: getpid(), uid: getuid(), gid: 0 }, hangup, signal: ac.signal, extraFds: [] }, threads);
+    } finally {
+      uffd?.close();
+      close(memFd);
+      region.close();
     }
   };
 
@@ -493,19 +529,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
     },
     ready: async () => { await pool?.ready(); },
     rehearse: () => {
-      rehearsal ??= (pool?.rehearse(async (threads) => {
-        const pages = 64;
-        const region = memoryType('anon').create({ size: pages * PAGE_SIZE });
-        try {
-          const engine = await Engine.start({
-            threads, regions: [{ region, source: sources.buffer(Buffer.alloc(pages * PAGE_SIZE, 1)) }], workers,
-            prefetch: { readAhead, background, chunk: 16 * PAGE_SIZE },
-          });
-          await engine.stop({ mode: 'complete' });
-        } finally {
-          region.close();
-        }
-      }) ?? Promise.resolve()).catch((e: Error) => emit({ type: 'incident', id: 0, message: `rehearsal engine failed (the VM is served all the same): ${e.message}` }));
+      rehearsal ??= (pool?.rehearse(rehearseSession) ?? Promise.resolve()).catch((e: Error) => emitEvent({ type: 'incident', id: 0, message: `rehearsal engine failed (the VM is served all the same): ${e.message}` }));
       return rehearsal;
     },
   };
