@@ -24,7 +24,8 @@ export type EntryKind = typeof EntryKind[keyof typeof EntryKind];
 const R_HEAD = 0; // next entry to consume
 const R_TAIL = 16; // next entry to produce
 const R_SLEEPING = 32; // consumer is (about to be) in Atomics.wait
-const R_WATCHING = 36; // consumer spins on the ring: a fault handed over now is taken at once
+const R_AWAY = 36; // while the consumer fills a background chunk: when it began (nowUs, never 0); else 0
+const R_WATCHING = 37; // 1 while the consumer spins on the ring: a fault handed over is taken at once
 const R_WORDS = 48;
 
 export interface RingBuffers {
@@ -106,11 +107,13 @@ export class Ring {
     return false;
   }
   consumerSleeping(): boolean { return Atomics.load(this.control, R_SLEEPING) !== 0; }
-  /**
-   * The consumer spins on the ring. Otherwise it sleeps, or is busy elsewhere (a background
-   * chunk, starting up, or not even on a CPU): a fault handed over then waits for it.
-   */
+  /** The consumer spins on the ring (a fault handed over now is taken at once). */
   consumerWatching(): boolean { return Atomics.load(this.control, R_WATCHING) !== 0; }
+  /** How long (µs) the consumer has been filling its current background chunk at `now` (nowUs); -1 when it is not. */
+  consumerAwayFor(now: number): number {
+    const since = Atomics.load(this.control, R_AWAY);
+    return since === 0 ? -1 : (now - since) | 0;
+  }
   /** Wakes the consumer regardless (shutdown, or work that is not in the ring). */
   kick(): void {
     Atomics.notify(this.control, R_TAIL, 1);
@@ -163,6 +166,10 @@ export class Ring {
   /** Raised while the consumer spins on the ring (see consumerWatching). */
   setWatching(watching: boolean): void {
     Atomics.store(this.control, R_WATCHING, watching ? 1 : 0);
+  }
+  /** The consumer starts a background chunk at `since` (nowUs), or is back from it (0). */
+  setAway(since: number): void {
+    Atomics.store(this.control, R_AWAY, since);
   }
 }
 

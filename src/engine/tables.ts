@@ -229,7 +229,7 @@ const CT_DISPATCHER_IDLE = 11; // 1 while the dispatcher sleeps without watching
 const CT_RWP_HOLD = 12; // 1: an RWP window is open: RWP faults wait (Engine.holdRwp)
 const CT_READ_SEQ = 13; // odd while a thread holds the read lock (a batch read, its events not all applied yet)
 const CT_REZERO_PENDING = 14; // re-zeroings the dispatcher queued that no worker has done yet
-const CT_DISPATCHER_READING = 15; // 1 once the dispatcher reads: background population waits for it (demand first)
+const CT_POPULATION_OPEN = 15; // 1 once background population may start (the dispatcher opens it: demand first)
 const CT_THREAD_IDS = 16; // threadId of worker i at CT_THREAD_IDS + i
 const CT_KILL = 80; // fault injection (tests): worker i throws at its next fill when CT_KILL + i is 1
 const CT_HELP = 144; // readers 'all': 1 at CT_HELP + i while worker i is busy away from the uffd
@@ -301,11 +301,12 @@ export class ControlBlock {
   backgroundDone(): boolean { return Atomics.load(this.words, CT_BG_DONE) === 1; }
   markBackgroundDone(): void { Atomics.store(this.words, CT_BG_DONE, 1); }
   /**
-   * The dispatcher reads the uffd. Workers start background population only then: on a
-   * small machine, workers filling chunks while the dispatcher starts delay the VM's first fault.
+   * Workers start background population only once the dispatcher has served its first batch
+   * of faults (or found none for a moment): a guest's first faults are resolved while the
+   * workers sleep, not queued behind their first chunks.
    */
-  markDispatcherReading(): void { Atomics.store(this.words, CT_DISPATCHER_READING, 1); }
-  dispatcherReading(): boolean { return Atomics.load(this.words, CT_DISPATCHER_READING) !== 0; }
+  openPopulation(): void { Atomics.store(this.words, CT_POPULATION_OPEN, 1); }
+  populationOpen(): boolean { return Atomics.load(this.words, CT_POPULATION_OPEN) !== 0; }
   /** Population starts over from the first page (a sweep of stop 'complete' or populate()). */
   restartBackground(): void {
     Atomics.store(this.words, CT_BG_CURSOR, 0);

@@ -20,6 +20,10 @@ import { collectGarbage, DISPATCH_REHEARSAL_FAULTS, isWarm, Rehearse, rehearseOn
 
 // The thread's own priority, to return to when an engine leaves it alone (dispatcherNice null).
 const ownNice = threadNice();
+/** A worker in one background chunk for longer than this (µs) is held by a slow source: its faults are resolved here. */
+const AWAY_INLINE_US = 1000;
+/** Background population opens this long (µs) after the dispatcher started reading, if no fault came first. */
+const POPULATION_GRACE_US = 2000;
 
 /**
  * Runs at the engine's dispatcherNice, or the thread's own (null; never above its own),
@@ -71,9 +75,10 @@ class Dispatch {
   private readonly staged: Int32Array;
   /**
    * Per batch: 2 if the shard's worker is down (dead, its replacement not serving yet: the
-   * dispatcher resolves its faults), 1 if it slept with an empty ring when the batch was
-   * read (inline 'auto'). Only this thread adds to a ring, so that holds for the batch; read
-   * once per batch, not per fault (three atomic loads).
+   * dispatcher resolves its faults), 1 if its ring was empty and it was not ready for a
+   * fault when the batch was read (inline 'auto': see dispatchBatch). Only this thread adds
+   * to a ring, so that holds for the batch; read once per batch, not per fault (a few
+   * atomic loads).
    */
   private readonly quiet: Uint8Array;
   private readonly deathsSeen: Int32Array;
@@ -171,9 +176,9 @@ class Dispatch {
     const table = this.table;
     const shard = this.shardOf(table.stateBase(row) + f.local);
     const inlineOk = ((flags & UFFD_PAGEFAULT_FLAG_WP) ? this.canInlineWp : true) && table.missingOp(row) !== MissOp.callback;
-    // 'auto': the worker is not spinning on its ring (it sleeps, or fills a background chunk)
-    // and the batch is small: resolving here is cheaper than waking it or waiting for it. A
-    // worker that spins on its ring (or has work queued) gets the fault, keeping its order; a
+    // 'auto': the worker is not ready for it (asleep, starting, held by a slow chunk) and the
+    // batch is small: resolving here is cheaper than waking or waiting for it. A worker that
+    // watches its ring (or has work queued, or is in a short chunk) gets the fault; a
     // large batch wakes the workers so they share it.
     const q = this.quiet[shard];
     if (inlineOk && (this.inlineAll || q === 2 || (this.inlineAuto && batch <= this.inlineBatch && this.staged[shard] === 0 && q === 1))) {
@@ -195,10 +200,19 @@ class Dispatch {
     const t = nowUs();
     for (let s = 0; s < rings.length; s++) {
       const ring = rings[s] as Ring;
-      // 1: nothing queued for a worker that is not spinning on its ring: it sleeps, or fills a
-      // background chunk (a fault handed over would wait for the chunk: ~0.3 ms for 1 MiB).
-      this.quiet[s] = ctl.workerState(s) !== WorkerState.serving ? 2
-        : this.inlineAuto && ring.size() === 0 && !ring.consumerWatching() ? 1 : 0;
+      // 0 (hand over): work is queued for the worker, or it spins on its ring, or it fills a
+      // background chunk begun less than AWAY_INLINE_US ago (it is back within ~0.3 ms, and
+      // on a small machine a guest that waits meanwhile leaves the CPUs to the population,
+      // which restores far more per CPU second than demand faults do). 1 (resolve here):
+      // it sleeps, starts up, or is held in a chunk by a slow or stuck source.
+      let q = 1;
+      if (ctl.workerState(s) !== WorkerState.serving) q = 2;
+      else if (!this.inlineAuto || ring.size() !== 0 || ring.consumerWatching()) q = 0;
+      else {
+        const away = ring.consumerAwayFor(t);
+        if (away >= 0 && away <= AWAY_INLINE_US) q = 0;
+      }
+      this.quiet[s] = q;
     }
     for (let i = 0; i < n; i++) {
       if (!reader.isFault(i)) continue;
@@ -272,8 +286,16 @@ class Dispatch {
     ctl.breakReadLock(this.workers);
     r.recoverClaims(this.workers);
     ctl.markReady();
-    ctl.markDispatcherReading();
-    for (const ring of rings) ring.kick(); // workers waiting to populate in the background
+    // Background population opens after the first batch of faults, or after a moment
+    // without any (readers 'all': at once, the workers read the faults).
+    const readySince = nowUs();
+    let populating = false;
+    const openPopulation = (): void => {
+      populating = true;
+      ctl.openPopulation();
+      for (const ring of rings) ring.kick(); // workers waiting to populate
+    };
+    if (!this.alwaysReads) openPopulation();
     let idleReads = 0;
     let idleSince = 0;
     let lastBusy = false; // faults arrived since the last sleep
@@ -286,6 +308,7 @@ class Dispatch {
           idleReads = 0;
           lastBusy = true;
           this.dispatchBatch(n);
+          if (!populating) openPopulation();
           continue;
         }
         // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
@@ -296,8 +319,9 @@ class Dispatch {
       idleReads = 0;
       lastBusy = false;
       r.updateCpu();
+      if (!populating && ((nowUs() - readySince) | 0) >= POPULATION_GRACE_US) openPopulation();
       if (this.alwaysReads) {
-        this.both.wait(-1);
+        this.both.wait(populating ? -1 : 1);
       } else {
         // The flag is raised before the help words are read; a worker raises its word before it
         // reads the flag: one of the two sees the other.

@@ -73,9 +73,11 @@ function serveShard(task: ShardTask, held: { close(): void }[]): { shard: number
     }
     r.readerAgain();
     if (reader && readAndResolve(r, reader) > 0) { lastGapUs = 0; continue; }
-    if (((background && ctl.dispatcherReading()) || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
+    if (((background && ctl.populationOpen()) || ctl.completing()) && (!ctl.backgroundDone() || r.arrivalsPending())) {
       r.needReader();
+      ring.setAway(nowUs() || 1);
       r.backgroundStep();
+      ring.setAway(0);
       continue;
     }
     // Spin briefly: waking a sleeping thread costs tens of µs on this kind of machine. But
