@@ -3,7 +3,7 @@
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE } from '../kernel/constants.js';
+import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE, UFFD_PAGEFAULT_FLAG_WRITE } from '../kernel/constants.js';
 import { close, eventfd, madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
@@ -76,10 +76,16 @@ export function warmUp(rounds = 40): void {
     const reader = new UffdReader(r, 64, () => undefined);
     const words = new Int32Array(setup.states);
     const fault = new Fault();
+    // A Fault's `more` is 0 for every fault the dispatcher reads and takes other values only
+    // on a worker's ring: V8 would compile it as a constant, and the first real engine's
+    // store to it threw handleFault's code away (--trace-generalization). One other value now.
+    fault.more = 1;
+    fault.more = 0;
     for (let k = 0; k < rounds; k++) {
       reader.read(); // nothing pending: EAGAIN
       for (let p = 0; p < pages; p++) {
         fault.addr = region + p * PAGE_SIZE;
+        fault.flags = p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0; // both kinds: see rehearseServe
         r.table.locate(fault);
         fault.readUs = nowUs();
         r.handleFault(fault);
@@ -160,7 +166,12 @@ export function rehearseServe(workers: number, serve: Rehearse, faults = 0): voi
         next = 0;
       }
       const n = Math.min(1 + (batch++ % 16), capacity, pages - next, faults - sent);
-      for (let i = 0; i < n; i++) writeFaultMessage(dv, i, region + (order[next + i] as number) * PAGE_SIZE, 0);
+      // Read and write faults, as a guest sends them: a field that held one value throughout
+      // the rehearsal is one V8 compiles as a constant, and the first real write fault would
+      // throw that code away (seen with --trace-generalization: Fault.flags).
+      for (let i = 0; i < n; i++) {
+        writeFaultMessage(dv, i, region + (order[next + i] as number) * PAGE_SIZE, (sent + i) & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0);
+      }
       next += n;
       sent += n;
       return n;
