@@ -93,6 +93,8 @@ class Dispatch {
   private readonly workers: number;
   private readonly spinUs: number;
   private readonly both: EpollWaiter;
+  /** Background population is open (run). */
+  private populating = false;
   private readonly wakeOnly: EpollWaiter;
 
   constructor(setup: EngineSetup, toMain: (msg: DispatcherMessage) => void, script: ScriptedRead | null) {
@@ -277,6 +279,13 @@ class Dispatch {
     return false;
   }
 
+  /** Lets the workers populate in the background (see run). */
+  private openPopulation(): void {
+    this.populating = true;
+    this.ctl.openPopulation();
+    for (const ring of this.rings) ring.kick(); // workers waiting to populate
+  }
+
   /** The loop: read and route while faults come, sleep in epoll when none do, until the engine stops. */
   run(): void {
     const ctl = this.ctl;
@@ -287,15 +296,12 @@ class Dispatch {
     r.recoverClaims(this.workers);
     ctl.markReady();
     // Background population opens after the first batch of faults, or after a moment
-    // without any (readers 'all': at once, the workers read the faults).
+    // without any (readers 'all': at once, the workers read the faults). No closure here:
+    // a variable a closure captures lives in a heap context, and this loop reads ctl and
+    // rings on every turn.
     const readySince = nowUs();
-    let populating = false;
-    const openPopulation = (): void => {
-      populating = true;
-      ctl.openPopulation();
-      for (const ring of rings) ring.kick(); // workers waiting to populate
-    };
-    if (!this.alwaysReads) openPopulation();
+    this.populating = false;
+    if (!this.alwaysReads) this.openPopulation();
     let idleReads = 0;
     let idleSince = 0;
     let lastBusy = false; // faults arrived since the last sleep
@@ -308,7 +314,7 @@ class Dispatch {
           idleReads = 0;
           lastBusy = true;
           this.dispatchBatch(n);
-          if (!populating) openPopulation();
+          if (!this.populating) this.openPopulation();
           continue;
         }
         // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
@@ -319,9 +325,9 @@ class Dispatch {
       idleReads = 0;
       lastBusy = false;
       r.updateCpu();
-      if (!populating && ((nowUs() - readySince) | 0) >= POPULATION_GRACE_US) openPopulation();
+      if (!this.populating && ((nowUs() - readySince) | 0) >= POPULATION_GRACE_US) this.openPopulation();
       if (this.alwaysReads) {
-        this.both.wait(populating ? -1 : 1);
+        this.both.wait(this.populating ? -1 : 1);
       } else {
         // The flag is raised before the help words are read; a worker raises its word before it
         // reads the flag: one of the two sees the other.
