@@ -184,6 +184,21 @@ describe('restore server: hostile and broken peers', function () {
     return outcome;
   }
 
+  it('run() first rehearses the connection path on a socketpair of its own: no event, no session, no fd left', async () => {
+    await server.close();
+    const before = openFdCount();
+    const events: ServerEvent[] = [];
+    const s = RestoreServer.listen({ socketPath: sockPath, memFilePath: memPath, onEvent: (e) => events.push(e), serveConnection: async () => { served++; } });
+    const running = s.run();
+    await s.rehearsed;
+    assert.deepEqual(events.map((e) => e.type), ['listening']);
+    assert.equal(served, 0);
+    assert.equal(s.activeSessions, 0);
+    await s.close();
+    await running;
+    assert.equal(openFdCount(), before, 'the rehearsal closed its socketpair and the fds it sent itself');
+  });
+
   it('a well-formed handshake is accepted and handed to serveConnection', async () => {
     const u = Userfaultfd.create();
     const o = await attempt((c) => { sendWithFds(c, Buffer.from(good), [u.fd]); });
