@@ -262,11 +262,15 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     // 2. Supervisor and engine die: nobody can serve. The VMM's uffd keeps the ranges
     // registered, so its threads would wait forever; the connection's hang-up is the
     // only signal, and a client that watches it fails at once instead of waiting.
+    // The client waits at a gate after its handshake, every page still missing: it cannot
+    // have finished before the kill (it once did, in the ~0.4 s the test took to see the
+    // engine start), and the hang-up is what it must see.
     fs.rmSync(sock, { force: true });
     cli = runServe(['--socket', sock, '--mem-file', memPath, '--prefetch', 'off']);
     await waitFor(() => /"listening"/.test(cli.err()), 'the CLI to listen');
-    c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000), onHandlerHangup: 'fail' });
-    await waitFor(() => !!eventOf(cli.lines(), 'engine-started'), 'the engine to serve');
+    const gate = path.join(dir, 'start-gate');
+    c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 2, timeoutMs: limit(60_000), onHandlerHangup: 'fail', startGate: gate });
+    await waitFor(() => !!eventOf(cli.lines(), 'engine-started') && fs.existsSync(`${gate}.ready`), 'the engine to serve, the client at its gate');
     const pid = eventOf(cli.lines(), 'engine-assigned')!.pid as number;
     const spares = cli.lines().filter((l) => l.event === 'engine-spawned').map((l) => l.pid as number);
     const t0 = Date.now();
@@ -274,7 +278,7 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     kill(pid);
     r = await c.done;
     assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
-    assert.match(r.stderr, /hung up with \d+ page\(s\) never served/);
+    assert.match(r.stderr, /hung up with 2048 page\(s\) never served/, 'every page was still missing');
     assert.ok(Date.now() - t0 < limit(30_000), 'failed at the hang-up, not at the watchdog');
     await cli.done;
     await waitFor(() => spares.every((p) => !alive(p)), 'the spare engine processes to exit with their supervisor');

@@ -19,6 +19,7 @@ export const FC_CLIENT_OPTIONS: OptionSpec = {
   remove: { type: 'string', help: 'region:offset:length to madvise(DONTNEED) during the restore; must then read zeros' },
   timeoutMs: { type: 'number', default: 30000, help: 'give up (exit 2) after this long' },
   removeGate: { type: 'string', help: 'with --remove: create FILE.ready, then wait for FILE before the madvise (tests)' },
+  startGate: { type: 'string', help: 'after the handshake, create FILE.ready, then wait for FILE before touching anything (tests)' },
   onHandlerHangup: { type: 'string', default: 'ignore', help: 'ignore | fail: exit 3 at once if the handler hangs up while pages are still missing' },
 };
 

@@ -70,6 +70,11 @@ export interface FcClientOptions {
    * stops the handler in between, so the REMOVE is still unread when it dies).
    */
   removeGate?: string;
+  /**
+   * After the handshake: create FILE.ready and wait until FILE exists before touching
+   * anything (a test stops the handler in between, with every page still missing).
+   */
+  startGate?: string;
 }
 
 export interface FcClientResult {
@@ -189,6 +194,10 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   if (o.onHandlerHangup === 'fail') {
     watchHandler(sock, regions, removed && removedRegion && { base: removedRegion.base + removed.offset, len: removed.length });
   }
+  if (o.startGate) {
+    fs.writeFileSync(`${o.startGate}.ready`, '');
+    while (!fs.existsSync(o.startGate)) await new Promise((r) => setTimeout(r, 2));
+  }
   const task = (r: { base: number; offset: number }, i: number, from: number, len: number): ReadTask => ({
     region: i, addr: r.base + from, fileAddr: fileMap + r.offset + from,
     regionOffset: from, fileOffset: r.offset + from, len,
@@ -255,6 +264,7 @@ export function fcClientArgs(o: FcClientOptions): string[] {
   add('timeout-ms', o.timeoutMs);
   add('on-handler-hangup', o.onHandlerHangup);
   add('remove-gate', o.removeGate);
+  add('start-gate', o.startGate);
   return args;
 }
 
