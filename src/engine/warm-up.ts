@@ -104,7 +104,7 @@ export function warmUp(rounds = 40): void {
 export type Rehearse = (setup: EngineSetup, script: ScriptedRead | null) => void;
 
 /** Faults a dispatcher's rehearsal routes (as many as warmUp() resolves). */
-export const DISPATCH_REHEARSAL_FAULTS = 2560;
+export const DISPATCH_REHEARSAL_FAULTS = 8192;
 let rehearsed = false;
 
 /**
@@ -114,11 +114,13 @@ let rehearsed = false;
  * and its first fault. With `faults` 0 the engine is stopped from the start: serve sets up
  * (resolver, rings, epoll) and leaves at its loop's first stop check. Otherwise (the
  * dispatcher) its reader is handed that many page faults on a private 64-page region,
- * read in batches of 1 to 16 as 16 faulting threads would send them, which it routes and
+ * read in batches of 1 to 6 as faulting threads send them under load, which it routes and
  * resolves as it would real ones (UFFDIO_COPY fills a registered range whether or not a
  * thread waits there) — so the dispatcher's own fault path is compiled before the first
- * real fault, not only the resolver warmUp() exercises (its batch-level functions are not
- * hot after ~300 batches: they still compile at the first real faults).
+ * real fault, not only the resolver warmUp() exercises. ~2,300 batches: after ~300 (2560
+ * faults in batches of 1 to 16) the batch-level functions (read, dispatchBatch, the loop)
+ * still compiled at the first real faults, and the 16x2 bench's first 75 ms ran at
+ * 113-116k pages/s instead of 137-139k (steady ~150-170k).
  */
 export function rehearseServe(workers: number, serve: Rehearse, faults = 0): void {
   rehearsed = true;
@@ -165,7 +167,7 @@ export function rehearseServe(workers: number, serve: Rehearse, faults = 0): voi
         }
         next = 0;
       }
-      const n = Math.min(1 + (batch++ % 16), capacity, pages - next, faults - sent);
+      const n = Math.min(1 + (batch++ % 6), capacity, pages - next, faults - sent);
       // Read and write faults, as a guest sends them: a field that held one value throughout
       // the rehearsal is one V8 compiles as a constant, and the first real write fault would
       // throw that code away (seen with --trace-generalization: Fault.flags).
