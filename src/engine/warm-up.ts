@@ -103,7 +103,7 @@ export function warmUp(rounds = 40): void {
 /** A thread's serve function, run on a scratch setup; `script` stands in for the uffd's read(2) (null: the real one). */
 export type Rehearse = (setup: EngineSetup, script: ScriptedRead | null) => void;
 
-/** Faults a dispatcher's rehearsal routes (as many as warmUp() resolves). */
+/** Faults a dispatcher's rehearsal routes (see rehearseServe for why this many). */
 export const DISPATCH_REHEARSAL_FAULTS = 8192;
 let rehearsed = false;
 

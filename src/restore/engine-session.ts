@@ -52,7 +52,7 @@ import { MessageBuffer, Userfaultfd } from '../kernel/userfaultfd.js';
 import { PageSource, sources } from '../sources/index.js';
 import { memoryType } from '../memory-types/index.js';
 import { WarmPool } from './warm-pool.js';
-import { Handshake, validateHandshake } from './handshake.js';
+import { encodeHandshake, Handshake, validateHandshake } from './handshake.js';
 import type { MemoryFile, ServeConnection, SessionContext } from './server.js';
 import { PageSampler, startPageSampler, toEngineOrder, toFilePages, WorkingSet, WS_FORMAT, WS_PAGE_SIZE, WS_VERSION } from './working-set.js';
 
@@ -350,8 +350,9 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       const smp = sampler;
       // The rehearsal holds the warm threads for a few ms; one that takes longer than
       // REHEARSAL_WAIT_MS (a stuck machine) leaves them to it: the VM gets new threads.
-      const rehearsed = !!rehearsing || !rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false, { ref: false })]);
-      const threads = rehearsing ?? (rehearsed ? pool?.take() : EngineThreads.start(workers));
+      // (The rehearsal session itself runs on the threads it was given.)
+      const threads = rehearsing ?? (!rehearsal || await Promise.race([rehearsal.then(() => true), delay(REHEARSAL_WAIT_MS, false, { ref: false })])
+        ? pool?.take() : EngineThreads.start(workers));
       summary.warm = threads?.isReady ?? false;
       const starting = Engine.start({
         threads,
@@ -496,7 +497,7 @@ export function engineSessions(opts: EngineSessionOptions = {}): EngineSessions 
       ftruncate(memFd, size);
       uffd = Userfaultfd.create({ optionalFeatures: ['EVENT_REMOVE'] });
       uffd.register(region.addr, size, ['missing']);
-      const handshake = validateHandshake(JSON.stringify([{ base_host_virt_addr: region.addr, size, offset: 0, page_size: PAGE_SIZE }]), 1,
+      const handshake = validateHandshake(encodeHandshake([{ baseHostVirtAddr: region.addr, size, offset: 0, pageSize: PAGE_SIZE }]), 1,
         { memFileSize: size });
       const ac = new AbortController();
       const hangup = delay(20, undefined, { ref: false }).then(() => ac.abort());

@@ -194,10 +194,7 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   if (o.onHandlerHangup === 'fail') {
     watchHandler(sock, regions, removed && removedRegion && { base: removedRegion.base + removed.offset, len: removed.length });
   }
-  if (o.startGate) {
-    fs.writeFileSync(`${o.startGate}.ready`, '');
-    while (!fs.existsSync(o.startGate)) await new Promise((r) => setTimeout(r, 2));
-  }
+  if (o.startGate) await waitAtGate(o.startGate);
   const task = (r: { base: number; offset: number }, i: number, from: number, len: number): ReadTask => ({
     region: i, addr: r.base + from, fileAddr: fileMap + r.offset + from,
     regionOffset: from, fileOffset: r.offset + from, len,
@@ -224,10 +221,7 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
   if (!mismatch) {
     // Phase 2: the rest of memory, while (if asked) the balloon range is dropped.
     const readers = all.length ? runReaders(all, pageSize, threads, stripePages, 'file') : Promise.resolve({ pages: 0 } as ReaderResult);
-    if (removeTask && o.removeGate) {
-      fs.writeFileSync(`${o.removeGate}.ready`, '');
-      while (!fs.existsSync(o.removeGate)) await new Promise((r) => setTimeout(r, 2));
-    }
+    if (removeTask && o.removeGate) await waitAtGate(o.removeGate);
     if (removeTask) {
       // With EVENT_REMOVE this blocks until the handler has read the REMOVE message.
       madvise(removeTask.addr, removeTask.len, C.MADV_DONTNEED);
@@ -247,6 +241,12 @@ export async function runFcClient(o: FcClientOptions): Promise<FcClientResult> {
     ok: !mismatch, regions: count, pageSize, pagesChecked: pages, bytesChecked: pages * pageSize,
     removed, ms: Math.round(ms * 1000) / 1000, mismatch,
   };
+}
+
+/** A test's gate: say we are at it (GATE.ready), then wait until the test creates GATE. */
+async function waitAtGate(gate: string): Promise<void> {
+  fs.writeFileSync(`${gate}.ready`, '');
+  while (!fs.existsSync(gate)) await new Promise((r) => setTimeout(r, 2));
 }
 
 /** The argv that runs the client with these options. */

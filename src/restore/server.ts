@@ -17,7 +17,7 @@ import {
   PeerCredentials, watchFd,
 } from '../kernel/socket.js';
 import {
-  DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_REGIONS, Handshake, HandshakeError, jsonValueEnd, validateHandshake,
+  DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_REGIONS, encodeHandshake, Handshake, HandshakeError, jsonValueEnd, validateHandshake,
 } from './handshake.js';
 
 export interface MemoryFile {
@@ -261,7 +261,7 @@ export class RestoreServer {
   private async rehearseReceive(): Promise<void> {
     const [a, b] = socketPair();
     try {
-      const payload = Buffer.from(JSON.stringify([{ base_host_virt_addr: 0x7f0000000000, size: C.PAGE_SIZE, offset: 0, page_size: C.PAGE_SIZE }]));
+      const payload = Buffer.from(encodeHandshake([{ baseHostVirtAddr: 0x7f0000000000, size: C.PAGE_SIZE, offset: 0, pageSize: C.PAGE_SIZE }]));
       for (let i = 0; i < 20 && !this.closing; i++) {
         sendWithFds(b, payload, [b], 1000);
         peerCredentials(a);

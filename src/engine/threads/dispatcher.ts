@@ -100,7 +100,7 @@ class Dispatch {
   constructor(setup: EngineSetup, toMain: (msg: DispatcherMessage) => void, script: ScriptedRead | null) {
     this.eventFd = setup.eventFd; // copied, as every number the loop reads: see the class comment
     this.toMain = toMain;
-    servePriority(setup, new ControlBlock(setup.control)); // first: workers may be filling already
+    servePriority(setup, new ControlBlock(setup.control)); // first: the engine's other threads start meanwhile
     const r = new Resolver(setup, setup.workers, false);
     this.r = r;
     this.ctl = r.ctl;
@@ -300,7 +300,6 @@ class Dispatch {
     // a variable a closure captures lives in a heap context, and this loop reads ctl and
     // rings on every turn.
     const readySince = nowUs();
-    this.populating = false;
     if (!this.alwaysReads) this.openPopulation();
     let idleReads = 0;
     let idleSince = 0;
