@@ -208,8 +208,11 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
     const server = RestoreServer.listen({ socketPath: sock, memFilePath: memPath, serveConnection: sup.serve });
     const running = server.run();
     try {
-      const c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 1, timeoutMs: limit(60_000), onHandlerHangup: 'fail' });
-      await waitFor(() => events.some((e) => e.type === 'engine-started'), 'the engine to serve');
+      // At its start gate the client has touched nothing: it cannot finish before the kill
+      // (it once did, in 146 ms), and every page is left to the engine that is killed.
+      const gate = path.join(dir, 'giveup-gate');
+      const c = spawnFcClient({ socket: sock, memFile: memPath, regionSize: 8 * MiB, threads: 1, timeoutMs: limit(60_000), onHandlerHangup: 'fail', startGate: gate });
+      await waitFor(() => events.some((e) => e.type === 'engine-started') && fs.existsSync(`${gate}.ready`), 'the engine to serve, the client at its gate');
       kill(sup.enginePid(1));
       const r = await c.done;
       assert.equal(r.code, 3, `${r.stderr}${r.stdout}`);
