@@ -93,11 +93,56 @@ export function warmUp(rounds = 40): void {
       madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
       words.fill(0);
     }
+    warmPopulation(uffd, region, src, rounds);
   } finally {
     uffd.close();
     munmap(region, len);
     munmap(src, len);
   }
+}
+
+/**
+ * The prefetch paths on the same region: demand faults that read ahead (sequential, so the
+ * window grows, then scattered), and background population in chunks with holes, as a
+ * worker runs them through a restore. Without this they compiled during the first VM's
+ * population, and threw code away there when a site no rehearsal had reached ran
+ * (--trace-deopt: "insufficient type feedback" in handleFault, extendClaim, fill, finish).
+ */
+function warmPopulation(uffd: Userfaultfd, region: number, src: number, rounds: number): void {
+  const pages = 64;
+  const len = pages * PAGE_SIZE;
+  const setup = scratchSetup(uffd.fd, [{ start: region, size: len, srcAddr: src }], 1);
+  setup.prefetch = { readAheadMin: 1, readAheadMax: 8, background: true, chunkPages: 8, orderLength: 0 };
+  const r = new Resolver(setup, 0, true);
+  const states = new PageStates(setup.states, pages);
+  const words = new Int32Array(setup.states);
+  const ctl = new ControlBlock(setup.control);
+  const fault = new Fault();
+  for (let k = 0; k < rounds; k++) {
+    // Demand faults: a sequential run (the read-ahead window doubles), then every 7th page.
+    for (let p = 0; p < 16; p++) {
+      fault.addr = region + p * PAGE_SIZE;
+      fault.flags = p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
+      fault.more = 0;
+      r.table.locate(fault);
+      fault.readUs = nowUs();
+      r.handleFault(fault);
+    }
+    for (let p = 20; p < pages; p += 7) {
+      fault.addr = region + p * PAGE_SIZE;
+      fault.flags = 0;
+      r.table.locate(fault);
+      fault.readUs = nowUs();
+      r.handleFault(fault);
+    }
+    // Background chunks over what is left (runs between the pages already there).
+    ctl.restartBackground();
+    while (r.backgroundStep()) { /* chunk after chunk */ }
+    if (states.nextMissing(0, pages) >= 0) throw new Error('warm-up: background population left pages missing');
+    madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
+    words.fill(0);
+  }
+  r.close();
 }
 
 /** A thread's serve function, run on a scratch setup; `script` stands in for the uffd's read(2) (null: the real one). */
