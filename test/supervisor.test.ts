@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { spawnFcClient, FcClientOptions } from '../src/restore/fc-client.js';
 import { RestoreServer } from '../src/restore/server.js';
 import { Supervisor, SupervisorEvent } from '../src/restore/supervisor.js';
+import { mayLeaveIdle } from '../src/kernel/sched.js';
 import { limit, TIME_SCALE } from './helpers/limits.js';
 import { writeSnapshot } from './helpers/restore-fixtures.js';
 
@@ -28,6 +29,20 @@ const restores = (n: number, cycle: number): number => (TIME_SCALE > 1 ? Math.ma
 const RESTORES_OFF = restores(60, 5);
 const RESTORES_JOURNAL = restores(12, 2);
 const RESTORES_ON = restores(40, 4);
+
+const SCHED_OTHER = 0;
+const SCHED_IDLE = 5;
+/** The scheduling policy (field 41 of /proc/PID/task/TID/stat) of every thread of pid; [] if it is gone. */
+function threadPolicies(pid: number): number[] {
+  try {
+    return fs.readdirSync(`/proc/${pid}/task`).map((t) => {
+      const st = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[38]);
+    });
+  } catch {
+    return [];
+  }
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, what: string, timeoutMs = limit(30_000)): Promise<void> {
@@ -225,6 +240,48 @@ describe('supervised serve: engine processes die, the VM goes on', function () {
       await server.close();
       await sup.close();
       await running;
+    }
+  });
+
+  it('a spare warms up on SCHED_IDLE and is back on SCHED_OTHER once warm; the spare that replaces one a VM took starts after that VM is populated', async function () {
+    if (!mayLeaveIdle()) this.skip(); // (root here) without CAP_SYS_NICE spares start at normal priority
+    const big = path.join(dir, 'idle-spares.mem');
+    writeSnapshot(big, 128 * MiB); // populated in ~50-100 ms here: longer than the refill delay below
+    const sock = path.join(dir, 'idle.sock');
+    const events: { e: SupervisorEvent; at: number; policies?: number[] }[] = [];
+    const sup = new Supervisor({
+      engine: { workers: 1, prefetch: 'on', memFileSize: 128 * MiB, record: false, detachWhenPopulated: true, warm: true }, // as serve runs them
+      spares: 1, spareDelayMs: 0,
+      // Read at the event itself: the supervisor puts a spare on SCHED_IDLE as it spawns it.
+      onEvent: (e) => { if (e.type !== 'engine-log') events.push({ e, at: Date.now(), policies: e.type === 'engine-spawned' ? threadPolicies(e.pid) : undefined }); },
+    });
+    const server = RestoreServer.listen({ socketPath: sock, memFilePath: big, serveConnection: sup.serve });
+    const running = server.run();
+    try {
+      await waitFor(() => events.some((x) => x.e.type === 'engine-spawned'), 'the first spare');
+      const first = events.find((x) => x.e.type === 'engine-spawned') as { e: { pid: number }; policies: number[] };
+      assert.ok(first.policies.length > 0 && first.policies.every((p) => p === SCHED_IDLE), `the spare's threads at spawn: policies ${first.policies}`);
+      // Warm: its pool threads up (more threads than Node's own), every one of them back on SCHED_OTHER.
+      await waitFor(() => { const ps = threadPolicies(first.e.pid); return ps.length > 8 && ps.every((p) => p === SCHED_OTHER); },
+        'the spare to be warm and back on SCHED_OTHER');
+      const c = spawnFcClient({ socket: sock, memFile: big, regionSize: 128 * MiB, threads: 2, timeoutMs: limit(60_000) });
+      const r = await c.done;
+      assert.equal(r.code, 0, `${r.stderr}${r.stdout}`);
+      assert.ok(r.result?.ok, 'every byte checked');
+      await waitFor(() => events.filter((x) => x.e.type === 'engine-spawned').length >= 2, 'the replacement spare');
+      const assigned = events.findIndex((x) => x.e.type === 'engine-assigned');
+      const populated = events.findIndex((x) => x.e.type === 'populated');
+      const replacement = events.findIndex((x, i) => i > assigned && x.e.type === 'engine-spawned');
+      assert.ok(assigned >= 0 && populated > assigned, `events: ${events.map((x) => x.e.type).join(', ')}`);
+      assert.ok(replacement > populated, `the replacement spare started before the VM was populated: ${events.map((x) => x.e.type).join(', ')}`);
+      const rep = events[replacement] as { policies: number[] };
+      assert.ok(rep.policies.every((p) => p === SCHED_IDLE), `the replacement's threads at spawn: policies ${rep.policies}`);
+    } finally {
+      await sup.shutdown('abandon');
+      await server.close();
+      await sup.close();
+      await running;
+      fs.rmSync(big, { force: true });
     }
   });
 

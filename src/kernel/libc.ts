@@ -62,6 +62,8 @@ export const libc = {
   sched_yield: lib.func('int sched_yield()') as () => number,
   getpriority: lib.func('int getpriority(int which, int who)') as (which: number, who: number) => number,
   setpriority: lib.func('int setpriority(int which, int who, int prio)') as (which: number, who: number, prio: number) => number,
+  sched_setscheduler: lib.func('int sched_setscheduler(int pid, int policy, uint64_t param)') as (pid: number, policy: number, param: number) => number,
+  sched_getscheduler: lib.func('int sched_getscheduler(int pid)') as (pid: number) => number,
 };
 
 /** errno of the calling thread, as left by the last libc call. */

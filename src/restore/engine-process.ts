@@ -26,6 +26,7 @@
 import { Engine, EngineStats } from '../engine/engine.js';
 import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
 import { getpid } from '../kernel/memory.js';
+import { mayLeaveIdle, setProcessIdle } from '../kernel/sched.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { closeFds, socketPair } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
@@ -61,6 +62,12 @@ export interface EngineProcessConfig {
   remote?: RemoteConfig;
   /** What a live session does when the supervisor dies (see the top of this file; default 'complete'). */
   onSupervisorDeath?: 'complete' | 'fail';
+  /**
+   * A spare (SupervisorOptions.idleSpares): start up and rehearse on SCHED_IDLE, every
+   * thread, and go back to SCHED_OTHER once warm (then say 'warm') or when a session comes.
+   * Only if this process may come back (kernel/sched.ts mayLeaveIdle).
+   */
+  idleWhileSpare?: boolean;
 }
 
 /** Engine counters a supervisor aggregates (a subset of EngineStats). */
@@ -175,6 +182,15 @@ function poisonMissing(uffdFd: number, h: Handshake, peerPid: number): number {
 
 function main(): void {
   const config = JSON.parse(process.argv[2] ?? '{}') as EngineProcessConfig;
+  // Before the warm threads start (they inherit the policy of the thread that starts them).
+  const idle = config.idleWhileSpare === true && mayLeaveIdle();
+  if (idle) setProcessIdle(getpid(), true);
+  let leftIdle = !idle;
+  const leaveIdle = (): void => {
+    if (leftIdle) return;
+    leftIdle = true;
+    setProcessIdle(getpid(), false);
+  };
   let ch: Channel;
   let session: { id: number; hangup: () => void; engine?: Engine; uffd: number; handshake: Handshake; peerPid: number } | null = null;
   let serving: Promise<unknown> | null = null;
@@ -216,6 +232,7 @@ function main(): void {
   };
 
   const start = async (m: SessionMessage, fds: number[]): Promise<void> => {
+    leaveIdle(); // a VM: nothing of this process waits for idle CPU time any more
     if (session || fds.length !== (config.remote ? 3 : 4)) {
       closeFds(fds);
       return;
@@ -285,8 +302,13 @@ function main(): void {
   // compiled (a session that arrives meanwhile waits for the rehearsal: tens of ms after
   // the process started). Without: ~2 ms more from the supervisor's message to the VM's
   // first fault served.
-  void rehearseChannel();
-  void sessions.rehearse();
+  // Warm (the threads up, both rehearsals done): back on SCHED_OTHER, so that the session
+  // message, whenever it comes, is read at once.
+  void Promise.all([rehearseChannel(), sessions.rehearse(), sessions.ready()]).finally(() => {
+    if (leftIdle) return;
+    leaveIdle();
+    send({ type: 'warm' });
+  });
 }
 
 /** Sends this process a message with an fd through a socketpair, as the session message comes. */

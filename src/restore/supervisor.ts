@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import { readRemoveJournal } from '../engine/remove-journal.js';
 import { startLimitMs } from '../engine/threads.js';
 import { close, memfdCreate } from '../kernel/memory.js';
+import { mayLeaveIdle, setProcessIdle } from '../kernel/sched.js';
 import { closeFds, closeSocket, socketPair } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import { Channel, ChannelMessage } from './channel.js';
@@ -40,11 +41,23 @@ export interface SupervisorOptions {
   /** Idle engine processes kept started (default 1): a new VM or a hand-over does not wait for Node to start. */
   spares?: number;
   /**
-   * After a VM takes a spare, start its replacement this much later (default 100 ms): a
-   * Node process starting up takes a CPU for ~15 ms, which on a small machine delayed the
-   * VM's first fault served by as much. A VM that finds no spare gets a new process at once.
+   * After a VM takes a spare, start its replacement this much later (default 100 ms), and
+   * not while a VM is being populated (background population on, not finished), up to
+   * spareMaxDelayMs. A spare's start-up takes ~0.6 s of CPU (Node, three isolates, the
+   * rehearsals); beside a VM's restore on a small machine it cost a third of the restore
+   * rate (1 GiB through `serve`: ~1.9–2.1 GiB/s against ~2.5–3.0 started after it). A VM
+   * that finds no spare gets a new process at once.
    */
   spareDelayMs?: number;
+  /** The longest a replacement spare waits for a VM's population to finish (default 5000 ms). */
+  spareMaxDelayMs?: number;
+  /**
+   * A spare engine process starts up and rehearses on SCHED_IDLE (default true): it takes
+   * only CPU time no VM wants, and is put back on SCHED_OTHER when it is warm or a session
+   * comes to it. Needs CAP_SYS_NICE (or RLIMIT_NICE >= 20) to come back: without, spares
+   * start at normal priority.
+   */
+  idleSpares?: boolean;
   /** Engine deaths a session survives; one more ends it (default 10). */
   maxRestarts?: number;
   /** An engine process silent this long is killed and replaced (default 15000 ms, or UFFD_ENGINE_SILENCE_MS). */
@@ -75,6 +88,8 @@ interface EngineProc {
   ready: boolean;
   /** Its engine serves the session it was given (it sent 'engine-started'). */
   serving: boolean;
+  /** Started on SCHED_IDLE (a spare) and not yet back on SCHED_OTHER ('warm' not received). */
+  idle: boolean;
   exited: boolean;
 }
 
@@ -91,6 +106,8 @@ interface Supervised {
   restarts: number;
   /** The REMOVE journal (a memfd): every engine of the session appends to it before applying a REMOVE. */
   journalFd: number;
+  /** Its engine said every page is present ('populated'). */
+  populated: boolean;
   /** Sum of the last reports of the engines that died. */
   carried: StatsReport;
   current: StatsReport | null;
@@ -173,7 +190,8 @@ export class Supervisor {
     return this.sessions.get(id)?.proc?.pid;
   }
 
-  private spawnEngine(): EngineProc {
+  /** Starts an engine process; `spare`: one kept for a later VM (see SupervisorOptions.idleSpares). */
+  private spawnEngine(spare: boolean): EngineProc {
     const [mine, theirs] = socketPair();
     let child: ChildProcess;
     try {
@@ -181,13 +199,20 @@ export class Supervisor {
       // process runs its session path twice (rehearsal, then the VM), so the VM would run it
       // without them. Allocated at the first call, the rehearsal leaves them filled (measured
       // with serve-first-touch: ~0.4 ms less from handshake to first touch).
-      child = spawn(process.execPath, ['--no-lazy-feedback-allocation', ENGINE_SCRIPT, JSON.stringify(this.config)], {
+      const config: EngineProcessConfig = { ...this.config, idleWhileSpare: spare && this.opts.idleSpares !== false && mayLeaveIdle() };
+      child = spawn(process.execPath, ['--no-lazy-feedback-allocation', ENGINE_SCRIPT, JSON.stringify(config)], {
         stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true, env: { ...process.env, ...this.opts.engineEnv },
       });
     } finally {
       closeSocket(theirs);
     }
-    const p = { pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, serving: false, exited: false } as unknown as EngineProc;
+    const idle = spare && this.opts.idleSpares !== false && mayLeaveIdle();
+    // At once, from here: Node's start-up (its threads, loading the modules: ~100 ms of CPU)
+    // comes before the process can do it itself, and the threads it starts inherit it.
+    if (idle && child.pid) setProcessIdle(child.pid, true);
+    const p = {
+      pid: child.pid ?? -1, child, session: null, lastHeard: Date.now(), ready: false, serving: false, exited: false, idle,
+    } as unknown as EngineProc;
     p.ch = new Channel(mine, (m, fds) => this.onMessage(p, m, fds), () => undefined);
     this.procs.add(p);
     let partial = '';
@@ -207,16 +232,29 @@ export class Supervisor {
     // Engines that die before they are ready, again and again (a broken install), are not
     // respawned in a loop: spares wait until a session needs one.
     if (this.closed || this.closing || this.quickDeaths >= 3) return;
-    while (this.spares.length < (this.opts.spares ?? 1)) this.spares.push(this.spawnEngine());
+    while (this.spares.length < (this.opts.spares ?? 1)) this.spares.push(this.spawnEngine(true));
   }
 
-  /** ensureSpares() a moment from now (SupervisorOptions.spareDelayMs). */
+  /** ensureSpares() a moment from now, once no VM is being populated (SupervisorOptions.spareDelayMs, spareMaxDelayMs). */
   private refillSoon(): void {
     if (this.refillTimer) return;
-    this.refillTimer = setTimeout(() => {
+    const since = Date.now();
+    const check = (): void => {
       this.refillTimer = null;
+      if (this.populating() && Date.now() - since < (this.opts.spareMaxDelayMs ?? 5000)) {
+        this.refillTimer = setTimeout(check, 25);
+        return;
+      }
       this.ensureSpares();
-    }, this.opts.spareDelayMs ?? 100);
+    };
+    this.refillTimer = setTimeout(check, this.opts.spareDelayMs ?? 100);
+  }
+
+  /** A VM's engine is populating it in the background (prefetch on, not every page present yet). */
+  private populating(): boolean {
+    if (this.config.prefetch === 'off') return false;
+    for (const s of this.sessions.values()) if (!s.done && !s.populated) return true;
+    return false;
   }
 
   private takeEngine(): EngineProc {
@@ -224,11 +262,18 @@ export class Supervisor {
       const p = this.spares.shift();
       if (!p) break;
       if (!p.exited && p.ch.isOpen) {
+        // Still warming up on SCHED_IDLE: back to normal before the session message, which
+        // an idle main thread would otherwise read late on a busy machine (best effort:
+        // the process leaves SCHED_IDLE itself when the message comes).
+        if (p.idle) {
+          p.idle = false;
+          setProcessIdle(p.pid, false);
+        }
         this.refillSoon();
         return p;
       }
     }
-    const p = this.spawnEngine();
+    const p = this.spawnEngine(false);
     this.ensureSpares();
     return p;
   }
@@ -242,6 +287,10 @@ export class Supervisor {
       this.quickDeaths = 0;
       return;
     }
+    if (m.type === 'warm') {
+      p.idle = false; // it left SCHED_IDLE itself
+      return;
+    }
     if (!s || s.proc !== p) return;
     if (m.type === 'stats') s.current = m.stats as StatsReport;
     else if (m.type === 'removed') {
@@ -253,6 +302,7 @@ export class Supervisor {
     } else if (m.type === 'event') {
       const e = m.event as SessionEvent;
       if (e.type === 'engine-started') p.serving = true;
+      if (e.type === 'populated') s.populated = true;
       if (e.type === 'summary') s.summary = e.summary;
       else this.emit(e);
     } else if (m.type === 'ended') {
@@ -376,7 +426,7 @@ export class Supervisor {
     const s: Supervised = {
       id: ctx.id, handshake, uffdFd, memFile, ctx, startedAt: Date.now(),
       totalPages: handshake.regions.reduce((n, r) => n + r.size / r.pageSize, 0), proc: null, generation: 0, restarts: 0,
-      journalFd: memfdCreate(`uffd-engine-remove-journal-${ctx.id}`), carried: emptyReport(), current: null, summary: null, done: false,
+      journalFd: memfdCreate(`uffd-engine-remove-journal-${ctx.id}`), populated: false, carried: emptyReport(), current: null, summary: null, done: false,
       finish: ({ summary, error }) => {
         if (error) reject(Object.assign(new Error(error), { summary }));
         else resolve(summary);
