@@ -45,8 +45,8 @@ export interface SupervisorOptions {
    * not while a VM is being populated (background population on, not finished), up to
    * spareMaxDelayMs. A spare's start-up takes ~0.6 s of CPU (Node, three isolates, the
    * rehearsals); beside a VM's restore on a small machine it cost a third of the restore
-   * rate (1 GiB through `serve`: ~1.9–2.1 GiB/s against ~2.5–3.0 started after it). A VM
-   * that finds no spare gets a new process at once.
+   * rate (1 GiB through `serve`: 1.6–1.8 GiB/s, 2.6–2.8 with this). A VM that finds no
+   * spare gets a new process at once.
    */
   spareDelayMs?: number;
   /** The longest a replacement spare waits for a VM's population to finish (default 5000 ms). */
@@ -192,6 +192,7 @@ export class Supervisor {
 
   /** Starts an engine process; `spare`: one kept for a later VM (see SupervisorOptions.idleSpares). */
   private spawnEngine(spare: boolean): EngineProc {
+    const idle = spare && this.opts.idleSpares !== false && mayLeaveIdle();
     const [mine, theirs] = socketPair();
     let child: ChildProcess;
     try {
@@ -199,14 +200,13 @@ export class Supervisor {
       // process runs its session path twice (rehearsal, then the VM), so the VM would run it
       // without them. Allocated at the first call, the rehearsal leaves them filled (measured
       // with serve-first-touch: ~0.4 ms less from handshake to first touch).
-      const config: EngineProcessConfig = { ...this.config, idleWhileSpare: spare && this.opts.idleSpares !== false && mayLeaveIdle() };
+      const config: EngineProcessConfig = { ...this.config, idleWhileSpare: idle };
       child = spawn(process.execPath, ['--no-lazy-feedback-allocation', ENGINE_SCRIPT, JSON.stringify(config)], {
         stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true, env: { ...process.env, ...this.opts.engineEnv },
       });
     } finally {
       closeSocket(theirs);
     }
-    const idle = spare && this.opts.idleSpares !== false && mayLeaveIdle();
     // At once, from here: Node's start-up (its threads, loading the modules: ~100 ms of CPU)
     // comes before the process can do it itself, and the threads it starts inherit it.
     if (idle && child.pid) setProcessIdle(child.pid, true);
