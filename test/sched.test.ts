@@ -4,16 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { mayLeaveIdle, setProcessIdle, threadIdle } from '../src/kernel/sched.js';
-
-/** The policy (field 41 of /proc/PID/task/TID/stat) of every thread of pid. */
-function policies(pid: number): number[] {
-  return fs.readdirSync(`/proc/${pid}/task`).map((t) => {
-    const s = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[38]);
-  });
-}
-const SCHED_OTHER = 0;
-const SCHED_IDLE = 5;
+import { SCHED_IDLE, SCHED_OTHER, taskStatField, threadPolicies as policies } from './helpers/sched.js';
 
 describe('kernel/sched: a process on SCHED_IDLE and back', function () {
   this.timeout(30_000);
@@ -37,8 +28,7 @@ describe('kernel/sched: a process on SCHED_IDLE and back', function () {
       assert.deepEqual(new Set(policies(pid)), new Set([SCHED_IDLE]), 'every thread on SCHED_IDLE');
       assert.equal(setProcessIdle(pid, false), 0);
       assert.deepEqual(new Set(policies(pid)), new Set([SCHED_OTHER]), 'every thread back on SCHED_OTHER');
-      const nice = fs.readFileSync(`/proc/${pid}/task/${tids[tids.length - 1]}/stat`, 'utf8');
-      assert.equal(Number(nice.slice(nice.lastIndexOf(')') + 2).split(' ')[16]), 5, 'the thread at nice 5 kept it');
+      assert.equal(taskStatField(pid, tids[tids.length - 1] as number, 19), 5, 'the thread at nice 5 kept it');
     } finally {
       child.kill('SIGKILL');
     }

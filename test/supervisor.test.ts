@@ -15,6 +15,7 @@ import { spawnFcClient, FcClientOptions } from '../src/restore/fc-client.js';
 import { RestoreServer } from '../src/restore/server.js';
 import { Supervisor, SupervisorEvent } from '../src/restore/supervisor.js';
 import { mayLeaveIdle } from '../src/kernel/sched.js';
+import { SCHED_IDLE, SCHED_OTHER, threadPolicies } from './helpers/sched.js';
 import { limit, TIME_SCALE } from './helpers/limits.js';
 import { writeSnapshot } from './helpers/restore-fixtures.js';
 
@@ -29,20 +30,6 @@ const restores = (n: number, cycle: number): number => (TIME_SCALE > 1 ? Math.ma
 const RESTORES_OFF = restores(60, 5);
 const RESTORES_JOURNAL = restores(12, 2);
 const RESTORES_ON = restores(40, 4);
-
-const SCHED_OTHER = 0;
-const SCHED_IDLE = 5;
-/** The scheduling policy (field 41 of /proc/PID/task/TID/stat) of every thread of pid; [] if it is gone. */
-function threadPolicies(pid: number): number[] {
-  try {
-    return fs.readdirSync(`/proc/${pid}/task`).map((t) => {
-      const st = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[38]);
-    });
-  } catch {
-    return [];
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 async function waitFor(cond: () => boolean, what: string, timeoutMs = limit(30_000)): Promise<void> {

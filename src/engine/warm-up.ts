@@ -83,13 +83,7 @@ export function warmUp(rounds = 40): void {
     fault.more = 0;
     for (let k = 0; k < rounds; k++) {
       reader.read(); // nothing pending: EAGAIN
-      for (let p = 0; p < pages; p++) {
-        fault.addr = region + p * PAGE_SIZE;
-        fault.flags = p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0; // both kinds: see rehearseServe
-        r.table.locate(fault);
-        fault.readUs = nowUs();
-        r.handleFault(fault);
-      }
+      for (let p = 0; p < pages; p++) resolveAt(r, fault, region + p * PAGE_SIZE, p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0); // both kinds: see rehearseServe
       madvise(region, len, MADV_DONTNEED); // no EVENT_REMOVE negotiated: no event
       words.fill(0);
     }
@@ -99,6 +93,15 @@ export function warmUp(rounds = 40): void {
     munmap(region, len);
     munmap(src, len);
   }
+}
+
+/** Resolves a demand fault at addr as a reader would hand it over (f: reused). */
+function resolveAt(r: Resolver, f: Fault, addr: number, flags: number): void {
+  f.addr = addr;
+  f.flags = flags;
+  r.table.locate(f);
+  f.readUs = nowUs();
+  r.handleFault(f);
 }
 
 /**
@@ -120,21 +123,8 @@ function warmPopulation(uffd: Userfaultfd, region: number, src: number, rounds: 
   const fault = new Fault();
   for (let k = 0; k < rounds; k++) {
     // Demand faults: a sequential run (the read-ahead window doubles), then every 7th page.
-    for (let p = 0; p < 16; p++) {
-      fault.addr = region + p * PAGE_SIZE;
-      fault.flags = p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0;
-      fault.more = 0;
-      r.table.locate(fault);
-      fault.readUs = nowUs();
-      r.handleFault(fault);
-    }
-    for (let p = 20; p < pages; p += 7) {
-      fault.addr = region + p * PAGE_SIZE;
-      fault.flags = 0;
-      r.table.locate(fault);
-      fault.readUs = nowUs();
-      r.handleFault(fault);
-    }
+    for (let p = 0; p < 16; p++) resolveAt(r, fault, region + p * PAGE_SIZE, p & 1 ? UFFD_PAGEFAULT_FLAG_WRITE : 0);
+    for (let p = 20; p < pages; p += 7) resolveAt(r, fault, region + p * PAGE_SIZE, 0);
     // Background chunks over what is left (runs between the pages already there).
     ctl.restartBackground();
     while (r.backgroundStep()) { /* chunk after chunk */ }

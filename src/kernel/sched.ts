@@ -3,7 +3,7 @@
 // And the scheduling policy of a whole process (every thread of it): a spare engine process
 // starts up on SCHED_IDLE, so it takes only CPU time nobody else wants.
 import * as fs from 'node:fs';
-import { addressOf, errno, libc, setErrno } from './libc.js';
+import { addressOf, errno, ERRNO, libc, setErrno } from './libc.js';
 
 const PRIO_PROCESS = 0;
 const SCHED_OTHER = 0;
@@ -54,7 +54,7 @@ export function setProcessIdle(pid: number, idle: boolean): number {
   for (const tid of threadIds(pid)) {
     schedParam[0] = 0;
     if (libc.sched_setscheduler(tid, idle ? SCHED_IDLE : SCHED_OTHER, schedParamAddr) === 0) continue;
-    if (errno() !== 3 /* ESRCH: ended */) refused++;
+    if (errno() !== ERRNO.ESRCH) refused++; // ESRCH: the thread ended meanwhile
   }
   return refused;
 }

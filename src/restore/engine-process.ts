@@ -26,7 +26,7 @@
 import { Engine, EngineStats } from '../engine/engine.js';
 import { PAGE_IS_PRESENT, PAGE_IS_SWAPPED } from '../kernel/constants.js';
 import { getpid } from '../kernel/memory.js';
-import { mayLeaveIdle, setProcessIdle } from '../kernel/sched.js';
+import { setProcessIdle } from '../kernel/sched.js';
 import { Scanner } from '../kernel/pagemap.js';
 import { closeFds, socketPair } from '../kernel/socket.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
@@ -182,14 +182,16 @@ function poisonMissing(uffdFd: number, h: Handshake, peerPid: number): number {
 
 function main(): void {
   const config = JSON.parse(process.argv[2] ?? '{}') as EngineProcessConfig;
-  // Before the warm threads start (they inherit the policy of the thread that starts them).
-  const idle = config.idleWhileSpare === true && mayLeaveIdle();
+  // Again for every thread (the supervisor set it as it spawned us; threads Node started
+  // before that did not inherit it), before the warm threads start: they inherit it.
+  let idle = config.idleWhileSpare === true; // the supervisor checked we may come back (mayLeaveIdle)
   if (idle) setProcessIdle(getpid(), true);
-  let leftIdle = !idle;
-  const leaveIdle = (): void => {
-    if (leftIdle) return;
-    leftIdle = true;
+  /** Back on SCHED_OTHER; whether this call did it. */
+  const leaveIdle = (): boolean => {
+    if (!idle) return false;
+    idle = false;
     setProcessIdle(getpid(), false);
+    return true;
   };
   let ch: Channel;
   let session: { id: number; hangup: () => void; engine?: Engine; uffd: number; handshake: Handshake; peerPid: number } | null = null;
@@ -305,9 +307,7 @@ function main(): void {
   // Warm (the threads up, both rehearsals done): back on SCHED_OTHER, so that the session
   // message, whenever it comes, is read at once.
   void Promise.all([rehearseChannel(), sessions.rehearse(), sessions.ready()]).finally(() => {
-    if (leftIdle) return;
-    leaveIdle();
-    send({ type: 'warm' });
+    if (leaveIdle()) send({ type: 'warm' });
   });
 }
 
