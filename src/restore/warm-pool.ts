@@ -18,6 +18,8 @@ export class WarmPool {
   readonly workers: number;
   private readonly refillDelayMs: number;
   private spare: EngineThreads | null = null;
+  /** A once-pool's set after take(): reusable, so its engine's stop leaves it idle, not ended; close() ends it. */
+  private handedOut: EngineThreads | null = null;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly once: boolean;
@@ -51,8 +53,10 @@ export class WarmPool {
     if (this.closed) return undefined;
     const t = this.spare ?? EngineThreads.start(this.workers);
     this.spare = null;
-    if (this.once) this.closed = true;
-    else if (!this.timer) {
+    if (this.once) {
+      this.closed = true;
+      this.handedOut = t;
+    } else if (!this.timer) {
       this.timer = setTimeout(() => this.refill(), this.refillDelayMs);
       this.timer.unref();
     }
@@ -73,6 +77,8 @@ export class WarmPool {
     this.timer = null;
     const s = this.spare;
     this.spare = null;
-    await s?.destroy();
+    const h = this.handedOut;
+    this.handedOut = null;
+    await Promise.all([s?.destroy(), h?.destroy()]);
   }
 }
