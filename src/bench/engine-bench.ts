@@ -70,6 +70,8 @@ export interface BenchConfig {
   inline?: 'auto' | 'never' | 'always';
   /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
+  /** Faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads (EngineOptions.wakeBatch). */
+  wakeBatch?: number;
   spinMicros?: number;
   /** How long the engine's dispatcher keeps reading an empty uffd before sleeping in poll. */
   dispatcherSpinMicros?: number;
@@ -531,7 +533,7 @@ export async function runEngineSide(cfg: BenchConfig, env: RunEnv, rep: number, 
         source: engineSource(cfg, env.sourceFile, r.offset),
       })),
       uffd, ownsUffd: true, workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch,
-      readers: cfg.readers, warmUp: cfg.warmUp ?? true, inline: cfg.inline, inlineBatch: cfg.inlineBatch, spinMicros: cfg.spinMicros,
+      readers: cfg.readers, warmUp: cfg.warmUp ?? true, inline: cfg.inline, inlineBatch: cfg.inlineBatch, wakeBatch: cfg.wakeBatch, spinMicros: cfg.spinMicros,
       dispatcherSpinMicros: cfg.dispatcherSpinMicros, dispatcherNice: cfg.dispatcherNice, afterRemove: 'source',
       faultInjection: hooks.onEngine !== undefined, // the soak kills workers (killWorker 'throw')
       threads: hooks.threads,
@@ -855,6 +857,7 @@ export function formatCase(r: CaseResult): string {
   const nat = r.runs.find((x) => x.side === 'native');
   lines.push(`engine: ${cfg.workers} worker${cfg.workers > 1 ? 's' : ''}, stripe ${cfg.stripe ? formatBytes(cfg.stripe) : 'default'}, ` +
     `inline ${cfg.inline ?? 'auto'}${cfg.inlineBatch !== undefined ? ` (batch <= ${cfg.inlineBatch})` : ''}` +
+    `${cfg.wakeBatch !== undefined ? `, wake batch ${cfg.wakeBatch}` : ''}` +
     `${cfg.spinMicros !== undefined ? `, worker spin ${cfg.spinMicros} µs` : ''}` +
     `${cfg.dispatcherSpinMicros !== undefined ? `, dispatcher spin ${cfg.dispatcherSpinMicros} µs` : ''}` +
     `, JIT ${cfg.warmUp === false ? 'cold' : 'warmed up'}; ` +

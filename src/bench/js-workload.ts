@@ -36,7 +36,7 @@ export async function runEngineJsSide(cfg: BenchConfig, rep: number): Promise<Si
   try {
     engine = await Engine.start({
       regions: [{ region, source: snapshot ? sources.buffer(snapshot) : sources.zero() }],
-      workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch, readers: cfg.readers, inline: cfg.inline, inlineBatch: cfg.inlineBatch,
+      workers: cfg.workers, stripe: cfg.stripe, prefetch: cfg.prefetch, readers: cfg.readers, inline: cfg.inline, inlineBatch: cfg.inlineBatch, wakeBatch: cfg.wakeBatch,
       spinMicros: cfg.spinMicros, dispatcherSpinMicros: cfg.dispatcherSpinMicros,
     });
     const pages = cfg.size / cfg.pageSize;

@@ -26,7 +26,7 @@ export interface SuiteOptions {
   /** Only these cases (names). */
   only?: string[];
   /** Overrides applied to every case (e.g. spinMicros, inline) for tuning experiments. */
-  engine?: Partial<Pick<BenchConfig, 'readers' | 'inline' | 'inlineBatch' | 'spinMicros' | 'dispatcherSpinMicros' | 'dispatcherNice' | 'warmUp' | 'stripe'>>;
+  engine?: Partial<Pick<BenchConfig, 'readers' | 'inline' | 'inlineBatch' | 'wakeBatch' | 'spinMicros' | 'dispatcherSpinMicros' | 'dispatcherNice' | 'warmUp' | 'stripe'>>;
   /** The sweep case: thread and worker counts (default SWEEP_THREADS x SWEEP_WORKERS), region per run (default 32 MiB). */
   sweep?: { threads?: number[]; workers?: number[]; size?: number };
 }

@@ -44,6 +44,7 @@ const SPEC: OptionSpec = {
   dispatcherNice: { type: 'number', help: 'engine: the dispatcher thread\'s nice value while it serves (default: the engine\'s, -10; 0: the process\'s priority)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
+  wakeBatch: { type: 'number', help: 'engine: faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads (1: each fill wakes; default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
   dispatcherSpinUs: { type: 'number', help: 'engine: how long the dispatcher keeps reading an empty uffd before poll, µs (default: the engine\'s)' },
   seed: { type: 'number', help: 'pattern and shuffle seed (default 1)' },
@@ -68,7 +69,7 @@ type Opts = {
   mode?: string; type?: string; kind?: string; size?: number; pages?: number; duration?: number; pageSize?: number;
   threads?: number; workers?: number; stripe?: number; pattern?: string; stride?: number; hot?: number; source?: string;
   prefetch?: string; repeat?: number; bounce?: number; nativeHandler?: string; native: boolean; memcpy?: boolean; plainFaults?: boolean;
-  readers?: string; warmUp?: boolean; dispatcherNice?: number; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
+  readers?: string; warmUp?: boolean; dispatcherNice?: number; sweep: boolean; sweepThreads?: string; sweepWorkers?: string; inline?: string; inlineBatch?: number; wakeBatch?: number; spinUs?: number; dispatcherSpinUs?: number; seed?: number; pin?: string; workload: string; suite: boolean; only?: string; restoreSize?: number;
   micro: boolean; microTime: number; timeout?: number; json: boolean; report?: string; progress?: boolean; help: boolean;
   _: string[];
 };
@@ -128,6 +129,7 @@ export function configFromOptions(o: Opts): BenchConfig {
   if (o.dispatcherNice !== undefined) cfg.dispatcherNice = o.dispatcherNice;
   if (o.inline !== undefined) cfg.inline = oneOf(o.inline, ['auto', 'never', 'always'] as const, '--inline');
   if (o.inlineBatch !== undefined) cfg.inlineBatch = o.inlineBatch;
+  if (o.wakeBatch !== undefined) cfg.wakeBatch = o.wakeBatch;
   if (o.spinUs !== undefined) cfg.spinMicros = o.spinUs;
   if (o.dispatcherSpinUs !== undefined) cfg.dispatcherSpinMicros = o.dispatcherSpinUs;
   if (o.seed !== undefined) cfg.seed = o.seed;
@@ -212,7 +214,7 @@ export async function run(args: string[]): Promise<number> {
         repeat: o.repeat, restoreSize: o.restoreSize, noNative: !o.native, hooks, only, workload,
         sweep: { threads: counts(o.sweepThreads, '--sweep-threads'), workers: counts(o.sweepWorkers, '--sweep-workers') },
         engine: {
-          readers: o.readers as BenchConfig['readers'], inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, spinMicros: o.spinUs,
+          readers: o.readers as BenchConfig['readers'], inline: o.inline as BenchConfig['inline'], inlineBatch: o.inlineBatch, wakeBatch: o.wakeBatch, spinMicros: o.spinUs,
           dispatcherSpinMicros: o.dispatcherSpinUs, dispatcherNice: o.dispatcherNice, warmUp: o.warmUp, stripe: o.stripe,
         },
       });

@@ -39,6 +39,8 @@ export interface EngineSetup {
   /** The dispatcher's nice value while it serves (EngineOptions.dispatcherNice); null: the thread's own. */
   dispatcherNice: number | null;
   inlineBatch: number;
+  /** EngineOptions.wakeBatch: faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads. */
+  wakeBatch: number;
   wpHook: { module: string; export: string } | null;
   /** Tests: workers honour ControlBlock.armKill (EngineOptions.faultInjection). */
   faultInjection: boolean;

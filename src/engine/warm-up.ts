@@ -4,7 +4,7 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { MADV_DONTNEED, MAP_POPULATE, PAGE_SIZE, UFFD_PAGEFAULT_FLAG_WRITE } from '../kernel/constants.js';
-import { close, eventfd, madvise, mapAnonymous, munmap } from '../kernel/memory.js';
+import { close, eventfd, eventfdSignal, madvise, mapAnonymous, munmap } from '../kernel/memory.js';
 import { Userfaultfd } from '../kernel/userfaultfd.js';
 import type { EngineSetup } from './layout.js';
 import { writeFaultMessage } from '../kernel/messages.js';
@@ -44,7 +44,7 @@ export function scratchSetup(uffdFd: number, rows: ScratchRow[], workers: number
     rings: [], order: null,
     prefetch: { readAheadMin: 0, readAheadMax: 0, background: false, chunkPages: 64, orderLength: 0 },
     zeroAddr: 0, onSourceError: 'poison', afterRemove: 'zero', readers: 'all', warmUp: false, inline: 'auto', spinMicros: 0, dispatcherSpinMicros: 0, dispatcherNice: null,
-    inlineBatch: 16, wpHook: null, faultInjection: false, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
+    inlineBatch: 16, wakeBatch: 16, wpHook: null, faultInjection: false, callbackStaging: null, callbackControl: null, callbackRunBytes: 0, callbackTimeoutMs: 0, eventFd: -1,
     gates: [], gateCursors: new SharedArrayBuffer(4),
   };
 }
@@ -140,6 +140,10 @@ export type Rehearse = (setup: EngineSetup, script: ScriptedRead | null) => void
 
 /** Faults a dispatcher's rehearsal routes (see rehearseServe for why this many). */
 export const DISPATCH_REHEARSAL_FAULTS = 8192;
+/** The rehearsing dispatcher's spin (µs) before it sleeps: short, the rehearsal's idle moments are twice as long. */
+const REHEARSAL_SPIN_US = 20;
+/** The quiet start of the second rehearsal session (µs): past the dispatcher's POPULATION_GRACE_US (2 ms). */
+const QUIET_START_US = 3000;
 let rehearsed = false;
 
 /**
@@ -159,6 +163,22 @@ let rehearsed = false;
  */
 export function rehearseServe(workers: number, serve: Rehearse, faults = 0): void {
   rehearsed = true;
+  if (faults === 0) {
+    rehearseSession(workers, serve, 0, 0);
+    return;
+  }
+  // Two sessions, as engines start: one whose first fault comes at once (population opens
+  // with the first batch), and a short one whose guest stays quiet past the population
+  // grace (it opens on the dispatcher's timer): V8 threw the loop's code away the first
+  // time a real engine took the path the rehearsal had not.
+  // The short one first: the script's read is then a call to either closure, and the
+  // code compiled in the long one serves both.
+  rehearseSession(workers, serve, 256, QUIET_START_US);
+  rehearseSession(workers, serve, faults, 0);
+}
+
+/** One scripted session of rehearseServe: `faults` faults, after `quietUs` µs without any. */
+function rehearseSession(workers: number, serve: Rehearse, faults: number, quietUs: number): void {
   const pages = 64;
   const len = pages * PAGE_SIZE;
   const uffd = Userfaultfd.create();
@@ -185,10 +205,34 @@ export function rehearseServe(workers: number, serve: Rehearse, faults = 0): voi
     let sent = 0;
     let next = pages; // index into order: a new round starts once every page was sent
     let batch = 0;
+    let reads = 0;
+    let idleUntil = 0;
+    setup.dispatcherSpinMicros = REHEARSAL_SPIN_US;
+    const quietSince = nowUs();
     const script: ScriptedRead = (dv, capacity) => {
       if (sent >= faults) {
         ctl.requestStop();
         return 0;
+      }
+      // First and now and then no fault for a while, as before a guest's first fault and
+      // between its bursts: the loop spins on empty reads, then sleeps in epoll (the eventfd
+      // raised here lets it out at once). So those paths are compiled too: V8 threw the
+      // loop's code away at the first real empty read, then at the first sleep, and compiled
+      // it again in the first real faults.
+      if (reads < 40 || ((nowUs() - quietSince) | 0) < quietUs) {
+        // Before the first fault (population not open yet): ~20 sleeps or more, the first
+        // ones before V8 gives the loop its feedback vector (lazy allocation: after a few calls).
+        reads++;
+        eventfdSignal(efd);
+        return 0;
+      }
+      if (idleUntil === 0 && reads++ % 10 === 0) idleUntil = (nowUs() + 2 * REHEARSAL_SPIN_US) | 0;
+      if (idleUntil !== 0) {
+        if (((nowUs() - idleUntil) | 0) < 0) {
+          eventfdSignal(efd);
+          return 0;
+        }
+        idleUntil = 0;
       }
       if (next >= pages) {
         // The last round's pages were all resolved (inline, in the batches read before): unmap them, start again.

@@ -87,6 +87,7 @@ class Dispatch {
   private readonly inlineAuto: boolean;
   private readonly inlineAll: boolean;
   private readonly inlineBatch: number;
+  private readonly wakeBatch: number;
   private readonly canInlineWp: boolean;
   private readonly stripePages: number;
   private readonly alwaysReads: boolean;
@@ -96,6 +97,11 @@ class Dispatch {
   private readonly both: EpollWaiter;
   /** Background population is open (run). */
   private populating = false;
+  /** The loop's state (turn): when it was ready, empty reads since the last batch and since when, faults since the last sleep. */
+  private readySince = 0;
+  private idleReads = 0;
+  private idleSince = 0;
+  private lastBusy = false;
   private readonly wakeOnly: EpollWaiter;
 
   constructor(setup: EngineSetup, toMain: (msg: DispatcherMessage) => void, script: ScriptedRead | null) {
@@ -115,6 +121,7 @@ class Dispatch {
     this.inlineAuto = setup.inline === 'auto';
     this.inlineAll = setup.inline === 'always';
     this.inlineBatch = setup.inlineBatch;
+    this.wakeBatch = setup.wakeBatch;
     this.canInlineWp = setup.wpHook === null;
     this.stripePages = setup.stripePages;
     this.alwaysReads = setup.readers !== 'all';
@@ -195,12 +202,41 @@ class Dispatch {
     this.c.add(C_HANDOFFS);
   }
 
+  /**
+   * Routes the faults among messages [from, n) read at t until wakeBatch of them wait for
+   * their wake-up (batched wakes) or the messages end; returns the index to go on from.
+   */
+  private routeFrom(from: number, n: number, t: number): number {
+    const reader = this.reader;
+    const fault = this.fault;
+    const r = this.r;
+    const wakeBatch = this.wakeBatch;
+    let i = from;
+    while (i < n) {
+      if (!reader.isFault(i++)) continue;
+      reader.load(i - 1, fault);
+      this.table.locate(fault);
+      fault.readUs = t;
+      fault.more = 0;
+      try {
+        this.route(fault, n);
+      } catch (err) {
+        // The dispatcher must not die with messages unread: a thread blocked in madvise
+        // waits for this reader to read its REMOVE, and a restart needs the main thread.
+        // Report, wake the thread (it faults again), go on.
+        this.c.add(C_ERRORS);
+        this.toMain({ type: 'incident', message: `dispatcher: resolving the fault at 0x${fault.addr.toString(16)} failed: ${(err as Error).message}` });
+        r.safeWake(fault.addr - (fault.addr % PAGE_SIZE), PAGE_SIZE);
+      }
+      if (r.wakesWaiting() >= wakeBatch) break;
+    }
+    return i;
+  }
+
   /** Routes the faults among the n messages just read, then publishes what it staged. */
   private dispatchBatch(n: number): void {
     const rings = this.rings;
     const ctl = this.ctl;
-    const reader = this.reader;
-    const fault = this.fault;
     const t = nowUs();
     for (let s = 0; s < rings.length; s++) {
       const ring = rings[s] as Ring;
@@ -218,23 +254,21 @@ class Dispatch {
       }
       this.quiet[s] = q;
     }
-    for (let i = 0; i < n; i++) {
-      if (!reader.isFault(i)) continue;
-      reader.load(i, fault);
-      this.table.locate(fault);
-      fault.readUs = t;
-      fault.more = 0;
+    // The threads of the faults resolved here are woken together, every wakeBatch faults
+    // and at the end of the batch (Resolver.beginWakeBatch).
+    // One call site each for the batch's begin and flush, whatever the batch's size: a
+    // path the warm-up's small batches never took was one V8 threw its code away for.
+    const r = this.r;
+    const batchWakes = this.wakeBatch > 1;
+    let i = 0;
+    do {
+      if (batchWakes) r.beginWakeBatch();
       try {
-        this.route(fault, n);
-      } catch (err) {
-        // The dispatcher must not die with messages unread: a thread blocked in madvise
-        // waits for this reader to read its REMOVE, and a restart needs the main thread.
-        // Report, wake the thread (it faults again), go on.
-        this.c.add(C_ERRORS);
-        this.toMain({ type: 'incident', message: `dispatcher: resolving the fault at 0x${fault.addr.toString(16)} failed: ${(err as Error).message}` });
-        this.r.safeWake(fault.addr - (fault.addr % PAGE_SIZE), PAGE_SIZE);
+        i = this.routeFrom(i, n, t);
+      } finally {
+        if (batchWakes) r.flushWakes(); // never leave a thread waiting: not even if routing threw
       }
-    }
+    } while (i < n);
     for (let s = 0; s < rings.length; s++) {
       const k = this.staged[s] as number;
       if (k !== 0) {
@@ -296,56 +330,59 @@ class Dispatch {
   /** The loop: read and route while faults come, sleep in epoll when none do, until the engine stops. */
   run(): void {
     const ctl = this.ctl;
-    const r = this.r;
-    const rings = this.rings;
     // A predecessor (a dispatcher that died) may have held the read lock or claims.
     ctl.breakReadLock(this.workers);
-    r.recoverClaims(this.workers);
+    this.r.recoverClaims(this.workers);
     ctl.markReady();
     // Background population opens after the first batch of faults, or after a moment
-    // without any (readers 'all': at once, the workers read the faults). No closure here:
-    // a variable a closure captures lives in a heap context, and this loop reads ctl and
-    // rings on every turn.
-    const readySince = nowUs();
+    // without any (readers 'all': at once, the workers read the faults).
+    this.readySince = nowUs();
     if (!this.alwaysReads) this.openPopulation();
-    let idleReads = 0;
-    let idleSince = 0;
-    let lastBusy = false; // faults arrived since the last sleep
-    for (;;) {
-      if (ctl.stopping()) break;
-      for (let s = 0; s < rings.length; s++) if (ctl.deaths(s) !== this.deathsSeen[s]) this.takeOver(s);
-      if (this.alwaysReads || this.helpWanted()) {
-        const n = this.reader.read();
-        if (n > 0) {
-          idleReads = 0;
-          lastBusy = true;
-          this.dispatchBatch(n);
-          if (!this.populating) this.openPopulation();
-          continue;
-        }
-        // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
-        // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
-        if (idleReads === 0) idleSince = nowUs();
-        // Not while the workers populate: the CPU a spin takes is theirs (a restore's 1 GiB
-        // filled ~12% sooner without it), and a fault then waits for a worker's chunk anyway.
-        if (++idleReads < 2 || (this.spinUs > 0 && lastBusy && !this.populatingNow() && ((nowUs() - idleSince) | 0) < this.spinUs)) continue;
+    // A turn is a call, not a loop body: run() is entered once per engine, and a long loop
+    // in it is compiled by on-stack replacement for each engine anew (14-51 ms of TurboFan
+    // on a background thread, in the first real engine's first faults), while turn()'s
+    // code from the rehearsal serves every engine.
+    while (this.turn());
+  }
+
+  /** One turn: read and route a batch, or spin, or sleep in epoll. False once the engine stops. */
+  private turn(): boolean {
+    const ctl = this.ctl;
+    if (ctl.stopping()) return false;
+    const rings = this.rings;
+    for (let s = 0; s < rings.length; s++) if (ctl.deaths(s) !== this.deathsSeen[s]) this.takeOver(s);
+    if (this.alwaysReads || this.helpWanted()) {
+      const n = this.reader.read();
+      if (n > 0) {
+        this.idleReads = 0;
+        this.lastBusy = true;
+        this.dispatchBatch(n);
+        if (!this.populating) this.openPopulation();
+        return true;
       }
-      idleReads = 0;
-      lastBusy = false;
-      r.updateCpu();
-      if (!this.populating && ((nowUs() - readySince) | 0) >= POPULATION_GRACE_US) this.openPopulation();
-      if (this.alwaysReads) {
-        this.both.wait(this.populating ? -1 : 1);
-      } else {
-        // The flag is raised before the help words are read; a worker raises its word before it
-        // reads the flag: one of the two sees the other.
-        ctl.setDispatcherIdle(true);
-        if (this.helpWanted()) this.both.wait(5); // reading in a worker's place: look again soon, it may be back
-        else this.wakeOnly.wait(-1);
-        ctl.setDispatcherIdle(false);
-      }
-      eventfdDrain(this.eventFd);
+      // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
+      // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
+      if (this.idleReads === 0) this.idleSince = nowUs();
+      // Not while the workers populate: the CPU a spin takes is theirs (a restore's 1 GiB
+      // filled ~12% sooner without it), and a fault then waits for a worker's chunk anyway.
+      if (++this.idleReads < 2 || (this.spinUs > 0 && this.lastBusy && !this.populatingNow() && ((nowUs() - this.idleSince) | 0) < this.spinUs)) return true;
     }
+    this.idleReads = 0;
+    this.lastBusy = false;
+    this.r.updateCpu();
+    if (!this.populating && ((nowUs() - this.readySince) | 0) >= POPULATION_GRACE_US) this.openPopulation();
+    if (this.alwaysReads) {
+      this.both.wait(this.populating ? -1 : 1);
+    } else {
+      // The flag is raised before the help words are read; a worker raises its word before it
+      // reads the flag: one of the two sees the other.
+      ctl.setDispatcherIdle(true);
+      if (this.helpWanted()) this.both.wait(5); // reading in a worker's place: look again soon, it may be back
+      else this.wakeOnly.wait(-1);
+      ctl.setDispatcherIdle(false);
+    }
+    eventfdDrain(this.eventFd);
+    return true;
   }
 }
 
