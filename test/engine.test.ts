@@ -283,6 +283,35 @@ describe('engine: concurrency and failures', function () {
     }
   });
 
+  it('deferred wake-ups (wakeBatch): 16 threads served byte-exact, the threads of batches woken together by fewer UFFDIO_WAKEs than faults; wakeBatch 1 wakes each fill itself; bad values refused', async () => {
+    for (const wakeBatch of [16, 2, 1]) {
+      const region = memoryType('anon').create({ size });
+      const engine = await Engine.start({ regions: [{ region, source: sources.buffer(snap) }], workers: 2, wakeBatch });
+      try {
+        await touchAll(region, addressOf(snap), 16);
+        const st = await engine.stop();
+        assertFilledOnce(st, size / PAGE);
+        const faults = st.faults.total;
+        console.log(`      (wakeBatch ${wakeBatch}: ${faults} faults, ${st.reads} reads, ${st.wakes} UFFDIO_WAKEs)`);
+        // 1: the ioctl that fills a page wakes its threads; no separate wake is needed.
+        if (wakeBatch === 1) assert.equal(st.wakes, 0, 'every fill woke its own threads');
+        else assert.ok(st.wakes > 0 && st.wakes < faults, `wakeBatch ${wakeBatch}: ${st.wakes} wakes for ${faults} faults`);
+      } finally {
+        await engine.stop({ mode: 'abandon' });
+        region.close();
+      }
+    }
+    const region = memoryType('anon').create({ size: PAGE * 16 });
+    try {
+      for (const bad of [0, 1.5, 257]) {
+        await assert.rejects(Engine.start({ regions: [{ region, source: sources.zero() }], wakeBatch: bad }),
+          (e: Error) => e instanceof ConfigError && /wakeBatch must be an integer from 1/.test(e.message));
+      }
+    } finally {
+      region.close();
+    }
+  });
+
   for (const [how, readers] of [['throw', 'dispatcher'], ['terminate', 'dispatcher'], ['terminate', 'all']] as const) {
     it(`a worker killed mid-run (${how}, readers ${readers}): no fault lost, run completes verified`, async () => {
       const region = memoryType('anon').create({ size });

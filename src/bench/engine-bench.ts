@@ -70,7 +70,7 @@ export interface BenchConfig {
   inline?: 'auto' | 'never' | 'always';
   /** With inline auto: the largest batch the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
-  /** Faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads (EngineOptions.wakeBatch). */
+  /** The largest batch whose threads the dispatcher wakes with one UFFDIO_WAKE (EngineOptions.wakeBatch). */
   wakeBatch?: number;
   spinMicros?: number;
   /** How long the engine's dispatcher keeps reading an empty uffd before sleeping in poll. */

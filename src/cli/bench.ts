@@ -44,7 +44,7 @@ const SPEC: OptionSpec = {
   dispatcherNice: { type: 'number', help: 'engine: the dispatcher thread\'s nice value while it serves (default: the engine\'s, -10; 0: the process\'s priority)' },
   inline: { type: 'string', help: 'engine: auto (the dispatcher resolves small batches itself while workers sleep), never or always (default: the engine\'s)' },
   inlineBatch: { type: 'number', help: 'engine, inline auto: the largest batch the dispatcher resolves itself (default: the engine\'s)' },
-  wakeBatch: { type: 'number', help: 'engine: faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads (1: each fill wakes; default: the engine\'s)' },
+  wakeBatch: { type: 'number', help: 'engine: the largest batch read whose threads the dispatcher wakes with one UFFDIO_WAKE (1: each fill wakes; default: the engine\'s)' },
   spinUs: { type: 'number', help: 'engine: how long an idle worker spins before sleeping, µs (default: the engine\'s)' },
   dispatcherSpinUs: { type: 'number', help: 'engine: how long the dispatcher keeps reading an empty uffd before poll, µs (default: the engine\'s)' },
   seed: { type: 'number', help: 'pattern and shuffle seed (default 1)' },

@@ -82,12 +82,12 @@ export interface EngineOptions {
   /** 'auto': the largest batch (faults per read) the dispatcher still resolves itself while workers sleep. */
   inlineBatch?: number;
   /**
-   * The dispatcher fills the pages of up to this many faults of a batch it read without
-   * waking their threads (DONTWAKE), then wakes them all with one UFFDIO_WAKE over the span
-   * of those pages: the kernel walks its wait queues once per wake, with interrupts off,
-   * which at 16 faulting threads was a third of the dispatcher's time. 1: every fill wakes
-   * its own threads. A thread waiting in the span for a page not filled yet wakes too and
-   * faults again (harmless). Default 16.
+   * A batch of up to this many messages that the dispatcher reads and resolves itself is
+   * filled without waking the faulting threads (DONTWAKE), which one UFFDIO_WAKE over the
+   * span of its pages then wakes: the kernel walks its wait queues once per wake, with
+   * interrupts off, which at 16 faulting threads was a third of the dispatcher's time. A
+   * larger batch wakes per fault. A thread waiting in the span for a page not filled yet
+   * wakes too and faults again (harmless). 1: every fill wakes its own threads. Default 16.
    */
   wakeBatch?: number;
   /** How long an idle worker spins on its ring before sleeping. */

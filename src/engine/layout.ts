@@ -39,7 +39,7 @@ export interface EngineSetup {
   /** The dispatcher's nice value while it serves (EngineOptions.dispatcherNice); null: the thread's own. */
   dispatcherNice: number | null;
   inlineBatch: number;
-  /** EngineOptions.wakeBatch: faults the dispatcher resolves before one UFFDIO_WAKE wakes their threads. */
+  /** EngineOptions.wakeBatch: the largest batch read whose threads the dispatcher wakes with one UFFDIO_WAKE. */
   wakeBatch: number;
   wpHook: { module: string; export: string } | null;
   /** Tests: workers honour ControlBlock.armKill (EngineOptions.faultInjection). */

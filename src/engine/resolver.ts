@@ -138,14 +138,19 @@ export class Resolver {
   private peerMemFd = -1;
   private readonly result = new RangeResult();
   private readonly run = new RangeRun();
-  // Batched wake-ups (the dispatcher, beginWakeBatch..flushWakes): the batch's fills do not
-  // wake their threads; one UFFDIO_WAKE over [wakeLo, wakeHi) does. The kernel walks its
-  // wait queues under a lock with interrupts off for every wake (a third of the dispatcher's
-  // time at 16 faulting threads): once per batch instead of once per fault.
+  // Deferred wake-ups (the dispatcher: deferWakes, flushWakes): fills made while deferring
+  // do not wake their threads (DONTWAKE); their ranges are kept here until flushWakes()
+  // wakes them, with one UFFDIO_WAKE over their span when nothing else waits there. The
+  // kernel walks its wait queues under a lock with interrupts off for every wake (a third
+  // of the dispatcher's time at 16 faulting threads): once for many faults instead of each.
   private wakeDeferred = false;
+  /** The deferred ranges (start, length), at most their capacity; then fills wake at once. */
+  private readonly wakeStarts: Float64Array;
+  private readonly wakeLens: Float64Array;
+  private wakeRanges = 0;
   private wakeLo = 0;
   private wakeHi = 0;
-  /** Read times (nowUs) of the faults waiting for the batch's wake: their latency ends there. */
+  /** Read times (nowUs) of the faults waiting for the deferred wake: their latency ends there. */
   private readonly wakeWaiting: Int32Array;
   private wakeCount = 0;
   // One FillHow per kind of call (see FillHow).
@@ -178,7 +183,10 @@ export class Resolver {
     this.gates = setup.gates.map((g) => new Gate(g));
     this.gateCursors = new Int32Array(setup.gateCursors);
     this.window = setup.prefetch.readAheadMin;
-    this.wakeWaiting = new Int32Array(Math.max(1, setup.wakeBatch));
+    const deferrable = Math.max(1, setup.wakeBatch);
+    this.wakeStarts = new Float64Array(deferrable);
+    this.wakeLens = new Float64Array(deferrable);
+    this.wakeWaiting = new Int32Array(deferrable);
     this.droppedHow = { demand: 1, zero: setup.afterRemove === 'zero', cause: Cause.demand, from: PAGE_DROPPED };
     this.helpIndex = setup.readers === 'all' && thread < setup.workers ? thread : -1;
     this.helping = this.helpIndex >= 0; // raised until this worker first reads (the Engine raised it)
@@ -463,17 +471,7 @@ export class Resolver {
     let retries = 0;
     const ops = uffd.operands; // the ioctl's operands: written, not passed (see Fault)
     // DONTWAKE is bit 0 of every range ioctl's mode (COPY, ZEROPAGE, CONTINUE, POISON).
-    let mode = 0;
-    if (this.wakeDeferred) {
-      mode = UFFDIO_COPY_MODE_DONTWAKE;
-      if (this.wakeHi <= this.wakeLo) {
-        this.wakeLo = dst;
-        this.wakeHi = dst + len;
-      } else {
-        if (dst < this.wakeLo) this.wakeLo = dst;
-        if (dst + len > this.wakeHi) this.wakeHi = dst + len;
-      }
-    }
+    const mode = this.wakeDeferred && this.deferWake(dst, len) ? UFFDIO_COPY_MODE_DONTWAKE : 0;
     while (run.done < len) {
       ops[0] = dst + run.done;
       ops[2] = len - run.done;
@@ -758,23 +756,37 @@ export class Resolver {
   }
 
   /**
-   * From here until flushWakes(), fills do not wake the threads waiting for their pages
-   * (DONTWAKE); flushWakes() wakes them all with one UFFDIO_WAKE over the span of the
-   * fills. A thread waiting in that span for a page not filled yet (a fault not read yet,
-   * or handed to a worker) wakes too and faults again: harmless, as any spurious wake-up.
+   * While on, fills do not wake the threads waiting for their pages (DONTWAKE) and their
+   * ranges wait for flushWakes(), up to `wakeBatch` of them (further fills wake at once).
    */
-  beginWakeBatch(): void {
-    this.wakeDeferred = true;
+  deferWakes(on: boolean): void {
+    this.wakeDeferred = on;
   }
 
-  /** Faults resolved since beginWakeBatch() whose threads still wait for flushWakes(). */
-  wakesWaiting(): number {
-    return this.wakeCount;
+  /** Fills whose threads wait for flushWakes(). */
+  wakesDeferred(): number {
+    return this.wakeRanges;
   }
 
-  /** Wakes what the fills since beginWakeBatch() left waiting, and ends the batch. */
-  flushWakes(): void {
-    this.wakeDeferred = false;
+  /** Keeps [start, start+len) for flushWakes(); false when full (the fill wakes itself). */
+  private deferWake(start: number, len: number): boolean {
+    const k = this.wakeRanges;
+    if (k === this.wakeStarts.length) return false;
+    this.wakeStarts[k] = start;
+    this.wakeLens[k] = len;
+    this.wakeRanges = k + 1;
+    if (k === 0 || start < this.wakeLo) this.wakeLo = start;
+    if (k === 0 || start + len > this.wakeHi) this.wakeHi = start + len;
+    return true;
+  }
+
+  /**
+   * Wakes the threads of the deferred fills. `span`: with one UFFDIO_WAKE over all their
+   * ranges — only when no other fault is known to wait in between (the reader just found
+   * nothing pending): a thread waiting there for a page not filled yet would wake too and
+   * fault again (harmless, but a fault read twice or lost and redone). Otherwise range by range.
+   */
+  flushWakes(span: boolean): void {
     // Latencies first, as fills count before the ioctl that wakes: whoever the wake tells
     // its page is there sees it in the statistics too.
     const n = this.wakeCount;
@@ -784,10 +796,14 @@ export class Resolver {
       const w = this.wakeWaiting;
       for (let i = 0; i < n; i++) this.counters.recordLatency((now - (w[i] as number)) | 0);
     }
-    if (this.wakeHi <= this.wakeLo) return;
-    this.safeWake(this.wakeLo, this.wakeHi - this.wakeLo);
-    this.wakeLo = 0;
-    this.wakeHi = 0;
+    const k = this.wakeRanges;
+    if (k === 0) return;
+    this.wakeRanges = 0;
+    if (span || k === 1) {
+      this.safeWake(this.wakeLo, this.wakeHi - this.wakeLo);
+      return;
+    }
+    for (let i = 0; i < k; i++) this.safeWake(this.wakeStarts[i] as number, this.wakeLens[i] as number);
   }
 
   safeWake(addr: number, len: number): void {

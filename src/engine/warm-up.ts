@@ -143,7 +143,7 @@ export const DISPATCH_REHEARSAL_FAULTS = 8192;
 /** The rehearsing dispatcher's spin (µs) before it sleeps: short, the rehearsal's idle moments are twice as long. */
 const REHEARSAL_SPIN_US = 20;
 /** The quiet start of the second rehearsal session (µs): past the dispatcher's POPULATION_GRACE_US (2 ms). */
-const QUIET_START_US = 3000;
+const QUIET_START_US = 2500;
 let rehearsed = false;
 
 /**
@@ -226,7 +226,7 @@ function rehearseSession(workers: number, serve: Rehearse, faults: number, quiet
         eventfdSignal(efd);
         return 0;
       }
-      if (idleUntil === 0 && reads++ % 10 === 0) idleUntil = (nowUs() + 2 * REHEARSAL_SPIN_US) | 0;
+      if (idleUntil === 0 && reads++ % 64 === 0) idleUntil = (nowUs() + 2 * REHEARSAL_SPIN_US) | 0;
       if (idleUntil !== 0) {
         if (((nowUs() - idleUntil) | 0) < 0) {
           eventfdSignal(efd);

@@ -88,6 +88,8 @@ class Dispatch {
   private readonly inlineAll: boolean;
   private readonly inlineBatch: number;
   private readonly wakeBatch: number;
+  /** Whether the dispatcher defers wake-ups (wakeBatch > 1 and it is the only reader). */
+  private readonly deferWakes: boolean;
   private readonly canInlineWp: boolean;
   private readonly stripePages: number;
   private readonly alwaysReads: boolean;
@@ -122,6 +124,7 @@ class Dispatch {
     this.inlineAll = setup.inline === 'always';
     this.inlineBatch = setup.inlineBatch;
     this.wakeBatch = setup.wakeBatch;
+    this.deferWakes = setup.wakeBatch > 1 && setup.readers !== 'all';
     this.canInlineWp = setup.wpHook === null;
     this.stripePages = setup.stripePages;
     this.alwaysReads = setup.readers !== 'all';
@@ -202,19 +205,13 @@ class Dispatch {
     this.c.add(C_HANDOFFS);
   }
 
-  /**
-   * Routes the faults among messages [from, n) read at t until wakeBatch of them wait for
-   * their wake-up (batched wakes) or the messages end; returns the index to go on from.
-   */
-  private routeFrom(from: number, n: number, t: number): number {
+  /** Routes the faults among the n messages just read at t. */
+  private routeAll(n: number, t: number): void {
     const reader = this.reader;
     const fault = this.fault;
-    const r = this.r;
-    const wakeBatch = this.wakeBatch;
-    let i = from;
-    while (i < n) {
-      if (!reader.isFault(i++)) continue;
-      reader.load(i - 1, fault);
+    for (let i = 0; i < n; i++) {
+      if (!reader.isFault(i)) continue;
+      reader.load(i, fault);
       this.table.locate(fault);
       fault.readUs = t;
       fault.more = 0;
@@ -226,11 +223,9 @@ class Dispatch {
         // Report, wake the thread (it faults again), go on.
         this.c.add(C_ERRORS);
         this.toMain({ type: 'incident', message: `dispatcher: resolving the fault at 0x${fault.addr.toString(16)} failed: ${(err as Error).message}` });
-        r.safeWake(fault.addr - (fault.addr % PAGE_SIZE), PAGE_SIZE);
+        this.r.safeWake(fault.addr - (fault.addr % PAGE_SIZE), PAGE_SIZE);
       }
-      if (r.wakesWaiting() >= wakeBatch) break;
     }
-    return i;
   }
 
   /** Routes the faults among the n messages just read, then publishes what it staged. */
@@ -254,21 +249,25 @@ class Dispatch {
       }
       this.quiet[s] = q;
     }
-    // The threads of the faults resolved here are woken together, every wakeBatch faults
-    // and at the end of the batch (Resolver.beginWakeBatch).
-    // One call site each for the batch's begin and flush, whatever the batch's size: a
-    // path the warm-up's small batches never took was one V8 threw its code away for.
+    // Deferred wakes (Resolver.deferWakes): the threads of the faults resolved here wait
+    // until the next read finds nothing pending, then one UFFDIO_WAKE over their span wakes
+    // them all (turn). Up to wakeBatch faults: a batch that would take more first wakes
+    // those deferred range by range (the faults it just read wait in their span). A batch
+    // larger than wakeBatch wakes as it fills, as does a lone fault with nothing deferred
+    // (nothing to share a wake with; deferring it costs an ioctl if the next read is not
+    // empty). Only this thread reads (readers 'dispatcher'), and not while the workers
+    // populate: threads then wait on pages of their chunks, which a span would wake for
+    // nothing.
     const r = this.r;
-    const batchWakes = this.wakeBatch > 1;
-    let i = 0;
-    do {
-      if (batchWakes) r.beginWakeBatch();
-      try {
-        i = this.routeFrom(i, n, t);
-      } finally {
-        if (batchWakes) r.flushWakes(); // never leave a thread waiting: not even if routing threw
-      }
-    } while (i < n);
+    const deferred = r.wakesDeferred();
+    const defer = this.deferWakes && n <= this.wakeBatch && (n > 1 || deferred > 0) && !this.populatingNow();
+    if (deferred > 0 && (!defer || deferred + n > this.wakeBatch)) r.flushWakes(false);
+    r.deferWakes(defer);
+    try {
+      this.routeAll(n, t);
+    } finally {
+      r.deferWakes(false);
+    }
     for (let s = 0; s < rings.length; s++) {
       const k = this.staged[s] as number;
       if (k !== 0) {
@@ -342,7 +341,11 @@ class Dispatch {
     // in it is compiled by on-stack replacement for each engine anew (14-51 ms of TurboFan
     // on a background thread, in the first real engine's first faults), while turn()'s
     // code from the rehearsal serves every engine.
-    while (this.turn());
+    try {
+      while (this.turn());
+    } finally {
+      this.r.flushWakes(false); // no thread is left waiting for a wake that never comes
+    }
   }
 
   /** One turn: read and route a batch, or spin, or sleep in epoll. False once the engine stops. */
@@ -360,8 +363,11 @@ class Dispatch {
         if (!this.populating) this.openPopulation();
         return true;
       }
-      // Nothing pending: keep trying for a moment before sleeping, but only while faults keep
-      // coming (a sleeping CPU takes tens of µs to wake on this kind of machine).
+      // Nothing pending: wake the threads of the faults resolved since the last such read,
+      // all at once (see dispatchBatch)...
+      if (this.r.wakesDeferred() > 0) this.r.flushWakes(true);
+      // ...and keep trying for a moment before sleeping, but only while faults keep coming
+      // (a sleeping CPU takes tens of µs to wake on this kind of machine).
       if (this.idleReads === 0) this.idleSince = nowUs();
       // Not while the workers populate: the CPU a spin takes is theirs (a restore's 1 GiB
       // filled ~12% sooner without it), and a fault then waits for a worker's chunk anyway.
@@ -369,6 +375,7 @@ class Dispatch {
     }
     this.idleReads = 0;
     this.lastBusy = false;
+    if (this.r.wakesDeferred() > 0) this.r.flushWakes(false); // not reading (readers 'all'): nothing may wait for a later read
     this.r.updateCpu();
     if (!this.populating && ((nowUs() - this.readySince) | 0) >= POPULATION_GRACE_US) this.openPopulation();
     if (this.alwaysReads) {
