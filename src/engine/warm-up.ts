@@ -208,7 +208,10 @@ function rehearseSession(workers: number, serve: Rehearse, faults: number, quiet
     let reads = 0;
     let idleUntil = 0;
     setup.dispatcherSpinMicros = REHEARSAL_SPIN_US;
-    const quietSince = nowUs();
+    // From the first read, which comes after the dispatcher took its start time: a quiet
+    // start counted from before it (a cold first session builds its state slowly) could end
+    // before the population grace does.
+    let quietSince = 0;
     const script: ScriptedRead = (dv, capacity) => {
       if (sent >= faults) {
         ctl.requestStop();
@@ -219,6 +222,7 @@ function rehearseSession(workers: number, serve: Rehearse, faults: number, quiet
       // raised here lets it out at once). So those paths are compiled too: V8 threw the
       // loop's code away at the first real empty read, then at the first sleep, and compiled
       // it again in the first real faults.
+      if (reads === 0) quietSince = nowUs();
       if (reads < 40 || ((nowUs() - quietSince) | 0) < quietUs) {
         // Before the first fault (population not open yet): ~20 sleeps or more, the first
         // ones before V8 gives the loop its feedback vector (lazy allocation: after a few calls).
