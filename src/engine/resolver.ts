@@ -148,8 +148,6 @@ export class Resolver {
   private readonly wakeStarts: Float64Array;
   private readonly wakeLens: Float64Array;
   private wakeRanges = 0;
-  private wakeLo = 0;
-  private wakeHi = 0;
   /** Read times (nowUs) of the faults waiting for the deferred wake: their latency ends there. */
   private readonly wakeWaiting: Int32Array;
   private wakeCount = 0;
@@ -183,10 +181,9 @@ export class Resolver {
     this.gates = setup.gates.map((g) => new Gate(g));
     this.gateCursors = new Int32Array(setup.gateCursors);
     this.window = setup.prefetch.readAheadMin;
-    const deferrable = Math.max(1, setup.wakeBatch);
-    this.wakeStarts = new Float64Array(deferrable);
-    this.wakeLens = new Float64Array(deferrable);
-    this.wakeWaiting = new Int32Array(deferrable);
+    this.wakeStarts = new Float64Array(setup.wakeBatch);
+    this.wakeLens = new Float64Array(setup.wakeBatch);
+    this.wakeWaiting = new Int32Array(setup.wakeBatch);
     this.droppedHow = { demand: 1, zero: setup.afterRemove === 'zero', cause: Cause.demand, from: PAGE_DROPPED };
     this.helpIndex = setup.readers === 'all' && thread < setup.workers ? thread : -1;
     this.helping = this.helpIndex >= 0; // raised until this worker first reads (the Engine raised it)
@@ -775,8 +772,6 @@ export class Resolver {
     this.wakeStarts[k] = start;
     this.wakeLens[k] = len;
     this.wakeRanges = k + 1;
-    if (k === 0 || start < this.wakeLo) this.wakeLo = start;
-    if (k === 0 || start + len > this.wakeHi) this.wakeHi = start + len;
     return true;
   }
 
@@ -797,13 +792,22 @@ export class Resolver {
       for (let i = 0; i < n; i++) this.counters.recordLatency((now - (w[i] as number)) | 0);
     }
     const k = this.wakeRanges;
-    if (k === 0) return;
     this.wakeRanges = 0;
-    if (span || k === 1) {
-      this.safeWake(this.wakeLo, this.wakeHi - this.wakeLo);
+    const starts = this.wakeStarts;
+    const lens = this.wakeLens;
+    if (!span) {
+      for (let i = 0; i < k; i++) this.safeWake(starts[i] as number, lens[i] as number);
       return;
     }
-    for (let i = 0; i < k; i++) this.safeWake(this.wakeStarts[i] as number, this.wakeLens[i] as number);
+    if (k === 0) return;
+    let lo = starts[0] as number;
+    let hi = lo + (lens[0] as number);
+    for (let i = 1; i < k; i++) {
+      const a = starts[i] as number;
+      if (a < lo) lo = a;
+      if (a + (lens[i] as number) > hi) hi = a + (lens[i] as number);
+    }
+    this.safeWake(lo, hi - lo);
   }
 
   safeWake(addr: number, len: number): void {

@@ -89,7 +89,7 @@ class Dispatch {
   private readonly inlineBatch: number;
   private readonly wakeBatch: number;
   /** Whether the dispatcher defers wake-ups (wakeBatch > 1 and it is the only reader). */
-  private readonly deferWakes: boolean;
+  private readonly mayDeferWakes: boolean;
   private readonly canInlineWp: boolean;
   private readonly stripePages: number;
   private readonly alwaysReads: boolean;
@@ -124,7 +124,7 @@ class Dispatch {
     this.inlineAll = setup.inline === 'always';
     this.inlineBatch = setup.inlineBatch;
     this.wakeBatch = setup.wakeBatch;
-    this.deferWakes = setup.wakeBatch > 1 && setup.readers !== 'all';
+    this.mayDeferWakes = setup.wakeBatch > 1 && setup.readers !== 'all';
     this.canInlineWp = setup.wpHook === null;
     this.stripePages = setup.stripePages;
     this.alwaysReads = setup.readers !== 'all';
@@ -260,7 +260,7 @@ class Dispatch {
     // nothing.
     const r = this.r;
     const deferred = r.wakesDeferred();
-    const defer = this.deferWakes && n <= this.wakeBatch && (n > 1 || deferred > 0) && !this.populatingNow();
+    const defer = this.mayDeferWakes && n <= this.wakeBatch && (n > 1 || deferred > 0) && !this.populatingNow();
     if (deferred > 0 && (!defer || deferred + n > this.wakeBatch)) r.flushWakes(false);
     r.deferWakes(defer);
     try {
@@ -375,7 +375,6 @@ class Dispatch {
     }
     this.idleReads = 0;
     this.lastBusy = false;
-    if (this.r.wakesDeferred() > 0) this.r.flushWakes(false); // not reading (readers 'all'): nothing may wait for a later read
     this.r.updateCpu();
     if (!this.populating && ((nowUs() - this.readySince) | 0) >= POPULATION_GRACE_US) this.openPopulation();
     if (this.alwaysReads) {
